@@ -1,0 +1,38 @@
+# Two commands do all the setup on a fresh machine (README):
+#   make demo   - create .venv, install m3e, run its main job on the default model (offline)
+#   make test   - create .venv, install m3e with its test extras, run ruff and the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.m3e-installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# torch is installed on its own and exactly: torch==2.13.0 is a local CPU wheel here, and a
+# looser requirement would pull a multi-GB CUDA build. constraints.txt pins everything else.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/m3e info
+	HF_HUB_OFFLINE=1 $(BIN)/m3e similarity "今天天气很好" "今天是个晴天" "我想买一台笔记本电脑" "The weather is nice today"
+	HF_HUB_OFFLINE=1 $(BIN)/m3e encode "为这个句子生成表示" "m3e encodes Chinese and English" --output out/demo.npy
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+
+test: setup
+	$(BIN)/ruff check src tests bench
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/encode.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

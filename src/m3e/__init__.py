@@ -1,0 +1,43 @@
+"""m3e: Chinese-first bilingual text embeddings.
+
+``m3e.load`` is the entry point: it returns an :class:`EmbeddingModel` that encodes texts to
+vectors equal to sentence-transformers' for the same checkpoint. Heavy optional parts
+(training, evaluation, serving) are imported only when used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["EmbeddingModel", "FineTuner", "M3EError", "__version__", "load"]
+
+from m3e.errors import M3EError
+
+if TYPE_CHECKING:
+    from m3e.model import EmbeddingModel
+    from m3e.training.finetuner import FineTuner
+
+
+def load(name_or_path: str | None = None, **kwargs: Any) -> EmbeddingModel:
+    """Load a model by local path or hub id (``None``: the project's default model).
+
+    See :func:`m3e.loading.load_model` for the keyword arguments.
+    """
+    from m3e.loading import load_model
+
+    return load_model(name_or_path, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy attributes keep `import m3e` light: no torch until a model is used.
+    if name == "EmbeddingModel":
+        from m3e.model import EmbeddingModel
+
+        return EmbeddingModel
+    if name == "FineTuner":
+        from m3e.training.finetuner import FineTuner
+
+        return FineTuner
+    raise AttributeError(f"module 'm3e' has no attribute {name!r}")

