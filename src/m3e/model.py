@@ -112,6 +112,7 @@ class EmbeddingModel(nn.Module):
         self.backend = "torch"
         # An optimised runner (e.g. ONNX Runtime int8) replaces the transformer forward when set.
         self._runner: Any = None
+        self._specials: tuple[list[int], list[int]] | None = None
         self.eval()
 
     # ------------------------------------------------------------------ properties
@@ -203,9 +204,28 @@ class EmbeddingModel(nn.Module):
         enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
         return [len(x) for x in enc["input_ids"]]
 
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after a single text (e.g. [CLS] ... [SEP])."""
+        if self._specials is None:
+            bare = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+            full = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+            for start in range(len(full) - len(bare) + 1):
+                if full[start : start + len(bare)] == bare:
+                    self._specials = (list(full[:start]), list(full[start + len(bare) :]))
+                    break
+            else:
+                self._specials = ([], [])
+        return self._specials
+
+    def add_special_tokens(self, ids: Sequence[int]) -> list[int]:
+        """Wrap content ids as the tokenizer would wrap a single text."""
+        prefix, suffix = self._special_tokens()
+        return [*prefix, *ids, *suffix]
+
     def _windows(self, texts: Sequence[str], prompt: str) -> _Tokenized:
         """Split each text into windows that fit ``max_length``, prompt repeated in each."""
-        n_special = self.tokenizer.num_special_tokens_to_add(pair=False)
+        prefix, suffix = self._special_tokens()
+        n_special = len(prefix) + len(suffix)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         room = self.max_length - n_special - len(prompt_ids)
         if room < 1:
@@ -219,7 +239,7 @@ class EmbeddingModel(nn.Module):
         for i, toks in enumerate(content):
             chunks = [toks[s : s + room] for s in range(0, len(toks), room)] or [[]]
             for chunk in chunks:
-                ids.append(self.tokenizer.build_inputs_with_special_tokens(list(prompt_ids) + chunk))
+                ids.append(self.add_special_tokens(list(prompt_ids) + chunk))
                 owner.append(i)
                 weight.append(float(max(len(chunk), 1)))
         return _Tokenized(ids, owner, weight)
@@ -423,9 +443,9 @@ class EmbeddingModel(nn.Module):
         return target
 
     def _write_st_dir(self, out: Path, model_card: str | None) -> None:
-        from m3e import __version__
-
         from transformers.utils import logging as hf_logging
+
+        from m3e import __version__
 
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()

@@ -1,0 +1,3 @@
+from m3e.cli import main
+
+raise SystemExit(main())
