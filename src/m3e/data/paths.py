@@ -1,0 +1,39 @@
+"""Where m3e keeps raw downloads and built data (the layout contract with `m3e eval`).
+
+``<root>/sources/<id>/`` holds a source's verified download and its extracted files;
+``<root>/data/`` holds the built benchmark tasks and training pairs. The root is
+``$M3E_HOME`` or ``~/.cache/m3e``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """The cache root: ``root`` if given, else ``$M3E_HOME``, else ``~/.cache/m3e``."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get("M3E_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "m3e"
+
+
+def data_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """The built-data directory ``<root>/data`` (tasks/, train/, manifest.json)."""
+    return cache_root(root) / "data"
+
+
+def sources_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """Raw downloads: ``<root>/sources/<id>/<file>``."""
+    return cache_root(root) / "sources"
+
+
+def task_path(data: Path, task: str, profile: str) -> Path:
+    return data / "tasks" / task / f"{profile}.json"
+
+
+def train_path(data: Path, name: str) -> Path:
+    return data / "train" / f"{name}.jsonl"

@@ -1,0 +1,197 @@
+"""Training pairs and triplets from the same sources, with every evaluation text removed.
+
+Each output file is one dataset (the M3E recipe draws each batch from one file). Builders
+yield candidate records in sha1 order; ``finish`` drops records that touch the exclusion set
+(any field, normalised), de-duplicates, picks the first hard negative that is not excluded,
+and stops at the file's cap, so dictionary-style sources cannot dominate the mix.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from m3e.data import corpora
+from m3e.data.tasks import Inputs, news_test_start
+from m3e.data.text import Exclusion, digest, normalise, to_simplified
+
+Record = dict[str, Any]  # text, text_pos, optional "negs": candidate hard negatives
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    name: str
+    source: str
+    description: str
+    build: Callable[[Inputs], Iterable[Record]]
+    cap: int
+    triplets: bool = False
+
+
+@dataclass
+class TrainStats:
+    candidates: int = 0
+    excluded: int = 0
+    duplicates: int = 0
+    no_negative: int = 0
+    records: int = 0
+    capped: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def finish(records: Iterable[Record], exclusion: Exclusion, cap: int, triplets: bool) -> tuple[list[Record], TrainStats]:
+    stats = TrainStats()
+    out: list[Record] = []
+    seen: set[tuple[str, str]] = set()
+    for rec in records:
+        if len(out) >= cap:
+            stats.capped = True
+            break
+        stats.candidates += 1
+        text, pos = rec["text"], rec["text_pos"]
+        if not text or not pos:
+            continue
+        kt, kp = normalise(text), normalise(pos)
+        if kt in exclusion.keys or kp in exclusion.keys:
+            stats.excluded += 1
+            continue
+        if (kt, kp) in seen or kt == kp:
+            stats.duplicates += 1
+            continue
+        item = {"text": text, "text_pos": pos}
+        if triplets:
+            neg = next((n for n in rec.get("negs", ()) if n and normalise(n) not in exclusion.keys
+                        and normalise(n) not in (kt, kp)), None)
+            if neg is None:
+                stats.no_negative += 1
+                continue
+            item["text_neg"] = neg
+        seen.add((kt, kp))
+        out.append(item)
+    stats.records = len(out)
+    return out, stats
+
+
+def _ordered(records: Iterable[Record], salt: str) -> list[Record]:
+    # sha1 order: a cap keeps an unbiased, reproducible sample of the source.
+    return sorted(records, key=lambda r: digest(r["text"] + "\x00" + r["text_pos"], salt))
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def insuranceqa_qa(inp: Inputs) -> list[Record]:
+    data = inp.insuranceqa
+    recs = []
+    for q in data.questions:
+        negs = [data.answers[a][0] for a in q.negatives]
+        for a in q.answers:
+            recs.append({"text": q.zh, "text_pos": data.answers[a][0], "negs": negs})
+    return _ordered(recs, "insuranceqa_qa")
+
+
+def insuranceqa_zh_en(inp: Inputs) -> list[Record]:
+    data = inp.insuranceqa
+    recs = [{"text": q.zh, "text_pos": q.en} for q in data.questions]
+    recs += [{"text": zh, "text_pos": en} for zh, en in data.answers.values()]
+    return _ordered(recs, "insuranceqa_zh_en")
+
+
+def idiom_explanation(inp: Inputs) -> list[Record]:
+    recs = [{"text": i.explanation, "text_pos": i.word} for i in inp.idioms if len(i.explanation) >= 4]
+    return _ordered(recs, "idiom_explanation")
+
+
+def idiom_example(inp: Inputs) -> list[Record]:
+    recs = [
+        {"text": i.example, "text_pos": i.explanation}
+        for i in inp.idioms
+        if len(i.example) >= 8 and i.word in i.example and len(i.explanation) >= 4
+    ]
+    return _ordered(recs, "idiom_example")
+
+
+def poetry_title(inp: Inputs) -> Iterator[Record]:
+    # One poem per title (titles like 无题 repeat thousands of times and would be false
+    # in-batch negatives); converted to simplified lazily since the cap stops early.
+    chosen: dict[str, tuple[str, corpora.Poem]] = {}
+    for poem in corpora.iter_poems(inp.files("G")):
+        if len(poem.title) < 2 or not 10 <= len(poem.text) <= 300:
+            continue
+        d = digest(poem.key, "poetry_title")
+        if poem.title not in chosen or d < chosen[poem.title][0]:
+            chosen[poem.title] = (d, poem)
+    for _, poem in sorted(chosen.values(), key=lambda dp: dp[0]):
+        yield {"text": to_simplified(poem.title), "text_pos": to_simplified(poem.text)}
+
+
+def news_headline(inp: Inputs) -> list[Record]:
+    pd = inp.people_daily
+    start = news_test_start(pd)
+    recs = [{"text": h, "text_pos": lead} for line, h, _, lead in pd.headlines if line < start]
+    return _ordered(recs, "news_headline")
+
+
+def news_adjacent(inp: Inputs) -> list[Record]:
+    """Consecutive body paragraphs of the first 75% of the month."""
+    pd = inp.people_daily
+    start = news_test_start(pd)
+    lead_lines = {lead for _, _, lead, _ in pd.headlines}
+    heads = {line for line, _, _, _ in pd.headlines}
+
+    def body(i: int) -> str | None:
+        t = corpora.strip_credit(pd.paragraphs[i])
+        if i in heads or len(t) < 20 or t[-1] not in corpora.SENTENCE_END:
+            return None
+        return corpora.clean_lead(t) if i in lead_lines else corpora.cut(t)
+
+    texts = [body(i) for i in range(start)]
+    recs = [{"text": a, "text_pos": b} for a, b in itertools.pairwise(texts) if a and b]
+    return _ordered(recs, "news_adjacent")
+
+
+def cedict_gloss(inp: Inputs) -> list[Record]:
+    return _ordered([{"text": w, "text_pos": g} for w, g in inp.cedict], "cedict_gloss")
+
+
+def hsk_zh_en(inp: Inputs) -> list[Record]:
+    return _ordered([{"text": zh, "text_pos": en} for _, zh, en in inp.hsk], "hsk_zh_en")
+
+
+def snli_triplets(inp: Inputs) -> list[Record]:
+    """Premise -> entailed hypothesis, with a contradiction of the same premise as hard negative."""
+    by_premise: dict[str, dict[str, list[str]]] = {}
+    for _, premise, hyp, label in inp.snli("train_subset"):
+        by_premise.setdefault(premise, {}).setdefault(label, []).append(hyp)
+    recs = []
+    for premise, labels in by_premise.items():
+        for hyp in labels.get("entailment", []):
+            if labels.get("contradiction"):
+                recs.append({"text": premise, "text_pos": hyp, "negs": labels["contradiction"]})
+    return _ordered(recs, "snli_triplets")
+
+
+TRAIN: dict[str, TrainSpec] = {
+    t.name: t
+    for t in [
+        TrainSpec("insuranceqa_qa", "C", "InsuranceQA-zh question -> answer, a sampled wrong answer as hard negative",
+                  insuranceqa_qa, 30_000, triplets=True),
+        TrainSpec("insuranceqa_zh_en", "C", "InsuranceQA questions and answers, Chinese -> English",
+                  insuranceqa_zh_en, 40_000),
+        TrainSpec("idiom_explanation", "D", "idiom explanation -> idiom", idiom_explanation, 30_000),
+        TrainSpec("idiom_example", "D", "example sentence using an idiom -> the idiom's explanation",
+                  idiom_example, 30_000),
+        TrainSpec("poetry_title", "G", "poem title -> poem (simplified)", poetry_title, 50_000),
+        TrainSpec("news_headline", "A", "People's Daily headline -> lead (first 75% of the month)",
+                  news_headline, 30_000),
+        TrainSpec("news_adjacent", "A", "People's Daily paragraph -> next paragraph (first 75%)",
+                  news_adjacent, 30_000),
+        TrainSpec("cedict_gloss", "F", "CC-CEDICT word -> English gloss (capped: dictionary style)",
+                  cedict_gloss, 30_000),
+        TrainSpec("hsk_zh_en", "B", "HSK sentence, Chinese -> English", hsk_zh_en, 30_000),
+        TrainSpec("snli_triplets", "J", "SNLI premise -> entailment, contradiction as hard negative",
+                  snli_triplets, 40_000, triplets=True),
+    ]
+}

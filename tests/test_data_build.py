@@ -1,0 +1,166 @@
+"""m3e data build: deterministic tasks and training files, the exclusion set, clear source errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from m3e.data import build as builder
+from m3e.data import sources
+from m3e.data.tasks import TASKS, bundled_smoke, eval_texts
+from m3e.data.text import normalise
+from m3e.errors import M3EError
+
+_SPEC = importlib.util.spec_from_file_location("m3e_synthetic", Path(__file__).parent / "fixtures/data/synthetic.py")
+assert _SPEC and _SPEC.loader
+synthetic = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(synthetic)
+
+
+@pytest.fixture(scope="module")
+def fetched_root(tmp_path_factory: pytest.TempPathFactory):
+    """A cache root holding all eight synthetic sources, fetched and verified the normal way."""
+    base = tmp_path_factory.mktemp("data")
+    paths = synthetic.write_archives(base / "archives")
+
+    def download(source: sources.Source, dest: Path) -> Path:
+        target = dest / paths[source.id].name
+        shutil.copy(paths[source.id], target)
+        return target
+
+    with pytest.MonkeyPatch.context() as mp:
+        for sid, path in paths.items():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            mp.setitem(sources.SOURCES, sid, dataclasses.replace(sources.SOURCES[sid], sha256=digest))
+        root = base / "root"
+        sources.fetch(None, root, downloader=download)
+        yield root
+
+
+@pytest.fixture(scope="module")
+def two_builds(fetched_root: Path) -> tuple[Path, Path]:
+    out1, out2 = fetched_root.parent / "out1", fetched_root.parent / "out2"
+    builder.build(out1, fetched_root)
+    builder.build(out2, fetched_root)
+    return out1, out2
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_two_builds_are_byte_identical(two_builds: tuple[Path, Path]) -> None:
+    a, b = (_files(d) for d in two_builds)
+    assert a.keys() == b.keys()
+    assert len([k for k in a if k.startswith("tasks/")]) == 2 * len(TASKS)
+    assert len([k for k in a if k.startswith("train/")]) == 10
+    assert "manifest.json" in a
+    for name in a:
+        assert a[name] == b[name], name
+
+
+def test_no_evaluation_text_in_training_records(two_builds: tuple[Path, Path]) -> None:
+    out = two_builds[0]
+    excluded: set[str] = set()
+    for path in (out / "tasks").rglob("*.json"):
+        excluded |= {normalise(t) for t in eval_texts(json.loads(path.read_text(encoding="utf-8")))}
+    n = 0
+    for path in (out / "train").glob("*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            for key in ("text", "text_pos", "text_neg"):
+                if key in record:
+                    assert normalise(record[key]) not in excluded, (path.name, record[key])
+            n += 1
+    assert n > 500
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    # The synthetic sources overlap on purpose (eval questions in the zh-en pairs, idioms in the
+    # dictionary, test premises in the SNLI train file): the exclusion must have dropped them.
+    for name in ("insuranceqa_zh_en", "cedict_gloss", "hsk_zh_en", "snli_triplets", "idiom_explanation"):
+        assert manifest["train"][name]["dropped_excluded"] > 0, name
+
+
+def test_normalisation_catches_script_width_case_and_spaces() -> None:
+    assert normalise("國語 學習") == normalise("国语学习")
+    assert normalise("ＡＢＣ １２３") == normalise("abc123")
+
+
+def test_task_files_follow_the_layout_contract(two_builds: tuple[Path, Path]) -> None:
+    out = two_builds[0]
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert set(manifest["sources"]) == set(sources.SOURCES)
+    for name in TASKS:
+        for profile in ("full", "smoke"):
+            raw = (out / "tasks" / name / f"{profile}.json").read_text(encoding="utf-8")
+            assert raw.endswith("}\n") and "\n" not in raw[:-1]
+            task = json.loads(raw)
+            assert list(task) == sorted(task)
+            assert task["name"] == name and task["sources"] and task["license"]
+            assert manifest["tasks"][name]["profiles"][profile]["sha256"] == hashlib.sha256(raw.encode()).hexdigest()
+            kind = task["type"]
+            if kind == "Classification":
+                assert task["train"] and task["test"]
+                assert {it["text"] for it in task["train"]}.isdisjoint(it["text"] for it in task["test"])
+            elif kind == "Retrieval":
+                ids = {d["id"] for d in task["corpus"]}
+                assert set(task["qrels"]) == {q["id"] for q in task["queries"]}
+                assert all(set(rel) <= ids and rel for rel in task["qrels"].values())
+            else:
+                assert task["pairs"]
+            if profile == "smoke":
+                for key in ("train", "test", "queries", "pairs"):
+                    assert len(task.get(key, [])) <= 33
+    for record in (out / "train" / "snli_triplets.jsonl").read_text(encoding="utf-8").splitlines():
+        assert set(json.loads(record)) == {"text", "text_pos", "text_neg"}
+
+
+def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(M3EError) as err:
+        builder.build(tmp_path / "out", tmp_path / "empty-root", profiles=("smoke",), train=False)
+    assert "not in the cache" in str(err.value) and "m3e data fetch --sources" in str(err.value)
+
+
+def test_corrupt_source_is_a_clear_error(fetched_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(fetched_root, root)
+    (root / "sources/C/files/insuranceqa_data/test.json.gz").write_bytes(b"\x1f\x8b broken")
+    with pytest.raises(M3EError) as err:
+        builder.build(tmp_path / "out", root, profiles=("full",), train=False)
+    assert "source C" in str(err.value) and "corrupt" in str(err.value)
+    assert "m3e data fetch --sources C" in str(err.value)
+
+
+def test_cli_build_and_error(fetched_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from m3e.cli import main
+
+    assert main(["data", "build", "--root", str(fetched_root), "--out", str(tmp_path / "o"), "--profile", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "HSKBitextMining" in out and "smoke" in out
+    assert not (tmp_path / "o" / "train").exists()  # training pairs come with the full profile
+    assert main(["data", "build", "--root", str(tmp_path / "nothing"), "--out", str(tmp_path / "p")]) == 2
+    assert "m3e data fetch" in capsys.readouterr().err
+
+
+def test_ensure_built_is_idempotent_and_uses_the_bundled_poetry_sample(
+    fetched_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(fetched_root, root)
+    shutil.rmtree(root / "sources" / "G")  # the 85 MB poetry tarball is not needed for smoke
+    monkeypatch.setattr(sources, "fetch", lambda *a, **k: pytest.fail("nothing should be fetched"))
+    data = builder.ensure_built("smoke", root=root)
+    assert data == root / "data" and builder.is_built("smoke", data)
+    poetry = json.loads((data / "tasks/PoetryGenreClassification/smoke.json").read_text(encoding="utf-8"))
+    assert poetry == bundled_smoke("PoetryGenreClassification")
+    manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["sources"]["G"]["version"] == "2.0.1"
+
+    monkeypatch.setattr(builder, "build", lambda *a, **k: pytest.fail("already built: no rebuild"))
+    assert builder.ensure_built("smoke", root=root) == data
+
