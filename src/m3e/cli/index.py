@@ -1,0 +1,198 @@
+"""`m3e index build|add|update|delete|info`: build and maintain a semantic-search index.
+
+    m3e index build CORPUS --model M --out INDEX   # .txt/.jsonl/.csv/.parquet; resumes if interrupted
+    m3e index add INDEX CORPUS [--upsert]           # all or nothing
+    m3e index update INDEX CORPUS                   # add, replacing documents with the same id
+    m3e index delete INDEX --id ID [--id ID ...]    # or --ids-file FILE (one id per line)
+    m3e index info INDEX [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from m3e.cli._common import add_model_options
+from m3e.errors import M3EError
+
+
+def _corpus_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("corpus", help="corpus file: .txt (one document per line), .jsonl, .csv/.tsv or .parquet")
+    p.add_argument("--format", dest="fmt", default=None, choices=["txt", "jsonl", "csv", "parquet"],
+                   help="corpus format (default: from the file suffix)")
+    p.add_argument("--id-field", default="id", help="record field holding the document id (default: id)")
+    p.add_argument("--text-field", default="text", help="record field holding the text (default: text)")
+    p.add_argument("--metadata-fields", default=None,
+                   help="comma-separated fields to keep as metadata (default: every other field)")
+    p.add_argument("--batch-chunks", type=int, default=256, help="chunks encoded and written per batch")
+    progress = p.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None,
+                          help="show progress with ETA (default: when stderr is a terminal)")
+    progress.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+
+    build = sub.add_parser("build", help="build an index from a corpus (resumes an interrupted build)")
+    _corpus_options(build)
+    build.add_argument("--out", "-o", required=True, help="index directory to create")
+    add_model_options(build)
+    build.add_argument("--query-prompt", default=None, help="prefix for queries (default: the model's)")
+    build.add_argument("--document-prompt", default=None, help="prefix for documents (default: the model's)")
+    build.add_argument("--chunk-size", type=int, default=400, help="chunk length in characters (default: 400)")
+    build.add_argument("--overlap", type=int, default=50, help="characters shared by consecutive chunks (default: 50)")
+    build.add_argument("--engine", default="lancedb", choices=["lancedb", "qdrant"],
+                       help="lancedb: embedded in INDEX (default); qdrant: a Qdrant server/cluster by --url")
+    build.add_argument("--url", default=None,
+                       help="qdrant: server URL (e.g. http://localhost:6333; key from $QDRANT_API_KEY) "
+                            "or a directory for Qdrant's local mode")
+    build.add_argument("--collection", default=None, help="qdrant collection name (default: INDEX's name)")
+    build.add_argument("--ann", default="auto", choices=["auto", "none", "ivf"],
+                       help="lancedb: build an IVF index after the build (auto: from 50k chunks on)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+
+    for name, help_text in (("add", "add documents to an index (all or nothing)"),
+                            ("update", "add documents, replacing those whose id is already indexed")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("index", help="index directory")
+        _corpus_options(p)
+        p.add_argument("--model", "-m", default=None, help="encode with this model (must match the index's)")
+        if name == "add":
+            p.add_argument("--upsert", action="store_true", help="replace documents whose id is already indexed")
+
+    delete = sub.add_parser("delete", help="delete documents by id (all or nothing)")
+    delete.add_argument("index", help="index directory")
+    delete.add_argument("--id", dest="ids", action="append", default=[], help="document id (repeatable)")
+    delete.add_argument("--ids-file", default=None, help="file with one document id per line")
+
+    info = sub.add_parser("info", help="describe an index: model, engine, counts, state")
+    info.add_argument("index", help="index directory")
+    info.add_argument("--json", action="store_true", help="print the index metadata as JSON")
+
+
+def _reader(args: argparse.Namespace) -> Any:
+    from m3e.index.corpus import CorpusReader
+
+    fields = [f.strip() for f in args.metadata_fields.split(",") if f.strip()] if args.metadata_fields else None
+    return CorpusReader(args.corpus, id_field=args.id_field, text_field=args.text_field,
+                        metadata_fields=fields, fmt=args.fmt)
+
+
+def model_source(name: str | None) -> str:
+    """What the index records to reload its model: an absolute path for local models."""
+    if name is None:
+        from m3e.default_model import default_model_path
+
+        return str(default_model_path().resolve())
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def _build(args: argparse.Namespace) -> int:
+    import m3e
+    from m3e.index import build_index
+
+    reader = _reader(args)
+    model = m3e.load(args.model, device=args.device, backend=args.backend, max_length=args.max_length,
+                     pooling=args.pooling, query_prompt=args.query_prompt, document_prompt=args.document_prompt)
+    index, report = build_index(
+        reader, args.out, model, model_source=model_source(args.model), overwrite=args.overwrite,
+        batch_chunks=args.batch_chunks, progress=args.progress, engine=args.engine, url=args.url,
+        collection=args.collection, chunk_size=args.chunk_size, overlap=args.overlap, ann=args.ann,
+    )
+    state = index.meta["state"]
+    resumed = f", {report.skipped_docs} already stored before resuming" if report.skipped_docs else ""
+    print(f"built {args.out}: {state['docs']} documents, {state['chunks']} chunks "
+          f"({report.docs} documents / {report.chunks} chunks encoded now{resumed})")
+    index.close()
+    return 0
+
+
+def _open(index_dir: str, model_name: str | None) -> Any:
+    from m3e.index import Index
+
+    model = None
+    if model_name is not None:
+        import m3e
+        from m3e.index.meta import read_meta
+
+        rec = read_meta(index_dir)["model"]
+        model = m3e.load(model_name, backend=rec.get("backend", "torch"), query_prompt=rec["prompts"]["query"],
+                         document_prompt=rec["prompts"]["document"], max_length=rec.get("max_length"))
+    return Index.open(index_dir, model=model)
+
+
+def _add(args: argparse.Namespace, upsert: bool) -> int:
+    reader = _reader(args)
+    with _open(args.index, args.model) as index:
+        report = index.add_corpus(reader, upsert=upsert, batch_chunks=args.batch_chunks, progress=args.progress)
+        state = index.meta["state"]
+    replaced = f", {report.replaced_docs} replaced" if upsert else ""
+    print(f"added {report.docs} documents ({report.chunks} chunks{replaced}); "
+          f"{args.index} now holds {state['docs']} documents, {state['chunks']} chunks")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    ids = list(args.ids)
+    if args.ids_file:
+        try:
+            ids += [x.strip() for x in Path(args.ids_file).read_text(encoding="utf-8").splitlines() if x.strip()]
+        except OSError as exc:
+            raise M3EError(f"cannot read {args.ids_file}: {exc.strerror or exc}") from exc
+    if not ids:
+        raise M3EError("give the documents to delete with --id ID or --ids-file FILE")
+    from m3e.index import Index
+
+    with Index.open(args.index) as index:
+        removed, missing = index.delete(ids)
+        state = index.meta["state"]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        print(f"not in the index ({len(missing)}): {shown}", file=sys.stderr)
+    print(f"deleted {len(ids) - len(missing)} documents ({removed} chunks); "
+          f"{args.index} now holds {state['docs']} documents, {state['chunks']} chunks")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from m3e.index.meta import read_meta
+
+    meta = read_meta(args.index)
+    if args.json:
+        print(json.dumps(meta, ensure_ascii=False, indent=2, sort_keys=True))
+        return 0
+    model, state, engine, ch = meta["model"], meta["state"], meta["engine"], meta["chunking"]
+    where = engine.get("path", "") if engine["name"] == "lancedb" else f"{engine.get('url')} / {engine.get('collection')}"
+    lines = [
+        f"index     {args.index}",
+        f"status    {state['status']}" + (f" ({state.get('docs_done', 0)} documents stored; rerun build to resume)"
+                                         if state["status"] == "building" else ""),
+        f"documents {state['docs']}",
+        f"chunks    {state['chunks']} ({ch['size']} {ch['unit']}, overlap {ch['overlap']})",
+        f"engine    {engine['name']} {where}",
+        f"model     {model['name']} ({model.get('source')})",
+        f"          dim {model['dim']}, pooling {model['pooling']}, max length {model['max_length']}, "
+        f"backend {model['backend']}, weights {model['fingerprint']}",
+        f"prompts   query {model['prompts']['query']!r}, document {model['prompts']['document']!r}",
+        f"updated   {meta.get('updated')}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    action = args.index_command
+    if action == "build":
+        return _build(args)
+    if action == "add":
+        return _add(args, upsert=args.upsert)
+    if action == "update":
+        return _add(args, upsert=True)
+    if action == "delete":
+        return _delete(args)
+    return _info(args)

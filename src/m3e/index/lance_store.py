@@ -1,0 +1,218 @@
+"""The embedded default engine: a LanceDB table in the index directory.
+
+Why LanceDB: no server; every write is a new table version committed atomically by
+the Lance format, so an index operation made of several writes can be pinned to the last
+committed version and rolled back after a crash; deletes, updates and SQL filters on
+metadata columns are built in; exact search is fast enough up to ~100k chunks and an IVF
+index takes over beyond that.
+
+Readers open the version recorded in the index metadata (``state.version``), never the
+table's latest, so writes in progress (or left by a crash) are invisible until the index
+metadata moves to the new version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from m3e.errors import M3EError
+from m3e.index.store import Hit, Row, filter_fields, sql_string
+
+logger = logging.getLogger(__name__)
+
+TABLE = "chunks"
+FIELD_PREFIX = "f_"
+# Below this many chunks exact search is fast enough (tens of ms) and needs no index.
+ANN_MIN_ROWS = 50_000
+_COLUMNS = ["chunk_id", "doc_id", "chunk", "start", "end", "text", "metadata", "_distance"]
+
+
+def _quiet_lance() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="lancedb")
+
+
+class LanceStore:
+    def __init__(self, index_dir: str | Path, config: dict[str, Any], *, dim: int, create: bool = False,
+                 committed: dict[str, Any] | None = None):
+        _quiet_lance()
+        try:
+            import lancedb
+        except ImportError as exc:  # pragma: no cover - lancedb is a dependency of the index extra
+            raise M3EError("the embedded index needs lancedb: pip install 'm3e[index]'") from exc
+        self.dim = int(dim)
+        self.config = config
+        self._has_ann: bool | None = None
+        self.path = Path(index_dir) / config.get("path", "lance")
+        self.db = lancedb.connect(str(self.path))
+        if create:
+            import pyarrow as pa
+
+            if TABLE in self._tables():
+                self.db.drop_table(TABLE)
+            self.table = self.db.create_table(TABLE, schema=self._schema(pa, []))
+        else:
+            if TABLE not in self._tables():
+                raise M3EError(f"{self.path}: no index table (was the index built?)")
+            self.table = self.db.open_table(TABLE)
+            if committed and committed.get("version") is not None:
+                # Read the committed snapshot, not whatever an unfinished write left behind.
+                self.table.checkout(int(committed["version"]))
+
+    def _tables(self) -> list[str]:
+        names = self.db.list_tables() if hasattr(self.db, "list_tables") else self.db.table_names()
+        return list(getattr(names, "tables", names))
+
+    def _schema(self, pa: Any, fields: Sequence[str]) -> Any:
+        return pa.schema(
+            [
+                pa.field("chunk_id", pa.string()),
+                pa.field("doc_id", pa.string()),
+                pa.field("chunk", pa.int32()),
+                pa.field("start", pa.int64()),
+                pa.field("end", pa.int64()),
+                pa.field("text", pa.string()),
+                pa.field("metadata", pa.string()),
+                pa.field("vector", pa.list_(pa.float32(), self.dim)),
+            ]
+            + [pa.field(FIELD_PREFIX + f, pa.string()) for f in fields]
+        )
+
+    def _fields(self) -> list[str]:
+        return [n[len(FIELD_PREFIX):] for n in self.table.schema.names if n.startswith(FIELD_PREFIX)]
+
+    # ------------------------------------------------------------------ transactions
+    def state(self) -> dict[str, Any]:
+        return {"version": int(self.table.version)}
+
+    def begin(self, committed: dict[str, Any]) -> None:
+        self._has_ann = None
+        self.table.checkout_latest()
+        version = committed.get("version")
+        if version is not None and int(self.table.version) != int(version):
+            logger.warning("index table has unfinished writes after version %s; rolling them back", version)
+            self.table.restore(int(version))
+
+    def commit(self) -> dict[str, Any]:
+        return self.state()
+
+    def rollback(self, committed: dict[str, Any]) -> None:
+        version = committed.get("version")
+        self.table.checkout_latest()
+        if version is not None and int(self.table.version) != int(version):
+            self.table.restore(int(version))
+
+    # ------------------------------------------------------------------ writes
+    def add(self, rows: Sequence[Row], vectors: np.ndarray) -> None:
+        import pyarrow as pa
+
+        if not rows:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(rows), self.dim):
+            raise M3EError(f"expected vectors of shape {(len(rows), self.dim)}, got {vectors.shape}")
+        per_row = [filter_fields(r.metadata) for r in rows]
+        known = self._fields()
+        new = sorted({k for f in per_row for k in f} - set(known))
+        if new:
+            # Schema evolution: earlier rows get NULL for a field first seen now.
+            self.table.add_columns([pa.field(FIELD_PREFIX + f, pa.string()) for f in new])
+            known = self._fields()
+        data: dict[str, Any] = {
+            "chunk_id": [r.chunk_id for r in rows],
+            "doc_id": [r.doc_id for r in rows],
+            "chunk": [r.chunk for r in rows],
+            "start": [r.start for r in rows],
+            "end": [r.end for r in rows],
+            "text": [r.text for r in rows],
+            "metadata": [json.dumps(r.metadata, ensure_ascii=False, sort_keys=True, default=str) for r in rows],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.dim),
+        }
+        for f in known:
+            data[FIELD_PREFIX + f] = [p.get(f) for p in per_row]
+        self.table.add(pa.table(data, schema=self._schema(pa, known)))
+
+    def delete_docs(self, doc_ids: Sequence[str]) -> int:
+        removed = 0
+        for part in _parts(list(doc_ids), 500):
+            where = f"doc_id IN ({', '.join(sql_string(d) for d in part)})"
+            n = self.table.count_rows(where)
+            if n:
+                self.table.delete(where)
+                removed += n
+        return removed
+
+    def existing_docs(self, doc_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for part in _parts(list(dict.fromkeys(doc_ids)), 500):
+            where = f"doc_id IN ({', '.join(sql_string(d) for d in part)})"
+            got = self.table.search().where(where).select(["doc_id"]).limit(None).to_arrow()
+            found.update(got.column("doc_id").to_pylist())
+        return found
+
+    def maintain(self) -> bool:
+        # Called right after a commit. Merges small fragments, adds new rows to the ANN index
+        # and drops versions older than an hour: the committed version was written seconds
+        # ago, so it survives, and an hour leaves readers of earlier versions time to finish.
+        # (Never before a commit: pruning could then remove the version still committed.)
+        before = int(self.table.version)
+        self.table.optimize(cleanup_older_than=timedelta(hours=1))
+        return int(self.table.version) != before
+
+    def finish_build(self) -> None:
+        n = self.count()
+        self.maintain()
+        ann = self.config.get("ann", "auto")
+        if ann == "none" or (ann == "auto" and n < int(self.config.get("ann_min_rows", ANN_MIN_ROWS))):
+            return
+        from lancedb.index import IvfFlat
+
+        partitions = int(self.config.get("partitions") or max(1, round(math.sqrt(n))))
+        self.table.create_index("vector", config=IvfFlat(distance_type="cosine", num_partitions=partitions),
+                                replace=True)
+        self._has_ann = True
+
+    # ------------------------------------------------------------------ reads
+    def search(self, vector: np.ndarray, k: int, filters: dict[str, str] | None = None) -> list[Hit]:
+        query = self.table.search(np.asarray(vector, dtype=np.float32)).distance_type("cosine")
+        if self._has_ann is None:
+            self._has_ann = bool(self.table.list_indices())
+        if self._has_ann:
+            query = query.nprobes(int(self.config.get("nprobes", 32)))
+        if filters:
+            known = set(self._fields())
+            unknown = [f for f in filters if f not in known]
+            if unknown:
+                raise M3EError(f"cannot filter on {unknown[0]!r}: no such metadata field "
+                               f"(filterable: {', '.join(sorted(known)) or 'none'})")
+            where = " AND ".join(f"{FIELD_PREFIX}{f} = {sql_string(v)}" for f, v in filters.items())
+            query = query.where(where, prefilter=True)
+        table = query.select(_COLUMNS).limit(k).to_arrow()
+        hits = []
+        for rec in table.to_pylist():
+            hits.append(Hit(score=1.0 - float(rec["_distance"]), chunk_id=rec["chunk_id"], doc_id=rec["doc_id"],
+                            chunk=int(rec["chunk"]), start=int(rec["start"]), end=int(rec["end"]), text=rec["text"],
+                            metadata=json.loads(rec["metadata"] or "{}")))
+        return hits
+
+    def count(self) -> int:
+        return int(self.table.count_rows())
+
+    def count_docs(self) -> int:
+        return int(self.table.count_rows("chunk = 0"))
+
+    def close(self) -> None:
+        self.table = None  # type: ignore[assignment]
+
+
+def _parts(items: list[str], size: int) -> list[list[str]]:
+    return [items[i: i + size] for i in range(0, len(items), size)]

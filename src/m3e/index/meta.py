@@ -1,0 +1,101 @@
+"""The index metadata file: which model built the index, how, and its committed state.
+
+``<index>/index.json`` is the commit point of every index operation: engines write first,
+then this file is replaced atomically (temp file, fsync, os.replace) with the new state.
+A crash before the replace leaves the previous state in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from m3e.errors import M3EError
+
+META_NAME = "index.json"
+FORMAT = 1
+
+
+def read_meta(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(index_dir) / META_NAME
+    if not path.exists():
+        if Path(index_dir).exists():
+            raise M3EError(f"{index_dir} is not an m3e index (no {META_NAME})")
+        raise M3EError(f"no such index: {index_dir}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise M3EError(f"{path}: unreadable index metadata ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise M3EError(f"{path}: index format {meta.get('format')!r} is not supported (expected {FORMAT})")
+    return meta
+
+
+def write_meta(index_dir: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+    directory = Path(index_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".json.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, ensure_ascii=False, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, directory / META_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A short hash of the model's weights: same name and config but other weights do not match.
+
+    Each tensor contributes its name, shape and first 64k values: fine-tuning changes every
+    layer, and hashing a sample keeps this fast for large models.
+    """
+    digest = hashlib.blake2b(digest_size=12)
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        sample = tensor.detach().reshape(-1)[:65536]
+        digest.update(sample.float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_signature(model: Any, source: str | None) -> dict[str, Any]:
+    """What the index records about the model that built it."""
+    return {
+        "source": source,
+        "name": model.name,
+        "dim": int(model.dim),
+        "pooling": model.pooling,
+        "max_length": int(model.max_length),
+        "backend": getattr(model, "backend", "torch"),
+        "prompts": {"query": model.query_prompt, "document": model.document_prompt},
+        "fingerprint": weights_fingerprint(model),
+    }
+
+
+_COMPARED = ("dim", "fingerprint", "pooling", "max_length", "backend", "prompts")
+
+
+def check_model(recorded: dict[str, Any], model: Any, index_dir: str | os.PathLike[str]) -> None:
+    """Refuse a query model whose vectors would not be comparable with the index's."""
+    current = model_signature(model, recorded.get("source"))
+    diffs = [f"{k}: index {recorded.get(k)!r}, model {current[k]!r}" for k in _COMPARED if recorded.get(k) != current[k]]
+    if diffs:
+        raise M3EError(
+            f"model {model.name!r} does not match the model that built {index_dir} "
+            f"({recorded.get('name')!r}): " + "; ".join(diffs)
+        )

@@ -1,0 +1,159 @@
+"""The distributed engine: a Qdrant collection, on a server or cluster by URL.
+
+For corpora that outgrow one machine, the same index operations run against Qdrant
+(sharded and replicated collections, HNSW, payload filters). The client's local mode
+(``location`` a directory path) runs the same client calls without a server; tests use it.
+
+Qdrant has no multi-request transactions: each batch is an atomic, idempotent upsert keyed
+by the chunk id, so re-running an interrupted ``m3e index add`` converges to the complete
+state; an interrupted add can leave some of its documents visible until then.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from m3e.errors import M3EError
+from m3e.index.store import Hit, Row, filter_fields
+
+_NAMESPACE = uuid.UUID("5b0e4f7e-8a58-4d8e-9a43-2f6f4c1c9e3a")
+
+
+def point_id(chunk_id: str) -> str:
+    """Qdrant ids are integers or UUIDs; a name-based UUID keeps upserts idempotent."""
+    return str(uuid.uuid5(_NAMESPACE, chunk_id))
+
+
+def _client(location: str, api_key: str | None = None) -> Any:
+    from qdrant_client import QdrantClient
+
+    if location.startswith(("http://", "https://")):
+        return QdrantClient(url=location, api_key=api_key)
+    if location == ":memory:":
+        return QdrantClient(location=":memory:")
+    return QdrantClient(path=location)  # local mode: same client API, no server
+
+
+class QdrantStore:
+    def __init__(self, index_dir: str | Path, config: dict[str, Any], *, dim: int, create: bool = False):
+        try:
+            from qdrant_client import models
+        except ImportError as exc:  # pragma: no cover
+            raise M3EError("the qdrant engine needs qdrant-client: pip install 'm3e[index]'") from exc
+        self.models = models
+        self.dim = int(dim)
+        self.config = config
+        location = config.get("url")
+        if not location:
+            raise M3EError("the qdrant engine needs a URL (e.g. http://localhost:6333) or a local directory")
+        if not location.startswith(("http://", "https://", ":memory:")) and not Path(location).is_absolute():
+            location = str((Path(index_dir) / location).resolve())
+        self.collection = config.get("collection") or "m3e"
+        import os
+
+        self.client = _client(location, os.environ.get(config.get("api_key_env", "QDRANT_API_KEY")))
+        exists = self.client.collection_exists(self.collection)
+        if create:
+            if exists:
+                self.client.delete_collection(self.collection)
+            self.client.create_collection(
+                self.collection,
+                vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
+            )
+            if location.startswith(("http://", "https://")):  # local mode has no payload indexes
+                self.client.create_payload_index(self.collection, "doc_id", models.PayloadSchemaType.KEYWORD)
+        elif not exists:
+            raise M3EError(f"Qdrant collection {self.collection!r} does not exist at {config.get('url')}")
+
+    # Qdrant has no snapshots to pin; a commit records the count for `m3e index info`.
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def begin(self, committed: dict[str, Any]) -> None:
+        return None
+
+    def commit(self) -> dict[str, Any]:
+        return {}
+
+    def rollback(self, committed: dict[str, Any]) -> None:
+        return None
+
+    def add(self, rows: Sequence[Row], vectors: np.ndarray) -> None:
+        if not rows:
+            return
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(rows), self.dim):
+            raise M3EError(f"expected vectors of shape {(len(rows), self.dim)}, got {vectors.shape}")
+        payloads = [
+            {"chunk_id": r.chunk_id, "doc_id": r.doc_id, "chunk": r.chunk, "start": r.start, "end": r.end,
+             "text": r.text, "metadata": r.metadata, "f": filter_fields(r.metadata)}
+            for r in rows
+        ]
+        self.client.upsert(
+            self.collection,
+            points=self.models.Batch(ids=[point_id(r.chunk_id) for r in rows], vectors=vectors.tolist(),
+                                     payloads=payloads),
+            wait=True,
+        )
+
+    def _doc_filter(self, doc_ids: Sequence[str]) -> Any:
+        m = self.models
+        return m.Filter(must=[m.FieldCondition(key="doc_id", match=m.MatchAny(any=list(doc_ids)))])
+
+    def delete_docs(self, doc_ids: Sequence[str]) -> int:
+        if not doc_ids:
+            return 0
+        flt = self._doc_filter(doc_ids)
+        n = self.client.count(self.collection, count_filter=flt, exact=True).count
+        if n:
+            self.client.delete(self.collection, points_selector=self.models.FilterSelector(filter=flt), wait=True)
+        return int(n)
+
+    def existing_docs(self, doc_ids: Sequence[str]) -> set[str]:
+        if not doc_ids:
+            return set()
+        found: set[str] = set()
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, scroll_filter=self._doc_filter(doc_ids), limit=1000,
+                                                offset=offset, with_payload=["doc_id"], with_vectors=False)
+            found.update(p.payload["doc_id"] for p in points)
+            if offset is None:
+                return found
+
+    def finish_build(self) -> None:
+        return None  # Qdrant maintains its HNSW index itself
+
+    def maintain(self) -> bool:
+        return False
+
+    def search(self, vector: np.ndarray, k: int, filters: dict[str, str] | None = None) -> list[Hit]:
+        m = self.models
+        flt = None
+        if filters:
+            flt = m.Filter(must=[m.FieldCondition(key=f"f.{f}", match=m.MatchValue(value=v)) for f, v in filters.items()])
+        result = self.client.query_points(self.collection, query=np.asarray(vector, dtype=np.float32).tolist(),
+                                          query_filter=flt, limit=k, with_payload=True)
+        hits = []
+        for p in result.points:
+            pl = p.payload or {}
+            hits.append(Hit(score=float(p.score), chunk_id=pl["chunk_id"], doc_id=pl["doc_id"], chunk=int(pl["chunk"]),
+                            start=int(pl["start"]), end=int(pl["end"]), text=pl["text"],
+                            metadata=pl.get("metadata") or {}))
+        return hits
+
+    def count(self) -> int:
+        return int(self.client.count(self.collection, exact=True).count)
+
+    def count_docs(self) -> int:
+        m = self.models
+        flt = m.Filter(must=[m.FieldCondition(key="chunk", match=m.MatchValue(value=0))])
+        return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
+
+    def close(self) -> None:
+        self.client.close()

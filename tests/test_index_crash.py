@@ -1,0 +1,70 @@
+"""A `m3e index add` killed with SIGKILL mid-write leaves the index as it was before (or after)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_index_store import corpus_records, write_jsonl
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL"),
+    pytest.mark.skipif(importlib.util.find_spec("lancedb") is None, reason="needs lancedb"),
+]
+
+
+def _versions(index_dir: Path) -> int:
+    return len(list((index_dir / "lance" / "chunks.lance" / "_versions").glob("*.manifest")))
+
+
+def test_sigkill_during_add_leaves_a_consistent_index(tmp_path, tiny_st_model_dir):
+    from m3e.cli import main
+    from m3e.index import Index
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_records())
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(corpus), "--model", str(tiny_st_model_dir), "--out", str(out),
+                 "--no-progress"]) == 0
+    before = json.loads((out / "index.json").read_text())["state"]
+    versions_before = _versions(out)
+
+    extra = write_jsonl(tmp_path / "extra.jsonl",
+                        [{"id": f"x{i}", "text": f"第{i}个新文档，关于保险和理赔。"} for i in range(4000)])
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "m3e.cli", "index", "add", str(out), str(extra), "--batch-chunks", "8",
+         "--no-progress"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        # Kill once the add has committed several table versions of its own, but not the index.
+        while time.monotonic() < deadline and proc.poll() is None and _versions(out) < versions_before + 5:
+            time.sleep(0.02)
+        killed = proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert killed, "the add finished before it could be killed: " + proc.stderr.read().decode()[-500:]
+    assert _versions(out) > versions_before  # it had written to the table
+
+    with Index.open(out) as index:
+        state = index.meta["state"]
+        assert state == before  # the commit point was never reached
+        assert index.store.count() == before["chunks"]
+        assert not index.store.existing_docs([f"x{i}" for i in range(4000)])
+        assert index.search("保险", k=3)
+    # The next add starts from the committed version and completes.
+    small = write_jsonl(tmp_path / "small.jsonl", [{"id": "x1", "text": "一个新文档"}])
+    assert main(["index", "add", str(out), str(small), "--no-progress"]) == 0
+    with Index.open(out) as index:
+        assert index.meta["state"]["docs"] == before["docs"] + 1
+        assert index.store.count() == before["chunks"] + 1
