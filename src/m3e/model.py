@@ -178,7 +178,7 @@ class EmbeddingModel(nn.Module):
         out = [prompt + t for t in texts] if prompt else list(texts)
         return [t.lower() for t in out] if self.do_lower_case else out
 
-    def _prompt_length(self, prompt: str) -> int:
+    def prompt_length(self, prompt: str) -> int:
         """Tokens of the prompt to leave out of pooling (sentence-transformers' rule)."""
         if not prompt or self.include_prompt:
             return 0
@@ -354,7 +354,7 @@ class EmbeddingModel(nn.Module):
             units = self._windows(texts, prompt)
         else:
             units = _Tokenized(self.tokenize(texts, prompt), list(range(len(texts))), [1.0] * len(texts))
-        prompt_length = self._prompt_length(prompt)
+        prompt_length = self.prompt_length(prompt)
         batches = length_sorted_batches([len(x) for x in units.ids], batch_size, max_batch_tokens)
         pooled = np.zeros((len(units.ids), self.dim), dtype=np.float32)
         progress = _progress(len(units.ids), show_progress)

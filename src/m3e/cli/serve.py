@@ -1,0 +1,138 @@
+"""`m3e serve`: an OpenAI-compatible /v1/embeddings server with dynamic batching."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from m3e.errors import M3EError
+
+logger = logging.getLogger(__name__)
+
+
+def _cores() -> int:
+    """Inference threads: $M3E_NUM_THREADS or the physical cores (the backends' rule)."""
+    try:
+        from m3e.backends.threads import inference_threads
+
+        return inference_threads()
+    except ImportError:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "models", nargs="*", metavar="MODEL",
+        help="model directories or hub ids, served under their own names (none: the default model)",
+    )
+    parser.add_argument(
+        "--name", action="append", default=[], metavar="NAME=MODEL",
+        help="serve MODEL under the public name NAME (repeatable)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("M3E_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $M3E_API_KEY; none = open)",
+    )
+    parser.add_argument("--cors", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN ('*' for any; repeatable)")
+    parser.add_argument("--backend", choices=["torch", "bf16", "int8"], default="torch", help="inference backend (default torch fp32)")
+    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    parser.add_argument("--max-length", type=int, default=None, help="truncate inputs at N tokens (default: the model's maximum)")
+    parser.add_argument(
+        "--on-long-input", choices=["truncate", "reject"], default="truncate",
+        help="inputs longer than the max length: truncate (reported in the X-M3E-Truncated header) or reject with 400",
+    )
+    parser.add_argument("--max-batch-tokens", type=int, default=8192, help="token budget of one forward pass (default 8192)")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="texts per forward pass at most (default 64)")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a text may wait for its batch to fill (default 5)")
+    parser.add_argument("--max-queue", type=int, default=4096, help="texts queued at most; beyond, 429 with Retry-After (default 4096)")
+    parser.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024, help="request body limit; beyond, 413 (default 16 MiB)")
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (default: $M3E_NUM_THREADS or the physical cores)")
+    parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"], help="server log level")
+
+
+def _model_specs(args: argparse.Namespace) -> list[tuple[str | None, str | None]]:
+    """(public name or None, model path or None) in serving order; the first is the default."""
+    specs: list[tuple[str | None, str | None]] = [(None, m) for m in args.models]
+    for item in args.name:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise M3EError(f"--name expects NAME=MODEL, got {item!r}")
+        specs.append((name, path))
+    return specs or [(None, None)]
+
+
+def _positive(args: argparse.Namespace) -> None:
+    for opt in ("max_batch_tokens", "max_batch_size", "max_queue", "max_request_bytes", "port"):
+        if getattr(args, opt) < (0 if opt == "port" else 1):
+            raise M3EError(f"--{opt.replace('_', '-')} must be positive")
+    if args.threads is not None and args.threads < 1:
+        raise M3EError("--threads must be >= 1")
+    if args.max_wait_ms < 0:
+        raise M3EError("--max-wait-ms must be >= 0")
+
+
+def run(args: argparse.Namespace) -> int:
+    _positive(args)
+    # Before torch loads its OpenMP runtime: idle OpenMP threads sleep instead of spinning. The
+    # event loop needs a core between forwards, and on a shared machine spinning threads that
+    # lose their core stall every parallel region (measured 4-6x slower; docs/benchmarks).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise M3EError(f"m3e serve needs the serve extra ({exc.name} is missing): pip install 'm3e[serve]'") from None
+    import torch
+
+    import m3e
+    from m3e.serving import ServeConfig, create_app, run_server
+
+    threads = args.threads or _cores()
+    # The int8 (ONNX Runtime) backend sizes its thread pool from this variable when it loads.
+    os.environ["M3E_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+    models = {}
+    for name, path in _model_specs(args):
+        model = m3e.load(path, device=args.device, backend=args.backend, max_length=args.max_length)
+        public = name or model.name
+        if public in models:
+            raise M3EError(f"two models are named {public!r}; give one another name with --name NAME=MODEL")
+        models[public] = model
+
+    config = ServeConfig(
+        api_key=args.api_key or None,
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_request_bytes=args.max_request_bytes,
+        on_long_input=args.on_long_input,
+        cors_origins=list(args.cors),
+        torch_threads=threads,
+    )
+    app = create_app(models, config)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    for public, model in models.items():
+        print(
+            f"m3e serve: {public} (dim {model.dim}, max length {model.max_length}, backend {args.backend})",
+            file=sys.stderr,
+        )
+    print(
+        f"m3e serve: http://{host}:{args.port}/v1/embeddings"
+        f"{' (API key required)' if config.api_key else ''}; /health turns ready after warm-up",
+        file=sys.stderr,
+        flush=True,
+    )
+    level = args.log_level or ("info" if args.verbose else "warning")
+    run_server(app, args.host, args.port, log_level=level)
+    print("m3e serve: stopped", file=sys.stderr)
+    return 0

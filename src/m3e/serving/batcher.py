@@ -1,0 +1,357 @@
+"""Dynamic batching: texts of concurrent requests share forward passes on one inference thread.
+
+A request becomes a *job*: its token-id lists, taken longest first (as ``encode`` does). One
+inference thread owns the model(s); on 2 cores one forward at a time, using all cores, is the
+fastest schedule, and it keeps the event loop free to parse and answer requests meanwhile.
+
+Each round the thread
+1. waits until texts are queued; if fewer than a full batch and other requests are in the
+   server, it waits a little longer (``max_wait``, counted from the oldest queued text's
+   arrival) so that batches fill under load; a lone request goes at once;
+2. picks one lane (a model; lanes take turns) and takes texts from its jobs **round-robin, one
+   text per job per pass**, until the round holds ``max_batch_size`` texts or
+   ``max_batch_tokens`` tokens: a request of 2048 texts gets one slot per pass like everyone
+   else, so it cannot starve single-text requests queued behind it;
+3. sorts the round's texts by length and cuts it into batches under the token budget
+   (:func:`m3e.batching.length_sorted_batches`), then cuts those where padding would cost
+   more than another forward (:func:`split_batches`); each batch is one ``embed_token_ids`` call;
+4. writes each vector into its job's result array at the text's own index; a job whose
+   texts are all done is answered at once, in input order by construction.
+
+The queue is bounded in texts; a request that would overflow it is refused (HTTP 429 with
+Retry-After estimated from the measured throughput).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from m3e.batching import length_sorted_batches
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddingBackend(Protocol):
+    """What the batcher needs of a model (an :class:`m3e.model.EmbeddingModel` fits)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed_token_ids(
+        self, batch: Sequence[Sequence[int]], normalize: bool = True, prompt_length: int = 0
+    ) -> np.ndarray: ...
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after: int, queued: int):
+        super().__init__(f"queue full ({queued} texts waiting)")
+        self.retry_after = retry_after
+        self.queued = queued
+
+
+class ShuttingDown(Exception):
+    pass
+
+
+@dataclass(eq=False)
+class Job:
+    lane: tuple[str, int]  # (model name, prompt length): texts of one lane can share a forward
+    ids: list[list[int]]
+    future: Future[np.ndarray]
+    order: list[int]  # text indices, longest first: the order texts are taken in
+    out: np.ndarray  # [n, dim] pooled vectors, filled at each text's own index
+    arrived: float
+    taken: int = 0  # texts handed to a forward so far
+    done: int = 0
+    started: bool = False
+    failed: bool = field(default=False)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.order) - self.taken
+
+
+class Batcher:
+    def __init__(
+        self,
+        models: dict[str, EmbeddingBackend],
+        *,
+        max_batch_tokens: int = 8192,
+        max_batch_size: int = 64,
+        max_wait: float = 0.005,
+        max_queue: int = 4096,
+        metrics: Any = None,
+        warmup: Callable[[], None] | None = None,
+        torch_threads: int | None = None,
+    ):
+        if max_batch_tokens < 1 or max_batch_size < 1 or max_queue < 1:
+            raise ValueError("max_batch_tokens, max_batch_size and max_queue must be >= 1")
+        self.models = models
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_wait = max(0.0, max_wait)
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self._warmup = warmup
+        self._torch_threads = torch_threads
+        self._cv = threading.Condition()
+        self._lanes: dict[tuple[str, int], deque[Job]] = {}
+        self._turn = 0
+        self._queued_texts = 0
+        self._queued_tokens = 0
+        self._stopping = False
+        self._tokens_per_s = 0.0  # moving average, for Retry-After
+        self._thread: threading.Thread | None = None
+        self.ready = threading.Event()
+        self.warmup_error: str | None = None
+        # Requests in the server right now (set by the app); None: always under load.
+        self.load_hint: Callable[[], int] | None = None
+
+    # ------------------------------------------------------------------ client side
+    def submit(self, model: str, ids: list[list[int]], prompt_length: int = 0) -> Future[np.ndarray]:
+        """Queue one request's token ids; the future gets the pooled [n, dim] vectors in order."""
+        backend = self.models[model]
+        n = len(ids)
+        fut: Future[np.ndarray] = Future()
+        order = sorted(range(n), key=lambda i: -len(ids[i]))
+        job = Job((model, prompt_length), ids, fut, order, np.zeros((n, backend.dim), dtype=np.float32), time.monotonic())
+        tokens = sum(len(x) for x in ids)
+        with self._cv:
+            if self._stopping:
+                raise ShuttingDown("the server is shutting down")
+            # An empty queue takes any request, so a big one is never refused forever.
+            if self._queued_texts and self._queued_texts + n > self.max_queue:
+                raise QueueFull(self._retry_after(tokens), self._queued_texts)
+            self._lanes.setdefault(job.lane, deque()).append(job)
+            self._queued_texts += n
+            self._queued_tokens += tokens
+            self._gauges()
+            self._cv.notify()
+        return fut
+
+    def _retry_after(self, extra_tokens: int) -> int:
+        rate = self._tokens_per_s
+        if rate <= 0:
+            return 1
+        return int(min(60, max(1, math.ceil((self._queued_tokens + extra_tokens) / rate))))
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        # Not a daemon: interpreter exit waits for the thread to finish queued work.
+        self._thread = threading.Thread(target=self._run, name="m3e-inference", daemon=False)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Refuse new work, finish what is queued, then end the thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("inference thread still busy after %.0f s", timeout or 0)
+
+    # ------------------------------------------------------------------ worker
+    def _run(self) -> None:
+        if self._torch_threads:
+            import torch
+
+            torch.set_num_threads(self._torch_threads)
+        try:
+            if self._warmup is not None:
+                self._warmup()
+        except Exception as exc:  # serve anyway; /health reports it
+            logger.exception("warm-up failed")
+            self.warmup_error = f"{type(exc).__name__}: {exc}"
+        self.ready.set()
+        if self.metrics is not None:
+            self.metrics.ready.set(0 if self.warmup_error else 1)
+        while True:
+            picked = self._next_round()
+            if picked is None:
+                return
+            self._run_round(*picked)
+
+    def _loaded(self) -> bool:
+        return self.load_hint is None or self.load_hint() > 1
+
+    def _full(self) -> bool:
+        return self._queued_texts >= self.max_batch_size or self._queued_tokens >= self.max_batch_tokens
+
+    def _next_round(self) -> tuple[tuple[str, int], list[tuple[Job, int]]] | None:
+        with self._cv:
+            while True:
+                while not self._queued_texts and not self._stopping:
+                    self._cv.wait()
+                if not self._queued_texts:
+                    return None  # stopping and drained
+                # Patience: let a batch fill, but never hold a text longer than max_wait, and
+                # only under load: a lone client should not pay the wait on every request.
+                while not self._stopping and not self._full() and self._loaded():
+                    left = self._oldest() + self.max_wait - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+                lane = self._pick_lane()
+                if lane is None:
+                    continue
+                picked = self._take(lane)
+                self._gauges()
+                if picked:
+                    return lane, picked
+
+    def _oldest(self) -> float:
+        return min((q[0].arrived for q in self._lanes.values() if q), default=time.monotonic())
+
+    def _pick_lane(self) -> tuple[str, int] | None:
+        busy = [lane for lane, q in self._lanes.items() if q]
+        if not busy:
+            return None
+        self._turn = (self._turn + 1) % len(busy)  # lanes (models) take turns
+        return busy[self._turn]
+
+    def _take(self, lane: tuple[str, int]) -> list[tuple[Job, int]]:
+        """Round-robin over the lane's jobs, one text per job per pass, under the round's limits."""
+        queue = self._lanes[lane]
+        for job in [j for j in queue if j.future.cancelled()]:  # client went away
+            queue.remove(job)
+            self._dequeue(job, job.remaining)
+        picked: list[tuple[Job, int]] = []
+        tokens = 0
+        active = list(queue)
+        now = time.monotonic()
+        while active and len(picked) < self.max_batch_size:
+            still: list[Job] = []
+            for job in active:
+                i = job.order[job.taken]
+                n = len(job.ids[i])
+                if len(picked) >= self.max_batch_size or (picked and tokens + n > self.max_batch_tokens):
+                    active = []
+                    break
+                picked.append((job, i))
+                tokens += n
+                job.taken += 1
+                self._queued_texts -= 1
+                self._queued_tokens -= n
+                if not job.started:
+                    job.started = True
+                    if self.metrics is not None:
+                        self.metrics.queue_seconds.observe(now - job.arrived)
+                if job.remaining:
+                    still.append(job)
+            else:
+                active = still
+        for job in {id(j): j for j, _ in picked}.values():
+            if not job.remaining:
+                queue.remove(job)
+        if not queue:
+            del self._lanes[lane]
+        return picked
+
+    def _dequeue(self, job: Job, count: int) -> None:
+        self._queued_texts -= count
+        self._queued_tokens -= sum(len(job.ids[i]) for i in job.order[job.taken :])
+        job.taken = len(job.order)
+
+    def _gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_texts.set(self._queued_texts)
+            self.metrics.queue_requests.set(sum(len(q) for q in self._lanes.values()))
+
+    def _run_round(self, lane: tuple[str, int], picked: list[tuple[Job, int]]) -> None:
+        model_name, prompt_length = lane
+        model = self.models[model_name]
+        lengths = [len(job.ids[i]) for job, i in picked]
+        for batch in split_batches(lengths, self.max_batch_size, self.max_batch_tokens):
+            items = [picked[k] for k in batch]
+            items = [(job, i) for job, i in items if not job.failed]
+            if not items:
+                continue
+            ids = [job.ids[i] for job, i in items]
+            start = time.perf_counter()
+            try:
+                vectors = model.embed_token_ids(ids, normalize=False, prompt_length=prompt_length)
+            except Exception as exc:
+                logger.exception("forward pass failed")
+                self._fail({id(job): job for job, _ in items}.values(), exc)
+                continue
+            seconds = time.perf_counter() - start
+            padded = len(ids) * max(len(x) for x in ids)
+            real = sum(len(x) for x in ids)
+            if seconds > 0:
+                rate = real / seconds
+                self._tokens_per_s = rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
+            if self.metrics is not None:
+                self.metrics.observe_batch(model_name, len(ids), padded, seconds)
+            for row, (job, i) in enumerate(items):
+                job.out[i] = vectors[row]
+                job.done += 1
+                if job.done == len(job.order):
+                    _resolve(job.future, job.out)
+
+    def _fail(self, jobs: Any, exc: BaseException) -> None:
+        with self._cv:
+            for job in jobs:
+                job.failed = True
+                queue = self._lanes.get(job.lane)
+                if queue is not None and job in queue:
+                    queue.remove(job)
+                    self._dequeue(job, job.remaining)
+            self._gauges()
+        for job in jobs:
+            if not job.future.done():
+                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                    job.future.set_exception(exc)
+
+
+def _resolve(future: Future[np.ndarray], value: np.ndarray) -> None:
+    with contextlib.suppress(InvalidStateError):  # the client cancelled; nothing to answer
+        future.set_result(value)
+
+
+def split_batches(
+    lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int, overhead_tokens: int = 32
+) -> list[list[int]]:
+    """Length-sorted batches under the token budget, each cut where padding costs more than a forward.
+
+    A round mixes requests of any lengths: one 120-token text with 30 short ones would pad all
+    to 120 under the budget alone. On CPU a forward costs about (its padded tokens) plus a fixed
+    overhead (about ``overhead_tokens`` tokens' worth: Python and small-matrix inefficiency), so
+    each budget batch, already sorted longest first, is cut into the contiguous groups of least
+    total cost (a small dynamic programme over at most ``max_batch_size`` texts).
+    """
+    out: list[list[int]] = []
+    for batch in length_sorted_batches(lengths, max_batch_size, max_batch_tokens):
+        widths = [max(int(lengths[k]), 1) for k in batch]  # longest first
+        n = len(batch)
+        best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j texts
+        cut = [0] * (n + 1)
+        for j in range(1, n + 1):
+            for i in range(j - 1, -1, -1):  # group batch[i:j], its width is widths[i]
+                cost = best[i] + overhead_tokens + (j - i) * widths[i]
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i
+        groups: list[list[int]] = []
+        j = n
+        while j > 0:
+            groups.append(batch[cut[j] : j])
+            j = cut[j]
+        out.extend(reversed(groups))
+    return out

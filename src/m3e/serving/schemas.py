@@ -1,0 +1,188 @@
+"""The OpenAI embeddings request and response, validated and rendered by hand.
+
+Hand validation (not a pydantic union) keeps the contract exact: a list of booleans or of
+floats is not silently read as token ids, and every error names the offending ``param``
+with OpenAI's error body.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from m3e.errors import M3EError
+from m3e.serving.errors import bad_request
+
+MAX_INPUTS = 2048
+ENCODING_FORMATS = ("float", "base64")
+
+
+@dataclass
+class EmbeddingRequest:
+    model: str | None
+    texts: list[str] | None  # text inputs, or
+    token_ids: list[list[int]] | None  # token-id inputs (exactly one of the two is set)
+    encoding_format: str
+    dimensions: int | None
+
+    @property
+    def count(self) -> int:
+        return len(self.texts if self.texts is not None else self.token_ids or [])
+
+
+def _is_int(x: Any) -> bool:
+    # JSON true/false arrive as bool, a subclass of int: they are not token ids.
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise bad_request(
+            f"We could not parse the JSON body of your request ({exc}). The body must be a JSON object.",
+            param=None,
+        ) from None
+
+
+def parse_embedding_request(obj: Any) -> EmbeddingRequest:
+    """Validate a decoded JSON body; raises ApiError(400) naming the bad parameter."""
+    if not isinstance(obj, dict):
+        raise bad_request("The request body must be a JSON object.", param=None)
+    model = obj.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad_request(f"'model' must be a string, not {_json_type(model)}.", param="model")
+
+    if "input" not in obj or obj["input"] is None:
+        raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    texts, token_ids = _parse_input(obj["input"])
+
+    fmt = obj.get("encoding_format")
+    if fmt is None:
+        fmt = "float"
+    if fmt not in ENCODING_FORMATS:
+        raise bad_request(
+            f"Invalid value for 'encoding_format': {fmt!r}. Supported values are: 'float' and 'base64'.",
+            param="encoding_format",
+            code="invalid_value",
+        )
+
+    dims = obj.get("dimensions")
+    if dims is not None and (not _is_int(dims) or dims < 1):
+        raise bad_request(
+            f"Invalid value for 'dimensions': {dims!r}. It must be a positive integer.",
+            param="dimensions",
+            code="invalid_value",
+        )
+    user = obj.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad_request("'user' must be a string.", param="user")
+    return EmbeddingRequest(model, texts, token_ids, fmt, dims)
+
+
+def _parse_input(value: Any) -> tuple[list[str] | None, list[list[int]] | None]:
+    if isinstance(value, str):
+        if value == "":
+            raise bad_request("'input' cannot be an empty string.", code="invalid_value")
+        return [value], None
+    if not isinstance(value, list):
+        raise bad_request(
+            f"'input' must be a string, an array of strings, an array of token ids or an array of "
+            f"token-id arrays, not {_json_type(value)}."
+        )
+    if not value:
+        raise bad_request("'input' cannot be an empty array.", code="invalid_value")
+    if len(value) > MAX_INPUTS:
+        raise bad_request(
+            f"'input' has {len(value)} items; at most {MAX_INPUTS} are allowed per request.", code="invalid_value"
+        )
+    first = value[0]
+    if isinstance(first, str):
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise bad_request(f"input[{i}] is {_json_type(item)}; all items of a text array must be strings.")
+            if item == "":
+                raise bad_request(f"input[{i}] is an empty string; empty strings cannot be embedded.", code="invalid_value")
+        return list(value), None
+    if _is_int(first):
+        for i, item in enumerate(value):
+            if not _is_int(item):
+                raise bad_request(f"input[{i}] is {_json_type(item)}; a token-id array holds integers only.")
+        return None, [list(value)]
+    if isinstance(first, list):
+        out: list[list[int]] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, list):
+                raise bad_request(f"input[{i}] is {_json_type(item)}; all items must be token-id arrays.")
+            if not item:
+                raise bad_request(f"input[{i}] is an empty token-id array.", code="invalid_value")
+            for j, tok in enumerate(item):
+                if not _is_int(tok):
+                    raise bad_request(f"input[{i}][{j}] is {_json_type(tok)}; token ids are integers.")
+            out.append(item)
+        return None, out
+    raise bad_request(f"input[0] is {_json_type(first)}; expected a string, a token id or a token-id array.")
+
+
+def _json_type(x: Any) -> str:
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "a boolean"
+    if isinstance(x, (int, float)):
+        return "a number"
+    if isinstance(x, str):
+        return "a string"
+    if isinstance(x, list):
+        return "an array"
+    if isinstance(x, dict):
+        return "an object"
+    return type(x).__name__
+
+
+# ---------------------------------------------------------------------- vectors
+
+
+def finish_vectors(pooled: np.ndarray, dimensions: int | None, dim: int) -> np.ndarray:
+    """Unit vectors as ``encode`` makes them; with ``dimensions``, truncated and re-normalised."""
+    if dimensions is not None and dimensions > dim:
+        raise M3EError(f"dimensions {dimensions} > model dimension {dim}")
+    x = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    if dimensions is not None and dimensions < dim:
+        x = x[:, :dimensions]
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x.astype(np.float32, copy=False)
+
+
+def render_embeddings(vectors: np.ndarray, fmt: str, model: str, tokens: int) -> bytes:
+    """The response body, serialised directly (faster than building nested dicts for JSON)."""
+    parts: list[str] = ['{"object":"list","data":[']
+    for i in range(vectors.shape[0]):
+        if i:
+            parts.append(",")
+        parts.append(f'{{"object":"embedding","index":{i},"embedding":{_render_vector(vectors[i], fmt)}}}')
+    parts.append(f'],"model":{json.dumps(model, ensure_ascii=False)},')
+    parts.append(f'"usage":{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}')
+    return "".join(parts).encode("utf-8")
+
+
+def _render_vector(v: np.ndarray, fmt: str) -> str:
+    if fmt == "base64":
+        # Little-endian float32 bytes, what the official client decodes with np.frombuffer.
+        return '"' + base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii") + '"'
+    if not np.isfinite(v).all():  # JSON has no NaN / Infinity
+        v = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
+    return json.dumps(v.tolist())
+
+
+def render_models(names: Sequence[str], created: int, owner: str = "m3e") -> dict[str, Any]:
+    return {"object": "list", "data": [model_card(n, created, owner) for n in names]}
+
+
+def model_card(name: str, created: int, owner: str = "m3e") -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": owner}

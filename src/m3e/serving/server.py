@@ -1,0 +1,96 @@
+"""Run the app under uvicorn: in the foreground (the CLI) or in a background thread (tests, notebooks)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+# uvicorn waits this long for in-flight requests after SIGTERM / Ctrl-C before cancelling them.
+GRACEFUL_SHUTDOWN_S = 30
+
+
+def _config(app: Any, host: str, port: int, log_level: str = "warning", **kw: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=log_level in ("debug", "info"),
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        lifespan="on",
+        **kw,
+    )
+
+
+def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+    """Serve until SIGINT / SIGTERM; in-flight requests finish before the process exits."""
+    import uvicorn
+
+    server = uvicorn.Server(_config(app, host, port, log_level))
+    if threading.current_thread() is not threading.main_thread():
+        server.run()
+        return
+    # uvicorn re-raises the stop signal once it has shut down gracefully; with these no-op
+    # handlers in place that re-raise ends quietly and a requested stop exits with status 0.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, _stopped)
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    pass
+
+
+class ServerThread:
+    """A uvicorn server on a background thread, on a socket bound before it starts (no port race)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.server = uvicorn.Server(_config(app, self.host, self.port, log_level))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, ready_timeout: float = 60.0) -> ServerThread:
+        """Start and wait until /health answers 200 (models warmed up)."""
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if not self.thread.is_alive():
+                raise RuntimeError("server thread exited during start-up")
+            try:
+                if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"server at {self.url} not ready after {ready_timeout:.0f} s")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
