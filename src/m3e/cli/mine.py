@@ -1,0 +1,63 @@
+"""`m3e mine MODEL DATA --output FILE`: hard negatives for pairs, from a faiss index and a rank window."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from m3e.errors import M3EError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model that ranks the passages: a directory or hub id ('default' = m3e's default)")
+    parser.add_argument("data", nargs="+", help="pair / triplet files or directories (.jsonl/.csv/.parquet)")
+    parser.add_argument("-o", "--output", required=True, help="output .jsonl with {query, pos, neg} records")
+    parser.add_argument("--corpus", action="append", default=[],
+                        help="extra passages to draw negatives from: .txt (one per line) or .jsonl with a 'text' field")
+    parser.add_argument("--rank-window", default="2-200",
+                        help="sample negatives from hit ranks LO..HI-1, counting the top hit as 0 (default 2-200)")
+    parser.add_argument("--negatives", type=int, default=7, help="negatives per query (default 7)")
+    parser.add_argument("--no-random-fill", dest="random_fill", action="store_false",
+                        help="do not top up with random passages when the window has too few")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default=None)
+
+
+def _corpus(paths: list[str]) -> list[str]:
+    from m3e.textio import read_texts
+
+    out: list[str] = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise M3EError(f"--corpus {p}: no such file")
+        out.extend(read_texts(p))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import m3e
+    from m3e.training.mining import mine_hard_negatives, parse_window, write_jsonl
+    from m3e.training.records import load_datasets
+
+    window = parse_window(args.rank_window)
+    if args.negatives < 1:
+        raise M3EError("--negatives must be >= 1")
+    datasets = load_datasets(args.data)
+    bad = [d.name for d in datasets if d.type not in ("pair", "triplet")]
+    if bad:
+        raise M3EError(f"mining needs pairs or triplets; {', '.join(bad)} are not")
+    records = [r for d in datasets for r in d.records]
+    model = m3e.load(None if args.model in ("default", "-") else args.model, device=args.device)
+    rows, stats = mine_hard_negatives(
+        model, records, corpus=_corpus(args.corpus), window=window, num_negatives=args.negatives,
+        seed=args.seed, batch_size=args.batch_size, random_fill=args.random_fill,
+    )
+    out = write_jsonl(rows, args.output)
+    print(
+        f"{stats.queries} queries, {stats.corpus} passages: {stats.negatives} negatives "
+        f"({stats.mined} queries from the window {window[0]}-{window[1]}, {stats.random_fill} topped up at random) -> {out}",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,147 @@
+"""Atomic checkpoints: a kill -9 at any moment leaves the previous complete checkpoint loadable.
+
+Layout under the run directory::
+
+    checkpoints/step-00000120/model/        a sentence-transformers directory (LoRA merged): m3e.load works on it
+    checkpoints/step-00000120/state.pt      optimizer, scheduler, position in the data, RNG, loss history, adapters
+    checkpoints/step-00000120/COMPLETE      written last; a directory without it is ignored
+    checkpoints/LATEST                      name of the newest complete checkpoint (replaced atomically)
+
+A checkpoint is built in a hidden temporary directory, fsynced, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from m3e.errors import M3EError
+
+CHECKPOINTS = "checkpoints"
+COMPLETE = "COMPLETE"
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file via a temporary file in the same directory, fsync, os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            with open(os.path.join(dirpath, f), "rb+") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def save_checkpoint(run_dir: Path, step: int, model: Any, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write checkpoint ``step`` (model directory + trainer state), then point LATEST at it, then prune."""
+    import torch
+
+    from m3e.training.strategies import saveable
+
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{step_name(step)}-", dir=root))
+    try:
+        with saveable(model) as plain:
+            was_training = plain.training
+            plain.save(tmp / "model")
+            plain.train(was_training)
+        with open(tmp / "state.pt", "wb") as fh:
+            torch.save(state, fh)
+        (tmp / COMPLETE).write_text(json.dumps({"step": step}) + "\n", encoding="utf-8")
+        _fsync_tree(tmp)
+        final = root / step_name(step)
+        if final.exists():  # re-saving a step (e.g. the end of a resumed run): move the old one aside first
+            trash = root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_atomic(root / "LATEST", final.name + "\n")
+    _prune(root, keep, final)
+    return final
+
+
+def _complete(path: Path) -> bool:
+    return path.is_dir() and (path / COMPLETE).is_file() and (path / "state.pt").is_file()
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith("step-") and _complete(p))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (LATEST if valid, else a scan: LATEST may lag by one rename)."""
+    root = Path(run_dir) / CHECKPOINTS
+    pointer = root / "LATEST"
+    found = list_checkpoints(run_dir)
+    if pointer.is_file():
+        named = root / pointer.read_text(encoding="utf-8").strip()
+        if _complete(named) and (not found or named.name >= found[-1].name):
+            return named
+    return found[-1] if found else None
+
+
+def _prune(root: Path, keep: int, current: Path) -> None:
+    for p in root.iterdir():
+        if p.name.startswith((".tmp-", ".old-")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)  # leftovers of a killed run
+    if keep <= 0:
+        return
+    done = sorted(p for p in root.iterdir() if p.name.startswith("step-") and _complete(p))
+    for p in done[:-keep]:
+        if p != current:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def load_state(checkpoint: Path) -> dict[str, Any]:
+    import torch
+
+    try:
+        with open(Path(checkpoint) / "state.pt", "rb") as fh:
+            return torch.load(fh, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise M3EError(f"{checkpoint}: cannot read the trainer state: {exc}") from None

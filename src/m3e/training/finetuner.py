@@ -1,0 +1,135 @@
+"""The one-liner: ``m3e.FineTuner.from_pretrained(MODEL, dataset).run(epochs=1)``.
+
+``dataset`` is anything :func:`m3e.training.records.load_datasets` reads (files, a directory, a Hugging Face
+dataset, a list of dicts). The result is a sentence-transformers directory with a model card; optional
+evaluation on offline benchmark tasks runs before and after training and is printed side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from m3e.errors import M3EError
+from m3e.training.config import TrainConfig
+from m3e.training.records import TrainingDataset, load_datasets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FineTuneResult:
+    output: Path
+    model: Any  # the fine-tuned EmbeddingModel (eval mode)
+    steps: int
+    train_seconds: float
+    final_loss: float | None
+    scores: dict[str, dict[str, float | None]] = field(default_factory=dict)  # task -> {"before", "after"}
+    resumed_from: int | None = None
+
+
+class FineTuner:
+    def __init__(self, model: Any, datasets: list[TrainingDataset], model_name: str | None = None, **options: Any):
+        self.model = model
+        self.datasets = datasets
+        self.model_name = model_name
+        self.options = options
+
+    @classmethod
+    def from_pretrained(
+        cls, model_name_or_path: str | None, dataset: Any, *, record_type: str | None = None, device: str | None = None, **options: Any
+    ) -> FineTuner:
+        """Load the model (anything ``m3e.load`` takes; None = the default model) and read the data."""
+        import m3e
+
+        datasets = load_datasets(dataset, record_type)
+        model = m3e.load(model_name_or_path, device=device)
+        return cls(model, datasets, model_name=model_name_or_path, record_type=record_type, **options)
+
+    def run(
+        self,
+        epochs: int = 1,
+        output_dir: str | Path | None = None,
+        *,
+        resume: bool = False,
+        eval_suite: str | None = None,
+        eval_tasks: list[str] | None = None,
+        eval_data_dir: str | Path | None = None,
+        **options: Any,
+    ) -> FineTuneResult:
+        """Train; ``options`` are :class:`TrainConfig` fields (batch_size, lr, loss, strategy, mini_batch, ...)."""
+        from m3e.training.trainer import Trainer, save_model_into
+
+        merged = {**self.options, **options, "epochs": epochs}
+        if output_dir is not None:
+            merged["output"] = str(output_dir)
+        elif "output" not in merged:
+            merged["output"] = f"{Path(str(self.model_name or 'm3e')).name}-finetuned"
+        merged.setdefault("model", self.model_name)
+        config = TrainConfig.from_dict(merged)
+        trainer = Trainer(self.model, self.datasets, config)
+        main = trainer.dist.is_main
+
+        want_eval = eval_suite is not None or bool(eval_tasks)
+        suite = eval_suite or "offline"
+        before: dict[str, float | None] = {}
+        if want_eval and main:
+            before = evaluate_scores(self.model, suite, eval_tasks, eval_data_dir, label="before")
+        result = trainer.train(resume=resume)
+        scores: dict[str, dict[str, float | None]] = {}
+        if want_eval and main and before:
+            after = evaluate_scores(self.model, suite, eval_tasks, eval_data_dir, label="after")
+            scores = {t: {"before": before.get(t), "after": after.get(t)} for t in dict.fromkeys([*before, *after])}
+            print(format_side_by_side(scores), file=sys.stderr if not sys.stdout.isatty() else sys.stdout)
+            card = trainer.card(result.steps, result.train_seconds, scores)
+            save_model_into(self.model, result.output, card)
+        return FineTuneResult(result.output, self.model, result.steps, result.train_seconds, result.final_loss, scores, result.resumed_from)
+
+
+def evaluate_scores(model: Any, suite: str, tasks: list[str] | None, data_dir: str | Path | None, label: str) -> dict[str, float | None]:
+    """Main score per task on an offline suite via m3e.evaluation; {} with a message when it is unavailable."""
+    try:
+        from m3e.evaluation.runner import ModelSpec, run
+        from m3e.evaluation.suites import get_suite
+    except ImportError as exc:
+        print(f"evaluation skipped: m3e.evaluation is not available ({exc})", file=sys.stderr)
+        return {}
+    if suite not in ("smoke", "offline"):
+        raise M3EError(f"--eval must be smoke or offline (offline tasks), not {suite!r}")
+    try:
+        s = get_suite(suite, tasks or None, data_dir)
+    except M3EError as exc:
+        print(f"evaluation skipped: {exc}", file=sys.stderr)
+        return {}
+    import warnings
+
+    was_training = model.training
+    model.eval()
+    print(f"evaluating ({label} training) on {len(s.tasks)} {suite} task(s)...", file=sys.stderr, flush=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # metric libraries warn per fold on tiny test sets
+            outcomes = run([ModelSpec(label=label, kind="object", obj=model)], s.tasks)
+    finally:
+        model.train(was_training)
+    return {o.task: o.score for o in outcomes}
+
+
+def format_side_by_side(scores: dict[str, dict[str, float | None]]) -> str:
+    width = max([len("task"), *(len(t) for t in scores)])
+    lines = [f"{'task':<{width}}  {'before':>8}  {'after':>8}  {'delta':>8}"]
+    for task, pair in scores.items():
+        b, a = pair.get("before"), pair.get("after")
+        delta = f"{(a - b) * 100:+8.2f}" if a is not None and b is not None else f"{'-':>8}"
+        lines.append(f"{task:<{width}}  {_pct(b)}  {_pct(a)}  {delta}")
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return f"{x * 100:8.2f}" if x is not None else f"{'-':>8}"
+
+
+__all__ = ["FineTuneResult", "FineTuner"]

@@ -1,0 +1,160 @@
+"""Losses on embeddings: every loss takes the embedding columns of one batch and returns a scalar.
+
+Columns: pair/triplet ``[queries, positives, negatives_1, ..., negatives_k]``; scored ``[sentences1, sentences2]``
+with scores as labels; distill ``[students]`` with teacher vectors as labels. The temperature ``tau`` is a
+parameter everywhere (default 0.05, i.e. scale 20).
+
+In-batch softmax (also with hard negatives and the symmetric variant), CoSENT and MSE distillation delegate to
+sentence-transformers' ``MultipleNegativesRankingLoss``, ``CoSENTLoss`` and ``MSELoss`` through their
+``compute_loss_from_embeddings``; the in-batch sigmoid loss is ours (sentence-transformers has none). Working on
+embeddings (not on a model) is what lets one GradCache and one cross-device gather serve every loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from m3e.errors import M3EError
+
+DEFAULT_TEMPERATURE = 0.05
+CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
+
+
+class EmbeddingLoss:
+    name = "loss"
+
+    def __call__(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+@dataclass
+class SoftmaxLoss(EmbeddingLoss):
+    """In-batch softmax (InfoNCE): cross-entropy over cos(q_i, every passage in the batch) / tau, target p_i.
+
+    With negative columns every positive and negative in the batch is a candidate (triplet with hard
+    negatives). ``symmetric`` averages the query->passage and positive->query directions.
+    """
+
+    temperature: float = DEFAULT_TEMPERATURE
+    symmetric: bool = False
+    name = "softmax"
+
+    def __post_init__(self) -> None:
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+        if self.temperature <= 0:
+            raise M3EError("temperature must be > 0")
+        directions: tuple[Any, ...] = ("query_to_doc", "doc_to_query") if self.symmetric else ("query_to_doc",)
+        self._st = MultipleNegativesRankingLoss(
+            None,  # type: ignore[arg-type]  # only compute_loss_from_embeddings is used
+            scale=1.0 / self.temperature,
+            directions=directions,
+            partition_mode="per_direction" if self.symmetric else "joint",
+        )
+
+    def __call__(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        if len(embeddings) < 2:
+            raise M3EError("the softmax loss needs queries and positives")
+        return self._st.compute_loss_from_embeddings([e.float() for e in embeddings], labels)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        sym = ", symmetric" if self.symmetric else ""
+        return f"in-batch softmax (tau={self.temperature:g}{sym})"
+
+
+@dataclass
+class SigmoidLoss(EmbeddingLoss):
+    """uniem's pair sigmoid loss: -mean over (i, j != pos(i)) of log sigmoid((s_i,pos(i) - s_ij) / tau).
+
+    Candidates j are every passage in the batch (positives and negatives), so it also serves triplets.
+    """
+
+    temperature: float = DEFAULT_TEMPERATURE
+    name = "sigmoid"
+
+    def __call__(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        if len(embeddings) < 2:
+            raise M3EError("the sigmoid loss needs queries and positives")
+        q = F.normalize(embeddings[0].float(), dim=-1)
+        docs = F.normalize(torch.cat([e.float() for e in embeddings[1:]], dim=0), dim=-1)
+        n = q.shape[0]
+        sim = q @ docs.T / self.temperature  # [n, n * (1 + k)]
+        rows = torch.arange(n, device=q.device)
+        pos = sim[rows, rows].unsqueeze(1)
+        mask = torch.ones_like(sim, dtype=torch.bool)
+        mask[rows, rows] = False
+        if mask.sum() == 0:  # a batch of one pair has no negatives
+            return sim.sum() * 0.0
+        return F.softplus(sim - pos)[mask].mean()  # softplus(x) = -log sigmoid(-x)
+
+    def describe(self) -> str:
+        return f"in-batch sigmoid (tau={self.temperature:g})"
+
+
+@dataclass
+class CoSENTLoss(EmbeddingLoss):
+    """CoSENT for scored pairs: log(1 + sum over y_i > y_j of exp((cos_j - cos_i) / tau))."""
+
+    temperature: float = DEFAULT_TEMPERATURE
+    name = "cosent"
+
+    def __post_init__(self) -> None:
+        from sentence_transformers.sentence_transformer.losses import CoSENTLoss as _STCoSENT
+
+        self._st = _STCoSENT(None, scale=1.0 / self.temperature)  # type: ignore[arg-type]
+
+    def __call__(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        if labels is None:
+            raise M3EError("CoSENT needs scores")
+        return self._st.compute_loss_from_embeddings([e.float() for e in embeddings[:2]], labels.float())
+
+    def describe(self) -> str:
+        return f"CoSENT (tau={self.temperature:g})"
+
+
+@dataclass
+class MSEDistillLoss(EmbeddingLoss):
+    """Mean squared error between the student's embeddings and cached teacher vectors."""
+
+    name = "mse"
+
+    def __post_init__(self) -> None:
+        from sentence_transformers.sentence_transformer.losses import MSELoss
+
+        self._st = MSELoss(None)  # type: ignore[arg-type]
+
+    def __call__(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        if labels is None:
+            raise M3EError("distillation needs teacher vectors")
+        student = embeddings[0].float()
+        if student.shape != labels.shape:
+            raise M3EError(f"student dim {student.shape[-1]} != teacher dim {labels.shape[-1]}")
+        return self._st.compute_loss_from_embeddings([student], [labels.float().to(student.device)])
+
+    def describe(self) -> str:
+        return "MSE distillation to teacher vectors"
+
+
+def make_loss(record_type: str, name: str = "softmax", temperature: float = DEFAULT_TEMPERATURE, symmetric: bool = False) -> EmbeddingLoss:
+    """The loss for one dataset's record type: contrastive ``name`` for pairs/triplets, CoSENT, MSE."""
+    if record_type in ("pair", "triplet"):
+        if name == "softmax":
+            return SoftmaxLoss(temperature, symmetric)
+        if name == "sigmoid":
+            if symmetric:
+                raise M3EError("--symmetric applies to the softmax loss only")
+            return SigmoidLoss(temperature)
+        raise M3EError(f"loss must be one of {', '.join(CONTRASTIVE_LOSSES)}, not {name!r}")
+    if record_type == "scored":
+        return CoSENTLoss(temperature)
+    if record_type == "distill":
+        return MSEDistillLoss()
+    raise M3EError(f"no loss for record type {record_type!r}")

@@ -1,0 +1,364 @@
+"""The training loop: plan -> columns -> embeddings -> loss -> step -> atomic checkpoint, resumable.
+
+It trains ``EmbeddingModel.forward`` (the code that encodes at inference) and delegates the loss arithmetic to
+:mod:`m3e.training.losses`. Resuming restores weights, optimizer, scheduler, RNG and the position in the epoch's
+batch plan, which is rebuilt from the seed: the run continues as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from m3e.errors import M3EError
+from m3e.training import checkpoints as ckpt
+from m3e.training import distributed as dist_
+from m3e.training.batching import batch_rng, build_columns, plan_epoch
+from m3e.training.card import model_card
+from m3e.training.config import TrainConfig, lr_lambda, resolve_defaults
+from m3e.training.curves import write_csv, write_png
+from m3e.training.gradcache import forward_backward
+from m3e.training.losses import EmbeddingLoss, make_loss
+from m3e.training.records import TrainingDataset
+from m3e.training.strategies import (
+    apply_strategy,
+    enable_gradient_checkpointing,
+    is_lora,
+    load_trainable_state,
+    saveable,
+    trainable_state,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    epochs_done: float
+    train_seconds: float
+    final_loss: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+class Trainer:
+    """Train ``model`` (an :class:`m3e.model.EmbeddingModel`) on ``datasets`` as ``config`` says."""
+
+    def __init__(self, model: Any, datasets: list[TrainingDataset], config: TrainConfig):
+        if not datasets:
+            raise M3EError("no training data")
+        self.model = model
+        self.datasets = datasets
+        self.config = resolve_defaults(config, model.num_parameters())
+        self.output = Path(self.config.output).expanduser()
+        self.dist = dist_.init_from_env()
+        for name, w in self.config.weights.items():
+            match = [d for d in datasets if d.name == name]
+            if not match:
+                raise M3EError(f"weight given for unknown dataset {name!r} (datasets: {', '.join(d.name for d in datasets)})")
+            for d in match:
+                d.weight = float(w)
+        self._losses: dict[str, EmbeddingLoss] = {}
+        self._saved_max_length = int(model.max_length)
+        self.card_extra: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_model(self) -> None:
+        cfg = self.config
+        if cfg.max_length is not None:  # training-time truncation; saved models keep their own maximum
+            self.model.max_length = min(int(cfg.max_length), self._saved_max_length)
+        apply_strategy(self.model, cfg.strategy, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
+        self.model.train()
+        dist_.broadcast_parameters(self.model)
+
+    def _loss_for(self, ds: TrainingDataset) -> EmbeddingLoss:
+        if ds.type not in self._losses:
+            self._losses[ds.type] = make_loss(ds.type, self.config.loss, self.config.temperature, self.config.symmetric)
+        return self._losses[ds.type]
+
+    def _fingerprint(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "datasets": [(d.name, d.type, len(d), d.weight) for d in self.datasets],
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+            "epochs": cfg.epochs,
+            "shuffle": cfg.shuffle,
+            "no_duplicates": cfg.no_duplicates,
+            "strategy": cfg.strategy,
+            "world_size": self.dist.world_size,
+        }
+
+    def _plan(self, epoch: int) -> list[Any]:
+        cfg = self.config
+        return plan_epoch(
+            self.datasets,
+            cfg.batch_size,
+            seed=cfg.seed,
+            epoch=epoch,
+            shuffle=cfg.shuffle,
+            no_duplicates=cfg.no_duplicates,
+            drop_last=self.dist.enabled,  # every process needs an equal slice
+        )
+
+    def _optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, int, int]:
+        cfg = self.config
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n else decay).append(p)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=float(cfg.lr))  # type: ignore[arg-type]
+        lengths = [len(self._plan(e)) for e in range(cfg.epochs)]
+        total = sum(lengths)
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        if total == 0:
+            raise M3EError(f"no full batch of {cfg.batch_size} in the data; lower --batch-size")
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_ratio * total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, total, warmup, cfg.scheduler))
+        return opt, sched, total, warmup
+
+    # ------------------------------------------------------------------ resume
+    def _restore(self, checkpoint: Path, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
+        state = ckpt.load_state(checkpoint)
+        fp = self._fingerprint()
+        if state.get("fingerprint") != fp:
+            raise M3EError(
+                f"{checkpoint} was written for other data or settings ({state.get('fingerprint')} vs {fp}); "
+                "resume with the same data and options, or use a new --output"
+            )
+        if is_lora(self.model):
+            load_trainable_state(self.model, state["trainable"])
+        else:
+            from m3e.loading import load_model
+
+            saved = load_model(str(checkpoint / "model"), device=str(self.model.device))
+            missing, unexpected = self.model.load_state_dict(saved.state_dict(), strict=False)
+            if unexpected or [m for m in missing if "position_ids" not in m]:
+                raise M3EError(f"{checkpoint}: model weights do not match ({(missing + unexpected)[:3]})")
+            del saved
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_torch"])
+        if state.get("rng_cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        return state
+
+    def _state(self, opt: Any, sched: Any, step: int, epoch: int, next_batch: int, history: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
+        state = {
+            "step": step,
+            "epoch": epoch,
+            "next_batch": next_batch,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "history": history,
+            "config": self.config.to_dict(),
+            "fingerprint": self._fingerprint(),
+            "elapsed_s": elapsed,
+        }
+        if is_lora(self.model):
+            state["trainable"] = trainable_state(self.model)
+        return state
+
+    # ------------------------------------------------------------------ train
+    def train(self, resume: bool = False) -> TrainResult:
+        cfg = self.config
+        main = self.dist.is_main
+        if self.dist.enabled and cfg.batch_size % self.dist.world_size:
+            raise M3EError(f"batch size {cfg.batch_size} must be divisible by the {self.dist.world_size} processes")
+        existing = ckpt.latest_checkpoint(self.output)
+        if existing is not None and not resume:
+            raise M3EError(f"{self.output} already has checkpoints; pass --resume to continue, or choose another --output")
+        torch.manual_seed(cfg.seed)  # dropout and LoRA initialisation; a resume restores the saved state below
+        self._prepare_model()
+        opt, sched, total, _warmup = self._optimizer()
+        step, epoch, next_batch, history, elapsed0 = 0, 0, 0, [], 0.0
+        resumed_from = None
+        if resume and existing is not None:
+            state = self._restore(existing, opt, sched)
+            step, epoch, next_batch = state["step"], state["epoch"], state["next_batch"]
+            history, elapsed0 = list(state["history"]), float(state.get("elapsed_s", 0.0))
+            resumed_from = step
+            if main:
+                print(f"resuming from {existing} (step {step} of {total})", file=sys.stderr)
+        elif resume and main:
+            print(f"no checkpoint in {self.output}; starting from step 0", file=sys.stderr)
+        if main:
+            self.output.mkdir(parents=True, exist_ok=True)
+
+        show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        bar = _bar(total, step, show and main)
+        rank, world = self.dist.rank, self.dist.world_size
+        t_start = time.perf_counter()
+        last_saved = step if resumed_from is not None else -1
+        ex_rate = None
+        epochs_done = float(epoch)
+        try:
+            while step < total and epoch < cfg.epochs:
+                plan = self._plan(epoch)
+                while next_batch < len(plan) and step < total:
+                    t0 = time.perf_counter()
+                    pb = plan[next_batch]
+                    ds = self.datasets[pb.dataset]
+                    columns, labels = build_columns(ds, pb.indices, batch_rng(cfg.seed, epoch, next_batch), cfg.num_negatives)
+                    n_global = len(columns[0])
+                    if self.dist.enabled:
+                        b = n_global // world
+                        columns = [c[rank * b : (rank + 1) * b] for c in columns]
+                        labels = labels[rank * b : (rank + 1) * b] if labels is not None else None
+                    loss = forward_backward(
+                        self.model, columns, labels, self._loss_for(ds),
+                        prompts=self._prompts(ds, len(columns)), mini_batch=cfg.mini_batch, bf16=cfg.bf16,
+                        gather=self.dist.enabled,
+                    )
+                    params = [p for p in self.model.parameters() if p.requires_grad]
+                    dist_.average_gradients(params)
+                    if cfg.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    lr = opt.param_groups[0]["lr"]
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                    step += 1
+                    next_batch += 1
+                    epochs_done = epoch + next_batch / len(plan)
+                    dt = time.perf_counter() - t0
+                    rate = n_global / max(dt, 1e-9)  # examples (rows of the global batch) per second
+                    ex_rate = rate if ex_rate is None else 0.9 * ex_rate + 0.1 * rate
+                    if step % max(1, cfg.log_steps) == 0 or step == total:
+                        history.append({
+                            "step": step, "epoch": round(epochs_done, 4), "dataset": ds.name, "loss": loss,
+                            "lr": lr, "examples_per_s": rate, "elapsed_s": elapsed0 + time.perf_counter() - t_start,
+                        })
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{ex_rate:.1f}", refresh=False)
+                    if not show and main and (step % max(1, total // 10) == 0 or step == total):
+                        print(f"step {step}/{total}  loss {loss:.4f}  {ex_rate:.1f} examples/s", file=sys.stderr, flush=True)
+                    if cfg.save_steps and step % cfg.save_steps == 0 and step < total:
+                        pos = (epoch + 1, 0) if next_batch >= len(plan) else (epoch, next_batch)
+                        self._checkpoint(opt, sched, step, *pos, history, elapsed0 + time.perf_counter() - t_start)
+                        last_saved = step
+                if next_batch >= len(plan):
+                    epoch, next_batch = epoch + 1, 0
+        finally:
+            bar.close()
+        elapsed = elapsed0 + time.perf_counter() - t_start
+        if last_saved != step:
+            self._checkpoint(opt, sched, step, epoch, next_batch, history, elapsed)
+        self.model.eval()
+        self.model.max_length = self._saved_max_length
+        if main:
+            self._save_final(step, elapsed, history)
+        dist_.barrier()
+        final_loss = history[-1]["loss"] if history else None
+        return TrainResult(self.output, step, epochs_done, elapsed, final_loss, history, resumed_from)
+
+    @contextmanager
+    def _inference_max_length(self) -> Iterator[None]:
+        training = self.model.max_length
+        self.model.max_length = self._saved_max_length
+        try:
+            yield
+        finally:
+            self.model.max_length = training
+
+    def _prompts(self, ds: TrainingDataset, n_columns: int) -> list[str]:
+        if not self.config.use_prompts or ds.type not in ("pair", "triplet"):
+            return [""] * n_columns
+        return [self.model.query_prompt] + [self.model.document_prompt] * (n_columns - 1)
+
+    def _checkpoint(self, opt: Any, sched: Any, step: int, epoch: int, next_batch: int, history: list[dict[str, Any]], elapsed: float) -> None:
+        if self.dist.is_main:
+            state = self._state(opt, sched, step, epoch, next_batch, history, elapsed)
+            with self._inference_max_length():
+                ckpt.save_checkpoint(self.output, step, self.model, state, keep=self.config.keep_checkpoints)
+            write_csv(history, self.output / "loss.csv")
+            write_png(history, self.output / "loss.png")
+        dist_.barrier()
+
+    # ------------------------------------------------------------------ final model
+    def card(self, steps: int, seconds: float, scores: dict[str, dict[str, float | None]] | None = None) -> str:
+        cfg = self.config
+        losses = sorted({self._loss_for(d).describe() for d in self.datasets})
+        hyper = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "output", "progress", "weights") and v is not None}
+        hyper["world_size"] = self.dist.world_size
+        return model_card(
+            name=self.output.name,
+            base_model=str(cfg.model or "the m3e default model"),
+            datasets=[{"name": d.name, "type": d.type, "records": len(d), "weight": d.weight} for d in self.datasets],
+            loss="; ".join(losses),
+            hyper=hyper,
+            steps=steps,
+            train_seconds=seconds,
+            scores=scores,
+            dim=self.model.dim,
+            max_length=self.model.max_length,
+            pooling=self.model.pooling,
+        )
+
+    def _save_final(self, steps: int, seconds: float, history: list[dict[str, Any]]) -> None:
+        write_csv(history, self.output / "loss.csv")
+        write_png(history, self.output / "loss.png")
+        self.card_extra = {"steps": steps, "seconds": seconds}
+        save_model_into(self.model, self.output, self.card(steps, seconds))
+
+
+def save_model_into(model: Any, out: Path, card: str) -> None:
+    """Write the sentence-transformers files into ``out`` without touching checkpoints/ and the loss curve.
+
+    Built in a hidden temporary directory, then moved in entry by entry with modules.json last, so a directory
+    with modules.json always holds a complete model.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".final-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with saveable(model) as plain:
+        was_training = plain.training
+        plain.save(tmp, model_card=card)
+        plain.train(was_training)
+    (out / "modules.json").unlink(missing_ok=True)
+    for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "modules.json"):
+        target = out / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        os.replace(entry, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, **kw: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, initial: int, show: bool) -> Any:
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
