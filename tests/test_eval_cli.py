@@ -1,0 +1,92 @@
+"""`m3e eval` end to end: the smoke suite through the CLI, reports, and the hub suites offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from m3e.cli import main
+from tests.eval_helpers import smoke_data, write_toy_tasks
+
+pytest.importorskip("mteb")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tiny_st_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    data = smoke_data(tmp_path_factory.mktemp("smoke-data"))
+    out = tmp_path_factory.mktemp("eval") / "report"
+    import contextlib
+    import io
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["eval", str(tiny_st_model_dir), "bm25", "--suite", "smoke",
+                     "--data-dir", str(data), "--out", str(out), "--batch-size", "16"])
+    return {"code": code, "out": out, "data": data, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+
+
+def test_smoke_suite_runs_every_task(smoke_run: dict[str, Any]) -> None:
+    assert smoke_run["code"] == 0, smoke_run["stderr"]
+    results = json.loads((smoke_run["out"] / "results.json").read_text(encoding="utf-8"))
+    tasks = {t["name"]: t for t in results["tasks"]}
+    n_files = len(list((smoke_run["data"] / "tasks").glob("*/smoke.json")))
+    assert len(tasks) == n_files >= 4
+    by_model: dict[str, dict[str, Any]] = {}
+    for r in results["results"]:
+        by_model.setdefault(r["model"], {})[r["task"]] = r
+    tiny, bm25 = by_model.values()
+    assert all(r["status"] == "ok" and 0 <= r["score"] <= 1 and r["wall_s"] > 0 for r in tiny.values())
+    for name, r in bm25.items():  # BM25 runs retrieval only
+        assert r["status"] == ("ok" if tasks[name]["type"] == "Retrieval" else "skipped")
+    assert {"mteb", "m3e", "torch", "python"} <= set(results["versions"])
+    assert results["suite"] == "smoke" and results["profile"] == "smoke"
+    assert set(results["averages"][next(iter(by_model))]) >= {"overall", "Classification", "Retrieval"}
+
+
+def test_table_report_and_chart(smoke_run: dict[str, Any]) -> None:
+    out: Path = smoke_run["out"]
+    table = smoke_run["stdout"]
+    assert "average (all tasks)" in table and "average Retrieval" in table and "bm25" in table
+    assert "*" in table  # bm25's overall average covers fewer tasks
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "| task | type | metric |" in report and "![scores](scores.png)" in report
+    assert "Wall time" in report and "m3e eval" in report
+    assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "[" in smoke_run["stderr"] and "/" in smoke_run["stderr"]  # tasks done / total
+
+
+@pytest.mark.parametrize("suite", ["cmteb", "mteb-zh"])
+def test_hub_suites_fail_clearly_offline(suite: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["eval", "random", "--suite", suite, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "HF_HUB_OFFLINE" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_task_and_missing_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_toy_tasks(tmp_path / "data")
+    assert main(["eval", "random", "--suite", "smoke", "--data-dir", str(data), "--tasks", "Nope"]) == 2
+    assert "unknown task(s) Nope" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["eval", "random", "--suite", "offline", "--data-dir", str(empty)]) == 2
+    assert "m3e data build" in capsys.readouterr().err
+
+
+def test_task_filter_and_comma_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_toy_tasks(tmp_path / "data")
+    out = tmp_path / "out"
+    code = main(["eval", "random", "bm25", "--suite", "smoke", "--data-dir", str(data), "--out", str(out), "-q",
+                 "--no-chart", "--tasks", "ToyInsuranceRetrieval,ToyHSKBitextMining"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [t["name"] for t in results["tasks"]] == ["ToyInsuranceRetrieval", "ToyHSKBitextMining"]
+    assert not (out / "scores.png").exists()
+    assert "--tasks ToyInsuranceRetrieval ToyHSKBitextMining" in results["command"]
+    assert capsys.readouterr().err.count("[") == 0  # -q: no progress lines
