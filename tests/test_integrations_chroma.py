@@ -73,9 +73,7 @@ def test_a_chroma_style_collection_uses_it(ef):
 
 def test_chromadb_protocol_check_when_installed(ef):
     chromadb = pytest.importorskip("chromadb")
-    from chromadb.api.types import EmbeddingFunction
-
-    assert isinstance(ef, EmbeddingFunction)
+    # chromadb's EmbeddingFunction is a non-runtime Protocol: what counts is that a real collection uses it.
     client = chromadb.EphemeralClient()
     col = client.create_collection("m3e-test", embedding_function=ef)
     col.add(ids=["a", "b"], documents=["今天天气很好", "保险理赔需要哪些材料？"])
