@@ -1,7 +1,7 @@
 """Recall@10 and query latency of the embedded index store against exact brute-force search.
 
     python bench/search.py [--n 100000] [--dim 384] [--queries 200] [--data clustered|random]
-                           [--out docs/benchmarks_search.md]
+                           [--out report.md]
 
 Vectors: ``clustered`` draws unit vectors around 1,000 random centres (a stand-in for real
 sentence embeddings, which are far from uniform); ``random`` is uniform on the sphere, the
