@@ -63,6 +63,17 @@ def build_tiny_st_model(out: Path, pooling: str = "mean", seed: int = 0, normali
     return out
 
 
+@pytest.fixture
+def single_thread():
+    """Tiny models on a small shared machine run many times faster on one intra-op thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_st_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny random Chinese-vocabulary BERT in sentence-transformers format, mean pooling."""

@@ -16,13 +16,7 @@ N = ["股票", "广州", "汽车", "stock market fell", "句子表示", "读书"
 SCORES = [0.9, 0.1, 0.5, 0.7, 0.3, 0.2, 0.8, 0.4]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _losses():

@@ -20,13 +20,7 @@ from m3e.cli import main
 WORDS = "天气 很好 我们 公园 北京 上海 城市 旅游 吃饭 喝茶 咖啡 读书 写字 模型 向量 检索 问题 答案 保险 医疗 汽车 房屋 价格".split()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _pairs(path: Path, n: int, seed: int = 0, neg: bool = False) -> Path:

@@ -14,13 +14,7 @@ P = ["天气晴", "北京上海", "医疗保险", "a cat on the mat", "检索模
 N = ["股票", "广州", "汽车", "stock market fell", "句子表示", "读书", "电脑", "bad weather"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _grads(model) -> dict[str, torch.Tensor]:

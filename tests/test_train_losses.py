@@ -10,14 +10,7 @@ import torch
 
 from m3e.training.losses import CoSENTLoss, MSEDistillLoss, SigmoidLoss, SoftmaxLoss, make_loss
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _emb(n: int, d: int = 8, seed: int = 0) -> torch.Tensor:

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["txt", "jsonl"], default=None, help="input format (default: from the suffix)")
     parser.add_argument("-o", "--output", default=None, help="output .npy or .jsonl file (default: JSON lines on stdout)")
     add_model_options(parser)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="texts per batch (default: 32; 16 for int8)")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="cap padded tokens per batch")
     side = parser.add_mutually_exclusive_group()
     side.add_argument("--query", action="store_true", help="texts are search queries: apply the model's query prompt")
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.texts and args.input:
         raise M3EError("give texts as arguments or --input, not both")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise M3EError("--batch-size must be >= 1")
     texts = list(args.texts) if args.texts else read_texts(args.input, field=args.field, fmt=args.format)
     output = Path(args.output) if args.output else None

@@ -14,15 +14,9 @@ logger = logging.getLogger(__name__)
 
 def _cores() -> int:
     """Inference threads: $M3E_NUM_THREADS or the physical cores (the backends' rule)."""
-    try:
-        from m3e.backends.threads import inference_threads
+    from m3e.backends.threads import inference_threads
 
-        return inference_threads()
-    except ImportError:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not on Linux
-            return max(1, os.cpu_count() or 1)
+    return inference_threads()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,10 +74,6 @@ def _positive(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _positive(args)
-    # Before torch loads its OpenMP runtime: idle OpenMP threads sleep instead of spinning. The
-    # event loop needs a core between forwards, and on a shared machine spinning threads that
-    # lose their core stall every parallel region (measured 4-6x slower; docs/benchmarks).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import fastapi  # noqa: F401
         import prometheus_client  # noqa: F401

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from m3e.atomic import write_atomic
 from m3e.data import sources
 from m3e.data.paths import data_dir, task_path, train_path
-from m3e.data.sources import atomic_write_bytes
 from m3e.data.tasks import (
     BUNDLED_SMOKE,
     CLASS_PER_LABEL,
@@ -46,7 +46,7 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _write(path: Path, data: bytes) -> str:
-    atomic_write_bytes(path, data)
+    write_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

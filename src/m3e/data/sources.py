@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from m3e.atomic import write_atomic
 from m3e.data.paths import sources_dir
 from m3e.errors import M3EError
 
@@ -147,20 +148,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_marker(source: Source, root: Path | None) -> dict[str, Any] | None:
@@ -454,7 +441,7 @@ def fetch_source(
         "files": files,
     }
     text = json.dumps(record, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(directory / MARKER, text.encode("utf-8"))
+    write_atomic(directory / MARKER, text)
     return FetchResult(source.id, status, version, actual, warning)
 
 

@@ -7,7 +7,6 @@ with "*" because they cover fewer tasks than the other columns.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
@@ -18,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from m3e.atomic import write_atomic
 from m3e.evaluation.runner import ModelSpec, Outcome
 
 TYPE_ORDER = ("Classification", "Retrieval", "Reranking", "BitextMining", "PairClassification", "STS", "Clustering")
@@ -28,21 +28,6 @@ VERSION_PACKAGES = (
 
 
 # ---------------------------------------------------------------------- persistence
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -353,11 +338,11 @@ def write_reports(results: dict[str, Any], outcomes: Sequence[Outcome], out_dir:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     paths["json"] = out_dir / "results.json"
-    atomic_write_bytes(paths["json"], (json.dumps(results, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    write_atomic(paths["json"], json.dumps(results, ensure_ascii=False, indent=2) + "\n")
     chart_name = None
     if chart and any(o.status == "ok" for o in outcomes):
         paths["chart"] = write_chart(outcomes, out_dir / "scores.png", f"m3e eval: {results['suite']} suite")
         chart_name = paths["chart"].name
     paths["markdown"] = out_dir / "report.md"
-    atomic_write_bytes(paths["markdown"], markdown_report(results, outcomes, chart_name).encode("utf-8"))
+    write_atomic(paths["markdown"], markdown_report(results, outcomes, chart_name))
     return paths

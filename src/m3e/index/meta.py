@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from m3e.atomic import write_atomic
 from m3e.errors import M3EError
 
 META_NAME = "index.json"
@@ -36,27 +36,8 @@ def read_meta(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def write_meta(index_dir: str | os.PathLike[str], meta: dict[str, Any]) -> None:
-    directory = Path(index_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".json.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(meta, handle, ensure_ascii=False, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, directory / META_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    text = json.dumps(meta, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+    write_atomic(Path(index_dir) / META_NAME, text)
 
 
 def weights_fingerprint(model: Any) -> str:

@@ -19,40 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from m3e.atomic import fsync_dir, write_atomic
 from m3e.errors import M3EError
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file via a temporary file in the same directory, fsync, os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -60,7 +31,7 @@ def _fsync_tree(root: Path) -> None:
         for f in files:
             with open(os.path.join(dirpath, f), "rb+") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 def step_name(step: int) -> str:
@@ -93,7 +64,7 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, state: dict[str, Any],
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

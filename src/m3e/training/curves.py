@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from m3e.training.checkpoints import write_atomic
+from m3e.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 FIELDS = ("step", "epoch", "dataset", "loss", "lr", "examples_per_s", "elapsed_s")

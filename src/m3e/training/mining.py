@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from m3e.atomic import write_atomic
 from m3e.errors import M3EError
-from m3e.training.checkpoints import write_atomic
 from m3e.training.records import Record
 
 

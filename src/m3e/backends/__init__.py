@@ -1,0 +1,37 @@
+"""Inference backends beyond torch fp32: bf16 autocast and int8.
+
+``int8`` runs the transformer in ONNX Runtime with dynamically quantised weights (int8,
+per output channel). The quantised graph is an artefact built once: ``m3e export MODEL
+--backend int8`` writes it next to the model (``MODEL/m3e-int8/``); without one, the first
+load builds it into the cache (``~/.cache/m3e/int8/<fingerprint>/``) and later loads reuse it.
+See docs/design.md for why ONNX Runtime and not torch's dynamic quantisation.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from m3e.backends.threads import inference_threads, physical_cores
+
+if TYPE_CHECKING:
+    from m3e.model import EmbeddingModel
+
+__all__ = ["bf16_native", "inference_threads", "make_int8_runner", "physical_cores"]
+
+
+def make_int8_runner(model: EmbeddingModel) -> Any:
+    """A callable ``runner(features) -> last_hidden_state`` (float32 [batch, seq, hidden])."""
+    from m3e.backends.onnx_int8 import load_int8_runner
+
+    return load_int8_runner(model)
+
+
+def bf16_native() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX512_BF16 or AMX); otherwise oneDNN
+    emulates it and bf16 is slower than fp32."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
