@@ -102,13 +102,19 @@ def run(args: argparse.Namespace) -> int:
     model = None if args.model in ("default", "-") else args.model
     options = options_from_args(args)
     tuner = FineTuner.from_pretrained(model, args.data, record_type=args.record_type, device=_device(args.device))
-    tasks = [t.strip() for t in args.eval_tasks.split(",") if t.strip()] if args.eval_tasks else None
     epochs = options.pop("epochs", 1)
-    result = tuner.run(
-        epochs=epochs, output_dir=args.output, resume=args.resume,
-        eval_suite=args.eval_suite or ("offline" if tasks else None), eval_tasks=tasks, eval_data_dir=args.data_dir,
-        **options,
-    )
+    result = tuner.run(epochs=epochs, output_dir=args.output, resume=args.resume, **eval_options(args), **options)
+    return report(result)
+
+
+def eval_options(args: argparse.Namespace) -> dict:
+    """--eval / --eval-tasks / --data-dir as keyword arguments of the trainer."""
+    tasks = [t.strip() for t in args.eval_tasks.split(",") if t.strip()] if args.eval_tasks else None
+    return {"eval_suite": args.eval_suite or ("offline" if tasks else None), "eval_tasks": tasks,
+            "eval_data_dir": args.data_dir}
+
+
+def report(result) -> int:  # type: ignore[no-untyped-def]
     if os.environ.get("RANK", "0") != "0":  # torchrun: the main process reports
         return 0
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-from m3e.cli.finetune import _device, add_training_options, options_from_args
+from m3e.cli.finetune import _device, add_training_options, eval_options, options_from_args, report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,13 +19,5 @@ def run(args: argparse.Namespace) -> int:
     overrides = options_from_args(args)
     if args.output:
         overrides["output"] = args.output
-    tasks = [t.strip() for t in args.eval_tasks.split(",") if t.strip()] if args.eval_tasks else None
-    result = run_recipe(
-        args.recipe, overrides, resume=args.resume, device=_device(args.device),
-        eval_suite=args.eval_suite or ("offline" if tasks else None), eval_tasks=tasks, eval_data_dir=args.data_dir,
-    )
-    if os.environ.get("RANK", "0") != "0":  # torchrun: the main process reports
-        return 0
-    loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
-    print(f"trained {result.steps} steps in {result.train_seconds:.0f} s{loss}; model saved to {result.output}", file=sys.stderr)
-    return 0
+    result = run_recipe(args.recipe, overrides, resume=args.resume, device=_device(args.device), **eval_options(args))
+    return report(result)
