@@ -1,7 +1,9 @@
-"""Atomic writes: a crash leaves the old file (or directory) or the new one, never half of either."""
+"""Files on disk: atomic writes (a crash leaves the old file or directory or the new one, never half of
+either) and content hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -52,3 +54,11 @@ def replace_dir(new: str | os.PathLike[str], target: str | os.PathLike[str]) -> 
     os.replace(new, target)
     fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from m3e.atomic import write_atomic
+from m3e.atomic import sha256_file, write_atomic
 from m3e.data.paths import sources_dir
 from m3e.errors import M3EError
 
@@ -140,14 +140,6 @@ def parse_ids(text: str | Iterable[str] | None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- hashing and atomic io
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_marker(source: Source, root: Path | None) -> dict[str, Any] | None:

@@ -11,7 +11,6 @@ keeps only the pieces a corpus needs.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from m3e.atomic import sha256_file
 from m3e.errors import M3EError
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,6 @@ def locate_model_file() -> Path:
     if not path.is_file():
         raise M3EError(f"{PACKAGE} {version} has no {MODEL_FILE} (expected at {path})")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_model_file(path: Path, expected: str = MODEL_SHA256) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from m3e.errors import M3EError
 from m3e.training.config import TrainConfig, read_recipe
-from m3e.training.records import Record, TrainingDataset, attach_teacher_vectors, load_source
+from m3e.training.records import Record, TrainingDataset, attach_teacher_vectors, load_source, unique_names
 
 _TOP_KEYS = {"model", "output", "datasets", "distill", "loss", "train", "eval", "name", "description"}
 
@@ -67,14 +67,7 @@ def datasets_from_recipe(recipe: dict[str, Any], base: Path) -> list[TrainingDat
         out.append(ds)
     if not out:
         raise M3EError("recipe: no datasets")
-    names: dict[str, int] = {}
-    for ds in out:
-        if ds.name in names:
-            names[ds.name] += 1
-            ds.name = f"{ds.name}-{names[ds.name]}"
-        else:
-            names[ds.name] = 0
-    return out
+    return unique_names(out)
 
 
 def config_from_recipe(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainConfig:

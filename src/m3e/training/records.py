@@ -300,6 +300,11 @@ def load_datasets(sources: Any, record_type: str | None = None) -> list[Training
         datasets.extend(load_source(src, record_type))
     if not datasets:
         raise M3EError("no training data given")
+    return unique_names(datasets)
+
+
+def unique_names(datasets: list[TrainingDataset]) -> list[TrainingDataset]:
+    """Suffix repeated dataset names (-1, -2, ...): batches and loss curves are keyed by name."""
     seen: dict[str, int] = {}
     for ds in datasets:
         if ds.name in seen:
