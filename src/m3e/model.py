@@ -440,8 +440,14 @@ class EmbeddingModel(nn.Module):
         return model_meta(self)
 
     # ------------------------------------------------------------------ save
-    def save(self, path: str | os.PathLike[str], model_card: str | None = None) -> Path:
-        """Write a sentence-transformers directory, atomically (a crash leaves the old one or none)."""
+    def save(self, path: str | os.PathLike[str], model_card: str | None = None, *, dtype: str | None = None) -> Path:
+        """Write a sentence-transformers directory, atomically (a crash leaves the old one or none).
+
+        ``dtype="fp16"`` (or ``"bf16"``) stores the weights in half precision, half the disk; the config keeps
+        float32 as the compute dtype, so m3e and sentence-transformers upcast them on load.
+        """
+        if dtype not in (None, "fp32", "fp16", "bf16"):
+            raise M3EError(f"save dtype must be fp32, fp16 or bf16, not {dtype!r}")
         if self.pooling not in ST_POOLING_MODES:
             raise M3EError(
                 f"pooling {self.pooling!r} has no sentence-transformers equivalent; "
@@ -453,14 +459,14 @@ class EmbeddingModel(nn.Module):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            self._write_st_dir(tmp, model_card)
+            self._write_st_dir(tmp, model_card, dtype)
             replace_dir(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return target
 
-    def _write_st_dir(self, out: Path, model_card: str | None) -> None:
+    def _write_st_dir(self, out: Path, model_card: str | None, dtype: str | None = None) -> None:
         from transformers.utils import logging as hf_logging
 
         from m3e import __version__
@@ -468,10 +474,18 @@ class EmbeddingModel(nn.Module):
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
-            self.transformer.save_pretrained(out, safe_serialization=True)
+            half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype or "")
+            state = None
+            if half is not None:
+                state = {k: v.to(half) if v.is_floating_point() else v for k, v in self.transformer.state_dict().items()}
+            self.transformer.save_pretrained(out, safe_serialization=True, state_dict=state)
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
+        if half is not None:  # the compute dtype stays float32 (transformers' dtype="auto" reads this key)
+            config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+            config["dtype"] = "float32"
+            _write_json(out / "config.json", config)
         self.tokenizer.save_pretrained(out)
         modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
         _write_json(out / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": self.do_lower_case})

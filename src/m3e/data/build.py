@@ -17,7 +17,8 @@ from typing import Any
 
 from m3e.atomic import write_atomic
 from m3e.data import sources
-from m3e.data.paths import data_dir, task_path, train_path
+from m3e.data.distill import POOLS, finish_pool
+from m3e.data.paths import data_dir, distill_path, task_path, train_path
 from m3e.data.tasks import (
     BUNDLED_SMOKE,
     CLASS_PER_LABEL,
@@ -171,6 +172,24 @@ def build(
             say(f"  train/{name:<34} {stats.records:>7} {'triplets' if tspec.triplets else 'pairs':<8} "
                 f"(excluded {stats.excluded}, duplicates {stats.duplicates}{', capped' if stats.capped else ''})")
             logger.info("train/%s built in %.1fs", name, time.perf_counter() - t0)
+        manifest["distill"] = {}
+        for name, pspec in POOLS.items():
+            texts, excluded = finish_pool(pspec.build(inp), exclusion, pspec.cap, name)
+            used_sources.add(pspec.source)
+            path = distill_path(data, name)
+            digest = _write(path, b"".join(_dumps({"text": t}) for t in texts))
+            manifest["distill"][name] = {
+                "file": path.relative_to(data).as_posix(),
+                "sha256": digest,
+                "source": pspec.source,
+                "license": sources.SOURCES[pspec.source].license,
+                "description": pspec.description,
+                "side": pspec.side,
+                "texts": len(texts),
+                "cap": pspec.cap,
+                "dropped_excluded": excluded,
+            }
+            say(f"  distill/{name:<32} {len(texts):>7} texts    ({pspec.side} side, excluded {excluded})")
 
     for sid in sorted(used_sources):
         manifest["sources"][sid] = sources.source_record(sid, root)

@@ -37,3 +37,7 @@ def task_path(data: Path, task: str, profile: str) -> Path:
 
 def train_path(data: Path, name: str) -> Path:
     return data / "train" / f"{name}.jsonl"
+
+
+def distill_path(data: Path, name: str) -> Path:
+    return data / "distill" / f"{name}.jsonl"

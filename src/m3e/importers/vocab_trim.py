@@ -95,9 +95,8 @@ def select_pieces(
     """Sorted ids of the pieces to keep.
 
     ``required`` ids are always kept (special tokens, the prompts' pieces). With ``counts``
-    (a corpus), the pieces the corpus uses are kept, most frequent first; ``seen_chars`` adds
-    the single-character pieces of those characters; without a corpus the ranking is by
-    score. ``size`` caps the total (closure included) and then fills up by rank.
+    (a corpus), the single-character pieces of ``seen_chars`` come first, then the pieces the
+    corpus uses, most frequent first; without a corpus the ranking is by score. ``size`` caps the total (closure included) and then fills up by rank.
     """
     index = {p: i for i, p in enumerate(pieces)}
     n = len(pieces)
@@ -121,11 +120,13 @@ def select_pieces(
 
     order: list[np.ndarray] = []
     if counts is not None:
+        # the corpus's characters first: under a size cap a missing multi-character piece only changes how a
+        # word is split, a missing character makes it <unk>
+        if seen_chars:
+            order.append(np.array(sorted(index[c] for c in seen_chars if c in index), dtype=np.int64))
         used = np.flatnonzero(counts > 0)
         # most frequent first; ties by higher score
         order.append(used[np.lexsort((-scores[used], -counts[used]))])
-        if seen_chars:
-            order.append(np.array(sorted(index[c] for c in seen_chars if c in index), dtype=np.int64))
     if size is not None:
         order.append(np.argsort(-scores, kind="stable"))
 

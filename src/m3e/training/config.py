@@ -34,6 +34,8 @@ class TrainConfig:
     loss: str = "softmax"  # softmax | sigmoid (pairs and triplets); CoSENT for scored, MSE for distill
     temperature: float = 0.05
     symmetric: bool = False
+    distill_loss: str = "mse"  # mse | cosine (distill datasets)
+    distill_contrast: float = 0.0  # cosine distillation: weight of the in-batch softmax against teacher vectors
     num_negatives: int = 1
     strategy: str = "full"  # full | lora | bitfit
     lora_r: int = 8
@@ -45,6 +47,7 @@ class TrainConfig:
     no_duplicates: bool = True
     use_prompts: bool = True  # the model's query / document prompts on the query / passage columns
     seed: int = 42
+    save_dtype: str | None = None  # the final model's weights on disk: fp16 | bf16 halve its size (None: fp32)
     save_steps: int = 200
     keep_checkpoints: int = 2
     log_steps: int = 1

@@ -85,7 +85,7 @@ class FineTuner:
             scores = {t: {"before": before.get(t), "after": after.get(t)} for t in dict.fromkeys([*before, *after])}
             print(format_side_by_side(scores), file=sys.stderr if not sys.stdout.isatty() else sys.stdout)
             card = trainer.card(result.steps, result.train_seconds, scores)
-            save_model_into(self.model, result.output, card)
+            save_model_into(self.model, result.output, card, dtype=config.save_dtype)
         return FineTuneResult(result.output, self.model, result.steps, result.train_seconds, result.final_loss, scores, result.resumed_from)
 
 

@@ -6,7 +6,8 @@ parameter everywhere (default 0.05, i.e. scale 20).
 
 In-batch softmax (also with hard negatives and the symmetric variant), CoSENT and MSE distillation delegate to
 sentence-transformers' ``MultipleNegativesRankingLoss``, ``CoSENTLoss`` and ``MSELoss`` through their
-``compute_loss_from_embeddings``; the in-batch sigmoid loss is ours (sentence-transformers has none). Working on
+``compute_loss_from_embeddings``; the in-batch sigmoid loss and the cosine distillation loss (with an in-batch
+term against the teacher's vectors) are ours (sentence-transformers has neither). Working on
 embeddings (not on a model) is what lets one GradCache and one cross-device gather serve every loss.
 """
 
@@ -143,8 +144,49 @@ class MSEDistillLoss(EmbeddingLoss):
         return "MSE distillation to teacher vectors"
 
 
-def make_loss(record_type: str, name: str = "softmax", temperature: float = DEFAULT_TEMPERATURE, symmetric: bool = False) -> EmbeddingLoss:
-    """The loss for one dataset's record type: contrastive ``name`` for pairs/triplets, CoSENT, MSE."""
+@dataclass
+class CosineDistillLoss(EmbeddingLoss):
+    """Distillation that keeps the teacher's geometry: mean(1 - cos(s_i, t_i)) plus ``contrast`` times an
+    in-batch cross-entropy over cos(s_i, t_j) / tau with target i.
+
+    MSE on unit vectors is 2 (1 - cos) / dim, so its gradients are tiny at 384+ dimensions; the cosine term is the
+    same objective at a usable scale. The contrastive term asks each student vector to be nearer its own teacher
+    vector than to the batch's other teacher vectors, which is what retrieval and classification scores measure
+    (two unrelated teacher vectors of an E5 model already have cosine ~0.8, so closeness alone is a weak signal).
+    """
+
+    contrast: float = 0.0
+    temperature: float = DEFAULT_TEMPERATURE
+    name = "cosine-distill"
+
+    def __call__(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        if labels is None:
+            raise M3EError("distillation needs teacher vectors")
+        student = F.normalize(embeddings[0].float(), dim=-1)
+        if student.shape != labels.shape:
+            raise M3EError(f"student dim {student.shape[-1]} != teacher dim {labels.shape[-1]}")
+        teacher = F.normalize(labels.float().to(student.device), dim=-1)
+        loss = (1.0 - (student * teacher).sum(-1)).mean()
+        if self.contrast > 0 and student.shape[0] > 1:
+            logits = student @ teacher.T / self.temperature
+            target = torch.arange(student.shape[0], device=student.device)
+            loss = loss + self.contrast * F.cross_entropy(logits, target)
+        return loss
+
+    def describe(self) -> str:
+        extra = f" + {self.contrast:g} x in-batch softmax (tau={self.temperature:g})" if self.contrast > 0 else ""
+        return f"cosine distillation to teacher vectors{extra}"
+
+
+DISTILL_LOSSES = ("mse", "cosine")
+
+
+def make_loss(
+    record_type: str, name: str = "softmax", temperature: float = DEFAULT_TEMPERATURE, symmetric: bool = False,
+    *, distill: str = "mse", distill_contrast: float = 0.0,
+) -> EmbeddingLoss:
+    """The loss for one dataset's record type: contrastive ``name`` for pairs/triplets, CoSENT, and ``distill``
+    (mse | cosine, with ``distill_contrast`` x in-batch softmax) for teacher vectors."""
     if record_type in ("pair", "triplet"):
         if name == "softmax":
             return SoftmaxLoss(temperature, symmetric)
@@ -156,5 +198,11 @@ def make_loss(record_type: str, name: str = "softmax", temperature: float = DEFA
     if record_type == "scored":
         return CoSENTLoss(temperature)
     if record_type == "distill":
-        return MSEDistillLoss()
+        if distill == "mse":
+            if distill_contrast:
+                raise M3EError("distill_contrast applies to the cosine distillation loss only")
+            return MSEDistillLoss()
+        if distill == "cosine":
+            return CosineDistillLoss(distill_contrast, temperature)
+        raise M3EError(f"distill loss must be one of {', '.join(DISTILL_LOSSES)}, not {distill!r}")
     raise M3EError(f"no loss for record type {record_type!r}")

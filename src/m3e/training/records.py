@@ -74,6 +74,7 @@ class TrainingDataset:
     source: str = ""
     weight: float = 1.0
     columns: tuple[str, ...] = field(default_factory=tuple)
+    side: str | None = None  # distill: "query" | "document", the prompt the teacher's vectors were made with
 
     def __len__(self) -> int:
         return len(self.records)
@@ -315,12 +316,15 @@ def unique_names(datasets: list[TrainingDataset]) -> list[TrainingDataset]:
     return datasets
 
 
-def attach_teacher_vectors(ds: TrainingDataset, vectors: Any) -> TrainingDataset:
-    """Turn a dataset of texts into a distill dataset with cached teacher vectors (one row per record)."""
+def attach_teacher_vectors(ds: TrainingDataset, vectors: Any, side: str | None = None) -> TrainingDataset:
+    """Turn a dataset of texts into a distill dataset with cached teacher vectors (one row per record);
+    ``side`` (query | document) is the prompt the teacher used, and the student gets the same one."""
     import numpy as np
 
     vecs = np.asarray(vectors, dtype=np.float32)
     if vecs.ndim != 2 or vecs.shape[0] != len(ds.records):
         raise M3EError(f"{ds.source}: {len(ds.records)} records but teacher vectors have shape {tuple(vecs.shape)}")
     recs = [Record(r.text, vector=tuple(float(x) for x in v)) for r, v in zip(ds.records, vecs, strict=True)]
-    return TrainingDataset(ds.name, "distill", recs, source=ds.source, weight=ds.weight)
+    if side not in (None, "query", "document"):
+        raise M3EError(f"{ds.source}: side must be query or document, not {side!r}")
+    return TrainingDataset(ds.name, "distill", recs, source=ds.source, weight=ds.weight, side=side)

@@ -87,7 +87,9 @@ class Trainer:
 
     def _loss_for(self, ds: TrainingDataset) -> EmbeddingLoss:
         if ds.type not in self._losses:
-            self._losses[ds.type] = make_loss(ds.type, self.config.loss, self.config.temperature, self.config.symmetric)
+            cfg = self.config
+            self._losses[ds.type] = make_loss(ds.type, cfg.loss, cfg.temperature, cfg.symmetric,
+                                              distill=cfg.distill_loss, distill_contrast=cfg.distill_contrast)
         return self._losses[ds.type]
 
     def _fingerprint(self) -> dict[str, Any]:
@@ -281,7 +283,12 @@ class Trainer:
             self.model.max_length = training
 
     def _prompts(self, ds: TrainingDataset, n_columns: int) -> list[str]:
-        if not self.config.use_prompts or ds.type not in ("pair", "triplet"):
+        if not self.config.use_prompts:
+            return [""] * n_columns
+        if ds.type == "distill":  # the side the teacher embedded the texts with
+            side = {"query": self.model.query_prompt, "document": self.model.document_prompt}
+            return [side.get(ds.side or "", "")] * n_columns
+        if ds.type not in ("pair", "triplet"):
             return [""] * n_columns
         return [self.model.query_prompt] + [self.model.document_prompt] * (n_columns - 1)
 
@@ -318,10 +325,10 @@ class Trainer:
         write_csv(history, self.output / "loss.csv")
         write_png(history, self.output / "loss.png")
         self.card_extra = {"steps": steps, "seconds": seconds}
-        save_model_into(self.model, self.output, self.card(steps, seconds))
+        save_model_into(self.model, self.output, self.card(steps, seconds), dtype=self.config.save_dtype)
 
 
-def save_model_into(model: Any, out: Path, card: str) -> None:
+def save_model_into(model: Any, out: Path, card: str, dtype: str | None = None) -> None:
     """Write the sentence-transformers files into ``out`` without touching checkpoints/ and the loss curve.
 
     Built in a hidden temporary directory, then moved in entry by entry with modules.json last, so a directory
@@ -332,7 +339,7 @@ def save_model_into(model: Any, out: Path, card: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     with saveable(model) as plain:
         was_training = plain.training
-        plain.save(tmp, model_card=card)
+        plain.save(tmp, model_card=card, dtype=dtype)
         plain.train(was_training)
     (out / "modules.json").unlink(missing_ok=True)
     for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "modules.json"):
