@@ -96,6 +96,38 @@ def test_resume_continues_exactly(tiny_st_model_dir, tmp_path, monkeypatch):
     assert [r.split(",")[:4] for r in la] == [r.split(",")[:4] for r in lb]
 
 
+def test_resumed_run_keeps_the_starting_scores(tiny_st_model_dir, tmp_path, monkeypatch):
+    """--eval scores the starting model once; a resumed run reuses those scores instead of evaluating again."""
+    import m3e.training.finetuner as finetuner_mod
+    import m3e.training.trainer as trainer_mod
+
+    labels: list[str] = []
+
+    def fake_scores(model, suite, tasks, data_dir, label):
+        labels.append(label)
+        return {"T": 0.25 if label == "before" else 0.5}
+
+    monkeypatch.setattr(finetuner_mod, "evaluate_scores", fake_scores)
+    data = _pairs(tmp_path / "pairs.jsonl", 32)
+    opts = {"batch_size": 8, "save_steps": 1, "progress": False, "eval_suite": "smoke"}
+    real = trainer_mod.forward_backward
+
+    def crash_on_third(*args, _n=[0], **kwargs):  # noqa: B006 (a call counter)
+        _n[0] += 1
+        if _n[0] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "forward_backward", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(output_dir=tmp_path / "r", **opts)
+    assert labels == ["before"]
+    monkeypatch.setattr(trainer_mod, "forward_backward", real)
+    m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(output_dir=tmp_path / "r", resume=True, **opts)
+    assert labels == ["before", "after"]
+    assert "| T | 0.2500 | 0.5000 |" in (tmp_path / "r" / "README.md").read_text(encoding="utf-8")
+
+
 def test_strategies_lora_and_bitfit(tiny_st_model_dir, tmp_path):
     data = _pairs(tmp_path / "pairs.jsonl", 32)
     base = _state(tiny_st_model_dir)

@@ -7,12 +7,14 @@ evaluation on offline benchmark tasks runs before and after training and is prin
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m3e.atomic import write_atomic
 from m3e.errors import M3EError
 from m3e.training.config import TrainConfig
 from m3e.training.records import TrainingDataset, load_datasets
@@ -77,7 +79,16 @@ class FineTuner:
         suite = eval_suite or "offline"
         before: dict[str, float | None] = {}
         if want_eval and main:
-            before = evaluate_scores(self.model, suite, eval_tasks, eval_data_dir, label="before")
+            # the starting model's scores are kept in the run directory: a resumed run does not evaluate it again
+            saved = Path(config.output).expanduser() / "eval-before.json"
+            key = {"suite": suite, "tasks": sorted(eval_tasks or [])}
+            cached = json.loads(saved.read_text(encoding="utf-8")) if resume and saved.is_file() else {}
+            if cached.get("key") == key:
+                before = cached["scores"]
+            else:
+                before = evaluate_scores(self.model, suite, eval_tasks, eval_data_dir, label="before")
+                if before:
+                    write_atomic(saved, json.dumps({"key": key, "scores": before}, indent=2) + "\n")
         result = trainer.train(resume=resume)
         scores: dict[str, dict[str, float | None]] = {}
         if want_eval and main and before:
