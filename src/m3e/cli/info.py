@@ -34,8 +34,6 @@ def describe(model) -> dict:  # type: ignore[no-untyped-def]
 
 
 def run(args: argparse.Namespace) -> int:
-    from m3e.default_model import is_stand_in
-
     model = load_model_from_args(args)
     info = describe(model)
     if args.json:
@@ -47,6 +45,4 @@ def run(args: argparse.Namespace) -> int:
         elif key == "prompts":
             value = json.dumps(value, ensure_ascii=False) if value else "none"
         print(f"{key:>13}: {value}")
-    if is_stand_in(getattr(model, "source_dir", "")):
-        print("         note: English stand-in (all-MiniLM-L6-v2); m3e's own bilingual default model is not bundled yet")
     return 0
