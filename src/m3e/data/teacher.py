@@ -91,6 +91,12 @@ def imported_teacher() -> Path:
     return path
 
 
+def pool_texts(data: Path, entry: dict[str, Any]) -> list[str]:
+    """The texts of one pool, in file order (the row order of its teacher vectors)."""
+    path = data / entry["file"]
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def _pools(data: Path, names: list[str] | None) -> dict[str, dict[str, Any]]:
     manifest = read_manifest(data) or {}
     pools = manifest.get("distill") or {}
@@ -135,7 +141,7 @@ def compute(
         if is_current(target, pool_sha):
             say(f"  {name:<22} cached   {target}")
             continue
-        texts = [json.loads(line)["text"] for line in pool_file.read_text(encoding="utf-8").splitlines()]
+        texts = pool_texts(data, entry)
         partial = target.parent / f".partial-{target.stem}-{pool_sha[:12]}"
         partial.mkdir(parents=True, exist_ok=True)
         encoder = encoder or _Encoder(teacher, threads)

@@ -23,7 +23,6 @@ first (resumable), so one ``m3e train --recipe`` runs the whole recipe after ``m
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,7 @@ def _pool_datasets(entry: dict[str, Any], i: int) -> list[TrainingDataset]:
     out = []
     for name in names:
         pool = manifest["distill"][name]
-        texts = [json.loads(line)["text"] for line in (data / pool["file"]).read_text(encoding="utf-8").splitlines()]
+        texts = teachers.pool_texts(data, pool)
         plain = TrainingDataset(name, "pair", [Record(t) for t in texts], source=str(data / pool["file"]))
         out.append(attach_teacher_vectors(plain, np.load(vectors[name]), side=pool["side"]))
     return out
