@@ -48,9 +48,11 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_int8_keeps_cosine_on_minilm(minilm_dir: Path, m3e_home: Path) -> None:
     model = m3e.load(str(minilm_dir))
+    attention = model.transformer.config._attn_implementation
     reference = model.encode(FIDELITY_TEXTS)
     model.set_backend("int8")
     assert model.backend == "int8"
+    assert model.transformer.config._attn_implementation == attention  # exported eager, then restored
     quantised = model.encode(FIDELITY_TEXTS)
     cos = _cos(reference, quantised)
     assert cos.mean() >= 0.99, cos
@@ -58,6 +60,10 @@ def test_int8_keeps_cosine_on_minilm(minilm_dir: Path, m3e_home: Path) -> None:
     # built on the fly into the cache, since site-packages holds no artefact
     built = list((m3e_home / "int8").glob("*/model.onnx"))
     assert len(built) == 1
+    # the graph ONNX Runtime runs is the fused one: one Attention op per layer
+    meta = onnx_int8.read_meta(built[0].parent)
+    assert meta is not None and meta["quantization"]["graph"] == "fused"
+    assert meta["fused_ops"].get("Attention") == model.transformer.config.num_hidden_layers
     # activation scales are set per call, so batch composition moves a vector a little, no more
     single = np.stack([model.encode(t) for t in FIDELITY_TEXTS[:4]])
     assert _cos(single, quantised[:4]).min() >= 0.97

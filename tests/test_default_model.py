@@ -91,3 +91,19 @@ def test_bundle_writes_fp16_weights_and_a_card(tiny_st_model_dir: Path, tmp_path
     assert cos > 0.999
     with pytest.raises(M3EError, match="no finished model"):
         bundle(tmp_path / "nothing", tmp_path / "x")
+
+
+def test_shipped_recipes_parse_and_chain() -> None:
+    """The two stages of the default model: valid recipes, stage 2 starting from stage 1's output."""
+    from m3e.training.config import read_recipe
+    from m3e.training.recipe import config_from_recipe
+
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    stage1 = read_recipe(recipes / "default-model.yaml")
+    stage2 = read_recipe(recipes / "default-model-headlines.yaml")
+    for recipe in (stage1, stage2):
+        config = config_from_recipe(recipe)
+        assert config.save_dtype == "fp16" and config.max_length == 128
+    assert (recipes / stage2["model"]).resolve() == (recipes / stage1["output"]).resolve()
+    assert stage2["datasets"][0]["path"].endswith("news_headline_negatives.jsonl")
+    assert config_from_recipe(stage2).weights["news_headline"] == 0.0  # the triplets replace the pairs

@@ -34,6 +34,27 @@ def test_mine_cli(tiny_st_model_dir, tmp_path):
     assert main(["mine", str(tiny_st_model_dir), str(data), "--output", str(out), "--rank-window", "5-2"]) == 2
 
 
+def test_mine_reads_data_paths(tiny_st_model_dir, tmp_path, monkeypatch):
+    """``data:train/...`` and ``data:distill/...`` name files inside m3e's data directory, as in recipes."""
+    monkeypatch.setenv("M3E_HOME", str(tmp_path / "home"))
+    data = tmp_path / "home" / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "distill").mkdir()
+    rows = [{"text": f"问题{i}", "text_pos": f"答案{i}"} for i in range(8)]
+    (data / "train" / "qa.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    (data / "distill" / "extra.jsonl").write_text(
+        "".join(json.dumps({"text": f"段落{i}"}, ensure_ascii=False) + "\n" for i in range(8)), encoding="utf-8")
+    out = tmp_path / "mined.jsonl"
+    assert main(["mine", str(tiny_st_model_dir), "data:train/qa.jsonl", "--corpus", "data:distill/extra.jsonl",
+                 "--rank-window", "1-16", "--negatives", "2", "--no-random-fill", "-o", str(out)]) == 0
+    mined = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [m["query"] for m in mined] == [r["text"] for r in rows]
+    assert any(n.startswith("段落") for m in mined for n in m["neg"])  # the corpus was read
+    assert main(["mine", str(tiny_st_model_dir), "data:train/qa.jsonl", "--corpus", "data:distill/none.jsonl",
+                 "-o", str(out)]) == 2
+
+
 def test_window_is_respected(tiny_st_model_dir):
     import numpy as np
 

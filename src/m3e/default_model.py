@@ -74,7 +74,9 @@ def default_model_card(
         "# m3e default model",
         "",
         "m3e's own small bilingual (Chinese/English) embedding model, trained by m3e itself, offline, with",
-        "`recipes/default-model.yaml`. It is what `m3e.load()` and every command use when no model is named.",
+        "`recipes/default-model.yaml`" + (" and `recipes/default-model-headlines.yaml`" if len(training_cards) > 1
+                                          else "") + ". It is what `m3e.load()` and every command use when no model",
+        "is named.",
         "",
         "```python",
         "import m3e",
@@ -99,10 +101,11 @@ def default_model_card(
         "",
         "```bash",
         "make default-model   # m3e data fetch; m3e data build; m3e train --recipe recipes/default-model.yaml;",
-        "                     # m3e eval ...; python -m m3e.default_model runs/default-model --eval ...",
+        "                     # m3e mine ...; m3e train --recipe recipes/default-model-headlines.yaml;",
+        "                     # m3e eval ...; python -m m3e.default_model RUN [RUN ...] --eval ...",
         "```",
         "",
-        "The run checkpoints every 200 steps; the same command resumes an interrupted run.",
+        "Every stage checkpoints as it trains; the same command resumes an interrupted run.",
     ]
     manifest = read_manifest(data_dir()) or {}
     sources = manifest.get("sources") or {}

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from m3e.errors import M3EError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model that ranks the passages: a directory or hub id ('default' = m3e's default)")
-    parser.add_argument("data", nargs="+", help="pair / triplet files or directories (.jsonl/.csv/.parquet)")
+    parser.add_argument("data", nargs="+", help="pair / triplet files or directories (.jsonl/.csv/.parquet; data:train/... = built by `m3e data build`)")
     parser.add_argument("-o", "--output", required=True, help="output .jsonl with {query, pos, neg} records")
     parser.add_argument("--corpus", action="append", default=[],
-                        help="extra passages to draw negatives from: .txt (one per line) or .jsonl with a 'text' field")
+                        help="extra passages to draw negatives from: .txt (one per line) or .jsonl with a 'text' field "
+                             "(data:distill/... = a pool built by `m3e data build`)")
     parser.add_argument("--rank-window", default="2-200",
                         help="sample negatives from hit ranks LO..HI-1, counting the top hit as 0 (default 2-200)")
     parser.add_argument("--negatives", type=int, default=7, help="negatives per query (default 7)")
@@ -26,13 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _corpus(paths: list[str]) -> list[str]:
+    from m3e.data.paths import resolve
     from m3e.textio import read_texts
 
     out: list[str] = []
     for p in paths:
-        if not Path(p).is_file():
+        if not resolve(p).is_file():
             raise M3EError(f"--corpus {p}: no such file")
-        out.extend(read_texts(p))
+        out.extend(read_texts(str(resolve(p))))
     return out
 
 
@@ -44,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     window = parse_window(args.rank_window)
     if args.negatives < 1:
         raise M3EError("--negatives must be >= 1")
-    datasets = load_datasets(args.data)
+    from m3e.data.paths import resolve
+
+    datasets = load_datasets([str(resolve(d)) for d in args.data])
     bad = [d.name for d in datasets if d.type not in ("pair", "triplet")]
     if bad:
         raise M3EError(f"mining needs pairs or triplets; {', '.join(bad)} are not")

@@ -41,3 +41,15 @@ def train_path(data: Path, name: str) -> Path:
 
 def distill_path(data: Path, name: str) -> Path:
     return data / "distill" / f"{name}.jsonl"
+
+
+DATA_PREFIX = "data:"
+
+
+def resolve(value: str, base: str | os.PathLike[str] | None = None) -> Path:
+    """A path as recipes and commands write it: ``data:train/x.jsonl`` is inside m3e's data directory,
+    a relative path is against ``base`` (the current directory when None)."""
+    if value.startswith(DATA_PREFIX):
+        return data_dir() / value[len(DATA_PREFIX):]
+    p = Path(value).expanduser()
+    return p if p.is_absolute() or base is None else Path(base) / p

@@ -35,12 +35,9 @@ _TOP_KEYS = {"model", "output", "datasets", "distill", "loss", "train", "eval", 
 
 
 def _path(base: Path, value: str) -> Path:
-    if value.startswith("data:"):
-        from m3e.data.paths import data_dir
+    from m3e.data.paths import resolve
 
-        return data_dir() / value[len("data:"):]
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else base / p
+    return resolve(value, base)
 
 
 def _pool_datasets(entry: dict[str, Any], i: int) -> list[TrainingDataset]:
