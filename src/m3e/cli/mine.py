@@ -31,22 +31,22 @@ def _corpus(paths: list[str]) -> list[str]:
 
     out: list[str] = []
     for p in paths:
-        if not resolve(p).is_file():
+        path = resolve(p)
+        if not path.is_file():
             raise M3EError(f"--corpus {p}: no such file")
-        out.extend(read_texts(str(resolve(p))))
+        out.extend(read_texts(str(path)))
     return out
 
 
 def run(args: argparse.Namespace) -> int:
     import m3e
+    from m3e.data.paths import resolve
     from m3e.training.mining import mine_hard_negatives, parse_window, write_jsonl
     from m3e.training.records import load_datasets
 
     window = parse_window(args.rank_window)
     if args.negatives < 1:
         raise M3EError("--negatives must be >= 1")
-    from m3e.data.paths import resolve
-
     datasets = load_datasets([str(resolve(d)) for d in args.data])
     bad = [d.name for d in datasets if d.type not in ("pair", "triplet")]
     if bad:
