@@ -205,6 +205,18 @@ def _eager_attention(transformer: Any) -> Iterator[None]:
             transformer.set_attn_implementation(previous)
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's optimizer and quantiser log progress and advice on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def fuse(src: Path, dst: Path, config: Any) -> dict[str, int]:
     """ONNX Runtime's transformer fusions, saved to ``dst``; returns how many of each fused op.
 
@@ -214,10 +226,7 @@ def fuse(src: Path, dst: Path, config: Any) -> dict[str, int]:
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the optimizer logs each fusion on the root logger
-    try:
+    with _quiet_root_logger():
         fused = optimizer.optimize_model(
             str(src),
             model_type="bert",
@@ -228,8 +237,6 @@ def fuse(src: Path, dst: Path, config: Any) -> dict[str, int]:
         )
         fused.save_model_to_file(str(dst))
         stats = fused.get_fused_operator_statistics()
-    finally:
-        root.setLevel(level)
     return {op: int(n) for op, n in stats.items() if n}
 
 
@@ -266,10 +273,7 @@ def quantize(src: Path, dst: Path) -> None:
         layers = weight_matmuls_by_layer(src)
         if layers:
             exclude = layers[min(layers)]
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
-    try:
+    with _quiet_root_logger():
         quantize_dynamic(
             str(src),
             str(dst),
@@ -280,8 +284,6 @@ def quantize(src: Path, dst: Path) -> None:
             # fused ops are outside ONNX's shape inference; their outputs are fp32
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-    finally:
-        root.setLevel(level)
 
 
 def build_artefact(model: EmbeddingModel, target: Path, fp: str | None = None) -> Path:
