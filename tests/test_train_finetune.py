@@ -278,3 +278,16 @@ def test_recipe_imports_a_student_and_distills_the_pools(tmp_path, monkeypatch):
     model = m3e.load(str(run))
     assert next(model.parameters()).dtype == torch.float32 and model.dim == 384
     assert "cosine distillation" in (run / "README.md").read_text(encoding="utf-8")
+
+
+def test_card_names_the_start_model_from_the_working_directory(tmp_path, monkeypatch):
+    from m3e.training.trainer import _display_name
+
+    (tmp_path / "runs" / "stage1").mkdir(parents=True)
+    (tmp_path / "recipes").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _display_name(f"{tmp_path}/recipes/../runs/stage1") == "runs/stage1"
+    assert _display_name("moka-ai/m3e-base") == "moka-ai/m3e-base"  # a hub id is kept as written
+    assert _display_name(None) == "the m3e default model"
+    elsewhere = tmp_path.parent
+    assert _display_name(str(elsewhere)) == elsewhere.resolve().as_posix()

@@ -309,7 +309,7 @@ class Trainer:
         hyper["world_size"] = self.dist.world_size
         return model_card(
             name=self.output.name,
-            base_model=str(cfg.model or "the m3e default model"),
+            base_model=_display_name(cfg.model),
             datasets=[{"name": d.name, "type": d.type, "records": len(d), "weight": d.weight} for d in self.datasets],
             loss="; ".join(losses),
             hyper=hyper,
@@ -326,6 +326,21 @@ class Trainer:
         write_png(history, self.output / "loss.png")
         self.card_extra = {"steps": steps, "seconds": seconds}
         save_model_into(self.model, self.output, self.card(steps, seconds), dtype=self.config.save_dtype)
+
+
+def _display_name(model: str | None) -> str:
+    """How a card names the model a run started from: a local path as written from the working directory
+    (``runs/default-model``, not ``/home/.../recipes/../runs/default-model``), a hub id as it is."""
+    if not model:
+        return "the m3e default model"
+    path = Path(model).expanduser()
+    if not path.exists():
+        return model
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
 
 
 def save_model_into(model: Any, out: Path, card: str, dtype: str | None = None) -> None:
