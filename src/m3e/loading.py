@@ -44,7 +44,7 @@ def load_model(
     such as ``moka-ai/m3e-base``, or ``None`` for the project's default model.
     ``pooling`` overrides the checkpoint's pooling (mean, cls, max, first_last_mean,
     last_weighted, ...); ``max_length`` lowers the truncation length; ``backend`` is
-    ``torch`` (fp32), ``bf16`` or ``int8``.
+    ``torch`` (fp32), ``bf16``, ``int8`` or ``openvino``.
     """
     from m3e.pooling import canonical_pooling
     from m3e.registry import defaults_for

@@ -32,7 +32,7 @@ from m3e.pooling import NEEDS_HIDDEN_STATES, ST_POOLING_MODES, pool, st_pooling_
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "bf16", "int8")
+BACKENDS = ("torch", "bf16", "int8", "openvino")
 LONG_TEXT_MODES = ("truncate", "windows")
 
 # sentence-transformers' activation names for Dense modules.
@@ -148,7 +148,8 @@ class EmbeddingModel(nn.Module):
 
     # ------------------------------------------------------------------ backends
     def set_backend(self, backend: str) -> EmbeddingModel:
-        """Switch the inference backend: ``torch`` (fp32), ``bf16`` (CPU autocast) or ``int8``."""
+        """Switch the inference backend: ``torch`` (fp32), ``bf16`` (CPU autocast), ``int8`` (ONNX Runtime) or
+        ``openvino`` (OpenVINO; bf16 on CPUs with AMX / AVX512_BF16, fp32 elsewhere)."""
         if backend not in BACKENDS:
             raise M3EError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self._runner = None
@@ -156,6 +157,10 @@ class EmbeddingModel(nn.Module):
             from m3e.backends import make_int8_runner
 
             self._runner = make_int8_runner(self)
+        elif backend == "openvino":
+            from m3e.backends import make_openvino_runner
+
+            self._runner = make_openvino_runner(self)
         elif backend == "bf16" and self.device.type == "cpu":
             from m3e.backends import bf16_native
 

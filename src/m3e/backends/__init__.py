@@ -1,10 +1,13 @@
-"""Inference backends beyond torch fp32: bf16 autocast and int8.
+"""Inference backends beyond torch fp32: bf16 autocast, int8 and openvino.
 
 ``int8`` runs the transformer in ONNX Runtime with dynamically quantised weights (int8,
 per output channel). The quantised graph is an artefact built once: ``m3e export MODEL
 --backend int8`` writes it next to the model (``MODEL/m3e-int8/``); without one, the first
 load builds it into the cache (``~/.cache/m3e/int8/<fingerprint>/``) and later loads reuse it.
 See docs/design.md for why ONNX Runtime and not torch's dynamic quantisation.
+
+``openvino`` compiles the fp32 export with OpenVINO, which computes in bf16 on CPUs with AMX or
+AVX512_BF16 and in fp32 elsewhere (artefact ``MODEL/m3e-openvino/`` or the cache's ``openvino/``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from m3e.backends.threads import inference_threads, physical_cores
 if TYPE_CHECKING:
     from m3e.model import EmbeddingModel
 
-__all__ = ["bf16_native", "inference_threads", "make_int8_runner", "physical_cores"]
+__all__ = ["bf16_native", "inference_threads", "make_int8_runner", "make_openvino_runner", "physical_cores"]
 
 
 def make_int8_runner(model: EmbeddingModel) -> Any:
@@ -24,6 +27,13 @@ def make_int8_runner(model: EmbeddingModel) -> Any:
     from m3e.backends.onnx_int8 import load_int8_runner
 
     return load_int8_runner(model)
+
+
+def make_openvino_runner(model: EmbeddingModel) -> Any:
+    """Like ``make_int8_runner``, on OpenVINO."""
+    from m3e.backends.openvino import load_openvino_runner
+
+    return load_openvino_runner(model)
 
 
 def bf16_native() -> bool:

@@ -1,4 +1,6 @@
 """The int8 backend: the transformer exported to ONNX, weights quantised to int8, run by ONNX Runtime.
+The same artefact machinery (export, fingerprint, atomic build, lookup) serves the openvino backend,
+whose artefact is the plain fp32 export (``m3e.backends.openvino`` runs it).
 
 The artefact is a directory holding ``model.onnx`` (the quantised graph, inputs ``input_ids`` and
 ``attention_mask`` with dynamic batch and sequence axes, output ``last_hidden_state``) and
@@ -62,12 +64,19 @@ QUANT_SETTINGS: dict[str, Any] = {
 }
 _LAYER = re.compile(r"layers?\.(\d+)/")
 _FUSED_ATTENTION = re.compile(r"^Attention_(\d+)$")
+# The openvino artefact: the plain export; OpenVINO picks the precision when it compiles it.
+OPENVINO_SETTINGS: dict[str, Any] = {"graph": "plain", "precision": "fp32 weights"}
+# kind -> (directory next to the model, cache sub-directory, settings in the fingerprint)
+KINDS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "int8": (ARTEFACT_DIR, "int8", QUANT_SETTINGS),
+    "openvino": ("m3e-openvino", "openvino", OPENVINO_SETTINGS),
+}
 # Encoders whose exported graph ONNX Runtime's "bert" fusions recognise.
 _FUSABLE = {"bert", "roberta", "xlm-roberta", "camembert", "ernie", "nezha", "distilbert"}
 
 
 # ---------------------------------------------------------------------------- fingerprint
-def fingerprint(model: EmbeddingModel) -> str:
+def fingerprint(model: EmbeddingModel, kind: str = "int8") -> str:
     """A digest of the transformer's config and weights (as in memory, not as on disk).
 
     Tensors of up to 64k values are hashed whole, larger ones at 64k evenly spaced positions:
@@ -77,7 +86,7 @@ def fingerprint(model: EmbeddingModel) -> str:
     import torch
 
     h = hashlib.sha256()
-    h.update(f"m3e-int8/{FORMAT}/{json.dumps(QUANT_SETTINGS, sort_keys=True)}\n".encode())
+    h.update(f"m3e-{kind}/{FORMAT}/{json.dumps(KINDS[kind][2], sort_keys=True)}\n".encode())
     config = model.transformer.config.to_dict()
     for volatile in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures"):
         config.pop(volatile, None)
@@ -97,18 +106,18 @@ def fingerprint(model: EmbeddingModel) -> str:
 
 
 # ---------------------------------------------------------------------------- locations
-def artefact_dir_for(model_dir: str | os.PathLike[str]) -> Path:
-    return Path(model_dir) / ARTEFACT_DIR
+def artefact_dir_for(model_dir: str | os.PathLike[str], kind: str = "int8") -> Path:
+    return Path(model_dir) / KINDS[kind][0]
 
 
-def cache_dir_for(fp: str) -> Path:
+def cache_dir_for(fp: str, kind: str = "int8") -> Path:
     try:
         from m3e.data.paths import cache_root
 
         root = Path(cache_root())
     except ImportError:
         root = Path(os.environ.get("M3E_HOME") or Path.home() / ".cache" / "m3e")
-    return root / "int8" / fp
+    return root / KINDS[kind][1] / fp
 
 
 def read_meta(directory: Path) -> dict[str, Any] | None:
@@ -122,14 +131,14 @@ def read_meta(directory: Path) -> dict[str, Any] | None:
     return meta
 
 
-def find_artefact(model: EmbeddingModel, fp: str | None = None) -> Path | None:
+def find_artefact(model: EmbeddingModel, fp: str | None = None, kind: str = "int8") -> Path | None:
     """The first artefact whose fingerprint matches the model's weights."""
-    fp = fp or fingerprint(model)
+    fp = fp or fingerprint(model, kind)
     candidates = []
     source = getattr(model, "source_dir", None)
     if source is not None:
-        candidates.append(artefact_dir_for(source))
-    candidates.append(cache_dir_for(fp))
+        candidates.append(artefact_dir_for(source, kind))
+    candidates.append(cache_dir_for(fp, kind))
     for directory in candidates:
         meta = read_meta(directory)
         if meta is None:
@@ -286,10 +295,11 @@ def quantize(src: Path, dst: Path) -> None:
         )
 
 
-def build_artefact(model: EmbeddingModel, target: Path, fp: str | None = None) -> Path:
-    """Write the int8 artefact for ``model`` at ``target`` atomically; returns ``target``."""
-    _require_onnxruntime()
-    fp = fp or fingerprint(model)
+def build_artefact(model: EmbeddingModel, target: Path, fp: str | None = None, kind: str = "int8") -> Path:
+    """Write the ``kind`` artefact for ``model`` at ``target`` atomically; returns ``target``."""
+    if kind == "int8":
+        _require_onnxruntime()
+    fp = fp or fingerprint(model, kind)
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -298,6 +308,11 @@ def build_artefact(model: EmbeddingModel, target: Path, fp: str | None = None) -
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the artefact is shared like the model
     try:
         started = time.perf_counter()
+        if kind == "openvino":
+            export_fp32_onnx(model, tmp / ONNX_NAME)
+            meta = _meta(model, fp, kind, {"engine": "openvino", "graph": "plain"}, started)
+            _finish(tmp, target, meta)
+            return target
         export_fp32_onnx(model, tmp / "fp32.onnx")
         graph, fused_ops = "plain", {}
         config = model.transformer.config
@@ -310,32 +325,43 @@ def build_artefact(model: EmbeddingModel, target: Path, fp: str | None = None) -
         quantize(tmp / ("fused.onnx" if graph == "fused" else "fp32.onnx"), tmp / ONNX_NAME)
         for extra in [*tmp.glob("fp32.onnx*"), *tmp.glob("fused.onnx*")]:  # with external-data side files
             extra.unlink()
-        import onnxruntime
-        import torch
-
-        from m3e import __version__
-
-        meta = {
-            "format": FORMAT,
-            "fingerprint": fp,
-            "model": model.name,
-            "engine": "onnxruntime",
-            "quantization": {"method": "dynamic", **QUANT_SETTINGS, "graph": graph},
-            "fused_ops": fused_ops,
-            "inputs": list(INPUTS),
-            "output": OUTPUT,
-            "opset": OPSET,
-            "versions": {"m3e": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
-            "seconds_to_build": round(time.perf_counter() - started, 1),
-        }
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        for f in tmp.iterdir():
-            _fsync(f)
-        _swap_in(tmp, target)
+        quantization = {"method": "dynamic", **QUANT_SETTINGS, "graph": graph}
+        meta = _meta(model, fp, kind, {"engine": "onnxruntime", "quantization": quantization, "fused_ops": fused_ops}, started)
+        _finish(tmp, target, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _meta(model: EmbeddingModel, fp: str, kind: str, fields: dict[str, Any], started: float) -> dict[str, Any]:
+    import importlib.metadata
+
+    from m3e import __version__
+
+    versions = {"m3e": __version__}
+    for package in ("torch", "onnxruntime" if kind == "int8" else "openvino"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return {
+        "format": FORMAT,
+        "kind": kind,
+        "fingerprint": fp,
+        "model": model.name,
+        **fields,
+        "inputs": list(INPUTS),
+        "output": OUTPUT,
+        "opset": OPSET,
+        "versions": versions,
+        "seconds_to_build": round(time.perf_counter() - started, 1),
+    }
+
+
+def _finish(tmp: Path, target: Path, meta: dict[str, Any]) -> None:
+    (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    for f in tmp.iterdir():
+        _fsync(f)
+    _swap_in(tmp, target)
 
 
 def _fsync(path: Path) -> None:
@@ -363,20 +389,27 @@ def _swap_in(new: Path, target: Path) -> None:
 
 def export_int8(model: EmbeddingModel, out: str | os.PathLike[str] | None = None, force: bool = False) -> Path:
     """``m3e export --backend int8``: build the artefact next to the model (or at ``out``)."""
+    return export_artefact(model, out, force=force, kind="int8")
+
+
+def export_artefact(
+    model: EmbeddingModel, out: str | os.PathLike[str] | None = None, *, force: bool = False, kind: str = "int8"
+) -> Path:
+    """``m3e export --backend KIND``: build the artefact next to the model (or at ``out``)."""
     if out is None:
         source = getattr(model, "source_dir", None)
         if source is None:
             raise M3EError("this model was not loaded from a directory; give an output directory")
-        out = artefact_dir_for(source)
+        out = artefact_dir_for(source, kind)
     target = Path(out).expanduser().resolve()
-    fp = fingerprint(model)
+    fp = fingerprint(model, kind)
     meta = read_meta(target)
     if meta is not None and meta.get("fingerprint") == fp and not force:
         logger.info("%s is up to date", target)
         return target
     if not os.access(target.parent if not target.exists() else target, os.W_OK):
         raise M3EError(f"cannot write {target}: the directory is read-only (give --out DIR)")
-    return build_artefact(model, target, fp)
+    return build_artefact(model, target, fp, kind)
 
 
 # ---------------------------------------------------------------------------- run

@@ -1,4 +1,4 @@
-"""`m3e export MODEL --backend int8`: write the optimised inference artefact next to a model.
+"""`m3e export MODEL --backend int8|openvino`: write the optimised inference artefact next to a model.
 
 The artefact (``MODEL/m3e-int8/``: the int8 ONNX graph and its meta.json) makes later
 ``m3e.load(MODEL, backend="int8")`` calls load it directly instead of converting the model.
@@ -25,29 +25,39 @@ _CHECK_TEXTS = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=None, help="model directory (default: m3e's default model)")
-    parser.add_argument("--backend", choices=["int8"], default="int8", help="artefact to build (default: int8)")
-    parser.add_argument("--out", default=None, help="write here instead of MODEL/m3e-int8 (then it is not found on load)")
+    parser.add_argument("--backend", choices=["int8", "openvino"], default="int8", help="artefact to build (default: int8)")
+    parser.add_argument("--out", default=None,
+                        help="write here instead of MODEL/m3e-int8 or MODEL/m3e-openvino (then it is not found on load)")
     parser.add_argument("--force", action="store_true", help="rebuild even when an up-to-date artefact exists")
     parser.add_argument("--no-check", dest="check", action="store_false",
-                        help="skip comparing int8 vectors with fp32 on a few texts")
+                        help="skip comparing the backend's vectors with fp32 on a few texts")
 
 
 def run(args: argparse.Namespace) -> int:
     import m3e
-    from m3e.backends.onnx_int8 import ONNX_NAME, OnnxRunner, export_int8
+    from m3e.backends.onnx_int8 import ONNX_NAME, OnnxRunner, export_artefact
 
+    if args.backend == "openvino":
+        from m3e.backends.openvino import _require_openvino
+
+        _require_openvino()
     model = m3e.load(args.model)
     started = time.perf_counter()
-    target = export_int8(model, args.out, force=args.force)
+    target = export_artefact(model, args.out, force=args.force, kind=args.backend)
     size = (target / ONNX_NAME).stat().st_size / 2**20
     print(f"wrote {target} ({size:.1f} MiB, {time.perf_counter() - started:.1f}s)", file=sys.stderr)
     if args.check:
         import numpy as np
 
         reference = model.encode(_CHECK_TEXTS)
-        model._runner = OnnxRunner(target / ONNX_NAME)
-        model.backend = "int8"
-        quantised = model.encode(_CHECK_TEXTS)
-        cos = (reference * quantised).sum(axis=1)
-        print(f"cosine int8 vs fp32 on {len(cos)} texts: mean {np.mean(cos):.4f}, min {np.min(cos):.4f}", file=sys.stderr)
+        if args.backend == "openvino":
+            from m3e.backends.openvino import OpenVinoRunner
+
+            model._runner = OpenVinoRunner(target / ONNX_NAME)
+        else:
+            model._runner = OnnxRunner(target / ONNX_NAME)
+        model.backend = args.backend
+        optimised = model.encode(_CHECK_TEXTS)
+        cos = (reference * optimised).sum(axis=1)
+        print(f"cosine {args.backend} vs fp32 on {len(cos)} texts: mean {np.mean(cos):.4f}, min {np.min(cos):.4f}", file=sys.stderr)
     return 0

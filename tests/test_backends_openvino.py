@@ -1,0 +1,90 @@
+"""The openvino backend: fidelity to fp32 on a real model, its artefact, the CLI, concurrent calls."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+
+import m3e
+from m3e.backends import onnx_int8 as artefacts
+from m3e.backends.openvino import OpenVinoRunner
+from m3e.cli import main
+from tests.conftest import MIXED_TEXTS
+from tests.test_backends_int8 import FIDELITY_TEXTS, _cos
+
+
+@pytest.fixture()
+def m3e_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("M3E_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture()
+def tiny_copy(tiny_st_model_dir: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "tiny"
+    shutil.copytree(tiny_st_model_dir, out)
+    return out
+
+
+def test_openvino_keeps_cosine_on_minilm(minilm_dir: Path, m3e_home: Path) -> None:
+    model = m3e.load(str(minilm_dir))
+    reference = model.encode(FIDELITY_TEXTS)
+    model.set_backend("openvino")
+    assert model.backend == "openvino" and isinstance(model._runner, OpenVinoRunner)
+    assert model._runner.precision in ("bf16", "f32")  # bf16 where the CPU has it in hardware
+    cos = _cos(reference, model.encode(FIDELITY_TEXTS))
+    assert cos.mean() >= 0.999, cos
+    assert cos.min() >= 0.995, cos
+    built = list((m3e_home / "openvino").glob("*/model.onnx"))
+    assert len(built) == 1
+    meta = artefacts.read_meta(built[0].parent)
+    assert meta is not None and meta["kind"] == "openvino" and meta["engine"] == "openvino"
+    assert not (m3e_home / "int8").exists()
+    # fp32 pinned: the same graph gives fp32's vectors
+    model._runner = OpenVinoRunner(built[0], precision="f32")
+    assert model._runner.precision == "f32"
+    np.testing.assert_allclose(model.encode(FIDELITY_TEXTS), reference, atol=1e-4)
+    model.set_backend("torch")
+    np.testing.assert_allclose(model.encode(FIDELITY_TEXTS[:3]), reference[:3], atol=1e-5)
+
+
+def test_export_openvino_next_to_model_and_load_reuses_it(
+    tiny_copy: Path, m3e_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export", str(tiny_copy), "--backend", "openvino"]) == 0
+    artefact = tiny_copy / "m3e-openvino"
+    meta = artefacts.read_meta(artefact)
+    assert meta is not None and meta["kind"] == "openvino" and "openvino" in meta["versions"]
+    assert "cosine openvino vs fp32" in capsys.readouterr().err
+    assert not (tiny_copy / artefacts.ARTEFACT_DIR).exists()  # the int8 artefact is another one
+    monkeypatch.setattr(artefacts, "build_artefact", lambda *a, **k: pytest.fail("rebuilt"))
+    model = m3e.load(str(tiny_copy), backend="openvino")
+    assert model._runner.path == artefact / artefacts.ONNX_NAME
+    vectors = model.encode(MIXED_TEXTS)
+    assert vectors.shape == (len(MIXED_TEXTS), model.dim) and np.isfinite(vectors).all()
+    assert not (m3e_home / "openvino").exists()
+    assert main(["export", str(tiny_copy), "--backend", "openvino", "--no-check"]) == 0  # up to date
+
+
+def test_openvino_and_int8_fingerprints_differ(tiny_copy: Path) -> None:
+    model = m3e.load(str(tiny_copy))
+    assert artefacts.fingerprint(model, "openvino") != artefacts.fingerprint(model, "int8")
+
+
+def test_encode_cli_openvino_and_concurrent_callers(tiny_copy: Path, m3e_home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "v.npy"
+    assert main(["encode", "-m", str(tiny_copy), "--backend", "openvino", "-o", str(out), "你好", "hello"]) == 0
+    assert np.load(out).shape == (2, 32)
+    model = m3e.load(str(tiny_copy), backend="openvino")
+    texts = [f"{t} {i}" for i, t in enumerate(MIXED_TEXTS * 3)]
+    alone = model.encode(texts, batch_size=4)
+    # one infer request shared by threads (the server's batcher and callers): each call gets its own rows
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(lambda t: model.encode([t])[0], texts))
+    np.testing.assert_allclose(np.stack(parts), alone, atol=2e-2)
