@@ -88,3 +88,18 @@ def test_encode_cli_openvino_and_concurrent_callers(tiny_copy: Path, m3e_home: P
     with ThreadPoolExecutor(4) as pool:
         parts = list(pool.map(lambda t: model.encode([t])[0], texts))
     np.testing.assert_allclose(np.stack(parts), alone, atol=2e-2)
+
+
+def test_server_on_openvino_answers_concurrent_openai_clients(tiny_copy: Path, m3e_home: Path) -> None:
+    import openai
+
+    from m3e.serving import ServeConfig, ServerThread, create_app
+
+    reference = m3e.load(str(tiny_copy))
+    model = m3e.load(str(tiny_copy), backend="openvino")
+    texts = [f"{t} #{i}" for i, t in enumerate(MIXED_TEXTS * 2)]
+    with ServerThread(create_app({"tiny": model}, ServeConfig(max_batch_size=8))) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(6) as pool:  # requests merged by the dynamic batcher onto one infer request
+            served = list(pool.map(lambda t: client.embeddings.create(model="tiny", input=[t]).data[0].embedding, texts))
+    assert _cos(np.asarray(served, dtype=np.float32), reference.encode(texts)).min() >= 0.99
