@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,18 @@ MIXED_TEXTS = [
     "笔记本电脑",
     "emoji 😀 and symbols ©®",
 ]
+
+
+@pytest.fixture()
+def m3e_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty m3e home (caches, artefacts) for one test."""
+    monkeypatch.setenv("M3E_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture()
+def tiny_copy(tiny_st_model_dir: Path, tmp_path: Path) -> Path:
+    """A writable copy of the tiny model (artefacts get written next to it)."""
+    out = tmp_path / "tiny"
+    shutil.copytree(tiny_st_model_dir, out)
+    return out

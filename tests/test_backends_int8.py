@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +26,6 @@ FIDELITY_TEXTS = [t for t in MIXED_TEXTS if t.strip()] + [
     "酒店位置不错，离地铁站很近，但是房间有点小，早餐一般。",
     "他每天早上六点起床，先跑步半小时，然后吃早饭去上班。",
 ]
-
-
-@pytest.fixture()
-def m3e_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("M3E_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
-@pytest.fixture()
-def tiny_copy(tiny_st_model_dir: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "tiny"
-    shutil.copytree(tiny_st_model_dir, out)
-    return out
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,19 +16,6 @@ from m3e.backends.openvino import OpenVinoRunner
 from m3e.cli import main
 from tests.conftest import MIXED_TEXTS
 from tests.test_backends_int8 import FIDELITY_TEXTS, _cos
-
-
-@pytest.fixture()
-def m3e_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("M3E_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
-@pytest.fixture()
-def tiny_copy(tiny_st_model_dir: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "tiny"
-    shutil.copytree(tiny_st_model_dir, out)
-    return out
 
 
 def test_openvino_keeps_cosine_on_minilm(minilm_dir: Path, m3e_home: Path) -> None:
