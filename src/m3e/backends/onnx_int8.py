@@ -448,21 +448,29 @@ class OnnxRunner:
 
 def load_int8_runner(model: EmbeddingModel) -> OnnxRunner:
     _require_onnxruntime()
+    return OnnxRunner(artefact_for(model, "int8") / ONNX_NAME)
+
+
+def artefact_for(model: EmbeddingModel, kind: str) -> Path:
+    """The directory of the model's ``kind`` artefact: the one next to the model or in the cache when its
+    fingerprint matches, else one built into the cache now (once)."""
     if model.device.type != "cpu":
-        raise M3EError("the int8 backend runs on CPU; load the model without device= (or device='cpu')")
+        raise M3EError(f"the {kind} backend runs on CPU; load the model without device= (or device='cpu')")
     limit_torch_threads()
-    fp = fingerprint(model)
-    directory = find_artefact(model, fp)
+    fp = fingerprint(model, kind)
+    directory = find_artefact(model, fp, kind)
     if directory is None:
-        directory = cache_dir_for(fp)
+        directory = cache_dir_for(fp, kind)
         logger.warning(
-            "building the int8 model for %s in %s (once; `m3e export MODEL --backend int8` stores it next to the model)",
+            "building the %s model for %s in %s (once; `m3e export MODEL --backend %s` stores it next to the model)",
+            kind,
             model.name,
             directory,
+            kind,
         )
         with contextlib.suppress(FileExistsError):
-            build_artefact(model, directory, fp)
-    return OnnxRunner(directory / ONNX_NAME)
+            build_artefact(model, directory, fp, kind)
+    return directory
 
 
 def _require_onnxruntime() -> None:

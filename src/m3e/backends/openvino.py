@@ -10,13 +10,11 @@ the plain export (``MODEL/m3e-openvino/`` from ``m3e export MODEL --backend open
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m3e.backends import onnx_int8 as artefacts
-from m3e.backends.threads import inference_threads, limit_torch_threads
+from m3e.backends.threads import inference_threads
 from m3e.errors import M3EError
 
 if TYPE_CHECKING:
@@ -24,7 +22,6 @@ if TYPE_CHECKING:
 
     from m3e.model import EmbeddingModel
 
-logger = logging.getLogger(__name__)
 KIND = "openvino"
 
 
@@ -63,21 +60,7 @@ class OpenVinoRunner:
 
 def load_openvino_runner(model: EmbeddingModel, precision: str | None = None) -> OpenVinoRunner:
     _require_openvino()
-    if model.device.type != "cpu":
-        raise M3EError("the openvino backend runs on CPU; load the model without device= (or device='cpu')")
-    limit_torch_threads()
-    fp = artefacts.fingerprint(model, KIND)
-    directory = artefacts.find_artefact(model, fp, KIND)
-    if directory is None:
-        directory = artefacts.cache_dir_for(fp, KIND)
-        logger.warning(
-            "exporting %s for OpenVINO to %s (once; `m3e export MODEL --backend openvino` stores it next to the model)",
-            model.name,
-            directory,
-        )
-        with contextlib.suppress(FileExistsError):
-            artefacts.build_artefact(model, directory, fp, KIND)
-    return OpenVinoRunner(directory / artefacts.ONNX_NAME, precision=precision)
+    return OpenVinoRunner(artefacts.artefact_for(model, KIND) / artefacts.ONNX_NAME, precision=precision)
 
 
 def _require_openvino() -> None:
