@@ -59,11 +59,11 @@ class OpenVinoRunner:
 
 
 def load_openvino_runner(model: EmbeddingModel, precision: str | None = None) -> OpenVinoRunner:
-    _require_openvino()
+    require_openvino()
     return OpenVinoRunner(artefacts.artefact_for(model, KIND) / artefacts.ONNX_NAME, precision=precision)
 
 
-def _require_openvino() -> None:
+def require_openvino() -> None:
     try:
         import openvino  # noqa: F401
     except ImportError as exc:

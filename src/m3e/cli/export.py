@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from m3e.backends.onnx_int8 import ONNX_NAME, OnnxRunner, export_artefact
 
     if args.backend == "openvino":
-        from m3e.backends.openvino import _require_openvino
+        from m3e.backends.openvino import require_openvino
 
-        _require_openvino()
+        require_openvino()
     model = m3e.load(args.model)
     started = time.perf_counter()
     target = export_artefact(model, args.out, force=args.force, kind=args.backend)
