@@ -109,6 +109,7 @@ def main() -> None:
     import torch
 
     import m3e
+    from m3e.backends import artefacts
     from m3e.backends import onnx_int8 as oi
 
     torch.set_num_threads(args.threads)
@@ -126,7 +127,7 @@ def main() -> None:
     calibration = [feats(calibration_texts[i : i + 8], "max_length") for i in range(0, len(calibration_texts), 8)]
 
     plain, fused, dynamic = work / "plain.onnx", work / "fused.onnx", work / "int8_dynamic.onnx"
-    oi.export_fp32_onnx(model, plain)
+    artefacts.export_fp32_onnx(model, plain)
     oi.fuse(plain, fused, model.transformer.config)
     oi.quantize(fused, dynamic)
     layers = oi.weight_matmuls_by_layer(plain)

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 import m3e
-from m3e.backends import onnx_int8
+from m3e.backends import artefacts
 from m3e.cli import main
 from tests.conftest import MIXED_TEXTS
 
@@ -47,7 +47,7 @@ def test_int8_keeps_cosine_on_minilm(minilm_dir: Path, m3e_home: Path) -> None:
     built = list((m3e_home / "int8").glob("*/model.onnx"))
     assert len(built) == 1
     # the graph ONNX Runtime runs is the fused one: one Attention op per layer
-    meta = onnx_int8.read_meta(built[0].parent)
+    meta = artefacts.read_meta(built[0].parent)
     assert meta is not None and meta["quantization"]["graph"] == "fused"
     assert meta["fused_ops"].get("Attention") == model.transformer.config.num_hidden_layers
     # activation scales are set per call, so batch composition moves a vector a little, no more
@@ -63,8 +63,8 @@ def test_export_writes_artefact_next_to_model_and_load_reuses_it(
     tiny_copy: Path, m3e_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["export", str(tiny_copy), "--backend", "int8"]) == 0
-    artefact = tiny_copy / onnx_int8.ARTEFACT_DIR
-    meta = onnx_int8.read_meta(artefact)
+    artefact = artefacts.artefact_dir_for(tiny_copy, "int8")
+    meta = artefacts.read_meta(artefact)
     assert meta is not None and meta["quantization"]["weight_type"] == "QInt8"
     assert "cosine int8 vs fp32" in capsys.readouterr().err
     assert not list(tiny_copy.glob(".*tmp*"))  # no temp directory left behind
@@ -72,9 +72,9 @@ def test_export_writes_artefact_next_to_model_and_load_reuses_it(
     def no_build(*args: object, **kwargs: object) -> None:
         raise AssertionError("the exported artefact should have been reused")
 
-    monkeypatch.setattr(onnx_int8, "build_artefact", no_build)
+    monkeypatch.setattr(artefacts, "build_artefact", no_build)
     model = m3e.load(str(tiny_copy), backend="int8")
-    assert model._runner.path == artefact / onnx_int8.ONNX_NAME
+    assert model._runner.path == artefact / artefacts.ONNX_NAME
     vectors = model.encode(["你好", "hello world", ""])
     assert vectors.shape == (3, model.dim)
     assert np.isfinite(vectors).all()
@@ -100,7 +100,7 @@ def test_stale_artefact_is_not_used(tiny_copy: Path, m3e_home: Path) -> None:
 def test_cache_is_built_once(tiny_copy: Path, m3e_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = m3e.load(str(tiny_copy), backend="int8")
     assert first._runner.path.parent.parent == m3e_home / "int8"
-    monkeypatch.setattr(onnx_int8, "build_artefact", lambda *a, **k: pytest.fail("rebuilt"))
+    monkeypatch.setattr(artefacts, "build_artefact", lambda *a, **k: pytest.fail("rebuilt"))
     second = m3e.load(str(tiny_copy), backend="int8")
     np.testing.assert_array_equal(first.encode(MIXED_TEXTS), second.encode(MIXED_TEXTS))
 
@@ -115,8 +115,8 @@ def test_fingerprint_changes_with_weights(tiny_copy: Path) -> None:
     import torch
 
     model = m3e.load(str(tiny_copy))
-    before = onnx_int8.fingerprint(model)
-    assert before == onnx_int8.fingerprint(m3e.load(str(tiny_copy)))
+    before = artefacts.fingerprint(model)
+    assert before == artefacts.fingerprint(m3e.load(str(tiny_copy)))
     with torch.no_grad():
         model.transformer.encoder.layer[0].output.dense.bias[0] += 1e-3
-    assert onnx_int8.fingerprint(model) != before
+    assert artefacts.fingerprint(model) != before

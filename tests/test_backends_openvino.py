@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("openvino")
 
 import m3e
-from m3e.backends import onnx_int8 as artefacts
+from m3e.backends import artefacts
 from m3e.backends.openvino import OpenVinoRunner
 from m3e.cli import main
 from tests.conftest import MIXED_TEXTS
@@ -48,7 +48,7 @@ def test_export_openvino_next_to_model_and_load_reuses_it(
     meta = artefacts.read_meta(artefact)
     assert meta is not None and meta["kind"] == "openvino" and "openvino" in meta["versions"]
     assert "cosine openvino vs fp32" in capsys.readouterr().err
-    assert not (tiny_copy / artefacts.ARTEFACT_DIR).exists()  # the int8 artefact is another one
+    assert not artefacts.artefact_dir_for(tiny_copy, "int8").exists()  # the int8 artefact is another one
     monkeypatch.setattr(artefacts, "build_artefact", lambda *a, **k: pytest.fail("rebuilt"))
     model = m3e.load(str(tiny_copy), backend="openvino")
     assert model._runner.path == artefact / artefacts.ONNX_NAME

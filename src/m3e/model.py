@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m3e.atomic import replace_dir
+from m3e.backends import BACKENDS
 from m3e.batching import length_sorted_batches
 from m3e.errors import M3EError
 from m3e.pooling import NEEDS_HIDDEN_STATES, ST_POOLING_MODES, pool, st_pooling_config
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "bf16", "int8", "openvino")
 LONG_TEXT_MODES = ("truncate", "windows")
 
 # sentence-transformers' activation names for Dense modules.

@@ -19,7 +19,19 @@ from m3e.backends.threads import inference_threads, physical_cores
 if TYPE_CHECKING:
     from m3e.model import EmbeddingModel
 
-__all__ = ["bf16_native", "inference_threads", "make_int8_runner", "make_openvino_runner", "physical_cores"]
+__all__ = [
+    "ARTEFACT_BACKENDS",
+    "BACKENDS",
+    "bf16_native",
+    "inference_threads",
+    "make_int8_runner",
+    "make_openvino_runner",
+    "physical_cores",
+]
+
+# Every backend m3e.load / encode / eval / serve accept, and those built once into an artefact (m3e export).
+BACKENDS = ("torch", "bf16", "int8", "openvino")
+ARTEFACT_BACKENDS = ("int8", "openvino")
 
 
 def make_int8_runner(model: EmbeddingModel) -> Any:

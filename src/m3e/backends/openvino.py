@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m3e.backends import onnx_int8 as artefacts
+from m3e.backends import artefacts
 from m3e.backends.threads import inference_threads
 from m3e.errors import M3EError
 

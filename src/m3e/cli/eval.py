@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from m3e.backends import BACKENDS
 from m3e.errors import M3EError
-from m3e.evaluation.runner import MODEL_BACKENDS as BACKENDS
 
 SUITES = ("smoke", "offline", "cmteb", "mteb-zh")
 

@@ -10,6 +10,8 @@ import argparse
 import sys
 import time
 
+from m3e.backends import ARTEFACT_BACKENDS
+
 # A few mixed Chinese/English texts for the check printed after an export.
 _CHECK_TEXTS = [
     "今天天气很好，我们去公园散步吧。",
@@ -25,7 +27,7 @@ _CHECK_TEXTS = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=None, help="model directory (default: m3e's default model)")
-    parser.add_argument("--backend", choices=["int8", "openvino"], default="int8", help="artefact to build (default: int8)")
+    parser.add_argument("--backend", choices=ARTEFACT_BACKENDS, default="int8", help="artefact to build (default: int8)")
     parser.add_argument("--out", default=None,
                         help="write here instead of MODEL/m3e-int8 or MODEL/m3e-openvino (then it is not found on load)")
     parser.add_argument("--force", action="store_true", help="rebuild even when an up-to-date artefact exists")
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import m3e
-    from m3e.backends.onnx_int8 import ONNX_NAME, OnnxRunner, export_artefact
+    from m3e.backends.artefacts import ONNX_NAME, export_artefact
 
     if args.backend == "openvino":
         from m3e.backends.openvino import require_openvino
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
             model._runner = OpenVinoRunner(target / ONNX_NAME)
         else:
+            from m3e.backends.onnx_int8 import OnnxRunner
+
             model._runner = OnnxRunner(target / ONNX_NAME)
         model.backend = args.backend
         optimised = model.encode(_CHECK_TEXTS)

