@@ -188,6 +188,16 @@ def _variants(args: argparse.Namespace, path: str) -> tuple[list[_Variant], list
                 return model.encode(texts, batch_size=args.int8_batch_size)
 
             variants.append(_Variant(f"m3e int8, batch {args.int8_batch_size}", small_batch, single))
+        if backend == "openvino":  # the same compiled graph with one request at a time: what streams add
+            from m3e.backends.openvino import OpenVinoRunner
+
+            serial = m3e.load(path, backend="openvino")
+            serial._runner = OpenVinoRunner(serial._runner.path, streams=1)
+
+            def serial_batch(texts, model=serial):  # type: ignore[no-untyped-def]
+                return model.encode(texts, batch_size=args.batch_size)
+
+            variants.append(_Variant("m3e openvino, 1 stream", serial_batch, serial.encode))
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(path, device="cpu")

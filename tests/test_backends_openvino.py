@@ -76,6 +76,40 @@ def test_encode_cli_openvino_and_concurrent_callers(tiny_copy: Path, m3e_home: P
     np.testing.assert_allclose(np.stack(parts), alone, atol=2e-2)
 
 
+def test_batches_in_flight_on_streams_match_one_request_at_a_time(tiny_copy: Path, m3e_home: Path) -> None:
+    model = m3e.load(str(tiny_copy))
+    texts = [f"{t} {i}" for i, t in enumerate(MIXED_TEXTS * 4)]
+    reference = model.encode(texts, batch_size=4)
+    model.set_backend("openvino")
+    path = model._runner.path
+    model._runner = OpenVinoRunner(path, threads=2, streams=2, precision="f32")
+    assert model._runner.streams == 2
+    # batches of different widths come back in order, each equal to its own latency-request run
+    features = [model.tokenize_batch(texts[i : i + n]) for i, n in ((0, 3), (3, 1), (4, 7), (11, 2), (13, 5))]
+    many = model._runner.run_many(features)
+    assert [tuple(x.shape[:2]) for x in many] == [tuple(f["input_ids"].shape) for f in features]
+    for hidden, feats in zip(many, features, strict=True):
+        np.testing.assert_allclose(hidden.numpy(), model._runner(feats).numpy(), atol=1e-5)
+    # through encode: the streamed path gives fp32's vectors, also for a single batch's worth of texts
+    widths: list[int] = []
+    run_many = model._runner.run_many
+    model._runner.run_many = lambda batches: widths.append(len(batches)) or run_many(batches)
+    np.testing.assert_allclose(model.encode(texts, batch_size=4), reference, atol=1e-4)
+    assert sum(widths) == -(-len(texts) // 4) and max(widths) == 8  # every batch, 4 rounds of 2 streams at a time
+    widths.clear()
+    np.testing.assert_allclose(model.encode(texts[:6]), reference[:6], atol=1e-4)
+    assert widths == [2]  # one batch's worth of texts split over the two streams
+    widths.clear()
+    model.encode(texts[0])
+    assert widths == []  # a single text: one request with every thread
+    # several callers at once take turns on the streams and each gets its own rows
+    with ThreadPoolExecutor(3) as pool:
+        parts = list(pool.map(lambda i: model.encode(texts[i : i + 8], batch_size=2), range(0, len(texts), 8)))
+    np.testing.assert_allclose(np.concatenate(parts), reference, atol=1e-4)
+    one = OpenVinoRunner(path, threads=1, precision="f32")
+    assert one.streams == 1 and one._queue is None  # one thread: no throughput compilation
+
+
 def test_server_on_openvino_answers_concurrent_openai_clients(tiny_copy: Path, m3e_home: Path) -> None:
     import openai
 

@@ -297,7 +297,10 @@ class EmbeddingModel(nn.Module):
     def forward(self, features: dict[str, Tensor], prompt_length: int = 0) -> Tensor:
         """Pooled embeddings [batch, dim], after Dense layers, before normalisation."""
         tokens, hidden = self._transformer_outputs(features)
-        x = pool(self.pooling, tokens, features["attention_mask"], hidden, prompt_length)
+        return self._pool(tokens, features["attention_mask"], hidden, prompt_length)
+
+    def _pool(self, tokens: Tensor, mask: Tensor, hidden: tuple[Tensor, ...] | None, prompt_length: int) -> Tensor:
+        x = pool(self.pooling, tokens, mask, hidden, prompt_length)
         for layer in self.dense:
             x = layer(x)
         return x
@@ -378,14 +381,20 @@ class EmbeddingModel(nn.Module):
         else:
             units = _Tokenized(self.tokenize(texts, prompt), list(range(len(texts))), [1.0] * len(texts))
         prompt_length = self.prompt_length(prompt)
+        streams = self._runner_streams()
+        if streams > 1:  # enough batches to keep every stream busy, even for one batch's worth of texts
+            batch_size = max(1, min(batch_size, math.ceil(len(units.ids) / streams)))
         batches = length_sorted_batches([len(x) for x in units.ids], batch_size, max_batch_tokens)
         pooled = np.zeros((len(units.ids), self.dim), dtype=np.float32)
         progress = _progress(len(units.ids), show_progress)
-        for batch in batches:
-            pooled[batch] = self.embed_token_ids(
-                [units.ids[i] for i in batch], normalize=False, prompt_length=prompt_length
-            )
-            progress.update(len(batch))
+        if streams > 1 and len(batches) > 1:
+            self._encode_on_streams(units.ids, batches, pooled, prompt_length, streams, progress)
+        else:
+            for batch in batches:
+                pooled[batch] = self.embed_token_ids(
+                    [units.ids[i] for i in batch], normalize=False, prompt_length=prompt_length
+                )
+                progress.update(len(batch))
         progress.close()
         if long_text == "windows" and len(units.ids) != len(texts):
             vectors = np.zeros((len(texts), self.dim), dtype=np.float64)
@@ -398,6 +407,32 @@ class EmbeddingModel(nn.Module):
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             pooled = pooled / np.maximum(norms, 1e-12)
         return pooled.astype(np.float32, copy=False)
+
+    def _runner_streams(self) -> int:
+        """Batches the runner computes at once (OpenVINO streams), 1 for a plain forward."""
+        if self._runner is None or self.pooling in NEEDS_HIDDEN_STATES:
+            return 1
+        return int(getattr(self._runner, "streams", 1))
+
+    def _encode_on_streams(
+        self,
+        ids: list[list[int]],
+        batches: list[list[int]],
+        pooled: np.ndarray,
+        prompt_length: int,
+        streams: int,
+        progress: Any,
+    ) -> None:
+        # A few rounds of batches at a time: enough to keep the streams busy, while the hidden
+        # states held at once stay a small multiple of one batch's.
+        group = streams * 4
+        for start in range(0, len(batches), group):
+            chunk = batches[start : start + group]
+            features = [self._pad([ids[i] for i in batch]) for batch in chunk]
+            for batch, feats, tokens in zip(chunk, features, self._runner.run_many(features), strict=True):
+                with torch.inference_mode():
+                    pooled[batch] = self._pool(tokens, feats["attention_mask"], None, prompt_length).float().numpy()
+                progress.update(len(batch))
 
     def encode_queries(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray | Tensor:
         """Encode search queries with the model's query prompt (e.g. BGE's instruction)."""
