@@ -11,8 +11,9 @@ Two compilations serve two shapes of work. One batch (a single query, a server's
 runs on the latency compilation: one request using every thread. Several batches run on the
 throughput compilation: OpenVINO splits the threads into streams (two streams of one thread on
 two cores) and the batches are in flight together. For a model this small, per-layer threading
-overhead is a large share of a forward pass, so streams gain 1.1-1.5x in texts/s over one
-request using all threads (docs/benchmarks.md), while a single query keeps its latency.
+overhead is a large share of a forward pass, so streams gain 1.2-1.5x in texts/s on short
+queries (less on passages) over one request using all threads (docs/benchmarks.md), while a
+single query keeps its latency.
 """
 
 from __future__ import annotations
