@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from m3e.backends import BACKENDS as MODEL_BACKENDS
+from m3e.backends import BACKENDS
 from m3e.errors import M3EError
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def resolve_models(names: list[str] | None) -> list[ModelSpec]:
         name = raw.strip()
         backend = None
         head, sep, tail = name.rpartition("@")
-        if sep and tail in MODEL_BACKENDS and not Path(name).exists():
+        if sep and tail in BACKENDS and not Path(name).exists():
             name, backend = head, tail
         low = name.lower()
         suffix = f"@{backend}" if backend else ""
