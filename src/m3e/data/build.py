@@ -37,7 +37,7 @@ from m3e.errors import M3EError
 
 logger = logging.getLogger(__name__)
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: bylines, photo credits and dash-led subtitles are no headlines
 PROFILES = ("full", "smoke")
 MANIFEST = "manifest.json"
 

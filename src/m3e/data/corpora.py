@@ -88,11 +88,30 @@ def clean_lead(text: str) -> str:
     return cut(text.strip())
 
 
+# Short lines that look like headlines but are not: bylines ("本报记者段存章", "新华社记者…本报记者…",
+# "本报驻南非记者李新烽"), photo credits ("钟源摄影", "…摄影报道") and desk or column lines ("本报评论员",
+# "——编者", "图片新闻"). Paired with the paragraph below them they teach nothing about headlines.
+_BYLINE = re.compile(
+    r"^(?:(?:本报|新华社|中新社|《[^》]{1,12}》|[\u4e00-\u9fff]{2,10}?(?:报|电台|电视台|社))"
+    r"(?:特派|特约|驻[\u4e00-\u9fff]{1,6}?)?(?:记者|通讯员)[\u4e00-\u9fff]{2,12}?)+$"
+)
+_CREDIT_LINE = re.compile(
+    r"^[\u4e00-\u9fff]{2,8}(?:摄影报道|摄影|摄)$|^本报(?:评论员|最后消息|[\u4e00-\u9fff]{1,6}部)$|^[—－-]*编者$|^图片新闻$"
+)
+_DASHES = "—－-"
+
+
+def is_byline(text: str) -> bool:
+    """A byline, photo credit or desk line rather than a headline."""
+    return bool(_BYLINE.match(text) or _CREDIT_LINE.match(text))
+
+
 def _is_headline(text: str) -> bool:
     return (
         4 <= len(text) <= 30
-        and text[-1] not in SENTENCE_END + "：:，；）)"
-        and not text.startswith(("（", "("))
+        and text[-1] not in SENTENCE_END + "：:，；）)" + _DASHES  # a trailing dash: the title goes on below
+        and text[0] not in "（(" + _DASHES  # a leading dash: a subtitle
+        and not is_byline(text)
         and not re.match(r"^(?:[一二三四五六七八九十]+、|（[一二三四五六七八九十\d]+）|第[一二三四五六七八九十]+)", text)
         and sum(ch.isdigit() or ch in "．.%％" for ch in text) <= len(text) // 4
     )
