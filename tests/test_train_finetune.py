@@ -291,3 +291,7 @@ def test_card_names_the_start_model_from_the_working_directory(tmp_path, monkeyp
     assert _display_name(None) == "the m3e default model"
     elsewhere = tmp_path.parent
     assert _display_name(str(elsewhere)) == elsewhere.resolve().as_posix()
+    storage = tmp_path.parent / f"{tmp_path.name}-storage"
+    (storage / "stage2").mkdir(parents=True)
+    (tmp_path / "runs" / "linked").symlink_to(storage)
+    assert _display_name(f"{tmp_path}/recipes/../runs/linked/stage2") == "runs/linked/stage2"

@@ -336,11 +336,14 @@ def _display_name(model: str | None) -> str:
     path = Path(model).expanduser()
     if not path.exists():
         return model
-    resolved = path.resolve()
-    try:
-        return resolved.relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return resolved.as_posix()
+    cwd = Path.cwd().resolve()
+    # Lexical first: a `runs/` that is a symlink to other storage is still named `runs/...`.
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        try:
+            return candidate.relative_to(cwd).as_posix()
+        except ValueError:
+            continue
+    return path.resolve().as_posix()
 
 
 def save_model_into(model: Any, out: Path, card: str, dtype: str | None = None) -> None:
