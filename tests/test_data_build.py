@@ -15,7 +15,7 @@ from m3e.data import build as builder
 from m3e.data import sources
 from m3e.data import teacher as teachers
 from m3e.data.distill import MAX_CHARS, POOLS
-from m3e.data.tasks import TASKS, bundled_smoke, eval_texts
+from m3e.data.tasks import SIZES, TASKS, bundled_smoke, eval_texts
 from m3e.data.text import normalise
 from m3e.errors import M3EError
 
@@ -60,7 +60,7 @@ def _files(directory: Path) -> dict[str, bytes]:
 def test_two_builds_are_byte_identical(two_builds: tuple[Path, Path]) -> None:
     a, b = (_files(d) for d in two_builds)
     assert a.keys() == b.keys()
-    assert len([k for k in a if k.startswith("tasks/")]) == 2 * len(TASKS)
+    assert len([k for k in a if k.startswith("tasks/")]) == 2 * len(TASKS)  # too few headlines for a dev split
     assert len([k for k in a if k.startswith("train/")]) == 10
     assert len([k for k in a if k.startswith("distill/")]) == len(POOLS)
     assert "manifest.json" in a
@@ -129,6 +129,36 @@ def test_task_files_follow_the_layout_contract(two_builds: tuple[Path, Path]) ->
                     assert len(task.get(key, [])) <= 33
     for record in (out / "train" / "snli_triplets.jsonl").read_text(encoding="utf-8").splitlines():
         assert set(json.loads(record)) == {"text", "text_pos", "text_neg"}
+
+
+def test_dev_splits_share_no_text_with_the_test(fetched_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The synthetic newspaper's last quarter has 30 headlines: a 12-query test leaves 18 for the dev split.
+    monkeypatch.setitem(SIZES, "NewsHeadlineRetrieval", 12)
+    out = fetched_root.parent / "with-dev"
+    builder.build(out, fetched_root, profiles=("full", "dev"))
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    dev_tasks = [name for name, spec in TASKS.items() if spec.dev is not None]
+    assert "NewsHeadlineRetrieval" in dev_tasks
+    for name in dev_tasks:
+        dev = json.loads((out / "tasks" / name / "dev.json").read_text(encoding="utf-8"))
+        test = json.loads((out / "tasks" / name / "full.json").read_text(encoding="utf-8"))
+        assert dev["type"] == test["type"] and dev["queries"] and dev["corpus"]
+        assert set(dev["qrels"]) == {q["id"] for q in dev["queries"]}
+        assert {normalise(t) for t in eval_texts(dev)}.isdisjoint(normalise(t) for t in eval_texts(test))
+        assert manifest["tasks"][name]["profiles"]["dev"]["counts"]["queries"] == len(dev["queries"]) == 12
+    # Training avoids the dev texts as it avoids the test's.
+    dev_texts = {normalise(t) for name in dev_tasks for t in eval_texts(
+        json.loads((out / "tasks" / name / "dev.json").read_text(encoding="utf-8")))}
+    for path in (out / "train").glob("news_*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            assert dev_texts.isdisjoint(normalise(t) for t in json.loads(line).values() if isinstance(t, str))
+    # A dev-only build writes the dev splits and nothing else, and counts as built.
+    only = fetched_root.parent / "dev-only"
+    builder.build(only, fetched_root, profiles=("dev",), train=False)
+    assert sorted(p.relative_to(only).as_posix() for p in (only / "tasks").rglob("*.json")) == [
+        f"tasks/{name}/dev.json" for name in sorted(dev_tasks)
+    ]
+    assert builder.is_built("dev", only) and not builder.is_built("full", only)
 
 
 def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:

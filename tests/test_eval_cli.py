@@ -107,3 +107,16 @@ def test_backends_side_by_side_in_one_run(tiny_st_model_dir: Path, tmp_path: Pat
     scores = [r["score"] for r in results["results"]]
     assert len(scores) == 2 and abs(scores[0] - scores[1]) < 0.1
     assert main(["eval", "bm25@int8", "--suite", "smoke", "--data-dir", str(data), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_dev_suite_runs_the_dev_splits_only(tmp_path: Path) -> None:
+    data = write_toy_tasks(tmp_path / "data")
+    retrieval = data / "tasks" / "ToyInsuranceRetrieval"
+    (retrieval / "dev.json").write_bytes((retrieval / "smoke.json").read_bytes())
+    out = tmp_path / "out"
+    assert main(["eval", "bm25", "--suite", "dev", "--data-dir", str(data), "--out", str(out), "-q", "--no-chart"]) == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["suite"] == results["profile"] == "dev"
+    assert [t["name"] for t in results["tasks"]] == ["ToyInsuranceRetrieval"]
+    assert [Path(t["file"]).name for t in results["tasks"]] == ["dev.json"]
+    assert results["results"][0]["model"] == "bm25" and 0 < results["results"][0]["score"] <= 1

@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build = sub.add_parser("build", help="build the benchmark tasks and the training pairs")
     build.add_argument("--out", default=None, help="output directory (default: <root>/data)")
     build.add_argument("--root", default=None, help="cache root with the fetched sources")
-    build.add_argument("--profile", choices=["all", "full", "smoke"], default="all",
-                       help="task profiles to build (default: all); training pairs come with full/all")
+    build.add_argument("--profile", choices=["all", "full", "smoke", "dev"], default="all",
+                       help="task profiles to build (default: all); training pairs come with full/all; "
+                       "dev: the held-out dev splits for choosing training settings")
     build.add_argument("--no-train", action="store_true", help="build only the benchmark tasks")
     build.add_argument("--fetch", action="store_true", help="fetch missing sources first")
 
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     profiles = builder.PROFILES if args.profile == "all" else (args.profile,)
-    train = not args.no_train and args.profile != "smoke"
+    train = not args.no_train and args.profile in ("all", "full")
     if args.fetch:
         needed = sorted({s for p in profiles for s in builder.sources_for(p, args.root)}
                         | ({spec.source for spec in builder.TRAIN.values()} if train else set()))

@@ -37,8 +37,8 @@ from m3e.errors import M3EError
 
 logger = logging.getLogger(__name__)
 
-BUILDER_VERSION = 2  # 2: bylines, photo credits and dash-led subtitles are no headlines
-PROFILES = ("full", "smoke")
+BUILDER_VERSION = 3  # 2: bylines, photo credits and dash-led subtitles are no headlines; 3: dev splits
+PROFILES = ("full", "smoke", "dev")  # dev: held-out splits for choosing settings, for the tasks that have one
 MANIFEST = "manifest.json"
 
 
@@ -88,7 +88,7 @@ def build(
     """Build task files for ``profiles`` (and training files when ``train``); return the manifest."""
     profiles = tuple(p for p in PROFILES if p in set(profiles))
     if not profiles and not train:
-        raise M3EError("nothing to build: give a profile (full, smoke) or training")
+        raise M3EError("nothing to build: give a profile (full, smoke, dev) or training")
     data = Path(out) if out is not None else data_dir(root)
     caps = {name: (caps or {}).get(name, spec.cap) for name, spec in TRAIN.items()}
     inp = Inputs(root)
@@ -104,18 +104,22 @@ def build(
     used_sources: set[str] = set()
     bundled: set[str] = set()
     full_tasks: dict[str, Task] = {}
+    dev_tasks: dict[str, Task] = {}
     need_full = "full" in profiles or train
 
     for name, spec in TASKS.items():
         t0 = time.perf_counter()
         built: dict[str, Task] = {}
+        if not need_full and "smoke" not in profiles and spec.dev is None:
+            continue  # a dev-only build: this task has no dev split
         use_bundle = (
             not need_full and name in BUNDLED_SMOKE and not sources.is_ready(BUNDLED_SMOKE[name], root)
         )
         if use_bundle:
-            built["smoke"] = bundled_smoke(name)
-            bundled.add(BUNDLED_SMOKE[name])
-        else:
+            if "smoke" in profiles:
+                built["smoke"] = bundled_smoke(name)
+                bundled.add(BUNDLED_SMOKE[name])
+        elif need_full or "smoke" in profiles:
             full = spec.build(inp)
             full_tasks[name] = full
             used_sources.update(spec.sources)
@@ -123,6 +127,16 @@ def build(
                 built["full"] = full
             if "smoke" in profiles:
                 built["smoke"] = smoke(full)
+        # Training must avoid dev texts as it avoids test texts, so training builds the dev splits too.
+        if spec.dev is not None and ("dev" in profiles or train):
+            dev = spec.dev(inp)
+            used_sources.update(spec.sources)
+            if min(counts(dev).values()) > 0:  # a small source may leave nothing beyond the test
+                dev_tasks[name] = dev
+                if "dev" in profiles:
+                    built["dev"] = dev
+            else:
+                say(f"  {name:<40} dev    none: the source has no items beyond the test's")
         entry = manifest["tasks"].setdefault(name, {})
         meta = next(iter(built.values())) if built else full_tasks[name]
         entry.update({k: meta[k] for k in ("type", "languages", "main_score", "sources", "license")})
@@ -145,6 +159,8 @@ def build(
         for task in full_tasks.values():
             exclusion.add(eval_texts(task))
             exclusion.add(eval_texts(smoke(task)))
+        for task in dev_tasks.values():
+            exclusion.add(eval_texts(task))
         manifest["exclusion"] = {"texts": len(exclusion)}
         manifest["train"] = {}
         for name, tspec in TRAIN.items():
@@ -216,9 +232,14 @@ def _fmt_counts(c: dict[str, int]) -> str:
 # --------------------------------------------------------------------------- ensure_built
 
 
+def _profile_tasks(profile: str) -> list[str]:
+    """The tasks a profile has: every task, or for ``dev`` those with a dev split."""
+    return [name for name, spec in TASKS.items() if profile != "dev" or spec.dev is not None]
+
+
 def sources_for(profile: str, root: Path | str | None = None) -> list[str]:
     """The sources a profile's tasks need. The smoke profile skips sources it ships a sample of."""
-    needed = {s for spec in TASKS.values() for s in spec.sources}
+    needed = {s for name in _profile_tasks(profile) for s in TASKS[name].sources}
     if profile == "smoke":
         needed -= {s for s in BUNDLED_SMOKE.values() if not sources.is_ready(s, root)}
     return sorted(needed)
@@ -229,7 +250,7 @@ def is_built(profile: str, data: Path) -> bool:
     manifest = read_manifest(data)
     if not manifest or manifest.get("builder_version") != BUILDER_VERSION:
         return False
-    for name in TASKS:
+    for name in _profile_tasks(profile):
         entry = manifest.get("tasks", {}).get(name, {}).get("profiles", {}).get(profile)
         if not entry:
             return False

@@ -2,6 +2,8 @@
 
 - ``smoke`` / ``offline``: the m3e task files (profile "smoke" / "full") as mteb custom tasks;
   fully offline.
+- ``dev``: the dev splits (profile "dev") of the offline tasks that have one: held-out items for
+  choosing training settings, so that the test is looked at once.
 - ``cmteb``: mteb's ``MTEB(cmn, v1)`` benchmark (C-MTEB), datasets from the Hugging Face hub.
 - ``mteb-zh``: the tasks of the M3E model card's "MTEB-zh" table that mteb carries.
 """
@@ -15,8 +17,8 @@ from typing import Any
 
 from m3e.errors import M3EError
 
-SUITES = ("smoke", "offline", "cmteb", "mteb-zh")
-OFFLINE_PROFILES = {"smoke": "smoke", "offline": "full"}
+SUITES = ("smoke", "offline", "dev", "cmteb", "mteb-zh")
+OFFLINE_PROFILES = {"smoke": "smoke", "offline": "full", "dev": "dev"}
 CMTEB_BENCHMARK = "MTEB(cmn, v1)"
 # The M3E card's MTEB-zh tasks as mteb names them: JDIphone ~ JDReview, TYQSentiment ~
 # MultilingualSentiment, T2Ranking ~ T2Retrieval / T2Reranking. StockComSentiment and

@@ -16,7 +16,7 @@ from typing import Any
 from m3e.errors import InputError, M3EError
 
 TASK_TYPES = ("Classification", "Retrieval", "BitextMining", "PairClassification")
-PROFILES = ("full", "smoke")
+PROFILES = ("full", "smoke", "dev")
 
 # mteb's name of each type's main score (the contract lets the file name it; these are defaults).
 DEFAULT_MAIN_SCORE = {
