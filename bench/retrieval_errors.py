@@ -1,6 +1,6 @@
 """Where a model and BM25 disagree on an offline retrieval task: per-query ranks of the relevant document.
 
-    python bench/retrieval_errors.py [--task NewsHeadlineRetrieval] [--model PATH] [--show 10]
+    python bench/retrieval_errors.py [--task NewsHeadlineRetrieval] [--profile full|dev] [--model PATH] [--show 10]
 
 Encodes the task's queries and corpus with the model (its query / document prompts), scores the
 corpus with the suite's BM25 (same jieba tokens, k1 1.5, b 0.75), and prints nDCG@10 and top-1 of
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--task", default="NewsHeadlineRetrieval")
     parser.add_argument("--model", default=None, help="model directory (default: m3e's default model)")
     parser.add_argument("--show", type=int, default=10, help="queries to print")
+    parser.add_argument("--profile", default="full", choices=["full", "dev"], help="the test (full) or the dev split")
     args = parser.parse_args()
 
     from rank_bm25 import BM25Okapi
@@ -33,7 +34,7 @@ def main() -> None:
     from m3e.data.paths import data_dir
     from m3e.evaluation.baselines import tokenize_zh
 
-    task = json.loads((data_dir() / "tasks" / args.task / "full.json").read_text(encoding="utf-8"))
+    task = json.loads((data_dir() / "tasks" / args.task / f"{args.profile}.json").read_text(encoding="utf-8"))
     corpus, queries, qrels = task["corpus"], task["queries"], task["qrels"]
     position = {d["id"]: i for i, d in enumerate(corpus)}
     model = m3e.load(args.model)
@@ -49,8 +50,11 @@ def main() -> None:
             out.append(min(int((scores[i] >= scores[i, g]).sum()) - 1 for g in gold))
         return np.array(out)
 
-    def ndcg(r: np.ndarray) -> float:  # one relevant document per query
-        return float(np.mean(np.where(r < 10, 1 / np.log2(r + 2), 0.0)))
+    def gains(r: np.ndarray) -> np.ndarray:  # per-query nDCG@10 with one relevant document
+        return np.where(r < 10, 1 / np.log2(r + 2), 0.0)
+
+    def ndcg(r: np.ndarray) -> float:
+        return float(np.mean(gains(r)))
 
     def z(scores: np.ndarray) -> np.ndarray:
         return (scores - scores.mean(1, keepdims=True)) / (scores.std(1, keepdims=True) + 1e-9)
@@ -58,6 +62,11 @@ def main() -> None:
     rm, rb = ranks(dense), ranks(sparse)
     print(f"{args.task}: {len(queries)} queries, {len(corpus)} documents; model {model.name}")
     print(f"nDCG@10  model {100 * ndcg(rm):.2f}  bm25 {100 * ndcg(rb):.2f}  z-sum hybrid {100 * ndcg(ranks(z(dense) + z(sparse))):.2f}")
+    # Paired bootstrap over queries: how far the model - BM25 difference could move with other queries.
+    diff = gains(rm) - gains(rb)
+    boot = diff[np.random.default_rng(0).integers(len(diff), size=(10_000, len(diff)))].mean(1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    print(f"model - bm25 {100 * diff.mean():+.2f}  (95% paired bootstrap interval {100 * low:+.2f} .. {100 * high:+.2f})")
     print(f"top-1    model {100 * (rm == 0).mean():.1f}%  bm25 {100 * (rb == 0).mean():.1f}%")
     print(f"model top-1 where bm25 misses the top 10: {int(((rm == 0) & (rb >= 10)).sum())}; "
           f"bm25 top-1 where the model misses it: {int(((rb == 0) & (rm >= 10)).sum())}")
