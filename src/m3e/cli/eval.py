@@ -11,8 +11,7 @@ from pathlib import Path
 
 from m3e.backends import BACKENDS
 from m3e.errors import M3EError
-
-SUITES = ("smoke", "offline", "dev", "cmteb", "mteb-zh")
+from m3e.evaluation.suites import SUITES  # light: mteb is imported only when a suite is built
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
