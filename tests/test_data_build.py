@@ -139,16 +139,16 @@ def test_dev_splits_share_no_text_with_the_test(fetched_root: Path, monkeypatch:
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     dev_tasks = [name for name, spec in TASKS.items() if spec.dev is not None]
     assert "NewsHeadlineRetrieval" in dev_tasks
+    dev_texts: set[str] = set()
     for name in dev_tasks:
         dev = json.loads((out / "tasks" / name / "dev.json").read_text(encoding="utf-8"))
+        dev_texts |= {normalise(t) for t in eval_texts(dev)}
         test = json.loads((out / "tasks" / name / "full.json").read_text(encoding="utf-8"))
         assert dev["type"] == test["type"] and dev["queries"] and dev["corpus"]
         assert set(dev["qrels"]) == {q["id"] for q in dev["queries"]}
         assert {normalise(t) for t in eval_texts(dev)}.isdisjoint(normalise(t) for t in eval_texts(test))
         assert manifest["tasks"][name]["profiles"]["dev"]["counts"]["queries"] == len(dev["queries"]) == 12
     # Training avoids the dev texts as it avoids the test's.
-    dev_texts = {normalise(t) for name in dev_tasks for t in eval_texts(
-        json.loads((out / "tasks" / name / "dev.json").read_text(encoding="utf-8")))}
     for path in (out / "train").glob("news_*.jsonl"):
         for line in path.read_text(encoding="utf-8").splitlines():
             assert dev_texts.isdisjoint(normalise(t) for t in json.loads(line).values() if isinstance(t, str))

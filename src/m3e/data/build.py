@@ -110,8 +110,8 @@ def build(
     for name, spec in TASKS.items():
         t0 = time.perf_counter()
         built: dict[str, Task] = {}
-        if not need_full and "smoke" not in profiles and spec.dev is None:
-            continue  # a dev-only build: this task has no dev split
+        if not train and all(name not in _profile_tasks(p) for p in profiles):
+            continue  # no profile asked for has this task (a dev-only build, a task without a dev split)
         use_bundle = (
             not need_full and name in BUNDLED_SMOKE and not sources.is_ready(BUNDLED_SMOKE[name], root)
         )
