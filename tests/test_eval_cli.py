@@ -120,3 +120,20 @@ def test_dev_suite_runs_the_dev_splits_only(tmp_path: Path) -> None:
     assert [t["name"] for t in results["tasks"]] == ["ToyInsuranceRetrieval"]
     assert [Path(t["file"]).name for t in results["tasks"]] == ["dev.json"]
     assert results["results"][0]["model"] == "bm25" and 0 < results["results"][0]["score"] <= 1
+
+
+def test_training_evaluates_on_the_dev_suite(tiny_st_model_dir: Path, tmp_path: Path) -> None:
+    """`m3e train/finetune --eval dev` scores the model before and after on the dev splits, never on the test."""
+    import m3e
+    from m3e.errors import M3EError
+    from m3e.training.finetuner import evaluate_scores
+
+    data = write_toy_tasks(tmp_path / "data")
+    retrieval = data / "tasks" / "ToyInsuranceRetrieval"
+    (retrieval / "dev.json").write_bytes((retrieval / "smoke.json").read_bytes())
+    model = m3e.load(str(tiny_st_model_dir))
+    scores = evaluate_scores(model, "dev", None, data, label="before")
+    assert list(scores) == ["ToyInsuranceRetrieval"]
+    assert 0 < (scores["ToyInsuranceRetrieval"] or 0) <= 1
+    with pytest.raises(M3EError, match="offline suites smoke, offline, dev"):
+        evaluate_scores(model, "cmteb", None, data, label="before")

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from m3e.errors import M3EError
+from m3e.evaluation.suites import OFFLINE_PROFILES
 
 
 def add_training_options(parser: argparse.ArgumentParser, recipe: bool = False) -> None:
@@ -50,7 +51,8 @@ def add_training_options(parser: argparse.ArgumentParser, recipe: bool = False) 
     progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
     e = parser.add_argument_group("evaluation before/after (offline tasks from `m3e data build`)")
-    e.add_argument("--eval", dest="eval_suite", choices=["smoke", "offline"], default=None, help="evaluate on this offline suite")
+    e.add_argument("--eval", dest="eval_suite", choices=list(OFFLINE_PROFILES), default=None,
+                   help="evaluate on this offline suite (dev: the held-out dev splits, for choosing settings)")
     e.add_argument("--eval-tasks", default=None, help="comma-separated task names (implies --eval offline)")
     e.add_argument("--data-dir", default=None, help="built data directory for the evaluation tasks")
 

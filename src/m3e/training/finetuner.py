@@ -104,12 +104,12 @@ def evaluate_scores(model: Any, suite: str, tasks: list[str] | None, data_dir: s
     """Main score per task on an offline suite via m3e.evaluation; {} with a message when it is unavailable."""
     try:
         from m3e.evaluation.runner import ModelSpec, run
-        from m3e.evaluation.suites import get_suite
+        from m3e.evaluation.suites import OFFLINE_PROFILES, get_suite
     except ImportError as exc:
         print(f"evaluation skipped: m3e.evaluation is not available ({exc})", file=sys.stderr)
         return {}
-    if suite not in ("smoke", "offline"):
-        raise M3EError(f"--eval must be smoke or offline (offline tasks), not {suite!r}")
+    if suite not in OFFLINE_PROFILES:
+        raise M3EError(f"--eval must be one of the offline suites {', '.join(OFFLINE_PROFILES)}, not {suite!r}")
     try:
         s = get_suite(suite, tasks or None, data_dir)
     except M3EError as exc:
