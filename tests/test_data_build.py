@@ -142,11 +142,12 @@ def test_dev_splits_share_no_text_with_the_test(fetched_root: Path, monkeypatch:
     dev_texts: set[str] = set()
     for name in dev_tasks:
         dev = json.loads((out / "tasks" / name / "dev.json").read_text(encoding="utf-8"))
-        dev_texts |= {normalise(t) for t in eval_texts(dev)}
+        texts = {normalise(t) for t in eval_texts(dev)}
+        dev_texts |= texts
         test = json.loads((out / "tasks" / name / "full.json").read_text(encoding="utf-8"))
         assert dev["type"] == test["type"] and dev["queries"] and dev["corpus"]
         assert set(dev["qrels"]) == {q["id"] for q in dev["queries"]}
-        assert {normalise(t) for t in eval_texts(dev)}.isdisjoint(normalise(t) for t in eval_texts(test))
+        assert texts.isdisjoint(normalise(t) for t in eval_texts(test))
         assert manifest["tasks"][name]["profiles"]["dev"]["counts"]["queries"] == len(dev["queries"]) == 12
     # Training avoids the dev texts as it avoids the test's.
     for path in (out / "train").glob("news_*.jsonl"):
