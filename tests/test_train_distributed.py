@@ -1,8 +1,12 @@
-"""Cross-device negatives: 2 CPU processes on gloo give the loss and gradients of the concatenated batch."""
+"""Cross-device negatives: 2 CPU processes on gloo give the loss and gradients of the concatenated batch; a stop
+signal seen by one process stops both at the same step."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -86,3 +90,52 @@ def test_two_gloo_processes_equal_single_process(tiny_st_model_dir, tmp_path):
                 assert not grads[k].any(), k
             for k, g in single_grads.items():
                 torch.testing.assert_close(grads[k], g, rtol=1e-4, atol=1e-6, msg=f"{name} rank {r} {k}")
+
+
+def _stop_worker(rank: int, world: int, port: int, model_dir: str, data: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    import m3e
+    import m3e.training.trainer as trainer_mod
+    from m3e.training.stopping import TrainingStopped
+
+    real = trainer_mod.forward_backward
+    calls = {"n": 0}
+
+    def signal_rank1_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if rank == 1 and calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    trainer_mod.forward_backward = signal_rank1_on_third
+    # a process that did not stop would wait on the other's next collective: fail in a minute, not hang
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        outcome = "finished"
+        try:
+            m3e.FineTuner.from_pretrained(model_dir, data).run(
+                epochs=1, output_dir=Path(out_dir) / "run", batch_size=8, save_steps=100, progress=False
+            )
+        except TrainingStopped as exc:
+            outcome = str(exc)
+        (Path(out_dir) / f"stop{rank}.json").write_text(json.dumps({"outcome": outcome, "steps": calls["n"]}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_all_at_the_same_step(tiny_st_model_dir, tmp_path):
+    import torch.multiprocessing as mp
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"text": f"{q}{i}", "text_pos": f"{p}{i}"} for i in range(4) for q, p in zip(Q, P, strict=True)]
+    data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    sys.path.insert(0, str(Path(__file__).parent))
+    mp.spawn(_stop_worker, args=(2, _free_port(), str(tiny_st_model_dir), str(data), str(tmp_path)), nprocs=2, join=True)
+    for r in range(2):
+        seen = json.loads((tmp_path / f"stop{r}.json").read_text())
+        assert seen["steps"] == 3 and "SIGTERM after step 3 of 4" in seen["outcome"], (r, seen)
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip() == "step-00000003"

@@ -96,6 +96,66 @@ def test_resume_continues_exactly(tiny_st_model_dir, tmp_path, monkeypatch):
     assert [r.split(",")[:4] for r in la] == [r.split(",")[:4] for r in lb]
 
 
+def test_sigterm_checkpoints_the_step_it_is_in(tiny_st_model_dir, tmp_path, monkeypatch):
+    """SIGTERM mid-step: the step finishes, a checkpoint is written there, and --resume ends as an unstopped run."""
+    import m3e.training.trainer as trainer_mod
+    from m3e.training.stopping import TrainingStopped
+
+    data = _pairs(tmp_path / "pairs.jsonl", 56, neg=True)
+    opts = {"batch_size": 8, "save_steps": 100, "progress": False, "loss": "softmax"}
+    m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(epochs=1, output_dir=tmp_path / "a", **opts)
+
+    real = trainer_mod.forward_backward
+    calls = {"n": 0}
+
+    def signal_during_fifth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the step's forward/backward is under way
+        return real(*args, **kwargs)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(trainer_mod, "forward_backward", signal_during_fifth)
+    with pytest.raises(TrainingStopped, match=r"SIGTERM after step 5 of 7.*--resume") as stopped:
+        m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(epochs=1, output_dir=tmp_path / "b", **opts)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is ours only while the loop runs
+    assert (tmp_path / "b" / "checkpoints" / "LATEST").read_text().strip() == "step-00000005"
+    assert not (tmp_path / "b" / "modules.json").exists()
+
+    monkeypatch.setattr(trainer_mod, "forward_backward", real)
+    b = m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(epochs=1, output_dir=tmp_path / "b", resume=True, **opts)
+    assert b.resumed_from == 5 and b.steps == 7
+    sa, sb = _state(tmp_path / "a"), _state(tmp_path / "b")
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_a_second_signal_stops_at_once(tiny_st_model_dir, tmp_path, monkeypatch):
+    """The first Ctrl-C asks for a clean stop; a second one interrupts as Python always does."""
+    import m3e.training.trainer as trainer_mod
+
+    data = _pairs(tmp_path / "pairs.jsonl", 56)
+    real = trainer_mod.forward_backward
+    calls = {"n": 0}
+
+    def two_signals_during_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(trainer_mod, "forward_backward", two_signals_during_second)
+    with pytest.raises(KeyboardInterrupt):
+        m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(
+            epochs=1, output_dir=tmp_path / "r", batch_size=8, save_steps=100, progress=False
+        )
+    assert calls["n"] == 2 and not (tmp_path / "r" / "checkpoints").exists()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_resumed_run_keeps_the_starting_scores(tiny_st_model_dir, tmp_path, monkeypatch):
     """--eval scores the starting model once; a resumed run reuses those scores instead of evaluating again."""
     import m3e.training.finetuner as finetuner_mod
@@ -213,6 +273,32 @@ def test_kill9_then_resume(tiny_st_model_dir, tmp_path):
     steps = [int(r.split(",")[0]) for r in (out / "loss.csv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 41))
     m3e.load(str(out)).encode(["天气很好"])
+
+
+@pytest.mark.slow
+def test_cli_sigterm_exits_143_with_a_checkpoint(tiny_st_model_dir, tmp_path):
+    data = _pairs(tmp_path / "pairs.jsonl", 320)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "m3e.cli", "finetune", str(tiny_st_model_dir), str(data), "--output", str(out),
+           "--batch-size", "16", "--epochs", "2", "--save-steps", "1000", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:  # the first progress line ("step 4/40 ...") says training is under way
+        lines.append(line)
+        if line.startswith("step "):
+            break
+    os.kill(proc.pid, signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, "".join(lines) + rest
+    assert "stopped by SIGTERM after step" in rest and "--resume" in rest and "error" not in rest
+    stopped_at = int((out / "checkpoints" / "LATEST").read_text().strip().split("-")[1])
+    assert 4 <= stopped_at < 40 and not (out / "modules.json").exists()  # no periodic checkpoint: the stop wrote it
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and f"(step {stopped_at} of 40)" in done.stderr, done.stderr[-2000:]
+    steps = [int(r.split(",")[0]) for r in (out / "loss.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 41))
 
 
 def test_recipe_imports_a_student_and_distills_the_pools(tmp_path, monkeypatch):

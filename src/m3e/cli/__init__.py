@@ -75,8 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except M3EError as exc:
         if args.verbose or os.environ.get("M3E_TRACEBACK"):
             raise
-        print(f"m3e {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        code = getattr(exc, "exit_code", None)  # a run stopped on request is not an error
+        print(f"m3e {args.command}: {'' if code else 'error: '}{exc}", file=sys.stderr)
+        return code or 2
     except KeyboardInterrupt:
         print(f"m3e {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -135,3 +135,12 @@ def all_reduce_mean(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item() / dist.get_world_size())
+
+
+def all_reduce_max(value: int) -> int:
+    """The largest ``value`` over processes: lets every process act on what any one of them saw (a stop signal)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

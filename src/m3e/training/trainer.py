@@ -30,6 +30,7 @@ from m3e.training.curves import write_csv, write_png
 from m3e.training.gradcache import forward_backward
 from m3e.training.losses import EmbeddingLoss, make_loss
 from m3e.training.records import TrainingDataset
+from m3e.training.stopping import StopRequest, TrainingStopped, signal_name
 from m3e.training.strategies import (
     apply_strategy,
     enable_gradient_checkpointing,
@@ -213,6 +214,7 @@ class Trainer:
         last_saved = step if resumed_from is not None else -1
         ex_rate = None
         epochs_done = float(epoch)
+        stop_request = StopRequest().install()  # SIGTERM / Ctrl-C: finish this step, checkpoint, then stop
         try:
             while step < total and epoch < cfg.epochs:
                 plan = self._plan(epoch)
@@ -254,13 +256,22 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{ex_rate:.1f}", refresh=False)
                     if not show and main and (step % max(1, total // 10) == 0 or step == total):
                         print(f"step {step}/{total}  loss {loss:.4f}  {ex_rate:.1f} examples/s", file=sys.stderr, flush=True)
-                    if cfg.save_steps and step % cfg.save_steps == 0 and step < total:
+                    signum = dist_.all_reduce_max(stop_request.signum or 0)  # every process stops at the same step
+                    periodic = bool(cfg.save_steps) and step % cfg.save_steps == 0
+                    if (periodic or signum) and step < total:
                         pos = (epoch + 1, 0) if next_batch >= len(plan) else (epoch, next_batch)
                         self._checkpoint(opt, sched, step, *pos, history, elapsed0 + time.perf_counter() - t_start)
                         last_saved = step
+                    if signum and step < total:
+                        raise TrainingStopped(
+                            f"stopped by {signal_name(signum)} after step {step} of {total}; checkpoint saved in "
+                            f"{ckpt.latest_checkpoint(self.output)}: run the same command with --resume to continue",
+                            signum,
+                        )
                 if next_batch >= len(plan):
                     epoch, next_batch = epoch + 1, 0
         finally:
+            stop_request.restore()
             bar.close()
         elapsed = elapsed0 + time.perf_counter() - t_start
         if last_saved != step:
