@@ -185,7 +185,8 @@ def test_resumed_run_keeps_the_starting_scores(tiny_st_model_dir, tmp_path, monk
     monkeypatch.setattr(trainer_mod, "forward_backward", real)
     m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(output_dir=tmp_path / "r", resume=True, **opts)
     assert labels == ["before", "after"]
-    assert "| T | 0.2500 | 0.5000 |" in (tmp_path / "r" / "README.md").read_text(encoding="utf-8")
+    card = (tmp_path / "r" / "README.md").read_text(encoding="utf-8")
+    assert "## Scores (smoke suite, main score)" in card and "| T | 0.2500 | 0.5000 |" in card  # names the split
 
 
 def test_strategies_lora_and_bitfit(tiny_st_model_dir, tmp_path):

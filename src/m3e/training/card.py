@@ -16,6 +16,7 @@ def model_card(
     steps: int,
     train_seconds: float,
     scores: dict[str, dict[str, float | None]] | None = None,
+    scored_on: str = "offline suite",
     dim: int | None = None,
     max_length: int | None = None,
     pooling: str | None = None,
@@ -43,7 +44,8 @@ def model_card(
         lines.append(f"- dimension {dim}, max length {max_length} tokens, pooling {pooling}")
     lines.append(f"- hyper-parameters: `{json.dumps(hyper, ensure_ascii=False, sort_keys=True)}`")
     if scores:
-        lines += ["", "## Scores (offline tasks, main score)", "", "| task | before | after |", "|---|---:|---:|"]
+        # the split matters: a dev-split score must not read as the test suite's
+        lines += ["", f"## Scores ({scored_on}, main score)", "", "| task | before | after |", "|---|---:|---:|"]
         for task, pair in scores.items():
             b, a = pair.get("before"), pair.get("after")
             lines.append(f"| {task} | {_fmt(b)} | {_fmt(a)} |")

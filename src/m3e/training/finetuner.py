@@ -95,7 +95,8 @@ class FineTuner:
             after = evaluate_scores(self.model, suite, eval_tasks, eval_data_dir, label="after")
             scores = {t: {"before": before.get(t), "after": after.get(t)} for t in dict.fromkeys([*before, *after])}
             print(format_side_by_side(scores), file=sys.stderr if not sys.stdout.isatty() else sys.stdout)
-            card = trainer.card(result.steps, result.train_seconds, scores)
+            scored_on = f"{suite} suite" if not eval_tasks else f"{suite} suite, tasks {', '.join(eval_tasks)}"
+            card = trainer.card(result.steps, result.train_seconds, scores, scored_on=scored_on)
             save_model_into(self.model, result.output, card, dtype=config.save_dtype)
         return FineTuneResult(result.output, self.model, result.steps, result.train_seconds, result.final_loss, scores, result.resumed_from)
 

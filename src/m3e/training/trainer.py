@@ -313,7 +313,10 @@ class Trainer:
         dist_.barrier()
 
     # ------------------------------------------------------------------ final model
-    def card(self, steps: int, seconds: float, scores: dict[str, dict[str, float | None]] | None = None) -> str:
+    def card(
+        self, steps: int, seconds: float, scores: dict[str, dict[str, float | None]] | None = None,
+        scored_on: str = "offline suite",
+    ) -> str:
         cfg = self.config
         losses = sorted({self._loss_for(d).describe() for d in self.datasets})
         hyper = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "output", "progress", "weights") and v is not None}
@@ -327,6 +330,7 @@ class Trainer:
             steps=steps,
             train_seconds=seconds,
             scores=scores,
+            scored_on=scored_on,
             dim=self.model.dim,
             max_length=self.model.max_length,
             pooling=self.model.pooling,
