@@ -32,7 +32,7 @@ test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 # m3e's default model, from scratch (data, teacher vectors, stage 1, hard negatives, stage 2, evaluation) into
-# src/m3e/default_model/. Resumable: run it again after an interruption. From about 100 minutes to about 4 hours
+# src/m3e/default_model/. Resumable: run it again after an interruption. From about 2 hours to about 4.5 hours
 # on a 2-core CPU, depending on how much of it other tenants take (docs/benchmarks.md).
 HEADLINE_NEGATIVES := runs/news_headline_negatives.jsonl
 default-model: setup
