@@ -39,6 +39,12 @@ def _state(path) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in m3e.load(str(path)).state_dict().items()}
 
 
+def _assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = _state(a), _state(b)
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_finetuner_one_liner(tiny_st_model_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -88,9 +94,7 @@ def test_resume_continues_exactly(tiny_st_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_mod, "forward_backward", real)
     b = m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(epochs=1, output_dir=tmp_path / "b", resume=True, **opts)
     assert b.resumed_from == 3 and b.steps == 7
-    sa, sb = _state(tmp_path / "a"), _state(tmp_path / "b")
-    for k in sa:
-        torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-6, msg=k)
+    _assert_same_weights(tmp_path / "a", tmp_path / "b")
     la = (tmp_path / "a" / "loss.csv").read_text().splitlines()
     lb = (tmp_path / "b" / "loss.csv").read_text().splitlines()
     assert [r.split(",")[:4] for r in la] == [r.split(",")[:4] for r in lb]
@@ -126,9 +130,7 @@ def test_sigterm_checkpoints_the_step_it_is_in(tiny_st_model_dir, tmp_path, monk
     monkeypatch.setattr(trainer_mod, "forward_backward", real)
     b = m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(epochs=1, output_dir=tmp_path / "b", resume=True, **opts)
     assert b.resumed_from == 5 and b.steps == 7
-    sa, sb = _state(tmp_path / "a"), _state(tmp_path / "b")
-    for k in sa:
-        torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-6, msg=k)
+    _assert_same_weights(tmp_path / "a", tmp_path / "b")
 
 
 def test_a_second_signal_stops_at_once(tiny_st_model_dir, tmp_path, monkeypatch):
@@ -249,13 +251,22 @@ def test_recipe_with_weights_and_distillation(tiny_st_model_dir, tmp_path):
     m3e.load(str(tmp_path / "run"))
 
 
-@pytest.mark.slow
-def test_kill9_then_resume(tiny_st_model_dir, tmp_path):
+def _cli_run(model_dir: Path, tmp_path: Path, save_steps: int) -> tuple[list[str], dict[str, str], Path]:
+    """An `m3e finetune` subprocess of 40 steps (320 pairs, batch 16, 2 epochs): its command, environment, output."""
     data = _pairs(tmp_path / "pairs.jsonl", 320)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "m3e.cli", "finetune", str(tiny_st_model_dir), str(data), "--output", str(out),
-           "--batch-size", "16", "--epochs", "2", "--save-steps", "2", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "m3e.cli", "finetune", str(model_dir), str(data), "--output", str(out),
+           "--batch-size", "16", "--epochs", "2", "--save-steps", str(save_steps), "--no-progress"]
+    return cmd, {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, out
+
+
+def _logged_steps(out: Path) -> list[int]:
+    return [int(r.split(",")[0]) for r in (out / "loss.csv").read_text().splitlines()[1:]]
+
+
+@pytest.mark.slow
+def test_kill9_then_resume(tiny_st_model_dir, tmp_path):
+    cmd, env, out = _cli_run(tiny_st_model_dir, tmp_path, save_steps=2)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     latest = out / "checkpoints" / "LATEST"
     deadline = time.time() + 180
@@ -271,18 +282,13 @@ def test_kill9_then_resume(tiny_st_model_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     resumed = int(done.stderr.split("(step ")[1].split(" ")[0])
     assert resumed >= killed_at  # the newest complete checkpoint (a later one may have completed before the kill)
-    steps = [int(r.split(",")[0]) for r in (out / "loss.csv").read_text().splitlines()[1:]]
-    assert steps == list(range(1, 41))
+    assert _logged_steps(out) == list(range(1, 41))
     m3e.load(str(out)).encode(["天气很好"])
 
 
 @pytest.mark.slow
 def test_cli_sigterm_exits_143_with_a_checkpoint(tiny_st_model_dir, tmp_path):
-    data = _pairs(tmp_path / "pairs.jsonl", 320)
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "m3e.cli", "finetune", str(tiny_st_model_dir), str(data), "--output", str(out),
-           "--batch-size", "16", "--epochs", "2", "--save-steps", "1000", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd, env, out = _cli_run(tiny_st_model_dir, tmp_path, save_steps=1000)  # no periodic checkpoint
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     lines = []
@@ -295,11 +301,10 @@ def test_cli_sigterm_exits_143_with_a_checkpoint(tiny_st_model_dir, tmp_path):
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM, "".join(lines) + rest
     assert "stopped by SIGTERM after step" in rest and "--resume" in rest and "error" not in rest
     stopped_at = int((out / "checkpoints" / "LATEST").read_text().strip().split("-")[1])
-    assert 4 <= stopped_at < 40 and not (out / "modules.json").exists()  # no periodic checkpoint: the stop wrote it
+    assert 4 <= stopped_at < 40 and not (out / "modules.json").exists()  # the stop wrote it
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and f"(step {stopped_at} of 40)" in done.stderr, done.stderr[-2000:]
-    steps = [int(r.split(",")[0]) for r in (out / "loss.csv").read_text().splitlines()[1:]]
-    assert steps == list(range(1, 41))
+    assert _logged_steps(out) == list(range(1, 41))
 
 
 def test_recipe_imports_a_student_and_distills_the_pools(tmp_path, monkeypatch):
