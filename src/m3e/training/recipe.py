@@ -180,7 +180,8 @@ def _check_same_import(output: Path, wanted: dict[str, Any]) -> None:
         meta_file = output / "init" / "m3e_import.json"
         meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
         kept = meta.get("layers")
-        recorded = {**wanted, "layers": ",".join(map(str, kept)) if kept and wanted["layers"] is not None else wanted["layers"]}
+        layers = ",".join(map(str, kept)) if kept and wanted["layers"] is not None else wanted["layers"]
+        recorded = {**wanted, "layers": layers}
     changed = [f"{k} {recorded.get(k)!r} -> {wanted[k]!r}" for k in wanted if recorded.get(k) != wanted[k]]
     if changed:
         raise M3EError(

@@ -1,9 +1,10 @@
 """Stopping a training run on request: SIGTERM or Ctrl-C ends it at the next step boundary, checkpointed.
 
 Without this, a signal lands in the middle of a step and every step since the last periodic checkpoint is lost
-(up to ``save_steps`` of them: an hour on a small CPU). With it, the first signal is only noted (:class:`StopRequest`); the trainer
-finishes the step it is in, writes a checkpoint and raises :class:`TrainingStopped`, so ``--resume`` continues
-from exactly there. A second signal acts as it would have without us (a hard stop), for a run that must end now.
+(up to ``save_steps`` of them: an hour on a small CPU). With it, the first signal is only noted
+(:class:`StopRequest`); the trainer finishes the step it is in, writes a checkpoint and raises
+:class:`TrainingStopped`, so ``--resume`` continues from exactly there. A second signal acts as it would have
+without us (a hard stop), for a run that must end now.
 """
 
 from __future__ import annotations
