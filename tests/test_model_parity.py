@@ -60,6 +60,22 @@ def test_save_replaces_an_existing_directory_atomically(tiny_st_model_dir, tmp_p
     assert json.loads((target / "modules.json").read_text())[1]["path"] == "1_Pooling"
 
 
+@pytest.mark.parametrize("dtype", [None, "fp16"])
+def test_saved_model_has_the_modes_of_plain_files(tiny_st_model_dir, tmp_path, dtype):
+    """Written through private temporary files and directories, a saved model still gets the modes the umask
+    gives a plain file or mkdir, so the other users of a shared install can read it."""
+    import stat
+
+    from m3e.atomic import DIR_MODE, FILE_MODE
+
+    target = tmp_path / "m"
+    m3e.load(str(tiny_st_model_dir)).save(target, dtype=dtype)
+    m3e.load(str(tiny_st_model_dir)).save(target, dtype=dtype)  # the replacing path too
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [target, *target.rglob("*")]}
+    assert modes["m"] == DIR_MODE and modes["m/model.safetensors"] == FILE_MODE
+    assert {k: v for k, v in modes.items() if v != (DIR_MODE if (tmp_path / k).is_dir() else FILE_MODE)} == {}
+
+
 def test_real_minilm_matches_sentence_transformers(minilm_dir):
     ours = m3e.load(str(minilm_dir))
     reference = SentenceTransformer(str(minilm_dir), device="cpu")

@@ -10,6 +10,37 @@ import tempfile
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; done once, at import, before any thread writes files
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give: temporary files are private, what replaces them is not
+DIR_MODE = 0o777 & ~_UMASK
+
+
+def temp_dir_beside(target: str | os.PathLike[str], prefix: str) -> Path:
+    """A new directory next to ``target`` (same filesystem, so it can be renamed into place), with the mode a
+    plain mkdir gives: ``tempfile.mkdtemp`` makes it private, and a model or cache swapped in from it would be
+    unreadable to the other users of a shared install."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=Path(target).parent))
+    tmp.chmod(DIR_MODE)
+    return tmp
+
+
+def give_plain_modes(root: str | os.PathLike[str]) -> None:
+    """Give a tree about to be swapped into place the modes of plain files and directories. Needed beyond
+    :func:`temp_dir_beside`: safetensors writes its files owner-only (0600)."""
+    for dirpath, _dirs, files in os.walk(root):  # does not descend into linked directories
+        os.chmod(dirpath, DIR_MODE)
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):  # chmod would follow it out of the tree
+                os.chmod(path, FILE_MODE)
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make a rename inside ``path`` durable (no-op where directories cannot be opened)."""
     try:
@@ -31,6 +62,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()

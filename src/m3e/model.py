@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from m3e.atomic import replace_dir
+from m3e.atomic import give_plain_modes, replace_dir, temp_dir_beside
 from m3e.backends import BACKENDS
 from m3e.batching import length_sorted_batches
 from m3e.errors import M3EError
@@ -497,9 +496,10 @@ class EmbeddingModel(nn.Module):
         if target.exists() and not target.is_dir():
             raise M3EError(f"{target} exists and is not a directory")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = temp_dir_beside(target, prefix=f".{target.name}.")
         try:
             self._write_st_dir(tmp, model_card, dtype)
+            give_plain_modes(tmp)
             replace_dir(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -23,13 +23,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from m3e.atomic import temp_dir_beside
 from m3e.backends.threads import limit_torch_threads
 from m3e.errors import M3EError
 
@@ -217,10 +217,7 @@ def build_artefact(model: EmbeddingModel, target: Path, fp: str | None = None, k
     fp = fp or fingerprint(model, kind)
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the artefact is shared like the model
+    tmp = temp_dir_beside(target, prefix=f".{target.name}.tmp-")  # shared like the model
     try:
         started = time.perf_counter()
         if kind == "openvino":  # the plain export: OpenVINO optimises it when it compiles it

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from m3e.atomic import replace_dir
+from m3e.atomic import replace_dir, temp_dir_beside
 from m3e.errors import M3EError
 
 
@@ -79,10 +78,9 @@ def write_directory_atomically(out: Path, fill: Callable[[Path], None], *, overw
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise M3EError(f"--out {out} exists and is not empty (use --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_dir_beside(out, prefix=f".{out.name}.tmp-")
     try:
         fill(tmp)
-        os.chmod(tmp, 0o755)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from m3e.atomic import fsync_dir, write_atomic
+from m3e.atomic import fsync_dir, temp_dir_beside, write_atomic
 from m3e.errors import M3EError
 
 CHECKPOINTS = "checkpoints"
@@ -46,7 +45,7 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, state: dict[str, Any],
 
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{step_name(step)}-", dir=root))
+    tmp = temp_dir_beside(root / step_name(step), prefix=f".tmp-{step_name(step)}-")
     try:
         with saveable(model) as plain:
             was_training = plain.training
