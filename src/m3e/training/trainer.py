@@ -265,7 +265,7 @@ class Trainer:
                     if signum and step < total:
                         raise TrainingStopped(
                             f"stopped by {signal_name(signum)} after step {step} of {total}; checkpoint saved in "
-                            f"{ckpt.latest_checkpoint(self.output)}: run the same command with --resume to continue",
+                            f"{self.output / ckpt.CHECKPOINTS / ckpt.step_name(step)}: run the same command with --resume to continue",
                             signum,
                         )
                 if next_batch >= len(plan):
