@@ -3,10 +3,12 @@ either) and content hashes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -86,6 +88,45 @@ def replace_dir(new: str | os.PathLike[str], target: str | os.PathLike[str]) -> 
     os.replace(new, target)
     fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def building_dir(
+    target: str | os.PathLike[str],
+    *,
+    durable: bool = False,
+    swap: Callable[[Path, Path], None] | None = None,
+) -> Iterator[Path]:
+    """Build a directory in a temporary sibling and swap it into ``target`` when the block ends without error.
+
+    The one place for "write into a temp dir, then rename": the block fills the yielded directory; on success
+    the tree gets the modes of plain files (:func:`give_plain_modes`), optionally every file is fsynced
+    (``durable``), and it replaces ``target`` (:func:`replace_dir`, or ``swap(tmp, target)``). On any error, Ctrl-C included, the
+    temporary directory is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_beside(target, prefix=f".{target.name}.tmp-")
+    try:
+        yield tmp
+        give_plain_modes(tmp)
+        if durable:
+            fsync_tree(tmp)
+        (swap or replace_dir)(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def fsync_tree(root: str | os.PathLike[str]) -> None:
+    """fsync every file and directory below ``root`` (before a rename makes the tree visible)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(dirpath)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -12,26 +12,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from m3e.errors import M3EError, ModelNotFoundError
+from m3e.errors import M3EError
+from m3e.paths import BUNDLED_MODEL_DIR, bundled_model_path, default_model_path
 
-BUNDLED_DIR = Path(__file__).parent / "default_model"
+__all__ = ["BUNDLED_DIR", "bundle", "bundled_model_path", "default_model_card", "default_model_path"]
 
-
-def bundled_model_path() -> Path | None:
-    return BUNDLED_DIR if (BUNDLED_DIR / "modules.json").exists() else None
-
-
-def default_model_path() -> Path:
-    env = os.environ.get("M3E_DEFAULT_MODEL")
-    if env:
-        return Path(env).expanduser()
-    bundled = bundled_model_path()
-    if bundled is not None:
-        return bundled
-    raise ModelNotFoundError(
-        f"no default model: {BUNDLED_DIR} is missing from this installation. Reinstall m3e, set "
-        "$M3E_DEFAULT_MODEL, or name a model (a local directory or a hub id)."
-    )
+BUNDLED_DIR = BUNDLED_MODEL_DIR
 
 
 def bundle(

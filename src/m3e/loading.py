@@ -50,7 +50,7 @@ def load_model(
     from m3e.registry import defaults_for
 
     if name_or_path is None:
-        from m3e.default_model import default_model_path
+        from m3e.paths import default_model_path
 
         name_or_path = str(default_model_path())
     model_dir, model_id = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)

@@ -29,9 +29,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m3e.atomic import temp_dir_beside
+from m3e.atomic import building_dir
 from m3e.backends.threads import limit_torch_threads
 from m3e.errors import M3EError
+from m3e.paths import cache_root
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -105,13 +106,7 @@ def artefact_dir_for(model_dir: str | os.PathLike[str], kind: str = "int8") -> P
 
 
 def cache_dir_for(fp: str, kind: str = "int8") -> Path:
-    try:
-        from m3e.data.paths import cache_root
-
-        root = Path(cache_root())
-    except ImportError:
-        root = Path(os.environ.get("M3E_HOME") or Path.home() / ".cache" / "m3e")
-    return root / KINDS[kind][1] / fp
+    return cache_root() / KINDS[kind][1] / fp
 
 
 def read_meta(directory: Path) -> dict[str, Any] | None:
@@ -216,9 +211,7 @@ def build_artefact(model: EmbeddingModel, target: Path, fp: str | None = None, k
         require_onnxruntime()
     fp = fp or fingerprint(model, kind)
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_beside(target, prefix=f".{target.name}.tmp-")  # shared like the model
-    try:
+    with building_dir(target, durable=True, swap=_swap_in) as tmp:
         started = time.perf_counter()
         if kind == "openvino":  # the plain export: OpenVINO optimises it when it compiles it
             export_fp32_onnx(model, tmp / ONNX_NAME)
@@ -227,10 +220,8 @@ def build_artefact(model: EmbeddingModel, target: Path, fp: str | None = None, k
             from m3e.backends.onnx_int8 import write_int8_graph
 
             fields = write_int8_graph(model, tmp, tmp / ONNX_NAME)
-        _finish(tmp, target, _meta(model, fp, kind, fields, started))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        meta = _meta(model, fp, kind, fields, started)
+        (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return target
 
 
@@ -255,18 +246,6 @@ def _meta(model: EmbeddingModel, fp: str, kind: str, fields: dict[str, Any], sta
         "versions": versions,
         "seconds_to_build": round(time.perf_counter() - started, 1),
     }
-
-
-def _finish(tmp: Path, target: Path, meta: dict[str, Any]) -> None:
-    (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    for f in tmp.iterdir():
-        _fsync(f)
-    _swap_in(tmp, target)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
 
 
 def _swap_in(new: Path, target: Path) -> None:

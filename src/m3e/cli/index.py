@@ -85,7 +85,7 @@ def _reader(args: argparse.Namespace) -> Any:
 def model_source(name: str | None) -> str:
     """What the index records to reload its model: an absolute path for local models."""
     if name is None:
-        from m3e.default_model import default_model_path
+        from m3e.paths import default_model_path
 
         return str(default_model_path().resolve())
     path = Path(name).expanduser()

@@ -10,15 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from m3e.paths import cache_root
 
-def cache_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """The cache root: ``root`` if given, else ``$M3E_HOME``, else ``~/.cache/m3e``."""
-    if root is not None:
-        return Path(root).expanduser()
-    env = os.environ.get("M3E_HOME")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "m3e"
+__all__ = ["DATA_PREFIX", "cache_root", "data_dir", "distill_path", "resolve", "sources_dir", "task_path", "train_path"]
 
 
 def data_dir(root: str | os.PathLike[str] | None = None) -> Path:

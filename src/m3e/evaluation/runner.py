@@ -117,7 +117,7 @@ def load_model(spec: ModelSpec, backend: str = "torch", device: str | None = Non
         "parameters": model.num_parameters(),
     }
     if spec.source is None:
-        from m3e.default_model import default_model_path
+        from m3e.paths import default_model_path
 
         info["path"] = str(default_model_path())
     spec.info.update(info)
