@@ -107,7 +107,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     import m3e
-    from m3e.default_model import default_model_path
+    from m3e.paths import default_model_path
 
     path = args.model or str(default_model_path())
     texts = bench_texts(args.n)
@@ -230,7 +230,7 @@ def run_backends(args: argparse.Namespace) -> list[dict]:
     import torch
 
     from m3e.backends import inference_threads
-    from m3e.default_model import default_model_path
+    from m3e.paths import default_model_path
 
     path = args.model or str(default_model_path())
     variants, notes, base = _variants(args, path)
@@ -316,7 +316,7 @@ def run_backends(args: argparse.Namespace) -> list[dict]:
 def sweep_batch(args: argparse.Namespace) -> None:
     """texts/s of m3e torch and int8 on mixed lengths for several batch sizes / token budgets."""
     import m3e
-    from m3e.default_model import default_model_path
+    from m3e.paths import default_model_path
 
     path = args.model or str(default_model_path())
     texts = bench_texts(args.n)
