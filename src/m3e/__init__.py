@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any
 # CPU that made single-query encoding up to 25x slower. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
-
 __all__ = ["EmbeddingModel", "FineTuner", "M3EError", "__version__", "load"]
 
 from m3e.errors import M3EError
+from m3e.version import __version__
 
 if TYPE_CHECKING:
     from m3e.model import EmbeddingModel

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from m3e.atomic import give_plain_modes, replace_dir, temp_dir_beside
 from m3e.backends import BACKENDS
-from m3e.batching import length_sorted_batches
+from m3e.length_sorting import length_sorted_batches
 from m3e.errors import M3EError
 from m3e.pooling import NEEDS_HIDDEN_STATES, ST_POOLING_MODES, pool, st_pooling_config
 

@@ -228,7 +228,7 @@ def build_artefact(model: EmbeddingModel, target: Path, fp: str | None = None, k
 def _meta(model: EmbeddingModel, fp: str, kind: str, fields: dict[str, Any], started: float) -> dict[str, Any]:
     import importlib.metadata
 
-    from m3e import __version__
+    from m3e.version import __version__
 
     versions = {"m3e": __version__}
     for package in ("torch", "onnxruntime" if kind == "int8" else "openvino"):

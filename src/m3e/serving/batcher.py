@@ -13,7 +13,7 @@ Each round the thread
    ``max_batch_tokens`` tokens: a request of 2048 texts gets one slot per pass like everyone
    else, so it cannot starve single-text requests queued behind it;
 3. sorts the round's texts by length and cuts it into batches under the token budget
-   (:func:`m3e.batching.length_sorted_batches`), then cuts those where padding would cost
+   (:func:`m3e.length_sorting.length_sorted_batches`), then cuts those where padding would cost
    more than another forward (:func:`split_batches`); each batch is one ``embed_token_ids`` call;
 4. writes each vector into its job's result array at the text's own index; a job whose
    texts are all done is answered at once, in input order by construction.
@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from m3e.batching import length_sorted_batches
+from m3e.length_sorting import length_sorted_batches
 
 logger = logging.getLogger(__name__)
 

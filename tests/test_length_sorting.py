@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from m3e.batching import length_sorted_batches
+from m3e.length_sorting import length_sorted_batches
 
 
 @given(st.lists(st.integers(min_value=0, max_value=300), max_size=60), st.integers(1, 9), st.one_of(st.none(), st.integers(1, 900)))
