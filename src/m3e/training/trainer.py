@@ -23,7 +23,7 @@ import torch
 from m3e.errors import M3EError
 from m3e.training import checkpoints as ckpt
 from m3e.training import distributed as dist_
-from m3e.training.batching import batch_rng, build_columns, plan_epoch
+from m3e.training.batch_plan import batch_rng, build_columns, plan_epoch
 from m3e.training.card import model_card
 from m3e.training.config import TrainConfig, lr_lambda, resolve_defaults
 from m3e.training.curves import write_csv, write_png

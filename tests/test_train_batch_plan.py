@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from m3e.training.batching import batch_rng, build_columns, plan_epoch
+from m3e.training.batch_plan import batch_rng, build_columns, plan_epoch
 from m3e.training.records import Record, TrainingDataset
 
 

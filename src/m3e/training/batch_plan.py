@@ -62,16 +62,16 @@ def _batches_of(
             else:
                 retry.append(idx)
         while not exhausted and len(batch) < batch_size:
-            idx = next(it, None)
-            if idx is None:
+            fresh = next(it, None)
+            if fresh is None:
                 exhausted = True
                 break
-            t = texts[idx]
+            t = texts[fresh]
             if seen.isdisjoint(t):
-                batch.append(idx)
+                batch.append(fresh)
                 seen.update(t)
             else:
-                retry.append(idx)
+                retry.append(fresh)
         waiting = retry + waiting
         if not batch:  # only conflicting leftovers remain; cannot happen (a fresh batch takes the first one)
             break
