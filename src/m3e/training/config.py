@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from m3e.errors import M3EError
+from m3e.extras import require
 
 
 @dataclass
@@ -117,10 +118,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     suffix = p.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise M3EError("YAML recipes need PyYAML (pip install pyyaml); JSON and TOML work without it") from None
+            yaml = require("yaml", purpose="a YAML recipe", extra="train", package="pyyaml")  # JSON, TOML: stdlib
             data = yaml.safe_load(text)
         elif suffix == ".toml":
             import tomllib

@@ -19,6 +19,7 @@ import numpy as np
 
 from m3e.atomic import write_atomic
 from m3e.errors import M3EError
+from m3e.extras import require
 from m3e.training.records import Record
 
 
@@ -54,10 +55,7 @@ def mine_hard_negatives(
     random_fill: bool = True,
     show_progress: bool | None = None,
 ) -> tuple[list[dict[str, Any]], MiningStats]:
-    try:
-        import faiss
-    except ImportError:  # pragma: no cover - faiss-cpu is in the train extra
-        raise M3EError("mining needs faiss: pip install faiss-cpu") from None
+    faiss = require("faiss", purpose="mining hard negatives", extra="train", package="faiss-cpu")
     if not records:
         raise M3EError("no records to mine negatives for")
     passages = list(dict.fromkeys([p for r in records for p in r.pos] + [t for t in corpus if t.strip()]))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from m3e.errors import InputError, M3EError
+from m3e.extras import require
 
 RECORD_TYPES = ("pair", "triplet", "scored", "distill")
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -214,10 +215,7 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - pyarrow is in the train extra
-        raise M3EError("reading .parquet needs pyarrow: pip install 'm3e[train]'") from None
+    pq = require("pyarrow.parquet", purpose="reading .parquet", extra="train", package="pyarrow")
     table = pq.read_table(path)
     yield from enumerate(table.to_pylist(), 1)
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from m3e.errors import M3EError
+from m3e.extras import require
 
 STRATEGIES = ("full", "lora", "bitfit")
 
@@ -32,12 +33,9 @@ def apply_strategy(
         if n == 0:
             raise M3EError("BitFit: this model has no bias parameters")
         return model
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:  # pragma: no cover
-        raise M3EError("LoRA needs peft: pip install 'm3e[train]'") from None
-    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=lora_targets or _targets(model.transformer), bias="none")
-    model.transformer = get_peft_model(model.transformer, config)
+    peft = require("peft", purpose="LoRA", extra="train")
+    config = peft.LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=lora_targets or _targets(model.transformer), bias="none")
+    model.transformer = peft.get_peft_model(model.transformer, config)
     for p in model.dense.parameters():  # a Dense head is small: train it with the adapters
         p.requires_grad_(True)
     return model
