@@ -15,7 +15,7 @@ from m3e.data import build as builder
 from m3e.data import sources
 from m3e.data import teacher as teachers
 from m3e.data.distill import MAX_CHARS, POOLS
-from m3e.data.tasks import SIZES, TASKS, bundled_smoke, eval_texts
+from m3e.data.task_builders import SIZES, TASKS, bundled_smoke, eval_texts
 from m3e.data.text import normalise
 from m3e.errors import M3EError
 

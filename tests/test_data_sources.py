@@ -150,6 +150,7 @@ def test_real_fetch_of_a_small_source(tmp_path: Path) -> None:
 def test_bundled_poetry_sample_equals_the_one_built_from_the_real_source() -> None:
     if not sources.is_ready("G"):
         pytest.skip("chinese-poetry is not in the local cache (m3e data fetch --sources G)")
-    from m3e.data.tasks import Inputs, bundled_smoke, poetry_genre, smoke
+    from m3e.data.corpora import Inputs
+    from m3e.data.task_builders import bundled_smoke, poetry_genre, smoke
 
     assert smoke(poetry_genre(Inputs())) == bundled_smoke("PoetryGenreClassification")

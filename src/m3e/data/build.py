@@ -17,14 +17,14 @@ from typing import Any
 
 from m3e.atomic import write_atomic
 from m3e.data import sources
+from m3e.data.corpora import Inputs
 from m3e.data.distill import POOLS, finish_pool
 from m3e.data.paths import data_dir, distill_path, task_path, train_path
-from m3e.data.tasks import (
+from m3e.data.task_builders import (
     BUNDLED_SMOKE,
     CLASS_PER_LABEL,
     SIZES,
     TASKS,
-    Inputs,
     Task,
     bundled_smoke,
     counts,
@@ -60,7 +60,7 @@ def read_manifest(data: Path) -> dict[str, Any] | None:
 
 
 def _parameters(caps: dict[str, int]) -> dict[str, Any]:
-    from m3e.data import tasks as t
+    from m3e.data import task_builders as t
 
     return {
         "split": "bucket = int(sha1(salt + NUL + key)) mod 100; buckets 0-49 evaluation test, 50-99 the rest; "

@@ -1,7 +1,8 @@
 """Readers for the extracted source files: raw formats in, clean Python records out.
 
-One reader per corpus; each takes the directory ``sources.require(id)`` returned and knows
+One reader per corpus; each takes the directory ``sources.require(name)`` returned and knows
 the file's quirks (POS tags, ANSI colours, stringified id lists, traditional characters).
+:class:`Inputs` reads each source of one cache root once, on first use, for every builder.
 Nothing here selects or splits: that is the task and training builders' job.
 """
 
@@ -13,8 +14,10 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+from m3e.data import sources
 from m3e.data.text import squash
 from m3e.errors import M3EError
 
@@ -390,3 +393,53 @@ def read_snli(files: Path, split: str) -> list[tuple[str, str, str, str]]:
     except (OSError, ValueError, KeyError) as exc:
         raise _corrupt(path, exc) from exc
     return out
+
+
+# --------------------------------------------------------------------------- all sources of one cache root
+
+
+class Inputs:
+    """Lazy, cached access to the parsed sources of one cache root."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = root
+
+    def files(self, source_id: str) -> Path:
+        return sources.require(source_id, self.root)
+
+    @cached_property
+    def reviews(self) -> list[tuple[str, str]]:
+        return read_reviews(self.files("A"))
+
+    @cached_property
+    def people_daily(self) -> PeopleDaily:
+        return read_people_daily(self.files("A"))
+
+    @cached_property
+    def hsk(self) -> list[tuple[str, str, str]]:
+        return read_hsk(self.files("B"))
+
+    @cached_property
+    def insuranceqa(self) -> InsuranceQA:
+        return read_insuranceqa(self.files("C"))
+
+    @cached_property
+    def idioms(self) -> list[Idiom]:
+        return read_idioms(self.files("D"))
+
+    @cached_property
+    def cedict(self) -> list[tuple[str, str]]:
+        return read_cedict(self.files("F"))
+
+    @cached_property
+    def fortunes(self) -> list[tuple[str, str | None]]:
+        return read_fortunes(self.files("H"))
+
+    def snli(self, split: str) -> list[tuple[str, str, str, str]]:
+        if split not in self._snli:
+            self._snli[split] = read_snli(self.files("J"), split)
+        return self._snli[split]
+
+    @cached_property
+    def _snli(self) -> dict[str, list[tuple[str, str, str, str]]]:
+        return {}

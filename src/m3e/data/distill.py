@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from m3e.data import corpora
-from m3e.data.tasks import Inputs, news_test_start
+from m3e.data.corpora import Inputs
+from m3e.data.task_builders import news_test_start
 from m3e.data.text import Exclusion, hash_order, normalise, to_simplified
 
 MAX_CHARS = 200  # long passages are cut at a sentence end near here: cheaper for the teacher, still passage-like

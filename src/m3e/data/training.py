@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from m3e.data import corpora
-from m3e.data.tasks import Inputs, news_test_start
+from m3e.data.corpora import Inputs
+from m3e.data.task_builders import news_test_start
 from m3e.data.text import Exclusion, digest, normalise, to_simplified
 
 Record = dict[str, Any]  # text, text_pos, optional "negs": candidate hard negatives
