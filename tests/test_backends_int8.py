@@ -7,9 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-
 import m3e
 from m3e.backends import artefacts
 from m3e.cli import main
@@ -47,7 +44,7 @@ def test_int8_keeps_cosine_on_minilm(minilm_dir: Path, m3e_home: Path) -> None:
     built = list((m3e_home / "int8").glob("*/model.onnx"))
     assert len(built) == 1
     # the graph ONNX Runtime runs is the fused one: one Attention op per layer
-    meta = artefacts.read_meta(built[0].parent)
+    meta = artefacts.read_artefact_meta(built[0].parent)
     assert meta is not None and meta["quantization"]["graph"] == "fused"
     assert meta["fused_ops"].get("Attention") == model.transformer.config.num_hidden_layers
     # activation scales are set per call, so batch composition moves a vector a little, no more
@@ -64,7 +61,7 @@ def test_export_writes_artefact_next_to_model_and_load_reuses_it(
 ) -> None:
     assert main(["export", str(tiny_copy), "--backend", "int8"]) == 0
     artefact = artefacts.artefact_dir_for(tiny_copy, "int8")
-    meta = artefacts.read_meta(artefact)
+    meta = artefacts.read_artefact_meta(artefact)
     assert meta is not None and meta["quantization"]["weight_type"] == "QInt8"
     assert "cosine int8 vs fp32" in capsys.readouterr().err
     assert not list(tiny_copy.glob(".*tmp*"))  # no temp directory left behind

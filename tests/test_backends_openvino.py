@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("openvino")
-
 import m3e
 from m3e.backends import artefacts
 from m3e.backends.openvino import OpenVinoRunner
@@ -29,7 +27,7 @@ def test_openvino_keeps_cosine_on_minilm(minilm_dir: Path, m3e_home: Path) -> No
     assert cos.min() >= 0.995, cos
     built = list((m3e_home / "openvino").glob("*/model.onnx"))
     assert len(built) == 1
-    meta = artefacts.read_meta(built[0].parent)
+    meta = artefacts.read_artefact_meta(built[0].parent)
     assert meta is not None and meta["kind"] == "openvino" and meta["engine"] == "openvino"
     assert not (m3e_home / "int8").exists()
     # fp32 pinned: the same graph gives fp32's vectors
@@ -45,7 +43,7 @@ def test_export_openvino_next_to_model_and_load_reuses_it(
 ) -> None:
     assert main(["export", str(tiny_copy), "--backend", "openvino"]) == 0
     artefact = tiny_copy / "m3e-openvino"
-    meta = artefacts.read_meta(artefact)
+    meta = artefacts.read_artefact_meta(artefact)
     assert meta is not None and meta["kind"] == "openvino" and "openvino" in meta["versions"]
     assert "cosine openvino vs fp32" in capsys.readouterr().err
     assert not artefacts.artefact_dir_for(tiny_copy, "int8").exists()  # the int8 artefact is another one

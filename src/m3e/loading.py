@@ -8,13 +8,16 @@ does; offline, that fails with a message that says how to use a local directory.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from m3e.errors import M3EError, ModelNotFoundError
+from m3e.st_format import STModules, read_dense_layers, read_st_modules
+
+if TYPE_CHECKING:
+    from m3e.model import EmbeddingModel
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ def load_model(
     revision: str | None = None,
     cache_dir: str | None = None,
     trust_remote_code: bool = False,
-) -> Any:
+) -> EmbeddingModel:
     """Load an embedding model.
 
     ``name_or_path``: a local directory (sentence-transformers or plain Hugging Face), a hub id
@@ -55,16 +58,16 @@ def load_model(
         name_or_path = str(default_model_path())
     model_dir, model_id = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
     known = defaults_for(model_id)
-    st = _read_st_config(model_dir)
+    st = read_st_modules(model_dir) or STModules()
 
-    chosen_pooling = st.get("pooling") or (known.pooling if known else None)
+    chosen_pooling = st.pooling or (known.pooling if known else None)
     if pooling is not None:
         chosen_pooling = canonical_pooling(pooling)
     if chosen_pooling is None:
         logger.warning("%s has no pooling config and is not a known model; using mean pooling", name_or_path)
         chosen_pooling = "mean"
 
-    prompts = dict(st.get("prompts") or {})
+    prompts = dict(st.prompts)
     if not prompts and known:
         prompts = dict(known.prompts)
     if query_prompt is not None:
@@ -72,10 +75,10 @@ def load_model(
     if document_prompt is not None:
         prompts["document"] = document_prompt
 
-    transformer_dir = model_dir / st.get("transformer_path", "")
+    transformer_dir = model_dir / st.transformer_path
     tokenizer, transformer = _load_hf(transformer_dir, trust_remote_code)
     real_max = _real_max_length(tokenizer, transformer.config)
-    configured = st.get("max_seq_length") or (known.max_length if known else None) or real_max
+    configured = st.max_seq_length or (known.max_length if known else None) or real_max
     chosen_max = min(configured, real_max)
     if max_length is not None:
         if max_length < 1:
@@ -89,16 +92,16 @@ def load_model(
         tokenizer,
         pooling=chosen_pooling,
         max_length=chosen_max,
-        dense=_load_dense(model_dir, st.get("dense_paths", [])),
-        normalize_module=bool(st.get("normalize")),
+        dense=read_dense_layers(model_dir, st.dense_paths),
+        normalize_module=st.normalize,
         prompts=prompts,
-        default_prompt_name=st.get("default_prompt_name"),
-        include_prompt=st.get("include_prompt", True),
-        do_lower_case=bool(st.get("do_lower_case", False)),
+        default_prompt_name=st.default_prompt_name,
+        include_prompt=st.include_prompt,
+        do_lower_case=st.do_lower_case,
         name=model_id or _display_name(model_dir),
         long_text=long_text,
     )
-    model.source_dir = model_dir  # type: ignore[attr-defined]
+    model.source_dir = model_dir
     if device is not None:
         model.to(device)
     if backend != "torch":
@@ -136,53 +139,6 @@ def _download(model_id: str, revision: str | None, cache_dir: str | None) -> Pat
             f"(`hf download {model_id} --local-dir ./{model_id.split('/')[-1]}`), copy the directory here "
             f"and load it by path: m3e.load('./{model_id.split('/')[-1]}')"
         ) from exc
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise M3EError(f"cannot read {path}: {exc}") from exc
-
-
-def _read_st_config(model_dir: Path) -> dict[str, Any]:
-    """What m3e needs from a sentence-transformers directory ({} for a plain checkpoint)."""
-    from m3e.pooling import pooling_from_st_config
-
-    out: dict[str, Any] = {}
-    modules_file = model_dir / "modules.json"
-    if not modules_file.exists():
-        return out
-    modules = sorted(_read_json(modules_file), key=lambda m: m.get("idx", 0))
-    for module in modules:
-        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-        sub = module.get("path", "")
-        if kind == "Transformer":
-            out["transformer_path"] = sub
-            for cfg_name in ("sentence_bert_config.json", "sentence_xlnet_config.json"):
-                cfg_file = model_dir / sub / cfg_name
-                if cfg_file.exists():
-                    cfg = _read_json(cfg_file)
-                    if cfg.get("max_seq_length"):
-                        out["max_seq_length"] = int(cfg["max_seq_length"])
-                    out["do_lower_case"] = bool(cfg.get("do_lower_case", False))
-                    break
-        elif kind == "Pooling":
-            out["pooling"], out["include_prompt"] = pooling_from_st_config(_read_json(model_dir / sub / "config.json"))
-        elif kind == "Dense":
-            out.setdefault("dense_paths", []).append(sub)
-        elif kind == "Normalize":
-            out["normalize"] = True
-        else:
-            raise M3EError(f"{model_dir}: sentence-transformers module {module.get('type')!r} is not supported by m3e")
-    if "transformer_path" not in out:
-        raise M3EError(f"{model_dir}: modules.json has no Transformer module")
-    cfg_file = model_dir / "config_sentence_transformers.json"
-    if cfg_file.exists():
-        cfg = _read_json(cfg_file)
-        out["prompts"] = {k: v for k, v in (cfg.get("prompts") or {}).items() if isinstance(v, str)}
-        out["default_prompt_name"] = cfg.get("default_prompt_name")
-    return out
 
 
 def _load_hf(directory: Path, trust_remote_code: bool) -> tuple[Any, Any]:
@@ -224,32 +180,6 @@ def _real_max_length(tokenizer: Any, config: Any) -> int:
     if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
         limits.append(tok_max)
     return min(limits) if limits else 512
-
-
-def _load_dense(model_dir: Path, paths: list[str]) -> list[Any]:
-    import torch
-
-    from m3e.model import Dense
-
-    layers = []
-    for sub in paths:
-        cfg = _read_json(model_dir / sub / "config.json")
-        layer = Dense(
-            int(cfg["in_features"]),
-            int(cfg["out_features"]),
-            bool(cfg.get("bias", True)),
-            cfg.get("activation_function"),
-        )
-        st_file = model_dir / sub / "model.safetensors"
-        if st_file.exists():
-            from safetensors.torch import load_file
-
-            state = load_file(str(st_file))
-        else:
-            state = torch.load(model_dir / sub / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        layer.load_state_dict({k: v for k, v in state.items() if k.startswith("linear.")}, strict=True)
-        layers.append(layer.eval())
-    return layers
 
 
 def _display_name(model_dir: Path) -> str:

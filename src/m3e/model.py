@@ -13,60 +13,35 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from m3e.atomic import give_plain_modes, replace_dir, temp_dir_beside
+from m3e.atomic import building_dir
 from m3e.backends import BACKENDS
-from m3e.length_sorting import length_sorted_batches
+from m3e.backends.base import Runner, StreamingRunner
+from m3e.dense import Dense
 from m3e.errors import M3EError
-from m3e.pooling import NEEDS_HIDDEN_STATES, ST_POOLING_MODES, pool, st_pooling_config
+from m3e.length_sorting import length_sorted_batches
+from m3e.model_card import ModelCard, m3e_usage, model_summary
+from m3e.pooling import NEEDS_HIDDEN_STATES, ST_POOLING_MODES, pool
+from m3e.st_format import STModules, write_json, write_st_modules
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["LONG_TEXT_MODES", "Dense", "EmbeddingModel", "cosine"]
 
 logger = logging.getLogger(__name__)
 
 LONG_TEXT_MODES = ("truncate", "windows")
-
-# sentence-transformers' activation names for Dense modules.
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "torch.nn.modules.linear.Identity": nn.Identity,
-    "torch.nn.modules.activation.Tanh": nn.Tanh,
-    "torch.nn.modules.activation.ReLU": nn.ReLU,
-    "torch.nn.modules.activation.GELU": nn.GELU,
-    "torch.nn.modules.activation.Sigmoid": nn.Sigmoid,
-}
-
-
-class Dense(nn.Module):
-    """sentence-transformers' Dense module: activation(linear(x))."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str | None = None):
-        super().__init__()
-        activation = activation or "torch.nn.modules.linear.Identity"
-        if activation not in _ACTIVATIONS:
-            raise M3EError(f"Dense activation {activation!r} is not supported")
-        self.linear = nn.Linear(in_features, out_features, bias=bias)
-        self.activation_name = activation
-        self.activation = _ACTIVATIONS[activation]()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.activation(self.linear(x))
-
-    def st_config(self) -> dict[str, Any]:
-        return {
-            "in_features": self.linear.in_features,
-            "out_features": self.linear.out_features,
-            "bias": self.linear.bias is not None,
-            "activation_function": self.activation_name,
-        }
-
 
 @dataclass
 class _Tokenized:
@@ -80,8 +55,8 @@ class _Tokenized:
 class EmbeddingModel(nn.Module):
     def __init__(
         self,
-        transformer: nn.Module,
-        tokenizer: Any,
+        transformer: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         pooling: str = "mean",
         max_length: int = 512,
@@ -95,8 +70,8 @@ class EmbeddingModel(nn.Module):
         long_text: str = "truncate",
     ):
         super().__init__()
-        self.transformer = transformer
-        self.tokenizer = tokenizer
+        self.transformer: PreTrainedModel = transformer
+        self.tokenizer: PreTrainedTokenizerBase = tokenizer
         self.pooling = pooling
         self.max_length = int(max_length)
         self.dense = nn.ModuleList(dense)
@@ -110,8 +85,9 @@ class EmbeddingModel(nn.Module):
             raise M3EError(f"long_text must be one of {LONG_TEXT_MODES}, not {long_text!r}")
         self.long_text = long_text
         self.backend = "torch"
+        self.source_dir: Path | None = None  # the directory it was loaded from (backends keep artefacts there)
         # An optimised runner (e.g. ONNX Runtime int8) replaces the transformer forward when set.
-        self._runner: Any = None
+        self._runner: Runner | None = None
         self._specials: tuple[list[int], list[int]] | None = None
         self.eval()
 
@@ -119,8 +95,13 @@ class EmbeddingModel(nn.Module):
     @property
     def dim(self) -> int:
         if len(self.dense):
-            return self.dense[-1].linear.out_features
+            return int(self.dense_layers[-1].linear.out_features)
         return int(self.transformer.config.hidden_size)
+
+    @property
+    def dense_layers(self) -> list[Dense]:
+        """The Dense modules after pooling, in order."""
+        return [cast(Dense, layer) for layer in self.dense]
 
     @property
     def device(self) -> torch.device:
@@ -172,6 +153,14 @@ class EmbeddingModel(nn.Module):
             from m3e.backends.threads import limit_torch_threads
 
             limit_torch_threads()
+        self.backend = backend
+        return self
+
+    def use_runner(self, backend: str, runner: Runner) -> EmbeddingModel:
+        """Run the transformer with ``runner`` (e.g. one over an artefact just exported) as backend ``backend``."""
+        if backend not in BACKENDS:
+            raise M3EError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self._runner = runner
         self.backend = backend
         return self
 
@@ -300,7 +289,7 @@ class EmbeddingModel(nn.Module):
 
     def _pool(self, tokens: Tensor, mask: Tensor, hidden: tuple[Tensor, ...] | None, prompt_length: int) -> Tensor:
         x = pool(self.pooling, tokens, mask, hidden, prompt_length)
-        for layer in self.dense:
+        for layer in self.dense_layers:
             x = layer(x)
         return x
 
@@ -318,9 +307,38 @@ class EmbeddingModel(nn.Module):
         return x.float().cpu().numpy()
 
     # ------------------------------------------------------------------ encode
+    @overload
     def encode(
         self,
-        texts: str | Sequence[str] | Any,
+        texts: str | Sequence[str],
+        batch_size: int | None = ...,
+        normalize: bool = ...,
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
+        show_progress: bool | None = ...,
+        convert_to_tensor: Literal[False] = ...,
+        long_text: str | None = ...,
+        max_batch_tokens: int | None = ...,
+    ) -> NDArray[np.float32]: ...
+
+    @overload
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int | None = ...,
+        normalize: bool = ...,
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
+        show_progress: bool | None = ...,
+        *,
+        convert_to_tensor: Literal[True],
+        long_text: str | None = ...,
+        max_batch_tokens: int | None = ...,
+    ) -> Tensor: ...
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
         batch_size: int | None = None,
         normalize: bool = True,
         prompt: str | None = None,
@@ -329,22 +347,15 @@ class EmbeddingModel(nn.Module):
         convert_to_tensor: bool = False,
         long_text: str | None = None,
         max_batch_tokens: int | None = None,
-        **kwargs: Any,
-    ) -> np.ndarray | Tensor:
+    ) -> NDArray[np.float32] | Tensor:
         """Embed texts; returns float32 [n, dim] in input order ([dim] for a single string).
 
         ``normalize`` makes unit vectors (a model with a Normalize module always does).
         ``long_text="windows"`` embeds texts longer than ``max_length`` as the token-weighted
         mean of windows instead of truncating them.
         """
-        if not isinstance(texts, (str, list, tuple)) and _is_mteb_call(texts, kwargs):
-            from m3e.evaluation.mteb_adapter import encode_for_mteb
-
-            return encode_for_mteb(self, texts, **kwargs)
-        if kwargs:
-            raise TypeError(f"encode() got unexpected arguments: {', '.join(kwargs)}")
         single = isinstance(texts, str)
-        items = [texts] if single else list(texts)
+        items: list[str] = [texts] if isinstance(texts, str) else list(texts)
         for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise M3EError(f"texts[{i}] is {type(t).__name__}, expected str")
@@ -357,8 +368,10 @@ class EmbeddingModel(nn.Module):
             long_text=long_text or self.long_text,
             max_batch_tokens=max_batch_tokens,
         )
-        out: np.ndarray | Tensor = torch.from_numpy(vectors) if convert_to_tensor else vectors
-        return out[0] if single else out
+        if convert_to_tensor:
+            tensor = torch.from_numpy(vectors)
+            return tensor[0] if single else tensor
+        return vectors[0] if single else vectors
 
     def _encode_list(
         self,
@@ -409,9 +422,9 @@ class EmbeddingModel(nn.Module):
 
     def _runner_streams(self) -> int:
         """Batches the runner computes at once (OpenVINO streams), 1 for a plain forward."""
-        if self._runner is None or self.pooling in NEEDS_HIDDEN_STATES:
+        if not isinstance(self._runner, StreamingRunner) or self.pooling in NEEDS_HIDDEN_STATES:
             return 1
-        return int(getattr(self._runner, "streams", 1))
+        return self._runner.streams
 
     def _encode_on_streams(
         self,
@@ -424,22 +437,26 @@ class EmbeddingModel(nn.Module):
     ) -> None:
         # A few rounds of batches at a time: enough to keep the streams busy, while the hidden
         # states held at once stay a small multiple of one batch's.
+        runner = self._runner
+        assert isinstance(runner, StreamingRunner)  # _runner_streams() > 1 said so
         group = streams * 4
         for start in range(0, len(batches), group):
             chunk = batches[start : start + group]
             features = [self._pad([ids[i] for i in batch]) for batch in chunk]
-            for batch, feats, tokens in zip(chunk, features, self._runner.run_many(features), strict=True):
+            for batch, feats, tokens in zip(chunk, features, runner.run_many(features), strict=True):
                 with torch.inference_mode():
                     pooled[batch] = self._pool(tokens, feats["attention_mask"], None, prompt_length).float().numpy()
                 progress.update(len(batch))
 
-    def encode_queries(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray | Tensor:
-        """Encode search queries with the model's query prompt (e.g. BGE's instruction)."""
+    def encode_queries(self, texts: str | Sequence[str], **kwargs: Any) -> Any:
+        """Encode search queries with the model's query prompt (e.g. BGE's instruction); the keywords of
+        :meth:`encode`, the same return."""
         kwargs.setdefault("prompt", self.query_prompt)
         return self.encode(texts, **kwargs)
 
-    def encode_documents(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray | Tensor:
-        """Encode documents / passages with the model's document prompt (often none)."""
+    def encode_documents(self, texts: str | Sequence[str], **kwargs: Any) -> Any:
+        """Encode documents / passages with the model's document prompt (often none); the keywords of
+        :meth:`encode`, the same return."""
         kwargs.setdefault("prompt", self.document_prompt)
         return self.encode(texts, **kwargs)
 
@@ -447,21 +464,21 @@ class EmbeddingModel(nn.Module):
     encode_query = encode_queries
     encode_document = encode_documents
 
-    def similarity(self, a: Any, b: Any) -> np.ndarray:
+    def similarity(self, a: Any, b: Any) -> NDArray[np.float32]:
         """Cosine similarity matrix; ``a`` and ``b`` are vectors or lists of texts."""
         va = self._as_vectors(a)
         vb = self._as_vectors(b)
         va = va / np.maximum(np.linalg.norm(va, axis=1, keepdims=True), 1e-12)
         vb = vb / np.maximum(np.linalg.norm(vb, axis=1, keepdims=True), 1e-12)
-        return (va @ vb.T).astype(np.float32)
+        return np.asarray(va @ vb.T, dtype=np.float32)
 
-    def similarity_pairwise(self, a: Any, b: Any) -> np.ndarray:
+    def similarity_pairwise(self, a: Any, b: Any) -> NDArray[np.float32]:
         """Cosine similarity of a[i] with b[i]."""
         va = self._as_vectors(a)
         vb = self._as_vectors(b)
         num = (va * vb).sum(axis=1)
         den = np.maximum(np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1), 1e-12)
-        return (num / den).astype(np.float32)
+        return np.asarray(num / den, dtype=np.float32)
 
     def _as_vectors(self, x: Any) -> np.ndarray:
         if isinstance(x, str) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], str)):
@@ -470,13 +487,6 @@ class EmbeddingModel(nn.Module):
             x = x.detach().float().cpu().numpy()
         arr = np.asarray(x, dtype=np.float32)
         return arr[None, :] if arr.ndim == 1 else arr
-
-    # ------------------------------------------------------------------ mteb
-    @property
-    def mteb_model_meta(self) -> Any:
-        from m3e.evaluation.mteb_adapter import model_meta
-
-        return model_meta(self)
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike[str], model_card: str | None = None, *, dtype: str | None = None) -> Path:
@@ -495,21 +505,30 @@ class EmbeddingModel(nn.Module):
         target = Path(path).expanduser().resolve()
         if target.exists() and not target.is_dir():
             raise M3EError(f"{target} exists and is not a directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_dir_beside(target, prefix=f".{target.name}.")
-        try:
+        with building_dir(target) as tmp:
             self._write_st_dir(tmp, model_card, dtype)
-            give_plain_modes(tmp)
-            replace_dir(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
     def _write_st_dir(self, out: Path, model_card: str | None, dtype: str | None = None) -> None:
-        from transformers.utils import logging as hf_logging
+        self._write_hf_files(out, dtype)
+        spec = STModules(
+            max_seq_length=self.max_length,
+            do_lower_case=self.do_lower_case,
+            pooling=self.pooling,
+            include_prompt=self.include_prompt,
+            normalize=self.normalize_module,
+            prompts=self.prompts,
+            default_prompt_name=self.default_prompt_name,
+        )
+        write_st_modules(out, spec, hidden_size=int(self.transformer.config.hidden_size), dense=self.dense_layers)
+        if model_card is not None:
+            (out / "README.md").write_text(model_card, encoding="utf-8")
+        elif not (out / "README.md").exists():
+            (out / "README.md").write_text(self.default_card(), encoding="utf-8")
 
-        from m3e import __version__
+    def _write_hf_files(self, out: Path, dtype: str | None) -> None:
+        """The transformer's config and weights and the tokenizer, as transformers writes them."""
+        from transformers.utils import logging as hf_logging
 
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
@@ -525,60 +544,20 @@ class EmbeddingModel(nn.Module):
         if half is not None:  # the compute dtype stays float32 (transformers' dtype="auto" reads this key)
             config = json.loads((out / "config.json").read_text(encoding="utf-8"))
             config["dtype"] = "float32"
-            _write_json(out / "config.json", config)
+            write_json(out / "config.json", config)
         self.tokenizer.save_pretrained(out)
-        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
-        _write_json(out / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": self.do_lower_case})
-        hidden = int(self.transformer.config.hidden_size)
-        (out / "1_Pooling").mkdir()
-        _write_json(out / "1_Pooling" / "config.json", st_pooling_config(self.pooling, hidden, self.include_prompt))
-        modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
-        for layer in self.dense:
-            idx = len(modules)
-            sub = out / f"{idx}_Dense"
-            sub.mkdir()
-            _write_json(sub / "config.json", layer.st_config())
-            from safetensors.torch import save_file
 
-            save_file({k: v.detach().cpu().contiguous() for k, v in layer.state_dict().items() if "activation" not in k}, str(sub / "model.safetensors"))
-            modules.append({"idx": idx, "name": str(idx), "path": sub.name, "type": "sentence_transformers.models.Dense"})
-        if self.normalize_module:
-            idx = len(modules)
-            (out / f"{idx}_Normalize").mkdir()
-            modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize", "type": "sentence_transformers.models.Normalize"})
-        _write_json(out / "modules.json", modules)
-        _write_json(
-            out / "config_sentence_transformers.json",
-            {
-                "__version__": {"sentence_transformers": "3.0.0", "pytorch": torch.__version__.split("+")[0], "m3e": __version__},
-                "prompts": self.prompts,
-                "default_prompt_name": self.default_prompt_name,
-                "similarity_fn_name": "cosine",
-            },
+    def default_card(self) -> str:
+        """The card of a model saved without one."""
+        summary = model_summary(
+            self.transformer.config.model_type, self.dim, self.max_length, self.pooling, self.prompts
         )
-        if model_card is not None:
-            (out / "README.md").write_text(model_card, encoding="utf-8")
-        elif not (out / "README.md").exists():
-            (out / "README.md").write_text(_default_card(self), encoding="utf-8")
-
-
-def _default_card(model: EmbeddingModel) -> str:
-    return (
-        f"# {model.name}\n\nA sentence-transformers model saved by m3e.\n\n"
-        f"- architecture: {model.transformer.config.model_type}\n- dimension: {model.dim}\n"
-        f"- max length: {model.max_length} tokens\n- pooling: {model.pooling}\n"
-        f"- prompts: {json.dumps(model.prompts, ensure_ascii=False)}\n\n"
-        "```python\nimport m3e\nmodel = m3e.load('PATH')\nvectors = model.encode(['你好', 'hello'])\n```\n"
-        "It loads unchanged with `sentence_transformers.SentenceTransformer('PATH')`.\n"
-    )
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-def _is_mteb_call(texts: Any, kwargs: dict[str, Any]) -> bool:
-    return "task_metadata" in kwargs or texts.__class__.__name__ == "DataLoader"
+        usage = [
+            *m3e_usage(),
+            "It loads unchanged with `sentence_transformers.SentenceTransformer('PATH')`.",
+        ]
+        card = ModelCard(self.name, "A sentence-transformers model saved by m3e.")
+        return card.section("Model", summary).section("Use", usage).render()
 
 
 class _NoProgress:

@@ -8,6 +8,8 @@ sentence-transformers equivalent.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -52,7 +54,7 @@ def canonical_pooling(name: str) -> str:
     return POOLING_ALIASES[key]
 
 
-def pooling_from_st_config(config: dict) -> tuple[str, bool]:
+def pooling_from_st_config(config: dict[str, Any]) -> tuple[str, bool]:
     """Read a sentence-transformers Pooling config (old flag style or new ``pooling_mode``)."""
     include_prompt = bool(config.get("include_prompt", True))
     mode = config.get("pooling_mode")
@@ -72,9 +74,9 @@ def pooling_from_st_config(config: dict) -> tuple[str, bool]:
     return enabled[0], include_prompt
 
 
-def st_pooling_config(mode: str, dim: int, include_prompt: bool = True) -> dict:
+def st_pooling_config(mode: str, dim: int, include_prompt: bool = True) -> dict[str, Any]:
     """The 1_Pooling/config.json that every sentence-transformers version reads."""
-    config: dict = {"word_embedding_dimension": dim}
+    config: dict[str, Any] = {"word_embedding_dimension": dim}
     for m, flag in ST_CONFIG_FLAGS.items():
         config[flag] = m == mode
     config["include_prompt"] = include_prompt

@@ -12,21 +12,25 @@ AVX512_BF16 and in fp32 elsewhere (artefact ``MODEL/m3e-openvino/`` or the cache
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from m3e.backends.threads import inference_threads, physical_cores
 
 if TYPE_CHECKING:
-    from m3e.model import EmbeddingModel
+    from m3e.backends.base import ModelParts, Runner
 
 __all__ = [
     "ARTEFACT_BACKENDS",
     "BACKENDS",
     "bf16_native",
+    "export_artefact",
     "inference_threads",
     "make_int8_runner",
     "make_openvino_runner",
     "physical_cores",
+    "runner_for_artefact",
 ]
 
 # Every backend m3e.load / encode / eval / serve accept, and those built once into an artefact (m3e export).
@@ -34,18 +38,49 @@ BACKENDS = ("torch", "bf16", "int8", "openvino")
 ARTEFACT_BACKENDS = ("int8", "openvino")
 
 
-def make_int8_runner(model: EmbeddingModel) -> Any:
+def make_int8_runner(model: ModelParts) -> Runner:
     """A callable ``runner(features) -> last_hidden_state`` (float32 [batch, seq, hidden])."""
     from m3e.backends.onnx_int8 import load_int8_runner
 
     return load_int8_runner(model)
 
 
-def make_openvino_runner(model: EmbeddingModel) -> Any:
+def make_openvino_runner(model: ModelParts) -> Runner:
     """Like ``make_int8_runner``, on OpenVINO."""
     from m3e.backends.openvino import load_openvino_runner
 
     return load_openvino_runner(model)
+
+
+def export_artefact(
+    model: ModelParts, out: str | os.PathLike[str] | None = None, *, force: bool = False, kind: str = "int8"
+) -> Path:
+    """``m3e export --backend KIND``: build the ``kind`` artefact next to the model (or at ``out``) unless an
+    up-to-date one is there."""
+    from m3e.backends import artefacts
+
+    if kind == "int8":
+        from m3e.backends.onnx_int8 import require_onnxruntime, write_int8_graph
+
+        require_onnxruntime()
+        return artefacts.export_artefact(model, out, force=force, kind=kind, write_graph=write_int8_graph)
+    from m3e.backends.openvino import require_openvino
+
+    require_openvino()
+    return artefacts.export_artefact(model, out, force=force, kind=kind, write_graph=artefacts.write_plain_graph)
+
+
+def runner_for_artefact(kind: str, directory: Path) -> Runner:
+    """A runner over the artefact in ``directory`` as it is (no fingerprint check: the caller built it)."""
+    from m3e.backends.artefacts import ONNX_NAME
+
+    if kind == "openvino":
+        from m3e.backends.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(directory / ONNX_NAME)
+    from m3e.backends.onnx_int8 import OnnxRunner
+
+    return OnnxRunner(directory / ONNX_NAME)
 
 
 def bf16_native() -> bool:

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +37,12 @@ from m3e.paths import cache_root
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from m3e.model import EmbeddingModel
+    from m3e.backends.base import ModelParts
 
 logger = logging.getLogger(__name__)
+
+# Writes an artefact's model.onnx at ``out`` (scratch files in ``work``); returns what meta.json records of it.
+GraphWriter = Callable[["ModelParts", Path, Path], dict[str, Any]]
 
 FORMAT = 1
 ONNX_NAME = "model.onnx"
@@ -71,7 +74,7 @@ KINDS: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 
 # ---------------------------------------------------------------------------- fingerprint
-def fingerprint(model: EmbeddingModel, kind: str = "int8") -> str:
+def fingerprint(model: ModelParts, kind: str = "int8") -> str:
     """A digest of the transformer's config and weights (as in memory, not as on disk).
 
     Tensors of up to 64k values are hashed whole, larger ones at 64k evenly spaced positions:
@@ -109,7 +112,7 @@ def cache_dir_for(fp: str, kind: str = "int8") -> Path:
     return cache_root() / KINDS[kind][1] / fp
 
 
-def read_meta(directory: Path) -> dict[str, Any] | None:
+def read_artefact_meta(directory: Path) -> dict[str, Any] | None:
     """The artefact's meta.json, or None when the directory holds no complete artefact."""
     try:
         meta = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
@@ -120,7 +123,7 @@ def read_meta(directory: Path) -> dict[str, Any] | None:
     return meta
 
 
-def find_artefact(model: EmbeddingModel, fp: str | None = None, kind: str = "int8") -> Path | None:
+def find_artefact(model: ModelParts, fp: str | None = None, kind: str = "int8") -> Path | None:
     """The first artefact whose fingerprint matches the model's weights."""
     fp = fp or fingerprint(model, kind)
     candidates = []
@@ -129,7 +132,7 @@ def find_artefact(model: EmbeddingModel, fp: str | None = None, kind: str = "int
         candidates.append(artefact_dir_for(source, kind))
     candidates.append(cache_dir_for(fp, kind))
     for directory in candidates:
-        meta = read_meta(directory)
+        meta = read_artefact_meta(directory)
         if meta is None:
             continue
         if meta.get("fingerprint") == fp:
@@ -149,12 +152,14 @@ def _last_hidden_module(transformer: Any) -> Any:
             self.inner = inner
 
         def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+            hidden: Tensor = out.last_hidden_state
+            return hidden
 
     return LastHidden(transformer).eval()
 
 
-def export_fp32_onnx(model: EmbeddingModel, path: Path) -> None:
+def export_fp32_onnx(model: ModelParts, path: Path) -> None:
     """Export the fp32 transformer to ONNX with dynamic batch and sequence axes."""
     import torch
 
@@ -203,29 +208,28 @@ def _eager_attention(transformer: Any) -> Iterator[None]:
             transformer.set_attn_implementation(previous)
 
 
-def build_artefact(model: EmbeddingModel, target: Path, fp: str | None = None, kind: str = "int8") -> Path:
-    """Write the ``kind`` artefact for ``model`` at ``target`` atomically; returns ``target``."""
-    if kind == "int8":
-        from m3e.backends.onnx_int8 import require_onnxruntime
+def write_plain_graph(model: ModelParts, work: Path, out: Path) -> dict[str, Any]:
+    """The openvino artefact's graph: the plain export (OpenVINO optimises it when it compiles it)."""
+    export_fp32_onnx(model, out)
+    return {"engine": "openvino", "graph": "plain"}
 
-        require_onnxruntime()
+
+def build_artefact(
+    model: ModelParts, target: Path, fp: str | None, kind: str, write_graph: GraphWriter
+) -> Path:
+    """Write the ``kind`` artefact for ``model`` at ``target`` atomically (``write_graph`` makes its model.onnx);
+    returns ``target``."""
     fp = fp or fingerprint(model, kind)
     target = Path(target)
     with building_dir(target, durable=True, swap=_swap_in) as tmp:
         started = time.perf_counter()
-        if kind == "openvino":  # the plain export: OpenVINO optimises it when it compiles it
-            export_fp32_onnx(model, tmp / ONNX_NAME)
-            fields: dict[str, Any] = {"engine": "openvino", "graph": "plain"}
-        else:
-            from m3e.backends.onnx_int8 import write_int8_graph
-
-            fields = write_int8_graph(model, tmp, tmp / ONNX_NAME)
+        fields = write_graph(model, tmp, tmp / ONNX_NAME)
         meta = _meta(model, fp, kind, fields, started)
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return target
 
 
-def _meta(model: EmbeddingModel, fp: str, kind: str, fields: dict[str, Any], started: float) -> dict[str, Any]:
+def _meta(model: ModelParts, fp: str, kind: str, fields: dict[str, Any], started: float) -> dict[str, Any]:
     import importlib.metadata
 
     from m3e.version import __version__
@@ -256,7 +260,7 @@ def _swap_in(new: Path, target: Path) -> None:
             return
         except OSError:
             # Another process finished the same artefact first: keep theirs when it is whole.
-            if read_meta(target) is not None:
+            if read_artefact_meta(target) is not None:
                 shutil.rmtree(new, ignore_errors=True)
                 return
             raise
@@ -267,7 +271,12 @@ def _swap_in(new: Path, target: Path) -> None:
 
 
 def export_artefact(
-    model: EmbeddingModel, out: str | os.PathLike[str] | None = None, *, force: bool = False, kind: str = "int8"
+    model: ModelParts,
+    out: str | os.PathLike[str] | None,
+    *,
+    force: bool = False,
+    kind: str,
+    write_graph: GraphWriter,
 ) -> Path:
     """``m3e export --backend KIND``: build the artefact next to the model (or at ``out``)."""
     if out is None:
@@ -277,16 +286,16 @@ def export_artefact(
         out = artefact_dir_for(source, kind)
     target = Path(out).expanduser().resolve()
     fp = fingerprint(model, kind)
-    meta = read_meta(target)
+    meta = read_artefact_meta(target)
     if meta is not None and meta.get("fingerprint") == fp and not force:
         logger.info("%s is up to date", target)
         return target
     if not os.access(target.parent if not target.exists() else target, os.W_OK):
         raise M3EError(f"cannot write {target}: the directory is read-only (give --out DIR)")
-    return build_artefact(model, target, fp, kind)
+    return build_artefact(model, target, fp, kind, write_graph)
 
 
-def artefact_for(model: EmbeddingModel, kind: str) -> Path:
+def artefact_for(model: ModelParts, kind: str, write_graph: GraphWriter) -> Path:
     """The directory of the model's ``kind`` artefact: the one next to the model or in the cache when its
     fingerprint matches, else one built into the cache now (once)."""
     if model.device.type != "cpu":
@@ -304,5 +313,5 @@ def artefact_for(model: EmbeddingModel, kind: str) -> Path:
             kind,
         )
         with contextlib.suppress(FileExistsError):
-            build_artefact(model, directory, fp, kind)
+            build_artefact(model, directory, fp, kind, write_graph)
     return directory

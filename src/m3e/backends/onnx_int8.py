@@ -23,12 +23,12 @@ from m3e.backends.artefacts import (
     export_fp32_onnx,
 )
 from m3e.backends.threads import inference_threads
-from m3e.errors import M3EError
+from m3e.extras import require
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from m3e.model import EmbeddingModel
+    from m3e.backends.base import ModelParts
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ _FUSED_ATTENTION = re.compile(r"^Attention_(\d+)$")
 _FUSABLE = {"bert", "roberta", "xlm-roberta", "camembert", "ernie", "nezha", "distilbert"}
 
 
-def write_int8_graph(model: EmbeddingModel, work: Path, out: Path) -> dict[str, Any]:
+def write_int8_graph(model: ModelParts, work: Path, out: Path) -> dict[str, Any]:
     """Export, fuse and quantise the model's transformer into ``out`` (scratch files in ``work``);
     returns the fields ``meta.json`` records about it."""
     export_fp32_onnx(model, work / "fp32.onnx")
@@ -172,14 +172,11 @@ class OnnxRunner:
         return f"OnnxRunner({self.path}, threads={self.threads})"
 
 
-def load_int8_runner(model: EmbeddingModel) -> OnnxRunner:
+def load_int8_runner(model: ModelParts) -> OnnxRunner:
     require_onnxruntime()
-    return OnnxRunner(artefact_for(model, "int8") / ONNX_NAME)
+    return OnnxRunner(artefact_for(model, "int8", write_int8_graph) / ONNX_NAME)
 
 
 def require_onnxruntime() -> None:
-    try:
-        import onnxruntime  # noqa: F401
-        from onnxruntime.quantization import quantize_dynamic  # noqa: F401
-    except ImportError as exc:
-        raise M3EError("the int8 backend needs onnxruntime and onnx: pip install 'm3e[onnx]'") from exc
+    require("onnxruntime.quantization", purpose="the int8 backend", extra="onnx", package="onnxruntime")
+    require("onnx", purpose="the int8 backend", extra="onnx")

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from m3e.backends import artefacts
 from m3e.backends.threads import inference_threads
-from m3e.errors import M3EError
+from m3e.extras import require
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from m3e.model import EmbeddingModel
+    from m3e.backends.base import ModelParts
 
 KIND = "openvino"
 
@@ -123,13 +123,11 @@ def _feeds(features: dict[str, Tensor]) -> dict[str, Any]:
     return {name: features[name].detach().to("cpu", torch.long).numpy() for name in artefacts.INPUTS}
 
 
-def load_openvino_runner(model: EmbeddingModel, precision: str | None = None) -> OpenVinoRunner:
+def load_openvino_runner(model: ModelParts, precision: str | None = None) -> OpenVinoRunner:
     require_openvino()
-    return OpenVinoRunner(artefacts.artefact_for(model, KIND) / artefacts.ONNX_NAME, precision=precision)
+    directory = artefacts.artefact_for(model, KIND, artefacts.write_plain_graph)
+    return OpenVinoRunner(directory / artefacts.ONNX_NAME, precision=precision)
 
 
 def require_openvino() -> None:
-    try:
-        import openvino  # noqa: F401
-    except ImportError as exc:
-        raise M3EError("the openvino backend needs OpenVINO: pip install 'm3e[openvino]'") from exc
+    require("openvino", purpose="the openvino backend", extra="openvino")

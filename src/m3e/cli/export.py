@@ -36,14 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import m3e
-    from m3e.backends.artefacts import ONNX_NAME, export_artefact
+    from m3e.backends import export_artefact, runner_for_artefact
+    from m3e.backends.artefacts import ONNX_NAME
+    from m3e.loading import load_model
 
-    if args.backend == "openvino":
-        from m3e.backends.openvino import require_openvino
-
-        require_openvino()
-    model = m3e.load(args.model)
+    model = load_model(args.model)
     started = time.perf_counter()
     target = export_artefact(model, args.out, force=args.force, kind=args.backend)
     size = (target / ONNX_NAME).stat().st_size / 2**20
@@ -52,15 +49,7 @@ def run(args: argparse.Namespace) -> int:
         import numpy as np
 
         reference = model.encode(_CHECK_TEXTS)
-        if args.backend == "openvino":
-            from m3e.backends.openvino import OpenVinoRunner
-
-            model._runner = OpenVinoRunner(target / ONNX_NAME)
-        else:
-            from m3e.backends.onnx_int8 import OnnxRunner
-
-            model._runner = OnnxRunner(target / ONNX_NAME)
-        model.backend = args.backend
+        model.use_runner(args.backend, runner_for_artefact(args.backend, target))
         optimised = model.encode(_CHECK_TEXTS)
         cos = (reference * optimised).sum(axis=1)
         print(f"cosine {args.backend} vs fp32 on {len(cos)} texts: mean {np.mean(cos):.4f}, min {np.min(cos):.4f}", file=sys.stderr)
