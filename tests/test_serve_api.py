@@ -402,3 +402,9 @@ def test_health_is_503_until_warm_up_is_done(models: dict[str, Any]) -> None:
 def test_error_body_is_plain_json(server: ServerThread) -> None:
     raw = httpx.post(server.url + "/v1/embeddings", json={"input": ""}).content
     assert json.loads(raw)["error"]["type"] == "invalid_request_error"
+
+
+def test_openapi_schema_lists_the_routes(server: ServerThread) -> None:
+    resp = httpx.get(server.url + "/openapi.json")
+    assert resp.status_code == 200
+    assert set(resp.json()["paths"]) == {"/v1/embeddings", "/v1/models", "/v1/models/{model}", "/health", "/metrics"}

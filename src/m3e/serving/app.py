@@ -4,6 +4,10 @@ Routes: ``POST /v1/embeddings`` and ``/embeddings``, ``GET /v1/models`` (``/mode
 ``/v1/models/{id}``), ``GET /health`` (503 until warm-up is done), ``GET /metrics``
 (Prometheus). Every error, unknown routes included, has OpenAI's body
 ``{"error": {"message", "type", "param", "code"}}``.
+
+:func:`create_app` builds the app in named steps: an :class:`EmbeddingService` holds what the
+handlers share (served models, batcher, metrics, settings) and answers each endpoint; the
+``_add_*`` functions put CORS, the error handlers and each route group on the app.
 """
 
 from __future__ import annotations
@@ -12,12 +16,18 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from concurrent.futures import Future
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 
 from m3e.errors import M3EError
@@ -27,20 +37,27 @@ from m3e.serving.metrics import Metrics
 from m3e.serving.schemas import (
     EmbeddingRequest,
     finish_vectors,
-    model_card,
     parse_embedding_request,
     parse_json,
     render_embeddings,
+    render_model,
     render_models,
 )
+from m3e.version import __version__
+
+if TYPE_CHECKING:
+    from m3e.model import EmbeddingModel
 
 logger = logging.getLogger(__name__)
 
-ON_LONG_INPUT = ("truncate", "reject")
+OnLongInput = Literal["truncate", "reject"]
+ON_LONG_INPUT: tuple[OnLongInput, ...] = get_args(OnLongInput)
 TRUNCATED_HEADER = "X-M3E-Truncated"
 # Requests with fewer characters are tokenized on the event loop; bigger ones in a thread
 # so that one 2048-text request does not stall every other connection.
 _INLINE_TOKENIZE_CHARS = 4096
+# How long shutdown waits for the inference thread to finish what is queued.
+_DRAIN_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -51,7 +68,7 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     max_queue: int = 4096
     max_request_bytes: int = 16 * 1024 * 1024
-    on_long_input: str = "truncate"
+    on_long_input: OnLongInput = "truncate"
     cors_origins: list[str] = field(default_factory=list)
     torch_threads: int | None = None
     warmup: bool = True
@@ -60,20 +77,19 @@ class ServeConfig:
 class ServedModel:
     """A model under a public name, with what requests need precomputed."""
 
-    def __init__(self, name: str, model: Any):
+    def __init__(self, name: str, model: EmbeddingModel):
         self.name = name
         self.model = model
         self.dim = int(model.dim)
         self.max_length = int(model.max_length)
-        tok = model.tokenizer
         self.wrap = model.add_special_tokens
         self.n_special = len(self.wrap([]))
-        self.vocab_size = int(getattr(model.transformer.config, "vocab_size", 0) or len(tok))
+        self.vocab_size = int(getattr(model.transformer.config, "vocab_size", 0) or len(model.tokenizer))
         # encode() applies the model's default prompt (if any); the server does the same for texts.
         self.prompt = model.resolve_prompt()
         self.prompt_length = model.prompt_length(self.prompt) if self.prompt else 0
 
-    def tokenize_texts(self, texts: list[str], on_long: str) -> tuple[list[list[int]], int]:
+    def tokenize_texts(self, texts: list[str], on_long: OnLongInput) -> tuple[list[list[int]], int]:
         """Token ids as ``encode`` makes them, and how many texts were truncated."""
         ids = self.model.tokenize(texts, prompt=self.prompt or None)
         maybe = [i for i, x in enumerate(ids) if len(x) >= self.max_length]
@@ -86,22 +102,13 @@ class ServedModel:
             raise _too_long(i, n, self.max_length, len(long))
         return ids, len(long)
 
-    def prepare_token_ids(self, batch: list[list[int]], on_long: str) -> tuple[list[list[int]], int]:
+    def prepare_token_ids(self, batch: list[list[int]], on_long: OnLongInput) -> tuple[list[list[int]], int]:
         """Token-id inputs: range-checked, truncated, wrapped in special tokens as the tokenizer would."""
         room = max(self.max_length - self.n_special, 1)
         out: list[list[int]] = []
         truncated = 0
         for i, ids in enumerate(batch):
-            lo, hi = min(ids), max(ids)
-            if lo < 0 or hi >= self.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise bad_request(
-                    f"input[{i}] holds token id {bad}, outside this model's vocabulary (0..{self.vocab_size - 1}). "
-                    "Token ids are read in the served model's own vocabulary; a client that tokenizes with "
-                    "tiktoken (e.g. LangChain's OpenAIEmbeddings) should send text instead "
-                    "(check_embedding_ctx_length=False).",
-                    code="invalid_value",
-                )
+            self._check_vocabulary(i, ids)
             if len(ids) > room:
                 if on_long == "reject":
                     raise _too_long(i, len(ids) + self.n_special, self.max_length, None)
@@ -109,6 +116,19 @@ class ServedModel:
                 truncated += 1
             out.append(self.wrap(ids))
         return out, truncated
+
+    def _check_vocabulary(self, index: int, ids: list[int]) -> None:
+        lo, hi = min(ids), max(ids)
+        if lo >= 0 and hi < self.vocab_size:
+            return
+        bad = lo if lo < 0 else hi
+        raise bad_request(
+            f"input[{index}] holds token id {bad}, outside this model's vocabulary (0..{self.vocab_size - 1}). "
+            "Token ids are read in the served model's own vocabulary; a client that tokenizes with "
+            "tiktoken (e.g. LangChain's OpenAIEmbeddings) should send text instead "
+            "(check_embedding_ctx_length=False).",
+            code="invalid_value",
+        )
 
 
 def _too_long(index: int, tokens: int, limit: int, count: int | None) -> ApiError:
@@ -120,114 +140,176 @@ def _too_long(index: int, tokens: int, limit: int, count: int | None) -> ApiErro
     )
 
 
-def create_app(models: dict[str, Any], config: ServeConfig | None = None) -> Any:
-    """An ASGI app serving ``models`` (public name -> EmbeddingModel); the first is the default."""
-    from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+@dataclass
+class TokenizedInputs:
+    """One request's inputs as the batcher takes them."""
 
+    ids: list[list[int]]
+    truncated: int  # inputs cut at the model's max length
+    prompt_length: int  # leading prompt tokens left out of pooling
+
+
+# ---------------------------------------------------------------------- the app, step by step
+
+
+def create_app(models: Mapping[str, EmbeddingModel], config: ServeConfig | None = None) -> FastAPI:
+    """An ASGI app serving ``models`` (public name -> EmbeddingModel); the first is the default."""
+    config = _checked_config(models, config)
+    service = EmbeddingService(models, config)
+    app = FastAPI(title="m3e embeddings", version=__version__, lifespan=_batcher_lifespan(service.batcher))
+    app.state.batcher = service.batcher
+    app.state.metrics = service.metrics
+    app.state.served = service.served
+    _add_cors(app, config.cors_origins)
+    _add_error_handlers(app, service)
+    _add_embedding_routes(app, service)
+    _add_model_routes(app, service)
+    _add_health_route(app, service)
+    _add_metrics_route(app, service)
+    return app
+
+
+def _checked_config(models: Mapping[str, EmbeddingModel], config: ServeConfig | None) -> ServeConfig:
     if not models:
         raise M3EError("no model to serve")
     config = config or ServeConfig()
     if config.on_long_input not in ON_LONG_INPUT:
         raise M3EError(f"on_long_input must be one of {ON_LONG_INPUT}, not {config.on_long_input!r}")
-    served = {name: ServedModel(name, m) for name, m in models.items()}
-    default_name = next(iter(served))
-    created = int(time.time())
-    metrics = Metrics()
-    batcher = Batcher(
-        {name: s.model for name, s in served.items()},
-        max_batch_tokens=config.max_batch_tokens,
-        max_batch_size=config.max_batch_size,
-        max_wait=config.max_wait_ms / 1000.0,
-        max_queue=config.max_queue,
-        metrics=metrics,
-        warmup=(lambda: warm_up(served.values())) if config.warmup else None,
-        torch_threads=config.torch_threads,
-    )
+    return config
 
-    in_flight = [0]  # requests inside the embeddings handler; the batcher waits for company only if > 1
-    batcher.load_hint = lambda: in_flight[0]
 
+def _batcher_lifespan(batcher: Batcher) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()  # warms up in the inference thread; /health says 503 until then
         yield
         # uvicorn has already let in-flight requests finish; drain anything left and stop.
-        await asyncio.to_thread(batcher.stop, 60.0)
+        await asyncio.to_thread(batcher.stop, _DRAIN_TIMEOUT_S)
 
-    app = FastAPI(title="m3e embeddings", version=_version(), lifespan=lifespan)
-    app.state.batcher = batcher
-    app.state.metrics = metrics
-    app.state.served = served
+    return lifespan
 
-    if config.cors_origins:
-        from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=config.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["*"],
-            expose_headers=[TRUNCATED_HEADER, "Retry-After"],
-        )
+def _add_cors(app: FastAPI, origins: list[str]) -> None:
+    """Browser calls from ``origins``, with the headers a client reads (truncation count, Retry-After)."""
+    if not origins:
+        return
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["*"],
+        expose_headers=[TRUNCATED_HEADER, "Retry-After"],
+    )
 
-    def error_response(exc: ApiError, endpoint: str) -> Response:
-        metrics.count_request(endpoint, exc.status, exc.code or exc.type)
-        return Response(exc.json_bytes(), status_code=exc.status, media_type="application/json", headers=exc.headers)
+
+def _add_error_handlers(app: FastAPI, service: EmbeddingService) -> None:
+    """Errors raised by the framework (unknown path, wrong method, invalid request) in OpenAI's body."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        status = exc.status_code
-        message = {404: f"Unknown path {request.url.path}.", 405: f"Method {request.method} is not allowed on {request.url.path}."}.get(
-            status, str(exc.detail)
-        )
-        code = {404: "not_found", 405: "method_not_allowed"}.get(status)
-        return error_response(ApiError(status, message, param=None, code=code, headers=dict(exc.headers or {})), "other")
+        return service.error_response(_http_api_error(request, exc), "other")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(bad_request(str(exc), param=None), "other")
+        return service.error_response(bad_request(str(exc), param=None), "other")
 
-    def check_key(request: Request) -> None:
-        if config.api_key is None:
-            return
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if not auth:
-            raise ApiError(
-                401,
-                "You didn't provide an API key. Send it in an Authorization header: 'Authorization: Bearer KEY'.",
-                code="invalid_api_key",
-            )
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
-            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
-    async def read_body(request: Request) -> bytes:
-        limit = config.max_request_bytes
-        too_large = ApiError(
-            413, f"The request body is larger than this server's limit of {limit} bytes.", param=None, code="request_too_large"
+def _http_api_error(request: Request, exc: StarletteHTTPException) -> ApiError:
+    status = exc.status_code
+    messages = {
+        404: f"Unknown path {request.url.path}.",
+        405: f"Method {request.method} is not allowed on {request.url.path}.",
+    }
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status)
+    return ApiError(
+        status, messages.get(status, str(exc.detail)), param=None, code=code, headers=dict(exc.headers or {})
+    )
+
+
+def _add_embedding_routes(app: FastAPI, service: EmbeddingService) -> None:
+    app.add_api_route("/v1/embeddings", service.embeddings, methods=["POST"], summary="Create embeddings")
+    app.add_api_route("/embeddings", service.embeddings, methods=["POST"], include_in_schema=False)
+
+
+def _add_model_routes(app: FastAPI, service: EmbeddingService) -> None:
+    app.add_api_route("/v1/models", service.list_models, methods=["GET"], summary="List models")
+    app.add_api_route("/models", service.list_models, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/v1/models/{model:path}", service.get_model, methods=["GET"], summary="Retrieve a model")
+    app.add_api_route("/models/{model:path}", service.get_model, methods=["GET"], include_in_schema=False)
+
+
+def _add_health_route(app: FastAPI, service: EmbeddingService) -> None:
+    app.add_api_route("/health", service.health, methods=["GET"], summary="Ready once warmed up")
+
+
+def _add_metrics_route(app: FastAPI, service: EmbeddingService) -> None:
+    app.add_api_route("/metrics", service.prometheus_metrics, methods=["GET"], summary="Prometheus metrics")
+
+
+# ---------------------------------------------------------------------- the handlers
+
+
+class EmbeddingService:
+    """What the routes share (served models, batcher, metrics, settings) and one handler per endpoint."""
+
+    def __init__(self, models: Mapping[str, EmbeddingModel], config: ServeConfig):
+        self.config = config
+        self.served = {name: ServedModel(name, m) for name, m in models.items()}
+        self.default_name = next(iter(self.served))
+        self.created = int(time.time())
+        self.metrics = Metrics()
+        self.in_flight = 0  # requests inside the embeddings handler; the batcher waits for company only if > 1
+        self.batcher = Batcher(
+            {name: s.model for name, s in self.served.items()},
+            max_batch_tokens=config.max_batch_tokens,
+            max_batch_size=config.max_batch_size,
+            max_wait=config.max_wait_ms / 1000.0,
+            max_queue=config.max_queue,
+            metrics=self.metrics,
+            warmup=self._warm_up if config.warmup else None,
+            torch_threads=config.torch_threads,
         )
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
+        self.batcher.load_hint = lambda: self.in_flight
 
-    def resolve_model(req: EmbeddingRequest) -> ServedModel:
-        name = req.model or default_name
-        model = served.get(name)
+    def _warm_up(self) -> None:
+        warm_up(self.served.values())
+
+    # ------------------------------------------------------------------ POST /v1/embeddings
+    async def embeddings(self, request: Request) -> Response:
+        start = time.perf_counter()
+        self.metrics.in_flight.inc()
+        self.in_flight += 1
+        try:
+            return await self._embed(request, start)
+        except ApiError as exc:
+            return self.error_response(exc, "embeddings")
+        except Exception as exc:
+            logger.exception("embedding request failed")
+            return self.error_response(_internal_error(exc), "embeddings")
+        finally:
+            self.metrics.in_flight.dec()
+            self.in_flight -= 1
+
+    async def _embed(self, request: Request, start: float) -> Response:
+        self.check_key(request)
+        req = parse_embedding_request(parse_json(await read_body(request, self.config.max_request_bytes)))
+        model = self.resolve_model(req)
+        inputs = await self._tokenize(model, req)
+        pooled: np.ndarray = await asyncio.wrap_future(self._submit(model.name, inputs))
+        vectors = finish_vectors(pooled, req.dimensions, model.dim)
+        tokens = sum(len(x) for x in inputs.ids)
+        body = render_embeddings(vectors, req.encoding_format, model.name, tokens)
+        self._count_embedded(model.name, inputs, tokens, time.perf_counter() - start)
+        return Response(body, media_type="application/json", headers={TRUNCATED_HEADER: str(inputs.truncated)})
+
+    def resolve_model(self, req: EmbeddingRequest) -> ServedModel:
+        """The model the request names (or the default), checked against its ``dimensions``."""
+        name = req.model or self.default_name
+        model = self.served.get(name)
         if model is None:
             raise ApiError(
                 404,
-                f"The model `{name}` does not exist. Served models: {', '.join(served)}.",
+                f"The model `{name}` does not exist. Served models: {', '.join(self.served)}.",
                 param="model",
                 code="model_not_found",
             )
@@ -239,104 +321,131 @@ def create_app(models: dict[str, Any], config: ServeConfig | None = None) -> Any
             )
         return model
 
-    async def embeddings(request: Request) -> Response:
-        start = time.perf_counter()
-        metrics.in_flight.inc()
-        in_flight[0] += 1
+    async def _tokenize(self, model: ServedModel, req: EmbeddingRequest) -> TokenizedInputs:
+        on_long = self.config.on_long_input
+        if req.texts is None:
+            ids, truncated = model.prepare_token_ids(req.token_ids or [], on_long)
+            return TokenizedInputs(ids, truncated, prompt_length=0)
+        texts = req.texts
+        if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS:
+            ids, truncated = model.tokenize_texts(texts, on_long)
+        else:
+            ids, truncated = await asyncio.to_thread(model.tokenize_texts, texts, on_long)
+        return TokenizedInputs(ids, truncated, model.prompt_length)
+
+    def _submit(self, model_name: str, inputs: TokenizedInputs) -> Future[np.ndarray]:
+        """Queue the inputs; a full queue is 429 with Retry-After, a stopping server 503."""
         try:
-            check_key(request)
-            req = parse_embedding_request(parse_json(await read_body(request)))
-            model = resolve_model(req)
-            if req.texts is not None:
-                texts = req.texts
-                if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS:
-                    ids, truncated = model.tokenize_texts(texts, config.on_long_input)
-                else:
-                    ids, truncated = await asyncio.to_thread(model.tokenize_texts, texts, config.on_long_input)
-                prompt_length = model.prompt_length
-            else:
-                ids, truncated = model.prepare_token_ids(req.token_ids or [], config.on_long_input)
-                prompt_length = 0
-            try:
-                future = batcher.submit(model.name, ids, prompt_length)
-            except QueueFull as exc:
-                raise ApiError(
-                    429,
-                    f"The server is overloaded ({exc.queued} texts queued). Retry after {exc.retry_after} s.",
-                    type="requests",
-                    param=None,
-                    code="rate_limit_exceeded",
-                    headers={"Retry-After": str(exc.retry_after)},
-                ) from None
-            except ShuttingDown:
-                raise ApiError(503, "The server is shutting down.", type=SERVER_ERROR, param=None, code="shutting_down") from None
-            pooled: np.ndarray = await asyncio.wrap_future(future)
-            vectors = finish_vectors(pooled, req.dimensions, model.dim)
-            tokens = sum(len(x) for x in ids)
-            body = render_embeddings(vectors, req.encoding_format, model.name, tokens)
-            metrics.texts.labels(model.name).inc(len(ids))
-            metrics.tokens.labels(model.name).inc(tokens)
-            if truncated:
-                metrics.truncated.labels(model.name).inc(truncated)
-            metrics.latency.labels(model.name).observe(time.perf_counter() - start)
-            metrics.count_request("embeddings", 200)
-            return Response(body, media_type="application/json", headers={TRUNCATED_HEADER: str(truncated)})
+            return self.batcher.submit(model_name, inputs.ids, inputs.prompt_length)
+        except QueueFull as exc:
+            raise ApiError(
+                429,
+                f"The server is overloaded ({exc.queued} texts queued). Retry after {exc.retry_after} s.",
+                type="requests",
+                param=None,
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(exc.retry_after)},
+            ) from None
+        except ShuttingDown:
+            raise ApiError(
+                503, "The server is shutting down.", type=SERVER_ERROR, param=None, code="shutting_down"
+            ) from None
+
+    def _count_embedded(self, model_name: str, inputs: TokenizedInputs, tokens: int, seconds: float) -> None:
+        metrics = self.metrics
+        metrics.texts.labels(model_name).inc(len(inputs.ids))
+        metrics.tokens.labels(model_name).inc(tokens)
+        if inputs.truncated:
+            metrics.truncated.labels(model_name).inc(inputs.truncated)
+        metrics.latency.labels(model_name).observe(seconds)
+        metrics.count_request("embeddings", 200)
+
+    # ------------------------------------------------------------------ GET /v1/models[/{model}]
+    async def list_models(self, request: Request) -> Response:
+        try:
+            self.check_key(request)
         except ApiError as exc:
-            return error_response(exc, "embeddings")
-        except Exception as exc:
-            logger.exception("embedding request failed")
-            return error_response(
-                ApiError(500, f"The server had an error processing the request: {type(exc).__name__}.", type=SERVER_ERROR, param=None),
-                "embeddings",
-            )
-        finally:
-            metrics.in_flight.dec()
-            in_flight[0] -= 1
+            return self.error_response(exc, "models")
+        self.metrics.count_request("models", 200)
+        return JSONResponse(render_models(list(self.served), self.created))
 
-    app.add_api_route("/v1/embeddings", embeddings, methods=["POST"], include_in_schema=True, summary="Create embeddings")
-    app.add_api_route("/embeddings", embeddings, methods=["POST"], include_in_schema=False)
-
-    async def list_models(request: Request) -> Response:
+    async def get_model(self, request: Request) -> Response:
         try:
-            check_key(request)
-        except ApiError as exc:
-            return error_response(exc, "models")
-        metrics.count_request("models", 200)
-        return JSONResponse(render_models(list(served), created))
-
-    async def get_model(request: Request) -> Response:
-        try:
-            check_key(request)
+            self.check_key(request)
             name = request.path_params["model"]
-            if name not in served:
+            if name not in self.served:
                 raise ApiError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
         except ApiError as exc:
-            return error_response(exc, "models")
-        metrics.count_request("models", 200)
-        return JSONResponse(model_card(name, created))
+            return self.error_response(exc, "models")
+        self.metrics.count_request("models", 200)
+        return JSONResponse(render_model(name, self.created))
 
-    app.add_api_route("/v1/models", list_models, methods=["GET"], summary="List models")
-    app.add_api_route("/models", list_models, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/v1/models/{model:path}", get_model, methods=["GET"], summary="Retrieve a model")
-    app.add_api_route("/models/{model:path}", get_model, methods=["GET"], include_in_schema=False)
-
-    async def health() -> Response:
-        if not batcher.ready.is_set():
+    # ------------------------------------------------------------------ GET /health, GET /metrics
+    async def health(self) -> Response:
+        if not self.batcher.ready.is_set():
             return JSONResponse({"status": "loading"}, status_code=503)
-        if batcher.warmup_error:
-            return JSONResponse({"status": "error", "error": batcher.warmup_error}, status_code=503)
-        return JSONResponse({"status": "ok", "models": list(served)})
+        if self.batcher.warmup_error:
+            return JSONResponse({"status": "error", "error": self.batcher.warmup_error}, status_code=503)
+        return JSONResponse({"status": "ok", "models": list(self.served)})
 
-    async def prometheus() -> Response:
-        data, content_type = metrics.render()
+    async def prometheus_metrics(self) -> Response:
+        data, content_type = self.metrics.render()
         return Response(data, media_type=content_type)
 
-    app.add_api_route("/health", health, methods=["GET"], summary="Ready once warmed up")
-    app.add_api_route("/metrics", prometheus, methods=["GET"], summary="Prometheus metrics")
-    return app
+    # ------------------------------------------------------------------ shared by the handlers
+    def check_key(self, request: Request) -> None:
+        """Raise 401 unless the request carries the configured API key (none configured: open)."""
+        check_api_key(request, self.config.api_key)
+
+    def error_response(self, exc: ApiError, endpoint: str) -> Response:
+        self.metrics.count_request(endpoint, exc.status, exc.code or exc.type)
+        return Response(exc.json_bytes(), status_code=exc.status, media_type="application/json", headers=exc.headers)
 
 
-def warm_up(models: Any) -> None:
+def check_api_key(request: Request, api_key: str | None) -> None:
+    """Raise 401 unless ``Authorization: Bearer <api_key>``; ``api_key`` None lets every request in."""
+    if api_key is None:
+        return
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if not auth:
+        raise ApiError(
+            401,
+            "You didn't provide an API key. Send it in an Authorization header: 'Authorization: Bearer KEY'.",
+            code="invalid_api_key",
+        )
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    too_large = ApiError(
+        413,
+        f"The request body is larger than this server's limit of {limit} bytes.",
+        param=None,
+        code="request_too_large",
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _internal_error(exc: Exception) -> ApiError:
+    return ApiError(
+        500, f"The server had an error processing the request: {type(exc).__name__}.", type=SERVER_ERROR, param=None
+    )
+
+
+def warm_up(models: Iterable[ServedModel]) -> None:
     """A few forwards per model (short, medium, full length) so the first request is not slow."""
     for served in models:
         model = served.model
@@ -348,9 +457,3 @@ def warm_up(models: Any) -> None:
             model.embed_token_ids(ids, normalize=False)
         model.tokenize(["warm-up 预热"])  # the tokenizer's first call builds caches too
         logger.info("warmed up %s", served.name)
-
-
-def _version() -> str:
-    from m3e import __version__
-
-    return __version__

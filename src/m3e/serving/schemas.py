@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -181,8 +182,18 @@ def _render_vector(v: np.ndarray, fmt: str) -> str:
 
 
 def render_models(names: Sequence[str], created: int, owner: str = "m3e") -> dict[str, Any]:
-    return {"object": "list", "data": [model_card(n, created, owner) for n in names]}
+    """The body of ``GET /v1/models``."""
+    return {"object": "list", "data": [render_model(n, created, owner) for n in names]}
+
+
+def render_model(name: str, created: int, owner: str = "m3e") -> dict[str, Any]:
+    """OpenAI's model object (``GET /v1/models/{id}``); not a model card (:mod:`m3e.model_card`)."""
+    return {"id": name, "object": "model", "created": created, "owned_by": owner}
 
 
 def model_card(name: str, created: int, owner: str = "m3e") -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": owner}
+    """Deprecated name of :func:`render_model`."""
+    warnings.warn(
+        "m3e.serving.schemas.model_card is deprecated; use render_model", DeprecationWarning, stacklevel=2
+    )
+    return render_model(name, created, owner)
