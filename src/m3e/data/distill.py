@@ -23,7 +23,7 @@ MAX_CHARS = 200  # long passages are cut at a sentence end near here: cheaper fo
 @dataclass(frozen=True)
 class PoolSpec:
     name: str
-    source: str
+    source: str  # source name
     side: str  # "query" | "document": the prompt the teacher and the student use for these texts
     description: str
     build: Callable[[Inputs], Iterable[str]]
@@ -92,7 +92,7 @@ def cedict(inp: Inputs) -> Iterable[str]:
 
 def poems(inp: Inputs) -> Iterable[str]:
     # Every other poem stays in its original script (Tang/Song shi are traditional): the student must read both.
-    for i, poem in enumerate(corpora.iter_poems(inp.files("G"))):
+    for i, poem in enumerate(inp.poems()):
         if i % 7 == 0:  # the full collection is 350k poems; a fixed stride keeps reading it short
             yield poem.text if i % 2 else to_simplified(poem.text)
 
@@ -108,23 +108,23 @@ def snli_sentences(inp: Inputs) -> Iterable[str]:
 POOLS: dict[str, PoolSpec] = {
     p.name: p
     for p in [
-        PoolSpec("reviews", "A", "query", "hotel, laptop and book reviews", reviews, 8_000),
-        PoolSpec("news_paragraphs", "A", "document", "People's Daily paragraphs (first 75% of the month)",
+        PoolSpec("reviews", "reviews_and_news", "query", "hotel, laptop and book reviews", reviews, 8_000),
+        PoolSpec("news_paragraphs", "reviews_and_news", "document", "People's Daily paragraphs (first 75% of the month)",
                  news_paragraphs, 5_000),
-        PoolSpec("news_headlines", "A", "query", "People's Daily headlines (first 75% of the month)",
+        PoolSpec("news_headlines", "reviews_and_news", "query", "People's Daily headlines (first 75% of the month)",
                  news_headlines, 1_500),
-        PoolSpec("hsk_sentences", "B", "query", "HSK sentences, Chinese and English", hsk_sentences, 4_000),
-        PoolSpec("insurance_questions", "C", "query", "InsuranceQA questions, Chinese and English",
+        PoolSpec("hsk_sentences", "hsk", "query", "HSK sentences, Chinese and English", hsk_sentences, 4_000),
+        PoolSpec("insurance_questions", "insuranceqa", "query", "InsuranceQA questions, Chinese and English",
                  insurance_questions, 6_000),
-        PoolSpec("insurance_answers", "C", "document", "InsuranceQA answers, Chinese and English",
+        PoolSpec("insurance_answers", "insuranceqa", "document", "InsuranceQA answers, Chinese and English",
                  insurance_answers, 5_000),
-        PoolSpec("idiom_explanations", "D", "query", "idiom explanations and example sentences",
+        PoolSpec("idiom_explanations", "idioms", "query", "idiom explanations and example sentences",
                  idiom_explanations, 6_000),
-        PoolSpec("idiom_words", "D", "document", "idioms", idiom_words, 4_000),
-        PoolSpec("cedict", "F", "query", "CC-CEDICT headwords and English glosses", cedict, 3_000),
-        PoolSpec("poems", "G", "query", "Tang/Song shi, Song ci and Yuan qu (simplified and traditional)", poems,
+        PoolSpec("idiom_words", "idioms", "document", "idioms", idiom_words, 4_000),
+        PoolSpec("cedict", "cedict", "query", "CC-CEDICT headwords and English glosses", cedict, 3_000),
+        PoolSpec("poems", "poetry", "query", "Tang/Song shi, Song ci and Yuan qu (simplified and traditional)", poems,
                  6_000),
-        PoolSpec("fortunes", "H", "query", "Chinese sayings (fortunes-zh), attribution removed", fortunes, 4_000),
-        PoolSpec("snli_sentences", "J", "query", "SNLI premises and hypotheses (English)", snli_sentences, 4_000),
+        PoolSpec("fortunes", "fortunes", "query", "Chinese sayings (fortunes-zh), attribution removed", fortunes, 4_000),
+        PoolSpec("snli_sentences", "snli", "query", "SNLI premises and hypotheses (English)", snli_sentences, 4_000),
     ]
 }

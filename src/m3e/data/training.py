@@ -24,7 +24,7 @@ Record = dict[str, Any]  # text, text_pos, optional "negs": candidate hard negat
 @dataclass(frozen=True)
 class TrainSpec:
     name: str
-    source: str
+    source: str  # source name
     description: str
     build: Callable[[Inputs], Iterable[Record]]
     cap: int
@@ -118,7 +118,7 @@ def poetry_title(inp: Inputs) -> Iterator[Record]:
     # One poem per title (titles like 无题 repeat thousands of times and would be false
     # in-batch negatives); converted to simplified lazily since the cap stops early.
     chosen: dict[str, tuple[str, corpora.Poem]] = {}
-    for poem in corpora.iter_poems(inp.files("G")):
+    for poem in inp.poems():
         if len(poem.title) < 2 or not 10 <= len(poem.text) <= 300:
             continue
         d = digest(poem.key, "poetry_title")
@@ -177,22 +177,22 @@ def snli_triplets(inp: Inputs) -> list[Record]:
 TRAIN: dict[str, TrainSpec] = {
     t.name: t
     for t in [
-        TrainSpec("insuranceqa_qa", "C", "InsuranceQA-zh question -> answer, a sampled wrong answer as hard negative",
+        TrainSpec("insuranceqa_qa", "insuranceqa", "InsuranceQA-zh question -> answer, a sampled wrong answer as hard negative",
                   insuranceqa_qa, 30_000, triplets=True),
-        TrainSpec("insuranceqa_zh_en", "C", "InsuranceQA questions and answers, Chinese -> English",
+        TrainSpec("insuranceqa_zh_en", "insuranceqa", "InsuranceQA questions and answers, Chinese -> English",
                   insuranceqa_zh_en, 40_000),
-        TrainSpec("idiom_explanation", "D", "idiom explanation -> idiom", idiom_explanation, 30_000),
-        TrainSpec("idiom_example", "D", "example sentence using an idiom -> the idiom's explanation",
+        TrainSpec("idiom_explanation", "idioms", "idiom explanation -> idiom", idiom_explanation, 30_000),
+        TrainSpec("idiom_example", "idioms", "example sentence using an idiom -> the idiom's explanation",
                   idiom_example, 30_000),
-        TrainSpec("poetry_title", "G", "poem title -> poem (simplified)", poetry_title, 50_000),
-        TrainSpec("news_headline", "A", "People's Daily headline -> lead (first 75% of the month)",
+        TrainSpec("poetry_title", "poetry", "poem title -> poem (simplified)", poetry_title, 50_000),
+        TrainSpec("news_headline", "reviews_and_news", "People's Daily headline -> lead (first 75% of the month)",
                   news_headline, 30_000),
-        TrainSpec("news_adjacent", "A", "People's Daily paragraph -> next paragraph (first 75%)",
+        TrainSpec("news_adjacent", "reviews_and_news", "People's Daily paragraph -> next paragraph (first 75%)",
                   news_adjacent, 30_000),
-        TrainSpec("cedict_gloss", "F", "CC-CEDICT word -> English gloss (capped: dictionary style)",
+        TrainSpec("cedict_gloss", "cedict", "CC-CEDICT word -> English gloss (capped: dictionary style)",
                   cedict_gloss, 30_000),
-        TrainSpec("hsk_zh_en", "B", "HSK sentence, Chinese -> English", hsk_zh_en, 30_000),
-        TrainSpec("snli_triplets", "J", "SNLI premise -> entailment, contradiction as hard negative",
+        TrainSpec("hsk_zh_en", "hsk", "HSK sentence, Chinese -> English", hsk_zh_en, 30_000),
+        TrainSpec("snli_triplets", "snli", "SNLI premise -> entailment, contradiction as hard negative",
                   snli_triplets, 40_000, triplets=True),
     ]
 }
