@@ -15,20 +15,24 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from m3e.errors import InputError, M3EError
 from m3e.index.chunking import Chunk, check_chunking, chunk_document
 from m3e.index.corpus import CorpusReader, Document
-from m3e.index.meta import FORMAT, META_NAME, check_model, model_signature, read_meta, write_meta
-from m3e.index.progress import Progress
-from m3e.index.store import ENGINES, Hit, Row, VectorStore, open_store
+from m3e.index.engines import check_engine, open_store
+from m3e.index.meta import FORMAT, META_NAME, check_model, model_signature, read_index_meta, write_meta
+from m3e.index.progress import IndexProgress
+from m3e.index.store import Hit, Row, VectorStore
+
+if TYPE_CHECKING:
+    from m3e.model import EmbeddingModel
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +44,9 @@ DEFAULT_BATCH_CHUNKS = 256
 class _WriteLock:
     """One writer per index: an exclusive lock on ``<index>/.lock`` for the length of a write."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         self.path = path / ".lock"
-        self.handle: Any = None
+        self.handle: IO[str] | None = None
 
     def __enter__(self) -> _WriteLock:
         try:
@@ -80,7 +84,8 @@ class WriteReport:
 class Index:
     """Open with :meth:`open`, create with :meth:`create` or :func:`build_index`."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], store: VectorStore, model: Any = None):
+    def __init__(self, path: Path, meta: dict[str, Any], store: VectorStore,
+                 model: EmbeddingModel | None = None) -> None:
         self.path = path
         self.meta = meta
         self.store = store
@@ -91,7 +96,7 @@ class Index:
     def create(
         cls,
         path: str | os.PathLike[str],
-        model: Any,
+        model: EmbeddingModel,
         *,
         model_source: str | None = None,
         engine: str = "lancedb",
@@ -104,24 +109,9 @@ class Index:
     ) -> Index:
         path = Path(path)
         check_chunking(chunk_size, overlap)
-        if engine not in ENGINES:
-            raise M3EError(f"unknown index engine {engine!r}; choose one of {', '.join(ENGINES)}")
-        if (path / META_NAME).exists() and not overwrite:
-            raise M3EError(f"{path} already holds an index; use `m3e index add` or --overwrite")
-        if path.exists() and any(path.iterdir()) and not (path / META_NAME).exists() and not overwrite:
-            raise M3EError(f"{path} exists and is not an empty directory")
-        if overwrite and path.exists():
-            (path / META_NAME).unlink(missing_ok=True)
-            if (path / "lance").exists():
-                shutil.rmtree(path / "lance")
-        path.mkdir(parents=True, exist_ok=True)
-        config: dict[str, Any] = {"name": engine}
-        if engine == "lancedb":
-            config.update({"path": "lance", "ann": ann})
-        else:
-            if not url:
-                raise M3EError("--engine qdrant needs --url (http://host:6333, or a directory for local mode)")
-            config.update({"url": url, "collection": collection or path.name or "m3e"})
+        check_engine(engine)
+        _prepare_directory(path, overwrite)
+        config = _engine_config(engine, path, url=url, collection=collection, ann=ann)
         store = open_store(config, path, dim=model.dim, create=True)
         meta = {
             "format": FORMAT,
@@ -136,10 +126,10 @@ class Index:
         return cls(path, meta, store, model)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], model: Any = None) -> Index:
+    def open(cls, path: str | os.PathLike[str], model: EmbeddingModel | None = None) -> Index:
         """Open an index; ``model`` (optional) is checked against the one that built it."""
         path = Path(path)
-        meta = read_meta(path)
+        meta = read_index_meta(path)
         store = open_store(meta["engine"], path, dim=meta["model"]["dim"], committed=meta["state"].get("engine"))
         if model is not None:
             check_model(meta["model"], model, path)
@@ -156,7 +146,7 @@ class Index:
 
     # ------------------------------------------------------------------ model
     @property
-    def model(self) -> Any:
+    def model(self) -> EmbeddingModel:
         """The query/document model: the one given, else the one recorded in the index."""
         if self._model is None:
             self._model = load_index_model(self.meta, self.path)
@@ -250,7 +240,7 @@ class Index:
         if not recorded:
             self._commit(corpus=corpus, docs_done=0)
         report = WriteReport(skipped_docs=done)
-        bar = Progress(progress, label="indexed")
+        bar = IndexProgress(progress, label="indexed")
 
         def pending() -> Iterator[Document]:
             for i, doc in enumerate(reader):
@@ -274,19 +264,20 @@ class Index:
 
     def add(self, docs: Iterable[Document], *, upsert: bool = False, source: str = "<documents>",
             batch_chunks: int = DEFAULT_BATCH_CHUNKS, progress: bool | None = None,
-            fraction: Any = None) -> WriteReport:
+            fraction: Callable[[], float] | None = None) -> WriteReport:
+        """``fraction`` reports how far through its source the documents are, for the progress line."""
         """Add documents (``upsert``: replace those whose id is already stored), all or nothing."""
         self._require_ready()
         with _WriteLock(self.path):
             return self._add_locked(docs, upsert, source, batch_chunks, progress, fraction)
 
     def _add_locked(self, docs: Iterable[Document], upsert: bool, source: str, batch_chunks: int,
-                    progress: bool | None, fraction: Any) -> WriteReport:
-        self.meta = read_meta(self.path)  # another process may have committed since we opened
+                    progress: bool | None, fraction: Callable[[], float] | None) -> WriteReport:
+        self.meta = read_index_meta(self.path)  # another process may have committed since this one opened
         committed = self.meta["state"].get("engine") or {}
         self.store.begin(committed)
         report = WriteReport()
-        bar = Progress(progress, label="added")
+        bar = IndexProgress(progress, label="added")
         try:
             for batch in self._batches(docs, batch_chunks):
                 self._write_batch(batch, upsert=upsert, source=source, report=report)
@@ -312,7 +303,7 @@ class Index:
             return self._delete_locked(doc_ids)
 
     def _delete_locked(self, doc_ids: Sequence[str]) -> tuple[int, list[str]]:
-        self.meta = read_meta(self.path)
+        self.meta = read_index_meta(self.path)
         committed = self.meta["state"].get("engine") or {}
         self.store.begin(committed)
         try:
@@ -348,27 +339,49 @@ class Index:
         return dict(self.meta, path=str(self.path))
 
 
-def load_index_model(meta: dict[str, Any], path: Path) -> Any:
+def load_index_model(meta: dict[str, Any], path: Path) -> EmbeddingModel:
     """Load the model recorded in the index, with its prompts and backend."""
-    import m3e
+    from m3e.loading import load_model
 
     rec = meta["model"]
     source = rec.get("source")
     if not source:
         raise M3EError(f"{path} does not record where its model came from; pass --model")
     try:
-        model = m3e.load(source, backend=rec.get("backend", "torch"), query_prompt=rec["prompts"]["query"],
-                         document_prompt=rec["prompts"]["document"], max_length=rec.get("max_length"))
+        model = load_model(source, backend=rec.get("backend", "torch"), query_prompt=rec["prompts"]["query"],
+                           document_prompt=rec["prompts"]["document"], max_length=rec.get("max_length"))
     except M3EError as exc:
         raise M3EError(f"cannot load the model that built {path} ({source}): {exc}; pass --model") from exc
     check_model(rec, model, path)
     return model
 
 
+def _prepare_directory(path: Path, overwrite: bool) -> None:
+    """Make ``path`` an empty place for a new index, or refuse; ``overwrite`` removes an index there."""
+    if (path / META_NAME).exists() and not overwrite:
+        raise M3EError(f"{path} already holds an index; use `m3e index add` or --overwrite")
+    if path.exists() and any(path.iterdir()) and not (path / META_NAME).exists() and not overwrite:
+        raise M3EError(f"{path} exists and is not an empty directory")
+    if overwrite and path.exists():
+        (path / META_NAME).unlink(missing_ok=True)
+        if (path / "lance").exists():
+            shutil.rmtree(path / "lance")
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _engine_config(engine: str, path: Path, *, url: str | None, collection: str | None, ann: str) -> dict[str, Any]:
+    """The ``engine`` entry of a new index's metadata."""
+    if engine == "lancedb":
+        return {"name": engine, "path": "lance", "ann": ann}
+    if not url:
+        raise M3EError("--engine qdrant needs --url (http://host:6333, or a directory for local mode)")
+    return {"name": engine, "url": url, "collection": collection or path.name or "m3e"}
+
+
 def build_index(
     corpus: str | os.PathLike[str] | CorpusReader,
     out: str | os.PathLike[str],
-    model: Any,
+    model: EmbeddingModel,
     *,
     model_source: str | None = None,
     overwrite: bool = False,
@@ -380,7 +393,7 @@ def build_index(
     reader = corpus if isinstance(corpus, CorpusReader) else CorpusReader(corpus)
     out = Path(out)
     if (out / META_NAME).exists() and not overwrite:
-        meta = read_meta(out)
+        meta = read_index_meta(out)
         if meta["state"]["status"] != "building":
             raise M3EError(f"{out} already holds a built index; use `m3e index add` or --overwrite")
         index = Index.open(out, model=model)

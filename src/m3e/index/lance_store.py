@@ -19,12 +19,18 @@ import math
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from m3e.errors import M3EError
-from m3e.index.store import Hit, Row, filter_fields, sql_string
+from m3e.extras import require
+from m3e.index.store import Hit, Row, filter_fields
+
+if TYPE_CHECKING:
+    from lancedb.db import DBConnection
+    from lancedb.query import LanceVectorQueryBuilder
+    from lancedb.table import Table
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +51,13 @@ class LanceStore:
     def __init__(self, index_dir: str | Path, config: dict[str, Any], *, dim: int, create: bool = False,
                  committed: dict[str, Any] | None = None):
         _quiet_lance()
-        try:
-            import lancedb
-        except ImportError as exc:  # pragma: no cover - lancedb is a dependency of the index extra
-            raise M3EError("the embedded index needs lancedb: pip install 'm3e[index]'") from exc
+        lancedb = require("lancedb", purpose="the embedded index", extra="index")
         self.dim = int(dim)
         self.config = config
         self._has_ann: bool | None = None
         self.path = Path(index_dir) / config.get("path", "lance")
-        self.db = lancedb.connect(str(self.path))
+        self.db: DBConnection = lancedb.connect(str(self.path))
+        self.table: Table
         if create:
             import pyarrow as pa
 
@@ -183,7 +187,9 @@ class LanceStore:
 
     # ------------------------------------------------------------------ reads
     def search(self, vector: np.ndarray, k: int, filters: dict[str, str] | None = None) -> list[Hit]:
-        query = self.table.search(np.asarray(vector, dtype=np.float32)).distance_type("cosine")
+        # A vector in, a vector query out; Table.search is annotated with the base of every query kind.
+        vector_query = cast("LanceVectorQueryBuilder", self.table.search(np.asarray(vector, dtype=np.float32)))
+        query = vector_query.distance_type("cosine")
         if self._has_ann is None:
             self._has_ann = bool(self.table.list_indices())
         if self._has_ann:
@@ -211,7 +217,11 @@ class LanceStore:
         return int(self.table.count_rows("chunk = 0"))
 
     def close(self) -> None:
-        self.table = None  # type: ignore[assignment]
+        del self.table  # lancedb tables hold no handle to release; a closed store cannot be used again
+
+
+def sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _parts(items: list[str], size: int) -> list[list[str]]:

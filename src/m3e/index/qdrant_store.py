@@ -11,17 +11,24 @@ state; an interrupted add can leave some of its documents visible until then.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from m3e.errors import M3EError
+from m3e.extras import require
 from m3e.index.store import Hit, Row, filter_fields
 
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
+    from qdrant_client.models import Filter
+
 _NAMESPACE = uuid.UUID("5b0e4f7e-8a58-4d8e-9a43-2f6f4c1c9e3a")
+_SERVER_SCHEMES = ("http://", "https://")
 
 
 def point_id(chunk_id: str) -> str:
@@ -29,10 +36,20 @@ def point_id(chunk_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, chunk_id))
 
 
-def _client(location: str, api_key: str | None = None) -> Any:
+def _location(index_dir: str | Path, config: dict[str, Any]) -> str:
+    """A server URL, ":memory:", or the absolute directory of the client's local mode."""
+    location = config.get("url")
+    if not location:
+        raise M3EError("the qdrant engine needs a URL (e.g. http://localhost:6333) or a local directory")
+    if not location.startswith((*_SERVER_SCHEMES, ":memory:")) and not Path(location).is_absolute():
+        location = str((Path(index_dir) / location).resolve())
+    return str(location)
+
+
+def _client(location: str, api_key: str | None = None) -> QdrantClient:
     from qdrant_client import QdrantClient
 
-    if location.startswith(("http://", "https://")):
+    if location.startswith(_SERVER_SCHEMES):
         return QdrantClient(url=location, api_key=api_key)
     if location == ":memory:":
         return QdrantClient(location=":memory:")
@@ -41,34 +58,29 @@ def _client(location: str, api_key: str | None = None) -> Any:
 
 class QdrantStore:
     def __init__(self, index_dir: str | Path, config: dict[str, Any], *, dim: int, create: bool = False):
-        try:
-            from qdrant_client import models
-        except ImportError as exc:  # pragma: no cover
-            raise M3EError("the qdrant engine needs qdrant-client: pip install 'm3e[index]'") from exc
-        self.models = models
+        require("qdrant_client", purpose="the qdrant engine", extra="index", package="qdrant-client")
         self.dim = int(dim)
         self.config = config
-        location = config.get("url")
-        if not location:
-            raise M3EError("the qdrant engine needs a URL (e.g. http://localhost:6333) or a local directory")
-        if not location.startswith(("http://", "https://", ":memory:")) and not Path(location).is_absolute():
-            location = str((Path(index_dir) / location).resolve())
-        self.collection = config.get("collection") or "m3e"
-        import os
-
+        location = _location(index_dir, config)
+        self.collection: str = config.get("collection") or "m3e"
         self.client = _client(location, os.environ.get(config.get("api_key_env", "QDRANT_API_KEY")))
         exists = self.client.collection_exists(self.collection)
         if create:
             if exists:
                 self.client.delete_collection(self.collection)
-            self.client.create_collection(
-                self.collection,
-                vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
-            )
-            if location.startswith(("http://", "https://")):  # local mode has no payload indexes
-                self.client.create_payload_index(self.collection, "doc_id", models.PayloadSchemaType.KEYWORD)
+            self._create_collection(payload_index=location.startswith(_SERVER_SCHEMES))
         elif not exists:
             raise M3EError(f"Qdrant collection {self.collection!r} does not exist at {config.get('url')}")
+
+    def _create_collection(self, payload_index: bool) -> None:
+        from qdrant_client import models
+
+        self.client.create_collection(
+            self.collection,
+            vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
+        )
+        if payload_index:  # local mode has no payload indexes
+            self.client.create_payload_index(self.collection, "doc_id", models.PayloadSchemaType.KEYWORD)
 
     # Qdrant has no snapshots to pin; a commit records the count for `m3e index info`.
     def state(self) -> dict[str, Any]:
@@ -94,16 +106,18 @@ class QdrantStore:
              "text": r.text, "metadata": r.metadata, "f": filter_fields(r.metadata)}
             for r in rows
         ]
+        from qdrant_client import models
+
         self.client.upsert(
             self.collection,
-            points=self.models.Batch(ids=[point_id(r.chunk_id) for r in rows], vectors=vectors.tolist(),
-                                     payloads=payloads),
+            points=models.Batch(ids=[point_id(r.chunk_id) for r in rows], vectors=vectors.tolist(), payloads=payloads),
             wait=True,
         )
 
-    def _doc_filter(self, doc_ids: Sequence[str]) -> Any:
-        m = self.models
-        return m.Filter(must=[m.FieldCondition(key="doc_id", match=m.MatchAny(any=list(doc_ids)))])
+    def _doc_filter(self, doc_ids: Sequence[str]) -> Filter:
+        from qdrant_client import models
+
+        return models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=list(doc_ids)))])
 
     def delete_docs(self, doc_ids: Sequence[str]) -> int:
         if not doc_ids:
@@ -111,7 +125,9 @@ class QdrantStore:
         flt = self._doc_filter(doc_ids)
         n = self.client.count(self.collection, count_filter=flt, exact=True).count
         if n:
-            self.client.delete(self.collection, points_selector=self.models.FilterSelector(filter=flt), wait=True)
+            from qdrant_client import models
+
+            self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
         return int(n)
 
     def existing_docs(self, doc_ids: Sequence[str]) -> set[str]:
@@ -122,7 +138,7 @@ class QdrantStore:
         while True:
             points, offset = self.client.scroll(self.collection, scroll_filter=self._doc_filter(doc_ids), limit=1000,
                                                 offset=offset, with_payload=["doc_id"], with_vectors=False)
-            found.update(p.payload["doc_id"] for p in points)
+            found.update(p.payload["doc_id"] for p in points if p.payload)  # set: with_payload asked for it
             if offset is None:
                 return found
 
@@ -133,10 +149,12 @@ class QdrantStore:
         return False
 
     def search(self, vector: np.ndarray, k: int, filters: dict[str, str] | None = None) -> list[Hit]:
-        m = self.models
+        from qdrant_client import models
+
         flt = None
         if filters:
-            flt = m.Filter(must=[m.FieldCondition(key=f"f.{f}", match=m.MatchValue(value=v)) for f, v in filters.items()])
+            flt = models.Filter(must=[models.FieldCondition(key=f"f.{f}", match=models.MatchValue(value=v))
+                                      for f, v in filters.items()])
         result = self.client.query_points(self.collection, query=np.asarray(vector, dtype=np.float32).tolist(),
                                           query_filter=flt, limit=k, with_payload=True)
         hits = []
@@ -151,8 +169,9 @@ class QdrantStore:
         return int(self.client.count(self.collection, exact=True).count)
 
     def count_docs(self) -> int:
-        m = self.models
-        flt = m.Filter(must=[m.FieldCondition(key="chunk", match=m.MatchValue(value=0))])
+        from qdrant_client import models
+
+        flt = models.Filter(must=[models.FieldCondition(key="chunk", match=models.MatchValue(value=0))])
         return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
 
     def close(self) -> None:

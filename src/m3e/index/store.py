@@ -1,9 +1,12 @@
 """The vector-store interface that an index writes to and searches, whatever the engine.
 
-Engines: ``lancedb`` (embedded, the default: files in the index directory, no server) and
-``qdrant`` (a Qdrant server or cluster by URL; its client's local mode serves tests).
-Both store one row per chunk: the vector, the chunk's document id, position and offsets,
-its text, the document's metadata as JSON, and each filterable metadata field as a string.
+Engines (:mod:`m3e.index.engines` picks one by name): ``lancedb`` (embedded, the default: files in
+the index directory, no server) and ``qdrant`` (a Qdrant server or cluster by URL; its client's
+local mode serves tests). Both store one row per chunk: the vector, the chunk's document id,
+position and offsets, its text, the document's metadata as JSON, and each filterable metadata
+field as a string.
+
+This module depends on nothing else in the package: the engines and the index build on it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from m3e.errors import M3EError
-
-ENGINES = ("lancedb", "qdrant")
 # Metadata fields with names like these can be used in --filter; others are kept but not filterable.
 FILTERABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -65,6 +65,7 @@ class VectorStore(Protocol):
     """
 
     dim: int
+    config: dict[str, Any]  # the index metadata's engine entry; search settings (nprobes) may be changed in place
 
     def state(self) -> dict[str, Any]:
         """Engine state to record in the index metadata at a commit (e.g. the table version)."""
@@ -103,22 +104,3 @@ class VectorStore(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def open_store(config: dict[str, Any], index_dir: Any, *, dim: int, create: bool = False,
-               committed: dict[str, Any] | None = None) -> VectorStore:
-    """The store that ``config`` (the index metadata's ``engine`` entry) describes."""
-    name = config.get("name")
-    if name == "lancedb":
-        from m3e.index.lance_store import LanceStore
-
-        return LanceStore(index_dir, config, dim=dim, create=create, committed=committed)
-    if name == "qdrant":
-        from m3e.index.qdrant_store import QdrantStore
-
-        return QdrantStore(index_dir, config, dim=dim, create=create)
-    raise M3EError(f"unknown index engine {name!r}; known: {', '.join(ENGINES)}")
-
-
-def sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
