@@ -115,10 +115,10 @@ def test_unknown_suffix_and_missing_file(tmp_path):
 def test_progress_line_has_rate_and_eta():
     import io
 
-    from m3e.index.progress import Progress
+    from m3e.index.progress import IndexProgress
 
     out = io.StringIO()
-    bar = Progress(True, stream=out)
+    bar = IndexProgress(True, stream=out)
     bar.start -= 10  # ten seconds in
     bar.update(50, 120, 0.25, force=True)
     bar.start_fraction = 0.0

@@ -13,10 +13,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from m3e.cli._common import add_model_options
 from m3e.errors import M3EError
+from m3e.index.engines import ENGINES
+
+if TYPE_CHECKING:
+    from m3e.index import CorpusReader, Index
 
 
 def _corpus_options(p: argparse.ArgumentParser) -> None:
@@ -45,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--document-prompt", default=None, help="prefix for documents (default: the model's)")
     build.add_argument("--chunk-size", type=int, default=400, help="chunk length in characters (default: 400)")
     build.add_argument("--overlap", type=int, default=50, help="characters shared by consecutive chunks (default: 50)")
-    build.add_argument("--engine", default="lancedb", choices=["lancedb", "qdrant"],
+    build.add_argument("--engine", default="lancedb", choices=ENGINES,
                        help="lancedb: embedded in INDEX (default); qdrant: a Qdrant server/cluster by --url")
     build.add_argument("--url", default=None,
                        help="qdrant: server URL (e.g. http://localhost:6333; key from $QDRANT_API_KEY) "
@@ -74,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--json", action="store_true", help="print the index metadata as JSON")
 
 
-def _reader(args: argparse.Namespace) -> Any:
+def _reader(args: argparse.Namespace) -> CorpusReader:
     from m3e.index.corpus import CorpusReader
 
     fields = [f.strip() for f in args.metadata_fields.split(",") if f.strip()] if args.metadata_fields else None
@@ -93,11 +97,11 @@ def model_source(name: str | None) -> str:
 
 
 def _build(args: argparse.Namespace) -> int:
-    import m3e
     from m3e.index import build_index
+    from m3e.loading import load_model
 
     reader = _reader(args)
-    model = m3e.load(args.model, device=args.device, backend=args.backend, max_length=args.max_length,
+    model = load_model(args.model, device=args.device, backend=args.backend, max_length=args.max_length,
                      pooling=args.pooling, query_prompt=args.query_prompt, document_prompt=args.document_prompt)
     index, report = build_index(
         reader, args.out, model, model_source=model_source(args.model), overwrite=args.overwrite,
@@ -112,23 +116,25 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(index_dir: str, model_name: str | None) -> Any:
+def open_index(index_dir: str, model_name: str | None) -> Index:
+    """Open an index for `m3e index add|update` and `m3e search`: with ``model_name`` loaded as the index's
+    model (with the index's prompts, backend and length; it must match), else the model the index records."""
     from m3e.index import Index
 
     model = None
     if model_name is not None:
-        import m3e
-        from m3e.index.meta import read_meta
+        from m3e.index.meta import read_index_meta
+        from m3e.loading import load_model
 
-        rec = read_meta(index_dir)["model"]
-        model = m3e.load(model_name, backend=rec.get("backend", "torch"), query_prompt=rec["prompts"]["query"],
-                         document_prompt=rec["prompts"]["document"], max_length=rec.get("max_length"))
+        rec = read_index_meta(index_dir)["model"]
+        model = load_model(model_name, backend=rec.get("backend", "torch"), query_prompt=rec["prompts"]["query"],
+                           document_prompt=rec["prompts"]["document"], max_length=rec.get("max_length"))
     return Index.open(index_dir, model=model)
 
 
 def _add(args: argparse.Namespace, upsert: bool) -> int:
     reader = _reader(args)
-    with _open(args.index, args.model) as index:
+    with open_index(args.index, args.model) as index:
         report = index.add_corpus(reader, upsert=upsert, batch_chunks=args.batch_chunks, progress=args.progress)
         state = index.meta["state"]
     replaced = f", {report.replaced_docs} replaced" if upsert else ""
@@ -160,9 +166,9 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from m3e.index.meta import read_meta
+    from m3e.index.meta import read_index_meta
 
-    meta = read_meta(args.index)
+    meta = read_index_meta(args.index)
     if args.json:
         print(json.dumps(meta, ensure_ascii=False, indent=2, sort_keys=True))
         return 0

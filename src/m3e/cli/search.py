@@ -41,11 +41,11 @@ def snippet(text: str, width: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from m3e.cli.index import _open
+    from m3e.cli.index import open_index
 
     query = " ".join(args.query)
     filters = parse_filters(args.filters)
-    with _open(args.index, args.model) as index:
+    with open_index(args.index, args.model) as index:
         if args.nprobes is not None:
             if args.nprobes < 1:
                 raise M3EError(f"--nprobes must be at least 1, not {args.nprobes}")

@@ -157,30 +157,41 @@ class CorpusReader:
                 yield self._document(record, row)
 
     # ------------------------------------------------------------------ records
+    def _error(self, message: str, line: int) -> InputError:
+        return InputError(message, path=str(self.path), line=line)
+
     def _document(self, record: dict[str, Any], line: int) -> Document:
-        where = {"path": str(self.path), "line": line}
+        text = self._text_of(record, line)  # checked first: a record without its text is the likelier mistake
+        return Document(self._id_of(record, line), text, self._metadata_of(record, line), line)
+
+    def _text_of(self, record: dict[str, Any], line: int) -> str:
         if self.text_field not in record:
-            raise InputError(f"no field {self.text_field!r} (fields: {', '.join(map(str, record)) or 'none'})", **where)
+            raise self._error(f"no field {self.text_field!r} (fields: {', '.join(map(str, record)) or 'none'})", line)
         text = record[self.text_field]
         if not isinstance(text, str):
-            raise InputError(f"field {self.text_field!r} is {type(text).__name__}, expected a string", **where)
+            raise self._error(f"field {self.text_field!r} is {type(text).__name__}, expected a string", line)
+        return text
+
+    def _id_of(self, record: dict[str, Any], line: int) -> str:
         if self.id_field not in record:
-            raise InputError(f"no id field {self.id_field!r} (fields: {', '.join(map(str, record))}; "
-                             "use --id-field)", **where)
+            raise self._error(f"no id field {self.id_field!r} (fields: {', '.join(map(str, record))}; "
+                              "use --id-field)", line)
         raw_id = record[self.id_field]
         if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-            raise InputError(f"id field {self.id_field!r} is {type(raw_id).__name__}, expected a string or integer",
-                             **where)
+            raise self._error(f"id field {self.id_field!r} is {type(raw_id).__name__}, expected a string or integer",
+                              line)
         doc_id = str(raw_id)
         if not doc_id.strip():
-            raise InputError(f"empty id in field {self.id_field!r}", **where)
+            raise self._error(f"empty id in field {self.id_field!r}", line)
+        return doc_id
+
+    def _metadata_of(self, record: dict[str, Any], line: int) -> dict[str, Any]:
         keep = self.metadata_fields
-        metadata = {
-            k: v for k, v in record.items()
-            if k not in (self.id_field, self.text_field) and (keep is None or k in keep)
-        }
         if keep is not None:
             missing = [k for k in keep if k not in record]
             if missing:
-                raise InputError(f"no metadata field {missing[0]!r}", **where)
-        return Document(doc_id, text, metadata, line)
+                raise self._error(f"no metadata field {missing[0]!r}", line)
+        return {
+            k: v for k, v in record.items()
+            if k not in (self.id_field, self.text_field) and (keep is None or k in keep)
+        }

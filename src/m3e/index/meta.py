@@ -10,17 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from m3e.atomic import write_atomic
 from m3e.errors import M3EError
+
+if TYPE_CHECKING:
+    from m3e.model import EmbeddingModel
 
 META_NAME = "index.json"
 FORMAT = 1
 
 
-def read_meta(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def read_index_meta(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of the index in ``index_dir``, checked for a supported format."""
     path = Path(index_dir) / META_NAME
     if not path.exists():
         if Path(index_dir).exists():
@@ -40,7 +45,7 @@ def write_meta(index_dir: str | os.PathLike[str], meta: dict[str, Any]) -> None:
     write_atomic(Path(index_dir) / META_NAME, text)
 
 
-def weights_fingerprint(model: Any) -> str:
+def weights_fingerprint(model: EmbeddingModel) -> str:
     """A short hash of the model's weights: same name and config but other weights do not match.
 
     Each tensor contributes its name, shape and first 64k values: fine-tuning changes every
@@ -54,7 +59,7 @@ def weights_fingerprint(model: Any) -> str:
     return digest.hexdigest()
 
 
-def model_signature(model: Any, source: str | None) -> dict[str, Any]:
+def model_signature(model: EmbeddingModel, source: str | None) -> dict[str, Any]:
     """What the index records about the model that built it."""
     return {
         "source": source,
@@ -62,7 +67,7 @@ def model_signature(model: Any, source: str | None) -> dict[str, Any]:
         "dim": int(model.dim),
         "pooling": model.pooling,
         "max_length": int(model.max_length),
-        "backend": getattr(model, "backend", "torch"),
+        "backend": model.backend,
         "prompts": {"query": model.query_prompt, "document": model.document_prompt},
         "fingerprint": weights_fingerprint(model),
     }
@@ -71,7 +76,7 @@ def model_signature(model: Any, source: str | None) -> dict[str, Any]:
 _COMPARED = ("dim", "fingerprint", "pooling", "max_length", "backend", "prompts")
 
 
-def check_model(recorded: dict[str, Any], model: Any, index_dir: str | os.PathLike[str]) -> None:
+def check_model(recorded: dict[str, Any], model: EmbeddingModel, index_dir: str | os.PathLike[str]) -> None:
     """Refuse a query model whose vectors would not be comparable with the index's."""
     current = model_signature(model, recorded.get("source"))
     diffs = [f"{k}: index {recorded.get(k)!r}, model {current[k]!r}" for k in _COMPARED if recorded.get(k) != current[k]]
@@ -80,3 +85,10 @@ def check_model(recorded: dict[str, Any], model: Any, index_dir: str | os.PathLi
             f"model {model.name!r} does not match the model that built {index_dir} "
             f"({recorded.get('name')!r}): " + "; ".join(diffs)
         )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "read_meta":  # the name before read_index_meta (the backends' artefacts have a read_meta too)
+        warnings.warn("m3e.index.meta.read_meta is deprecated; use read_index_meta", DeprecationWarning, stacklevel=2)
+        return read_index_meta
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+import warnings
+from typing import Any, TextIO
 
 
 def _clock(seconds: float) -> str:
@@ -12,14 +13,14 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-class Progress:
-    """``update(docs, chunks, fraction)`` redraws at most twice a second.
+class IndexProgress:
+    """An index write's progress: documents, chunks, share of the corpus read, rate and ETA.
 
-    ``fraction`` is the share of the corpus file read; the ETA extrapolates the time spent
+    ``update(docs, chunks, fraction)`` redraws at most twice a second. ``fraction`` is the share of the corpus file read; the ETA extrapolates the time spent
     on the part read in this run (a resumed build starts from its own fraction).
     """
 
-    def __init__(self, enabled: bool | None = None, stream: TextIO | None = None, label: str = "indexed"):
+    def __init__(self, enabled: bool | None = None, stream: TextIO | None = None, label: str = "indexed") -> None:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.label = label
@@ -54,3 +55,11 @@ class Progress:
         if self.enabled:
             self.stream.write("\r" + self.line() + "\n")
             self.stream.flush()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Progress":  # the name before IndexProgress
+        warnings.warn("m3e.index.progress.Progress is deprecated; use IndexProgress", DeprecationWarning,
+                      stacklevel=2)
+        return IndexProgress
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
