@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,14 +14,24 @@ import pytest
 
 from tests.test_index_store import corpus_records, write_jsonl
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL"),
-    pytest.mark.skipif(importlib.util.find_spec("lancedb") is None, reason="needs lancedb"),
-]
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 
 
 def _versions(index_dir: Path) -> int:
     return len(list((index_dir / "lance" / "chunks.lance" / "_versions").glob("*.manifest")))
+
+
+def _wait_for_versions(proc: subprocess.Popen[bytes], index_dir: Path, target: int, timeout_s: float) -> None:
+    """Return once the table has ``target`` versions or ``proc`` has exited; fail at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while _versions(index_dir) < target:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{_versions(index_dir)} table versions after {timeout_s:.0f} s, expected {target}")
+        try:
+            proc.wait(timeout=0.02)  # ends the wait as soon as the process exits
+        except subprocess.TimeoutExpired:
+            continue
+        return
 
 
 def test_sigkill_during_add_leaves_a_consistent_index(tmp_path, tiny_st_model_dir):
@@ -45,13 +54,13 @@ def test_sigkill_during_add_leaves_a_consistent_index(tmp_path, tiny_st_model_di
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 120
         # Kill once the add has committed several table versions of its own, but not the index.
-        while time.monotonic() < deadline and proc.poll() is None and _versions(out) < versions_before + 5:
-            time.sleep(0.02)
+        _wait_for_versions(proc, out, versions_before + 5, timeout_s=120)
         killed = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
     finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait(timeout=60)
     assert killed, "the add finished before it could be killed: " + proc.stderr.read().decode()[-500:]
     assert _versions(out) > versions_before  # it had written to the table
