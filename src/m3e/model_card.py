@@ -46,17 +46,19 @@ def python_block(*lines: str) -> list[str]:
     return ["```python", *lines, "```"]
 
 
-def m3e_usage(path: str = "PATH", *, queries: bool = False) -> list[str]:
-    """How to load and use the model from m3e (with the query/document sides when the model has prompts)."""
+def m3e_usage(path: str | None = "PATH", *, queries: bool = False) -> list[str]:
+    """How to load and use the model from m3e (``path`` None: the default model), with the query/document
+    sides when the model has prompts."""
+    load = "m3e.load()" if path is None else f"m3e.load({path!r})"
     if queries:
         return python_block(
             "import m3e",
-            f"model = m3e.load({path!r})",
+            f"model = {load}",
             'queries = model.encode_queries(["车险理赔需要什么材料？"])',
             'docs = model.encode_documents(["理赔需要保单、驾驶证和事故证明。"])',
             "print(model.similarity(queries, docs))",
         )
-    return python_block("import m3e", f"model = m3e.load({path!r})", "vectors = model.encode(['你好', 'hello'])")
+    return python_block("import m3e", f"model = {load}", "vectors = model.encode(['你好', 'hello'])")
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric_from: int = 1) -> list[str]:
