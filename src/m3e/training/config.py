@@ -1,4 +1,8 @@
-"""Training configuration: one dataclass shared by `m3e finetune`, `m3e train --recipe` and FineTuner.
+"""Training configuration: :class:`TrainConfig` declares every option of a run once.
+
+Each field carries its help text, its command-line flag, its choices and whether `m3e finetune` / `m3e train`
+expose it (:func:`train_options`); the CLI generates its flags from that, a recipe's ``train:`` mapping is checked
+against it (unknown keys, types, choices), and :class:`m3e.training.finetuner.FineTuner` takes the config itself.
 
 Defaults that depend on the model are filled by :func:`resolve_defaults` (uniem's rule for the learning rate by
 parameter count; warmup then cosine decay, as in the M3E recipe).
@@ -7,64 +11,223 @@ parameter count; warmup then cosine decay, as in the M3E recipe).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from m3e.errors import M3EError
 from m3e.extras import require
+from m3e.training.records import RECORD_TYPES
+
+SCHEDULERS = ("cosine", "linear", "constant")
+CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
+DISTILL_LOSSES = ("mse", "cosine")
+STRATEGIES = ("full", "lora", "bitfit")
+SAVE_DTYPES = ("fp32", "fp16", "bf16")  # what EmbeddingModel.save can store
+
+
+def about(
+    *,
+    help: str | None = None,
+    flag: str | None = None,
+    off_flag: str | None = None,
+    off_help: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    cli: bool = True,
+) -> dict[str, Any]:
+    """A TrainConfig field's metadata: how it is offered. ``help`` may name ``{default}``; ``flag`` is the CLI
+    flag where it is not ``--field-name`` (for a switch that defaults to on, the flag that turns it off);
+    ``off_flag`` gives an on/off/unset option its second flag; ``cli=False`` keeps it to recipes and Python."""
+    return {"option": {"help": help, "flag": flag, "off_flag": off_flag, "off_help": off_help, "choices": choices,
+                       "metavar": metavar, "cli": cli}}
+
+
+def option(default: Any, **info: Any) -> Any:
+    """A TrainConfig field with a plain default; ``info`` as :func:`about` takes it."""
+    return field(default=default, metadata=about(**info))
 
 
 @dataclass
 class TrainConfig:
-    model: str | None = None  # what the run starts from (path or name; None = the default model)
-    output: str = "m3e-finetuned"
-    epochs: int = 1
-    max_steps: int | None = None  # stop early after this many optimizer steps
-    batch_size: int = 32  # the contrastive (global) batch: all processes together
-    mini_batch: int | None = None  # GradCache chunk size; None = no gradient caching
-    lr: float | None = None  # None = by model size
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    warmup_steps: int | None = None
-    scheduler: str = "cosine"  # cosine | linear | constant
-    max_grad_norm: float | None = 1.0
-    max_length: int | None = None  # None = the model's own
-    record_type: str | None = None  # force pair | triplet | scored | distill
-    loss: str = "softmax"  # softmax | sigmoid (pairs and triplets); CoSENT for scored, MSE for distill
-    temperature: float = 0.05
-    symmetric: bool = False
-    distill_loss: str = "mse"  # mse | cosine (distill datasets)
-    distill_contrast: float = 0.0  # cosine distillation: weight of the in-batch softmax against teacher vectors
-    num_negatives: int = 1
-    strategy: str = "full"  # full | lora | bitfit
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    gradient_checkpointing: bool = False
-    bf16: bool = False
-    shuffle: bool = True
-    no_duplicates: bool = True
-    use_prompts: bool = True  # the model's query / document prompts on the query / passage columns
-    seed: int = 42
-    save_dtype: str | None = None  # the final model's weights on disk: fp16 | bf16 halve its size (None: fp32)
-    save_steps: int = 200
-    keep_checkpoints: int = 2
-    log_steps: int = 1
-    progress: bool | None = None  # None: a bar when stderr is a terminal
-    weights: dict[str, float] = field(default_factory=dict)  # dataset name -> weight (passes per epoch)
+    model: str | None = option(None, cli=False, help="what the run starts from (path or name; None = the default model)")
+    output: str = option("m3e-finetuned", cli=False, help="run directory: the model, checkpoints, loss curve")
+    epochs: int = option(1, help="passes over the data (default {default})")
+    max_steps: int | None = option(None, help="stop after this many optimizer steps")
+    batch_size: int = option(32, help="contrastive batch: all processes together (default {default})")
+    mini_batch: int | None = option(
+        None, help="GradCache: embed the batch in chunks of this size, so --batch-size can exceed memory"
+    )
+    lr: float | None = option(None, help="peak learning rate (default: by model size and strategy)")
+    warmup_ratio: float = option(0.05, help="share of steps for linear warmup (default {default})")
+    warmup_steps: int | None = option(None, cli=False, help="warmup length in steps (instead of warmup_ratio)")
+    scheduler: str = option("cosine", choices=SCHEDULERS, help="after warmup (default {default})")
+    weight_decay: float = option(0.01)
+    max_grad_norm: float | None = option(1.0, cli=False, help="clip the gradient norm (None: no clipping)")
+    max_length: int | None = option(None, help="truncate training texts at this many tokens")
+    record_type: str | None = option(
+        None, cli=False, flag="--type", choices=RECORD_TYPES,
+        help="force the record type (default: detected from the columns)",
+    )
+    loss: str = option(
+        "softmax", choices=CONTRASTIVE_LOSSES,
+        help="contrastive loss for pairs/triplets (scored pairs use CoSENT, distill MSE)",
+    )
+    temperature: float = option(0.05, help="loss temperature (default {default} = scale 20)")
+    symmetric: bool = option(False, help="softmax in both directions (q->p and p->q)")
+    distill_loss: str = option("mse", cli=False, choices=DISTILL_LOSSES, help="the loss of distill datasets")
+    distill_contrast: float = option(
+        0.0, cli=False, help="cosine distillation: weight of the in-batch softmax against teacher vectors"
+    )
+    num_negatives: int = option(1, flag="--negatives", help="hard negatives per query for triplets (default {default})")
+    strategy: str = option("full", choices=STRATEGIES, help="what to train (default {default})")
+    lora_r: int = option(8)
+    lora_alpha: int = option(16)
+    lora_dropout: float = option(0.05, cli=False)
+    gradient_checkpointing: bool = option(False, help="recompute activations to save memory")
+    bf16: bool = option(False, help="bfloat16 autocast (CPU and GPU)")
+    shuffle: bool = option(True, flag="--no-shuffle", help="keep the data order")
+    no_duplicates: bool = option(
+        True, flag="--allow-duplicates",
+        help="allow the same text twice in a batch (default: such records wait for a later batch)",
+    )
+    use_prompts: bool = option(
+        True, flag="--no-prompts", help="do not put the model's query/document prompts before training texts"
+    )
+    seed: int = option(42)
+    weights: dict[str, float] = field(default_factory=dict, metadata=about(
+        flag="--weight", metavar="NAME=W", help="dataset weight: passes per epoch for dataset NAME (file stem); repeatable",
+    ))
+    save_dtype: str | None = option(
+        None, cli=False, choices=SAVE_DTYPES, help="the final model's weights on disk: fp16 | bf16 halve its size"
+    )
+    save_steps: int = option(200, help="checkpoint every N steps (default {default})")
+    keep_checkpoints: int = option(2, help="how many checkpoints to keep (default {default})")
+    log_steps: int = option(1, cli=False, help="a loss-curve row every N steps")
+    progress: bool | None = option(
+        None, help="always show a progress bar", off_flag="--no-progress", off_help="never show a progress bar"
+    )  # None: a bar when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        for opt in train_options():
+            setattr(self, opt.name, opt.checked(getattr(self, opt.name)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise M3EError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """A config from option names and values (a recipe's ``train:``, keyword arguments), checked."""
+        return cls(**_known(data))
+
+    def updated(self, options: Mapping[str, Any]) -> TrainConfig:
+        """A copy with ``options`` replaced, checked as :meth:`from_dict` checks them."""
+        return dataclasses.replace(self, **_known(options))
+
+
+def _known(data: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(data) - {opt.name for opt in train_options()})
+    if unknown:
+        raise M3EError(f"unknown training option(s): {', '.join(unknown)}")
+    return dict(data)
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    """One TrainConfig field as the CLI and the recipe checks see it."""
+
+    name: str
+    kind: type  # int, float, bool, str or dict (dataset name -> weight)
+    optional: bool  # None is a value (unset: the run decides)
+    default: Any
+    help: str | None
+    flag: str
+    off_flag: str | None
+    off_help: str | None
+    choices: tuple[str, ...] | None
+    metavar: str | None
+    cli: bool  # among the training flags of `m3e finetune` and `m3e train`
+
+    def checked(self, value: Any) -> Any:
+        """``value`` as this option holds it, or an M3EError saying what it must be."""
+        if value is None:
+            if self.optional:
+                return None
+            raise M3EError(f"training option {self.name} must be {_KIND_NAMES[self.kind]}, not null")
+        held = _as_kind(self.kind, value)
+        if held is None:
+            raise M3EError(f"training option {self.name} must be {_KIND_NAMES[self.kind]}, not {value!r}")
+        if self.choices is not None and held not in self.choices:
+            raise M3EError(f"training option {self.name} must be one of {', '.join(self.choices)}, not {value!r}")
+        return held
+
+
+_KIND_NAMES = {
+    int: "an integer", float: "a number", bool: "true or false", str: "a string",
+    dict: "a mapping of dataset names to numbers",
+}
+
+
+def _as_kind(kind: type, value: Any) -> Any:
+    """``value`` as a ``kind`` (None when it is not one). Integral numbers count as integers, and numbers written
+    as text as numbers: PyYAML reads ``3e-5`` (no dot) as a string."""
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if kind is str:
+        return value if isinstance(value, str) else None
+    if kind is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            return None
+        numbers = {k: _as_kind(float, v) for k, v in value.items()}
+        return None if any(v is None for v in numbers.values()) else numbers
+    if isinstance(value, bool):
+        return None
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) else None
+    if isinstance(value, str):  # float
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, int | float) else None
+
+
+@functools.cache
+def train_options() -> tuple[TrainOption, ...]:
+    """TrainConfig's fields, in declaration order (the order of `m3e finetune --help`)."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        info = f.metadata["option"]
+        kind, optional = _kind_of(hints[f.name])
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        help_text = info["help"].format(default=default) if info["help"] else None
+        out.append(TrainOption(
+            name=f.name, kind=kind, optional=optional, default=default, help=help_text,
+            flag=info["flag"] or "--" + f.name.replace("_", "-"), off_flag=info["off_flag"],
+            off_help=info["off_help"], choices=info["choices"], metavar=info["metavar"], cli=info["cli"],
+        ))
+    return tuple(out)
+
+
+def train_option(name: str) -> TrainOption:
+    return next(opt for opt in train_options() if opt.name == name)
+
+
+def _kind_of(hint: Any) -> tuple[type, bool]:
+    """``int | None`` -> (int, True); ``dict[str, float]`` -> (dict, False)."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    kinds = [a for a in args if a is not type(None)]
+    (kind,) = kinds
+    return typing.get_origin(kind) or kind, len(kinds) < len(args)
 
 
 def default_lr(num_parameters: int, strategy: str = "full") -> float:
@@ -85,8 +248,6 @@ def resolve_defaults(config: TrainConfig, num_parameters: int) -> TrainConfig:
     out = dataclasses.replace(config)
     if out.lr is None:
         out.lr = default_lr(num_parameters, out.strategy)
-    if out.scheduler not in ("cosine", "linear", "constant"):
-        raise M3EError(f"scheduler must be cosine, linear or constant, not {out.scheduler!r}")
     if out.batch_size < 2:
         raise M3EError("batch size must be at least 2 (in-batch negatives)")
     if out.mini_batch is not None and out.mini_batch < 1:
@@ -96,8 +257,6 @@ def resolve_defaults(config: TrainConfig, num_parameters: int) -> TrainConfig:
 
 def lr_lambda(step: int, total: int, warmup: int, kind: str) -> float:
     """Multiplier of the peak learning rate at ``step`` (0-based): linear warmup, then cosine/linear/constant."""
-    import math
-
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if kind == "constant" or total <= warmup:

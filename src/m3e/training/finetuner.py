@@ -34,26 +34,39 @@ class FineTuneResult:
 
 
 class FineTuner:
-    def __init__(self, model: Any, datasets: list[TrainingDataset], model_name: str | None = None, **options: Any):
+    """Fine-tune ``model`` on ``datasets`` as ``config`` says; keyword ``options`` are TrainConfig fields that
+    replace the config's (without a config, the run directory is named after the model)."""
+
+    def __init__(
+        self, model: Any, datasets: list[TrainingDataset], model_name: str | None = None, *,
+        config: TrainConfig | None = None, **options: Any,
+    ):
         self.model = model
         self.datasets = datasets
         self.model_name = model_name
-        self.options = options
+        if config is None:
+            config = TrainConfig(model=model_name, output=f"{Path(str(model_name or 'm3e')).name}-finetuned")
+        self.config = config.updated(options)
 
     @classmethod
     def from_pretrained(
-        cls, model_name_or_path: str | None, dataset: Any, *, record_type: str | None = None, device: str | None = None, **options: Any
+        cls, model_name_or_path: str | None, dataset: Any, *, record_type: str | None = None, device: str | None = None,
+        config: TrainConfig | None = None, **options: Any,
     ) -> FineTuner:
-        """Load the model (anything ``m3e.load`` takes; None = the default model) and read the data."""
-        import m3e
+        """Load the model (anything :func:`m3e.loading.load_model` takes; None = the default model) and read the
+        data (``record_type`` or the config's forces the record type)."""
+        from m3e.loading import load_model
 
-        datasets = load_datasets(dataset, record_type)
-        model = m3e.load(model_name_or_path, device=device)
-        return cls(model, datasets, model_name=model_name_or_path, record_type=record_type, **options)
+        if record_type is not None:
+            options["record_type"] = record_type
+        forced = options.get("record_type", config.record_type if config is not None else None)
+        datasets = load_datasets(dataset, forced)
+        model = load_model(model_name_or_path, device=device)
+        return cls(model, datasets, model_name=model_name_or_path, config=config, **options)
 
     def run(
         self,
-        epochs: int = 1,
+        epochs: int | None = None,
         output_dir: str | Path | None = None,
         *,
         resume: bool = False,
@@ -62,43 +75,67 @@ class FineTuner:
         eval_data_dir: str | Path | None = None,
         **options: Any,
     ) -> FineTuneResult:
-        """Train; ``options`` are :class:`TrainConfig` fields (batch_size, lr, loss, strategy, mini_batch, ...)."""
+        """Train; ``options`` are :class:`TrainConfig` fields (batch_size, lr, loss, strategy, mini_batch, ...)
+        for this run, and ``epochs`` / ``output_dir`` replace the config's when given."""
         from m3e.training.trainer import Trainer, save_model_into
 
-        merged = {**self.options, **options, "epochs": epochs}
+        if epochs is not None:
+            options["epochs"] = epochs
         if output_dir is not None:
-            merged["output"] = str(output_dir)
-        elif "output" not in merged:
-            merged["output"] = f"{Path(str(self.model_name or 'm3e')).name}-finetuned"
-        merged.setdefault("model", self.model_name)
-        config = TrainConfig.from_dict(merged)
+            options["output"] = str(output_dir)
+        config = self.config.updated(options)
         trainer = Trainer(self.model, self.datasets, config)
-        main = trainer.dist.is_main
-
-        want_eval = eval_suite is not None or bool(eval_tasks)
-        suite = eval_suite or "offline"
-        before: dict[str, float | None] = {}
-        if want_eval and main:
-            # the starting model's scores are kept in the run directory: a resumed run does not evaluate it again
-            saved = Path(config.output).expanduser() / "eval-before.json"
-            key = {"suite": suite, "tasks": sorted(eval_tasks or [])}
-            cached = json.loads(saved.read_text(encoding="utf-8")) if resume and saved.is_file() else {}
-            if cached.get("key") == key:
-                before = cached["scores"]
-            else:
-                before = evaluate_scores(self.model, suite, eval_tasks, eval_data_dir, label="before")
-                if before:
-                    write_atomic(saved, json.dumps({"key": key, "scores": before}, indent=2) + "\n")
+        evaluation = _Evaluation(eval_suite or "offline", eval_tasks, eval_data_dir)
+        want_eval = (eval_suite is not None or bool(eval_tasks)) and trainer.dist.is_main
+        before = self._scores_before(evaluation, Path(config.output).expanduser(), resume) if want_eval else {}
         result = trainer.train(resume=resume)
         scores: dict[str, dict[str, float | None]] = {}
-        if want_eval and main and before:
-            after = evaluate_scores(self.model, suite, eval_tasks, eval_data_dir, label="after")
-            scores = {t: {"before": before.get(t), "after": after.get(t)} for t in dict.fromkeys([*before, *after])}
-            print(format_side_by_side(scores), file=sys.stderr if not sys.stdout.isatty() else sys.stdout)
-            scored_on = f"{suite} suite" if not eval_tasks else f"{suite} suite, tasks {', '.join(eval_tasks)}"
-            card = trainer.card(result.steps, result.train_seconds, scores, scored_on=scored_on)
+        if before:
+            scores = self._scores_after(evaluation, before)
+            card = trainer.card(result.steps, result.train_seconds, scores, scored_on=evaluation.scored_on)
             save_model_into(self.model, result.output, card, dtype=config.save_dtype)
-        return FineTuneResult(result.output, self.model, result.steps, result.train_seconds, result.final_loss, scores, result.resumed_from)
+        return FineTuneResult(
+            result.output, self.model, result.steps, result.train_seconds, result.final_loss, scores, result.resumed_from
+        )
+
+    def _scores_before(self, evaluation: _Evaluation, run_dir: Path, resume: bool) -> dict[str, float | None]:
+        """The starting model's scores, kept in the run directory: a resumed run does not evaluate it again."""
+        saved = run_dir / "eval-before.json"
+        key = {"suite": evaluation.suite, "tasks": sorted(evaluation.tasks or [])}
+        cached = json.loads(saved.read_text(encoding="utf-8")) if resume and saved.is_file() else {}
+        if cached.get("key") == key:
+            scores: dict[str, float | None] = cached["scores"]
+            return scores
+        scores = evaluation.scores(self.model, label="before")
+        if scores:
+            write_atomic(saved, json.dumps({"key": key, "scores": scores}, indent=2) + "\n")
+        return scores
+
+    def _scores_after(
+        self, evaluation: _Evaluation, before: dict[str, float | None]
+    ) -> dict[str, dict[str, float | None]]:
+        """Task -> {"before", "after"}, printed side by side."""
+        after = evaluation.scores(self.model, label="after")
+        scores = {t: {"before": before.get(t), "after": after.get(t)} for t in dict.fromkeys([*before, *after])}
+        print(format_side_by_side(scores), file=sys.stderr if not sys.stdout.isatty() else sys.stdout)
+        return scores
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """The before/after evaluation a run asked for."""
+
+    suite: str
+    tasks: list[str] | None
+    data_dir: str | Path | None
+
+    def scores(self, model: Any, label: str) -> dict[str, float | None]:
+        return evaluate_scores(model, self.suite, self.tasks, self.data_dir, label=label)
+
+    @property
+    def scored_on(self) -> str:
+        """How the model card names the scores' source (a dev-split score must not read as the test's)."""
+        return f"{self.suite} suite" if not self.tasks else f"{self.suite} suite, tasks {', '.join(self.tasks)}"
 
 
 def evaluate_scores(model: Any, suite: str, tasks: list[str] | None, data_dir: str | Path | None, label: str) -> dict[str, float | None]:

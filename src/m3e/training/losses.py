@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from m3e.errors import M3EError
+from m3e.training.config import CONTRASTIVE_LOSSES, DISTILL_LOSSES
 
 DEFAULT_TEMPERATURE = 0.05
-CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
 
 
 class EmbeddingLoss:
@@ -177,8 +177,6 @@ class CosineDistillLoss(EmbeddingLoss):
         extra = f" + {self.contrast:g} x in-batch softmax (tau={self.temperature:g})" if self.contrast > 0 else ""
         return f"cosine distillation to teacher vectors{extra}"
 
-
-DISTILL_LOSSES = ("mse", "cosine")
 
 
 def make_loss(

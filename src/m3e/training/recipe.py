@@ -26,12 +26,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from m3e.atomic import write_atomic
 from m3e.errors import M3EError
 from m3e.training.config import TrainConfig, read_recipe
 from m3e.training.records import Record, TrainingDataset, attach_teacher_vectors, load_source, unique_names
+
+if TYPE_CHECKING:
+    from m3e.training.finetuner import FineTuneResult
 
 _TOP_KEYS = {"model", "output", "datasets", "distill", "loss", "train", "eval", "name", "description"}
 
@@ -200,7 +203,7 @@ def config_from_recipe(recipe: dict[str, Any], overrides: dict[str, Any] | None 
         fields["loss"] = loss
     elif isinstance(loss, dict):
         for k, v in loss.items():
-            fields[{"name": "loss"}.get(k, k)] = v
+            fields["loss" if k == "name" else k] = v
     if recipe.get("model") is not None and not isinstance(recipe["model"], dict):
         fields["model"] = str(recipe["model"])
     if recipe.get("output") is not None:
@@ -212,9 +215,9 @@ def config_from_recipe(recipe: dict[str, Any], overrides: dict[str, Any] | None 
 def run_recipe(
     path: str | Path, overrides: dict[str, Any] | None = None, *, resume: bool = False, device: str | None = None,
     eval_suite: str | None = None, eval_tasks: list[str] | None = None, eval_data_dir: str | None = None,
-) -> Any:
+) -> FineTuneResult:
     """Load the recipe, its data and model, and train with the resumable trainer. Returns the FineTuneResult."""
-    import m3e
+    from m3e.loading import load_model
     from m3e.training.finetuner import FineTuner
 
     p = Path(path).expanduser().resolve()
@@ -223,18 +226,21 @@ def run_recipe(
     if not Path(config.output).is_absolute() and "output" not in (overrides or {}):
         config.output = str(p.parent / config.output)
     datasets = datasets_from_recipe(recipe, p.parent)
-    model_src = config.model
-    if isinstance(recipe.get("model"), dict):
-        model_src = config.model = str(initial_model(recipe["model"], Path(config.output), p.parent))
-    elif model_src is not None and not Path(model_src).is_absolute() and (p.parent / model_src).exists():
-        model_src = str(p.parent / model_src)
-    model = m3e.load(model_src, device=device)
+    config.model = _model_source(recipe, config, p.parent)
+    model = load_model(config.model, device=device)
     ev = recipe.get("eval") or {}
-    options = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "output")}
-    options["model"] = model_src
-    tuner = FineTuner(model, datasets, model_name=model_src)
+    tuner = FineTuner(model, datasets, model_name=config.model, config=config)
     return tuner.run(
-        epochs=config.epochs, output_dir=config.output, resume=resume,
-        eval_suite=eval_suite or ev.get("suite"), eval_tasks=eval_tasks or ev.get("tasks"),
-        eval_data_dir=eval_data_dir or ev.get("data_dir"), **options,
+        resume=resume, eval_suite=eval_suite or ev.get("suite"), eval_tasks=eval_tasks or ev.get("tasks"),
+        eval_data_dir=eval_data_dir or ev.get("data_dir"),
     )
+
+
+def _model_source(recipe: dict[str, Any], config: TrainConfig, base: Path) -> str | None:
+    """What the run starts from: the student a ``model: {import: ...}`` recipe imports into the run directory, or
+    the model's path (relative paths that exist beside the recipe are taken from there)."""
+    if isinstance(recipe.get("model"), dict):
+        return str(initial_model(recipe["model"], Path(config.output), base))
+    if config.model is not None and not Path(config.model).is_absolute() and (base / config.model).exists():
+        return str(base / config.model)
+    return config.model

@@ -10,8 +10,7 @@ import torch
 
 from m3e.errors import M3EError
 from m3e.extras import require
-
-STRATEGIES = ("full", "lora", "bitfit")
+from m3e.training.config import STRATEGIES
 
 
 def apply_strategy(
