@@ -39,8 +39,8 @@ def _corpus(paths: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import m3e
     from m3e.data.paths import resolve
+    from m3e.loading import load_model
     from m3e.training.mining import mine_hard_negatives, parse_window, write_jsonl
     from m3e.training.records import load_datasets
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise M3EError(f"mining needs pairs or triplets; {', '.join(bad)} are not")
     records = [r for d in datasets for r in d.records]
-    model = m3e.load(None if args.model in ("default", "-") else args.model, device=args.device)
+    model = load_model(None if args.model in ("default", "-") else args.model, device=args.device)
     rows, stats = mine_hard_negatives(
         model, records, corpus=_corpus(args.corpus), window=window, num_negatives=args.negatives,
         seed=args.seed, batch_size=args.batch_size, random_fill=args.random_fill,
