@@ -1,12 +1,14 @@
 # Two commands do all the setup on a fresh machine (README):
 #   make demo   - create .venv, install m3e, run its main job on the default model (offline)
-#   make test   - create .venv, install m3e with its test extras, run ruff and the test suite
+#   make test   - create .venv, install m3e with its test extras, run ruff, the layer contracts, the type
+#                 checker and the whole test suite (what CI runs)
+#   make test-fast - the edit-test loop: ruff and the tests not marked slow (under a minute)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.m3e-installed
 
-.PHONY: setup demo test lint bench clean default-model
+.PHONY: setup demo test test-fast lint typecheck bench clean default-model
 
 setup: $(STAMP)
 
@@ -26,10 +28,17 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 
-test: setup
-	$(BIN)/ruff check src tests bench
+typecheck: setup
+	$(BIN)/mypy
+
+test: lint typecheck
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/ruff check src tests bench
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -x -m "not slow"
 
 # m3e's default model, from scratch (data, teacher vectors, stage 1, hard negatives, stage 2, evaluation) into
 # src/m3e/default_model/. Resumable: run it again after an interruption. From about 2 hours to about 4.5 hours

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
 
 from m3e.backends import BACKENDS
+
+if TYPE_CHECKING:
+    from m3e.model import EmbeddingModel
 
 
 def add_model_options(parser: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -19,10 +22,10 @@ def add_model_options(parser: argparse.ArgumentParser, positional: bool = False)
     parser.add_argument("--pooling", default=None, help="override pooling: mean, cls, max, first_last_mean, last_weighted, ...")
 
 
-def load_model_from_args(args: argparse.Namespace) -> Any:
-    import m3e
+def load_model_from_args(args: argparse.Namespace) -> EmbeddingModel:
+    from m3e.loading import load_model
 
-    return m3e.load(
+    return load_model(
         args.model,
         device=args.device,
         backend=args.backend,
