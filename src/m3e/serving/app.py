@@ -31,7 +31,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 
 from m3e.errors import M3EError
-from m3e.serving.batcher import Batcher, QueueFull, ShuttingDown
+from m3e.serving.batcher import Batcher, EmbeddingBackend, QueueFull, ShuttingDown
 from m3e.serving.errors import SERVER_ERROR, ApiError, bad_request
 from m3e.serving.metrics import Metrics
 from m3e.serving.schemas import (
@@ -259,8 +259,9 @@ class EmbeddingService:
         self.created = int(time.time())
         self.metrics = Metrics()
         self.in_flight = 0  # requests inside the embeddings handler; the batcher waits for company only if > 1
+        backends: dict[str, EmbeddingBackend] = {name: s.model for name, s in self.served.items()}
         self.batcher = Batcher(
-            {name: s.model for name, s in self.served.items()},
+            backends,
             max_batch_tokens=config.max_batch_tokens,
             max_batch_size=config.max_batch_size,
             max_wait=config.max_wait_ms / 1000.0,

@@ -30,14 +30,17 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from m3e.length_sorting import length_sorted_batches
+
+if TYPE_CHECKING:
+    from m3e.serving.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ class Batcher:
         max_batch_size: int = 64,
         max_wait: float = 0.005,
         max_queue: int = 4096,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         warmup: Callable[[], None] | None = None,
         torch_threads: int | None = None,
     ):
@@ -306,7 +309,7 @@ class Batcher:
                 if job.done == len(job.order):
                     _resolve(job.future, job.out)
 
-    def _fail(self, jobs: Any, exc: BaseException) -> None:
+    def _fail(self, jobs: Collection[Job], exc: BaseException) -> None:
         with self._cv:
             for job in jobs:
                 job.failed = True

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
 
 
 class Metrics:
+    """The server's counters, gauges and histograms, rendered for ``GET /metrics``."""
+
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -56,7 +56,7 @@ class Metrics:
         self.batch_tokens.labels(model).observe(padded_tokens)
         self.forward_seconds.labels(model).observe(seconds)
 
-    def count_request(self, endpoint: str, status: int, code: Any = None) -> None:
+    def count_request(self, endpoint: str, status: int, code: str | None = None) -> None:
         self.requests.labels(endpoint, str(status)).inc()
         if status >= 400:
             self.errors.labels(str(status), str(code or "")).inc()

@@ -153,7 +153,7 @@ def finish_vectors(pooled: np.ndarray, dimensions: int | None, dim: int) -> np.n
     """Unit vectors as ``encode`` makes them; with ``dimensions``, truncated and re-normalised."""
     if dimensions is not None and dimensions > dim:
         raise M3EError(f"dimensions {dimensions} > model dimension {dim}")
-    x = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    x: np.ndarray = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
     if dimensions is not None and dimensions < dim:
         x = x[:, :dimensions]
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

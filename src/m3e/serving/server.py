@@ -6,13 +6,18 @@ import signal
 import socket
 import threading
 import time
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.types import ASGIApp
 
 # uvicorn waits this long for in-flight requests after SIGTERM / Ctrl-C before cancelling them.
 GRACEFUL_SHUTDOWN_S = 30
 
 
-def _config(app: Any, host: str, port: int, log_level: str = "warning", **kw: Any) -> Any:
+def _config(app: ASGIApp, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
     import uvicorn
 
     return uvicorn.Config(
@@ -23,11 +28,10 @@ def _config(app: Any, host: str, port: int, log_level: str = "warning", **kw: An
         access_log=log_level in ("debug", "info"),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
-        **kw,
     )
 
 
-def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+def run_server(app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
     """Serve until SIGINT / SIGTERM; in-flight requests finish before the process exits."""
     import uvicorn
 
@@ -47,14 +51,14 @@ def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: s
             signal.signal(sig, handler)
 
 
-def _stopped(signum: int, frame: Any) -> None:
+def _stopped(signum: int, frame: FrameType | None) -> None:
     pass
 
 
 class ServerThread:
     """A uvicorn server on a background thread, on a socket bound before it starts (no port race)."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         import uvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
