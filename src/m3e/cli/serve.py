@@ -6,9 +6,15 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from m3e.backends import BACKENDS
 from m3e.errors import M3EError
+from m3e.extras import require
+
+if TYPE_CHECKING:
+    from m3e.model import EmbeddingModel
+    from m3e.serving import ServeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ def _model_specs(args: argparse.Namespace) -> list[tuple[str | None, str | None]
     return specs or [(None, None)]
 
 
-def _positive(args: argparse.Namespace) -> None:
+def _check_limits(args: argparse.Namespace) -> None:
     for opt in ("max_batch_tokens", "max_batch_size", "max_queue", "max_request_bytes", "port"):
         if getattr(args, opt) < (0 if opt == "port" else 1):
             raise M3EError(f"--{opt.replace('_', '-')} must be positive")
@@ -74,32 +80,54 @@ def _positive(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _positive(args)
-    try:
-        import fastapi  # noqa: F401
-        import prometheus_client  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        raise M3EError(f"m3e serve needs the serve extra ({exc.name} is missing): pip install 'm3e[serve]'") from None
-    import torch
-
-    import m3e
-    from m3e.serving import ServeConfig, create_app, run_server
+    _check_limits(args)
+    _require_serve_extra()
+    from m3e.serving import create_app, run_server
 
     threads = args.threads or _cores()
+    _set_inference_threads(threads)
+    models = _load_models(args)
+    config = _serve_config(args, threads)
+    app = create_app(models, config)
+    _announce(models, config, args)
+    level = args.log_level or ("info" if args.verbose else "warning")
+    run_server(app, args.host, args.port, log_level=level)
+    print("m3e serve: stopped", file=sys.stderr)
+    return 0
+
+
+def _require_serve_extra() -> None:
+    """Fail before loading any model when the serve extra is missing."""
+    for module in ("fastapi", "prometheus_client", "uvicorn"):
+        require(module, purpose="m3e serve", extra="serve")
+
+
+def _set_inference_threads(threads: int) -> None:
+    import torch
+
     # The int8 (ONNX Runtime) backend sizes its thread pool from this variable when it loads.
     os.environ["M3E_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
 
-    models = {}
+
+def _load_models(args: argparse.Namespace) -> dict[str, EmbeddingModel]:
+    """The models to serve by public name, in serving order (the first is the default)."""
+    from m3e.loading import load_model
+
+    models: dict[str, EmbeddingModel] = {}
     for name, path in _model_specs(args):
-        model = m3e.load(path, device=args.device, backend=args.backend, max_length=args.max_length)
+        model = load_model(path, device=args.device, backend=args.backend, max_length=args.max_length)
         public = name or model.name
         if public in models:
             raise M3EError(f"two models are named {public!r}; give one another name with --name NAME=MODEL")
         models[public] = model
+    return models
 
-    config = ServeConfig(
+
+def _serve_config(args: argparse.Namespace, threads: int) -> ServeConfig:
+    from m3e.serving import ServeConfig
+
+    return ServeConfig(
         api_key=args.api_key or None,
         max_batch_tokens=args.max_batch_tokens,
         max_batch_size=args.max_batch_size,
@@ -110,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
         cors_origins=list(args.cors),
         torch_threads=threads,
     )
-    app = create_app(models, config)
+
+
+def _announce(models: dict[str, EmbeddingModel], config: ServeConfig, args: argparse.Namespace) -> None:
+    """What is served and where, on stderr, before the server starts."""
     host = f"[{args.host}]" if ":" in args.host else args.host
     for public, model in models.items():
         print(
@@ -123,7 +154,3 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    level = args.log_level or ("info" if args.verbose else "warning")
-    run_server(app, args.host, args.port, log_level=level)
-    print("m3e serve: stopped", file=sys.stderr)
-    return 0
