@@ -15,40 +15,49 @@ rebuild it from its stored config.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from m3e.integrations._model import resolve_model
 
+if TYPE_CHECKING:
+    from m3e.integrations._model import ModelSpec
+
 NAME = "m3e"
 
 
 class M3EEmbeddingFunction:
-    def __init__(self, model: Any = None, *, batch_size: int = 32, normalize: bool = True, **load_kw: Any):
-        self._model_arg = model if isinstance(model, str) or model is None else getattr(model, "name", None)
+    def __init__(self, model: ModelSpec = None, *, batch_size: int = 32, normalize: bool = True, **load_kw: Any):
+        # What get_config stores, so that a persisted collection can load the same model again.
+        self._model_arg: str | None = (
+            model if isinstance(model, str) or model is None else getattr(model, "name", None)
+        )
         self._load_kw = dict(load_kw)
         self.model = resolve_model(model, **load_kw)
         self.batch_size = batch_size
         self.normalize = normalize
 
     # ------------------------------------------------------------------ embedding
-    def __call__(self, input: list[str]) -> list[np.ndarray]:
+    def __call__(self, input: str | Sequence[str]) -> list[np.ndarray]:
         """Embed documents (Chroma passes a list of strings as ``input``)."""
         texts = [input] if isinstance(input, str) else list(input)
         if not texts:
             return []
-        vectors = self.model.encode_documents(texts, batch_size=self.batch_size, normalize=self.normalize,
-                                              show_progress=False)
+        vectors: np.ndarray = self.model.encode_documents(
+            texts, batch_size=self.batch_size, normalize=self.normalize, show_progress=False
+        )
         return [np.asarray(v, dtype=np.float32) for v in vectors]
 
-    def embed_query(self, input: list[str]) -> list[np.ndarray]:
+    def embed_query(self, input: str | Sequence[str]) -> list[np.ndarray]:
         """Embed queries with the model's query prompt (Chroma >= 1.0 calls this for queries)."""
         texts = [input] if isinstance(input, str) else list(input)
         if not texts:
             return []
-        vectors = self.model.encode_queries(texts, batch_size=self.batch_size, normalize=self.normalize,
-                                            show_progress=False)
+        vectors: np.ndarray = self.model.encode_queries(
+            texts, batch_size=self.batch_size, normalize=self.normalize, show_progress=False
+        )
         return [np.asarray(v, dtype=np.float32) for v in vectors]
 
     # ------------------------------------------------------------------ protocol: identity and config

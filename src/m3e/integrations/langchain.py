@@ -11,15 +11,26 @@ models (BGE, E5) work as their authors intended inside any LangChain vector stor
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from langchain_core.embeddings import Embeddings
+import numpy as np
 
+from m3e.extras import require
 from m3e.integrations._model import resolve_model
+
+if TYPE_CHECKING:
+    from langchain_core.embeddings import Embeddings
+
+    from m3e.integrations._model import ModelSpec
+else:
+    Embeddings = require(
+        "langchain_core.embeddings", purpose="m3e.integrations.langchain", extra="integrations",
+        package="langchain-core",
+    ).Embeddings
 
 
 class M3EEmbeddings(Embeddings):
-    def __init__(self, model: Any = None, *, batch_size: int = 32, normalize: bool = True, **load_kw: Any):
+    def __init__(self, model: ModelSpec = None, *, batch_size: int = 32, normalize: bool = True, **load_kw: Any):
         self.model = resolve_model(model, **load_kw)
         self.batch_size = batch_size
         self.normalize = normalize
@@ -27,10 +38,15 @@ class M3EEmbeddings(Embeddings):
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        vectors = self.model.encode_documents(list(texts), batch_size=self.batch_size, normalize=self.normalize,
-                                              show_progress=False)
-        return vectors.tolist()
+        vectors: np.ndarray = self.model.encode_documents(
+            list(texts), batch_size=self.batch_size, normalize=self.normalize, show_progress=False
+        )
+        rows: list[list[float]] = vectors.tolist()
+        return rows
 
     def embed_query(self, text: str) -> list[float]:
-        vector = self.model.encode_queries([text], batch_size=1, normalize=self.normalize, show_progress=False)
-        return vector[0].tolist()
+        vector: np.ndarray = self.model.encode_queries(
+            [text], batch_size=1, normalize=self.normalize, show_progress=False
+        )
+        row: list[float] = vector[0].tolist()
+        return row
