@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,23 @@ def _assert_error(resp: Any, status: int, param: str | None = None, code: str | 
     if code is not None:
         assert body["error"]["code"] == code
     return body["error"]
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail naming what was awaited if ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def _health_status(url: str) -> int | None:
+    """GET /health's status, or None while the server does not accept connections yet."""
+    try:
+        return httpx.get(url + "/health").status_code
+    except httpx.HTTPError:
+        return None
 
 
 def _close(a: Any, b: Any) -> None:
@@ -303,10 +322,7 @@ def test_full_queue_is_429_with_retry_after(models: dict[str, Any]) -> None:
         busy = post("busy", ["a"])  # occupies the inference thread until the gate opens
         assert gated.entered.wait(30)
         queued = post("queued", ["b", "c", "d"])  # waits in the queue: 3 of 4 places
-        for _ in range(1000):
-            if app.state.batcher.queued_texts == 3:
-                break
-            threading.Event().wait(0.01)
+        _wait_until(lambda: app.state.batcher.queued_texts == 3, "the second request to wait in the queue")
         try:
             resp = httpx.post(url, json={"input": ["e", "f"]})
             err = _assert_error(resp, 429, None, "rate_limit_exceeded")
@@ -382,17 +398,11 @@ def test_health_is_503_until_warm_up_is_done(models: dict[str, Any]) -> None:
     srv = ServerThread(app)
     srv.thread.start()
     try:
-        status = None
-        for _ in range(200):
-            try:
-                status = httpx.get(srv.url + "/health").status_code
-                break
-            except httpx.HTTPError:
-                threading.Event().wait(0.02)
-        assert status == 503
+        _wait_until(lambda: _health_status(srv.url) is not None, "the server to accept connections")
+        assert _health_status(srv.url) == 503
         assert httpx.get(srv.url + "/health").json() == {"status": "loading"}
         gate.set()
-        batcher.ready.wait(30)
+        assert batcher.ready.wait(30), "warm-up did not finish"
         assert httpx.get(srv.url + "/health").status_code == 200
     finally:
         gate.set()

@@ -9,8 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-pytest.importorskip("prometheus_client")
-
 from m3e.serving.batcher import Batcher, QueueFull, ShuttingDown, split_batches
 
 
@@ -76,11 +74,14 @@ def test_huge_request_does_not_starve_small_ones() -> None:
     batcher = Batcher({"m": model}, max_batch_tokens=10000, max_batch_size=16, max_wait=0.0)
     done: list[str] = []
     lock = threading.Lock()
+    all_answered = threading.Event()  # a future's callbacks run after its waiters wake: wait for them
 
     def record(name: str):
         def cb(_):
             with lock:
                 done.append(name)
+                if len(done) == 7:
+                    all_answered.set()
 
         return cb
 
@@ -97,6 +98,7 @@ def test_huge_request_does_not_starve_small_ones() -> None:
         big.result(timeout=30)
         for f in smalls:
             f.result(timeout=30)
+        assert all_answered.wait(30), f"only {done} were answered"
         assert done[-1] == "big"
         # The small requests rode in the first round, next to the big job's first texts.
         first_round = [x[0] for b in model.batches[:2] for x in b]
@@ -166,7 +168,7 @@ def test_patience_lets_a_batch_fill() -> None:
         futures = []
         for k in range(8):
             futures.append(batcher.submit("m", [_ids(k, 3)]))
-            time.sleep(0.005)
+            time.sleep(0.005)  # the behaviour under test: texts arriving one by one, well inside max_wait
         for f in futures:
             f.result(10)
         assert [len(b) for b in model.batches] == [8]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,29 @@ def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it holds; fail naming what was awaited if ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _in_flight(url: str) -> int:
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("m3e_requests_in_flight "):
+            return int(float(line.split()[1]))
+    raise AssertionError("/metrics has no m3e_requests_in_flight")
+
+
 @pytest.fixture(scope="module")
 def served(minilm_dir: Path, tiny_st_model_dir: Path):
     port = _free_port()
@@ -49,19 +73,13 @@ def served(minilm_dir: Path, tiny_st_model_dir: Path):
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"m3e serve exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
+    try:
+        _wait_until(lambda: proc.poll() is not None or _healthy(url), "m3e serve to become ready", timeout=120)
+    except BaseException:
         proc.kill()
-        pytest.fail("m3e serve did not become ready")
+        raise
+    if proc.poll() is not None:
+        pytest.fail(f"m3e serve exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
     yield proc, url
     if proc.poll() is None:
         proc.kill()
@@ -109,10 +127,8 @@ def test_sigterm_finishes_the_request_in_flight(served: Any) -> None:
 
     t = threading.Thread(target=call)
     t.start()
-    for _ in range(500):  # until the server holds the request
-        if "m3e_requests_in_flight 1.0" in httpx.get(url + "/metrics", timeout=10).text or not t.is_alive():
-            break
-        time.sleep(0.01)
+    _wait_until(lambda: _in_flight(url) == 1 or not t.is_alive(), "the server to hold the request")
+    assert t.is_alive(), f"the request was answered before SIGTERM could be sent: {result}"
     proc.send_signal(signal.SIGTERM)
     t.join(120)
     assert "error" not in result, result.get("error")
