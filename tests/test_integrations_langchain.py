@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("langchain_core")
-
 
 def test_langchain_embeddings_match_the_model(tiny_st_model_dir):
     from langchain_core.embeddings import Embeddings
