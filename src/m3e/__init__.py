@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 # CPU that made single-query encoding up to 25x slower. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__all__ = ["EmbeddingModel", "FineTuner", "M3EError", "__version__", "load"]
+__all__ = ["EmbeddingModel", "FineTuner", "M3EError", "Reranker", "__version__", "load", "load_reranker"]
 
 from m3e.errors import M3EError
 from m3e.version import __version__
 
 if TYPE_CHECKING:
     from m3e.model import EmbeddingModel
+    from m3e.reranker import Reranker
     from m3e.training.finetuner import FineTuner
 
 
@@ -34,12 +35,23 @@ def load(name_or_path: str | None = None, **kwargs: Any) -> EmbeddingModel:
     return load_model(name_or_path, **kwargs)
 
 
+def load_reranker(name_or_path: str, **kwargs: Any) -> Reranker:
+    """Load a cross-encoder reranker by local path or hub id; see :func:`m3e.loading.load_reranker`."""
+    from m3e.loading import load_reranker as _load_reranker
+
+    return _load_reranker(name_or_path, **kwargs)
+
+
 def __getattr__(name: str) -> Any:
     # Lazy attributes keep `import m3e` light: no torch until a model is used.
     if name == "EmbeddingModel":
         from m3e.model import EmbeddingModel
 
         return EmbeddingModel
+    if name == "Reranker":
+        from m3e.reranker import Reranker
+
+        return Reranker
     if name == "FineTuner":
         from m3e.training.finetuner import FineTuner
 

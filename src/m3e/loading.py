@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m3e.errors import M3EError, ModelNotFoundError
-from m3e.st_format import STModules, read_dense_layers, read_st_modules
+from m3e.st_format import ST_CONFIG_FILE, STModules, read_dense_layers, read_json, read_st_modules
 
 if TYPE_CHECKING:
     from m3e.model import EmbeddingModel
+    from m3e.reranker import Reranker
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,85 @@ def load_model(
     return model
 
 
+def load_reranker(
+    name_or_path: str,
+    *,
+    device: str | None = None,
+    max_length: int | None = None,
+    backend: str = "torch",
+    activation: str | None = None,
+    max_windows: int = 8,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
+) -> Reranker:
+    """Load a cross-encoder reranker: a sentence-transformers CrossEncoder directory, a plain Hugging Face
+    sequence-classification checkpoint (BERT, XLM-R ...) or a hub id (BAAI/bge-reranker-* get their
+    registry defaults).
+
+    ``activation``: ``sigmoid`` (a 0-1 score; the default for one-label models), ``tanh`` or ``identity``
+    (raw logits); ``max_length``: tokens per (query, document window); ``max_windows``: windows read per long
+    document (its score is the best window's).
+    """
+    from m3e.registry import reranker_defaults_for
+    from m3e.reranker import Reranker, activation_from_name
+
+    model_dir, model_id = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
+    known = reranker_defaults_for(model_id)
+    saved = read_cross_encoder_config(model_dir)
+    tokenizer, classifier = _load_hf(model_dir, trust_remote_code, classifier=True)
+    real_max = _real_max_length(tokenizer, classifier.config)
+    configured = saved.get("max_seq_length") or (known.max_length if known else None) or real_max
+    chosen_max = min(int(configured), real_max)
+    if max_length is not None:
+        if max_length < 1:
+            raise M3EError("max_length must be >= 1")
+        chosen_max = min(int(max_length), real_max)
+    chosen_activation = (
+        activation
+        or activation_from_name(saved.get("activation_fn"))
+        or (known.activation if known else None)
+        or ("sigmoid" if int(classifier.config.num_labels) == 1 else "identity")
+    )
+    reranker = Reranker(
+        classifier,
+        tokenizer,
+        max_length=chosen_max,
+        activation=chosen_activation,
+        name=model_id or _display_name(model_dir),
+        max_windows=max_windows,
+    )
+    reranker.source_dir = model_dir
+    if device is not None:
+        reranker.to(device)
+    if backend != "torch":
+        reranker.set_backend(backend)
+    return reranker
+
+
+def read_cross_encoder_config(model_dir: Path) -> dict[str, Any]:
+    """What a sentence-transformers CrossEncoder directory says: ``activation_fn`` and ``max_seq_length``, from
+    the v5+ files (config_sentence_transformers.json, sentence_bert_config.json) or the older layout (a
+    ``sentence_transformers`` entry in config.json)."""
+    out: dict[str, Any] = {}
+    config_file = model_dir / "config.json"
+    if config_file.is_file():
+        legacy = read_json(config_file).get("sentence_transformers") or {}
+        if isinstance(legacy, dict) and legacy.get("activation_fn"):
+            out["activation_fn"] = legacy["activation_fn"]
+    st_file = model_dir / ST_CONFIG_FILE
+    if st_file.is_file():
+        cfg = read_json(st_file)
+        if cfg.get("activation_fn"):
+            out["activation_fn"] = cfg["activation_fn"]
+    bert_file = model_dir / "sentence_bert_config.json"
+    if bert_file.is_file():
+        cfg = read_json(bert_file)
+        if cfg.get("max_seq_length"):
+            out["max_seq_length"] = int(cfg["max_seq_length"])
+    return out
+
+
 def resolve_model_dir(
     name_or_path: str, revision: str | None = None, cache_dir: str | None = None
 ) -> tuple[Path, str | None]:
@@ -141,9 +221,10 @@ def _download(model_id: str, revision: str | None, cache_dir: str | None) -> Pat
         ) from exc
 
 
-def _load_hf(directory: Path, trust_remote_code: bool) -> tuple[Any, Any]:
+def _load_hf(directory: Path, trust_remote_code: bool, *, classifier: bool = False) -> tuple[Any, Any]:
+    """The tokenizer and the transformer (with its sequence-classification head when ``classifier``)."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     if not (directory / "config.json").exists():
@@ -157,9 +238,8 @@ def _load_hf(directory: Path, trust_remote_code: bool) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True, trust_remote_code=trust_remote_code)
         # fp16 checkpoints are computed in fp32 on the torch backend (bf16/int8 are explicit choices);
         # half precision on CPU is slow and drifts from the reference vectors.
-        transformer = AutoModel.from_pretrained(
-            str(directory), trust_remote_code=trust_remote_code, dtype=torch.float32
-        )
+        auto = AutoModelForSequenceClassification if classifier else AutoModel
+        transformer = auto.from_pretrained(str(directory), trust_remote_code=trust_remote_code, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise M3EError(f"cannot load the model in {directory}: {exc}") from exc
     finally:

@@ -9,7 +9,6 @@ mode that averages windows, and backends (fp32, bf16, int8) behind one interface
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -32,7 +31,8 @@ from m3e.errors import M3EError
 from m3e.length_sorting import length_sorted_batches
 from m3e.model_card import ModelCard, m3e_usage, model_summary
 from m3e.pooling import NEEDS_HIDDEN_STATES, ST_POOLING_MODES, pool
-from m3e.st_format import STModules, write_json, write_st_modules
+from m3e.progress import ProgressBar, progress_bar
+from m3e.st_format import STModules, write_hf_files, write_st_modules
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -116,6 +116,10 @@ class EmbeddingModel(nn.Module):
     def default_batch_size(self) -> int:
         # Measured on CPU: int8 (ONNX Runtime) peaks near 16 texts per batch, torch is flat from 16 to 64.
         return 16 if self.backend == "int8" else 32
+
+    # What the backends export and run: the transformer's last hidden state; pooling stays in torch.
+    artefact_inputs: tuple[str, ...] = ("input_ids", "attention_mask")
+    artefact_output = "last_hidden_state"
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -398,7 +402,7 @@ class EmbeddingModel(nn.Module):
             batch_size = max(1, min(batch_size, math.ceil(len(units.ids) / streams)))
         batches = length_sorted_batches([len(x) for x in units.ids], batch_size, max_batch_tokens)
         pooled = np.zeros((len(units.ids), self.dim), dtype=np.float32)
-        progress = _progress(len(units.ids), show_progress)
+        progress = progress_bar(len(units.ids), show_progress, unit="text", desc="encode")
         if streams > 1 and len(batches) > 1:
             self._encode_on_streams(units.ids, batches, pooled, prompt_length, streams, progress)
         else:
@@ -433,7 +437,7 @@ class EmbeddingModel(nn.Module):
         pooled: np.ndarray,
         prompt_length: int,
         streams: int,
-        progress: Any,
+        progress: ProgressBar,
     ) -> None:
         # A few rounds of batches at a time: enough to keep the streams busy, while the hidden
         # states held at once stay a small multiple of one batch's.
@@ -510,7 +514,7 @@ class EmbeddingModel(nn.Module):
         return target
 
     def _write_st_dir(self, out: Path, model_card: str | None, dtype: str | None = None) -> None:
-        self._write_hf_files(out, dtype)
+        write_hf_files(out, self.transformer, self.tokenizer, dtype)
         spec = STModules(
             max_seq_length=self.max_length,
             do_lower_case=self.do_lower_case,
@@ -526,27 +530,6 @@ class EmbeddingModel(nn.Module):
         elif not (out / "README.md").exists():
             (out / "README.md").write_text(self.default_card(), encoding="utf-8")
 
-    def _write_hf_files(self, out: Path, dtype: str | None) -> None:
-        """The transformer's config and weights and the tokenizer, as transformers writes them."""
-        from transformers.utils import logging as hf_logging
-
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
-            half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype or "")
-            state = None
-            if half is not None:
-                state = {k: v.to(half) if v.is_floating_point() else v for k, v in self.transformer.state_dict().items()}
-            self.transformer.save_pretrained(out, safe_serialization=True, state_dict=state)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-        if half is not None:  # the compute dtype stays float32 (transformers' dtype="auto" reads this key)
-            config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-            config["dtype"] = "float32"
-            write_json(out / "config.json", config)
-        self.tokenizer.save_pretrained(out)
-
     def default_card(self) -> str:
         """The card of a model saved without one."""
         summary = model_summary(
@@ -558,24 +541,6 @@ class EmbeddingModel(nn.Module):
         ]
         card = ModelCard(self.name, "A sentence-transformers model saved by m3e.")
         return card.section("Model", summary).section("Use", usage).render()
-
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, show: bool | None) -> Any:
-    if show is None:
-        show = total >= 2048 and os.isatty(2)
-    if not show:
-        return _NoProgress()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="text", desc="encode", mininterval=0.5, smoothing=0.1)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -48,3 +48,25 @@ def defaults_for(model_id: str | None) -> ModelDefaults | None:
     if model_id is None:
         return None
     return KNOWN_MODELS.get(model_id.strip().rstrip("/"))
+
+
+@dataclass(frozen=True)
+class RerankerDefaults:
+    max_length: int = 512
+    activation: str = "sigmoid"
+    notes: str = ""
+
+
+KNOWN_RERANKERS: dict[str, RerankerDefaults] = {
+    "BAAI/bge-reranker-base": RerankerDefaults(512, notes="XLM-R base cross-encoder, zh + en"),
+    "BAAI/bge-reranker-large": RerankerDefaults(512, notes="XLM-R large cross-encoder, zh + en"),
+    # Trained up to 8192 tokens; FlagEmbedding scores at 512 by default, and so does m3e (max_length= raises it).
+    "BAAI/bge-reranker-v2-m3": RerankerDefaults(512, notes="BGE-M3-based multilingual cross-encoder"),
+}
+
+
+def reranker_defaults_for(model_id: str | None) -> RerankerDefaults | None:
+    """Exact-id lookup for rerankers; ``None`` for anything not listed."""
+    if model_id is None:
+        return None
+    return KNOWN_RERANKERS.get(model_id.strip().rstrip("/"))

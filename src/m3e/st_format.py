@@ -16,12 +16,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from m3e.dense import Dense
 from m3e.errors import M3EError
 from m3e.pooling import pooling_from_st_config, st_pooling_config
 from m3e.version import __version__
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "config_sentence_transformers.json"
@@ -135,6 +138,31 @@ def read_dense_layers(model_dir: Path, paths: Sequence[str]) -> list[Dense]:
 
 
 # ---------------------------------------------------------------------------- write
+def write_hf_files(out: Path, transformer: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dtype: str | None) -> None:
+    """The transformer's config and weights and the tokenizer, as transformers writes them. ``dtype`` fp16 /
+    bf16 stores half-precision weights; the config keeps float32 as the compute dtype (transformers'
+    ``dtype="auto"`` reads that key), so m3e and sentence-transformers upcast them on load."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype or "")
+    state = None
+    if half is not None:
+        state = {k: v.to(half) if v.is_floating_point() else v for k, v in transformer.state_dict().items()}
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        transformer.save_pretrained(out, safe_serialization=True, state_dict=state)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    if half is not None:
+        config = read_json(out / "config.json")
+        config["dtype"] = "float32"
+        write_json(out / "config.json", config)
+    tokenizer.save_pretrained(out)
+
+
 def write_st_modules(out: Path, spec: STModules, *, hidden_size: int, dense: Sequence[Dense] = ()) -> None:
     """Write the files around the transformer (which sits at the root of ``out``): modules.json,
     sentence_bert_config.json, 1_Pooling, the Dense and Normalize modules and config_sentence_transformers.json."""

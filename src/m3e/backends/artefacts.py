@@ -85,6 +85,8 @@ def fingerprint(model: ModelParts, kind: str = "int8") -> str:
 
     h = hashlib.sha256()
     h.update(f"m3e-{kind}/{FORMAT}/{json.dumps(KINDS[kind][2], sort_keys=True)}\n".encode())
+    if model.artefact_output != OUTPUT:  # a reranker's graph (embedders keep the fingerprints they always had)
+        h.update(f"{model.artefact_output}<-{','.join(model.artefact_inputs)}\n".encode())
     config = model.transformer.config.to_dict()
     for volatile in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures"):
         config.pop(volatile, None)
@@ -142,21 +144,21 @@ def find_artefact(model: ModelParts, fp: str | None = None, kind: str = "int8") 
 
 
 # ---------------------------------------------------------------------------- build
-def _last_hidden_module(transformer: Any) -> Any:
-    """What is exported: (input_ids, attention_mask) -> last_hidden_state."""
+def _exported_module(transformer: Any, inputs: tuple[str, ...], output: str) -> Any:
+    """What is exported: the named inputs, in order -> the one named output (last_hidden_state, logits)."""
     import torch
 
-    class LastHidden(torch.nn.Module):
+    class Exported(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module):
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-            hidden: Tensor = out.last_hidden_state
-            return hidden
+        def forward(self, *features: Tensor) -> Tensor:
+            out = self.inner(**dict(zip(inputs, features, strict=True)), return_dict=True)
+            result: Tensor = getattr(out, output)
+            return result
 
-    return LastHidden(transformer).eval()
+    return Exported(transformer).eval()
 
 
 def export_fp32_onnx(model: ModelParts, path: Path) -> None:
@@ -165,23 +167,27 @@ def export_fp32_onnx(model: ModelParts, path: Path) -> None:
 
     if model.device.type != "cpu":
         raise M3EError("ONNX export runs on CPU; load the model without device= (or device='cpu')")
-    wrapper = _last_hidden_module(model.transformer)
+    inputs, output = tuple(model.artefact_inputs), model.artefact_output
+    wrapper = _exported_module(model.transformer, inputs, output)
     # A padded row, so the trace keeps the attention-mask path (an all-ones mask may be dropped).
     low = max(1, min(1000, int(model.transformer.config.vocab_size) - 20))
     ids = torch.full((2, 16), low, dtype=torch.long)
     ids[:, 1:-1] = torch.arange(low, low + 14)
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0
-    axes = {"0": "batch", "1": "sequence"}
-    dynamic = {name: {int(k): v for k, v in axes.items()} for name in (*INPUTS, OUTPUT)}
+    types = torch.zeros_like(ids)
+    types[:, 8:] = 1  # a second segment, so a pair model's segment embeddings stay in the graph
+    sample = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    dynamic: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in inputs}
+    dynamic[output] = {0: "batch", 1: "sequence"} if output == OUTPUT else {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad(), _eager_attention(model.transformer):
         warnings.simplefilter("ignore")  # tracer chatter about Python booleans in HF mask code
         torch.onnx.export(
             wrapper,
-            (ids, mask),
+            tuple(sample[name] for name in inputs),
             str(path),
-            input_names=list(INPUTS),
-            output_names=[OUTPUT],
+            input_names=list(inputs),
+            output_names=[output],
             dynamic_axes=dynamic,
             opset_version=OPSET,
             do_constant_folding=True,
@@ -244,8 +250,8 @@ def _meta(model: ModelParts, fp: str, kind: str, fields: dict[str, Any], started
         "fingerprint": fp,
         "model": model.name,
         **fields,
-        "inputs": list(INPUTS),
-        "output": OUTPUT,
+        "inputs": list(model.artefact_inputs),
+        "output": model.artefact_output,
         "opset": OPSET,
         "versions": versions,
         "seconds_to_build": round(time.perf_counter() - started, 1),

@@ -18,10 +18,18 @@ if TYPE_CHECKING:
 
 
 class ModelParts(Protocol):
-    """What a backend reads from the model: its transformer, where it was loaded from, its name and device."""
+    """What a backend reads from the model: its transformer, where it was loaded from, its name and device,
+    and what the exported graph takes and returns (``last_hidden_state`` for an embedder, ``logits`` for a
+    reranker)."""
 
     name: str
     source_dir: Path | None
+
+    @property
+    def artefact_inputs(self) -> tuple[str, ...]: ...
+
+    @property
+    def artefact_output(self) -> str: ...
 
     @property
     def transformer(self) -> PreTrainedModel: ...
@@ -31,8 +39,8 @@ class ModelParts(Protocol):
 
 
 class Runner(Protocol):
-    """Computes the transformer's last hidden state (float32 [batch, seq, hidden]) from padded features
-    (``input_ids``, ``attention_mask``)."""
+    """Computes the exported output (an embedder's last hidden state, float32 [batch, seq, hidden]; a
+    reranker's logits [batch, labels]) from padded features (``input_ids``, ``attention_mask``, ...)."""
 
     def __call__(self, features: dict[str, Tensor]) -> Tensor: ...
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from m3e.backends.artefacts import (
     ONNX_NAME,
-    OUTPUT,
     QUANT_SETTINGS,
     artefact_for,
     export_fp32_onnx,
@@ -160,13 +159,14 @@ class OnnxRunner:
         self.threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
 
     def __call__(self, features: dict[str, Tensor]) -> Tensor:
         import torch
 
         feeds = {name: features[name].detach().to("cpu", torch.long).numpy() for name in self.input_names}
-        (hidden,) = self.session.run([OUTPUT], feeds)
-        return torch.from_numpy(hidden)
+        (result,) = self.session.run([self.output_name], feeds)
+        return torch.from_numpy(result)
 
     def __repr__(self) -> str:
         return f"OnnxRunner({self.path}, threads={self.threads})"

@@ -51,6 +51,7 @@ class OpenVinoRunner:
         self.threads = threads or inference_threads()
         self._core = ov.Core()
         self._model = self._core.read_model(str(self.path))
+        self.input_names = [port.get_any_name() for port in self._model.inputs]
         self._config: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads}
         if precision:  # e.g. "f32" to pin fp32 on a bf16-capable CPU
             self._config["INFERENCE_PRECISION_HINT"] = precision
@@ -75,7 +76,7 @@ class OpenVinoRunner:
         import torch
 
         with self._lock:
-            result = self._request.infer(_feeds(features))
+            result = self._request.infer(_feeds(features, self.input_names))
             hidden = next(iter(result.values())).copy()  # the request reuses its output buffer
         return torch.from_numpy(hidden)
 
@@ -94,7 +95,7 @@ class OpenVinoRunner:
             queue = self._throughput_queue()
             queue.set_callback(collect)
             for index, features in enumerate(batches):
-                queue.start_async(_feeds(features), index)
+                queue.start_async(_feeds(features, self.input_names), index)
             queue.wait_all()
         return [torch.from_numpy(hidden) for hidden in outputs]
 
@@ -117,10 +118,10 @@ class OpenVinoRunner:
         )
 
 
-def _feeds(features: dict[str, Tensor]) -> dict[str, Any]:
+def _feeds(features: dict[str, Tensor], names: list[str]) -> dict[str, Any]:
     import torch
 
-    return {name: features[name].detach().to("cpu", torch.long).numpy() for name in artefacts.INPUTS}
+    return {name: features[name].detach().to("cpu", torch.long).numpy() for name in names}
 
 
 def load_openvino_runner(model: ModelParts, precision: str | None = None) -> OpenVinoRunner:
