@@ -23,7 +23,7 @@ import torch
 from m3e.errors import M3EError
 from m3e.training import checkpoints as ckpt
 from m3e.training import distributed as dist_
-from m3e.training.batch_plan import batch_rng, build_columns, plan_epoch
+from m3e.training.batch_plan import PlannedBatch, batch_rng, build_columns, plan_epoch
 from m3e.training.card import model_card
 from m3e.training.config import TrainConfig, lr_lambda, resolve_defaults
 from m3e.training.curves import write_csv, write_png
@@ -52,6 +52,39 @@ class TrainResult:
     final_loss: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int | None = None
+
+
+@dataclass
+class _Run:
+    """Where a run stands: optimizer and schedule, position in the data, loss history, clock, progress bar."""
+
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    total: int  # optimizer steps of the whole run
+    step: int = 0
+    epoch: int = 0
+    next_batch: int = 0  # index into the epoch's batch plan
+    epochs_done: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_before: float = 0.0  # training seconds before this process resumed the run
+    started: float = 0.0  # perf_counter when this process began training
+    resumed_from: int | None = None
+    last_saved: int = -1  # the step of the newest checkpoint
+    ex_rate: float | None = None  # smoothed examples per second
+    show_bar: bool = False
+    bar: Any = None
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+
+@dataclass(frozen=True)
+class _StepOutcome:
+    dataset: str
+    loss: float
+    lr: float
+    examples: int  # rows of the global batch
+    seconds: float
 
 
 class Trainer:
@@ -106,7 +139,7 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
 
-    def _plan(self, epoch: int) -> list[Any]:
+    def _plan(self, epoch: int) -> list[PlannedBatch]:
         cfg = self.config
         return plan_epoch(
             self.datasets,
@@ -120,13 +153,17 @@ class Trainer:
 
     def _optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, int, int]:
         cfg = self.config
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for n, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
             (no_decay if n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n else decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=float(cfg.lr))  # type: ignore[arg-type]
+        groups: list[dict[str, Any]] = [
+            {"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}
+        ]
+        assert cfg.lr is not None  # resolve_defaults filled it
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=float(cfg.lr))
         lengths = [len(self._plan(e)) for e in range(cfg.epochs)]
         total = sum(lengths)
         if cfg.max_steps is not None:
@@ -183,8 +220,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ train
     def train(self, resume: bool = False) -> TrainResult:
+        """Train to the end (or to a stop request, which leaves a checkpoint and raises TrainingStopped)."""
+        run = self._start(resume)
+        stop_request = StopRequest().install()  # SIGTERM / Ctrl-C: finish this step, checkpoint, then stop
+        try:
+            while run.step < run.total and run.epoch < self.config.epochs:
+                plan = self._plan(run.epoch)
+                while run.next_batch < len(plan) and run.step < run.total:
+                    outcome = self._train_step(run, plan)
+                    self._log_step(run, outcome)
+                    self._checkpoint_or_stop(run, len(plan), stop_request)
+                if run.next_batch >= len(plan):
+                    run.epoch, run.next_batch = run.epoch + 1, 0
+        finally:
+            stop_request.restore()
+            run.bar.close()
+        return self._finish(run)
+
+    def _start(self, resume: bool) -> _Run:
+        """Prepare the model and optimizer, then restore the latest checkpoint when resuming."""
         cfg = self.config
-        main = self.dist.is_main
         if self.dist.enabled and cfg.batch_size % self.dist.world_size:
             raise M3EError(f"batch size {cfg.batch_size} must be divisible by the {self.dist.world_size} processes")
         existing = ckpt.latest_checkpoint(self.output)
@@ -193,96 +248,100 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # dropout and LoRA initialisation; a resume restores the saved state below
         self._prepare_model()
         opt, sched, total, _warmup = self._optimizer()
-        step, epoch, next_batch, history, elapsed0 = 0, 0, 0, [], 0.0
-        resumed_from = None
+        run = _Run(opt, sched, total)
         if resume and existing is not None:
-            state = self._restore(existing, opt, sched)
-            step, epoch, next_batch = state["step"], state["epoch"], state["next_batch"]
-            history, elapsed0 = list(state["history"]), float(state.get("elapsed_s", 0.0))
-            resumed_from = step
-            if main:
-                print(f"resuming from {existing} (step {step} of {total})", file=sys.stderr)
-        elif resume and main:
+            self._resume(run, existing)
+        elif resume and self.dist.is_main:
             print(f"no checkpoint in {self.output}; starting from step 0", file=sys.stderr)
-        if main:
+        if self.dist.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
+        run.show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        run.bar = _bar(total, run.step, run.show_bar and self.dist.is_main)
+        run.started = time.perf_counter()
+        return run
 
-        show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
-        bar = _bar(total, step, show and main)
-        rank, world = self.dist.rank, self.dist.world_size
-        t_start = time.perf_counter()
-        last_saved = step if resumed_from is not None else -1
-        ex_rate = None
-        epochs_done = float(epoch)
-        stop_request = StopRequest().install()  # SIGTERM / Ctrl-C: finish this step, checkpoint, then stop
-        try:
-            while step < total and epoch < cfg.epochs:
-                plan = self._plan(epoch)
-                while next_batch < len(plan) and step < total:
-                    t0 = time.perf_counter()
-                    pb = plan[next_batch]
-                    ds = self.datasets[pb.dataset]
-                    columns, labels = build_columns(ds, pb.indices, batch_rng(cfg.seed, epoch, next_batch), cfg.num_negatives)
-                    n_global = len(columns[0])
-                    if self.dist.enabled:
-                        b = n_global // world
-                        columns = [c[rank * b : (rank + 1) * b] for c in columns]
-                        labels = labels[rank * b : (rank + 1) * b] if labels is not None else None
-                    loss = forward_backward(
-                        self.model, columns, labels, self._loss_for(ds),
-                        prompts=self._prompts(ds, len(columns)), mini_batch=cfg.mini_batch, bf16=cfg.bf16,
-                        gather=self.dist.enabled,
-                    )
-                    params = [p for p in self.model.parameters() if p.requires_grad]
-                    dist_.average_gradients(params)
-                    if cfg.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                    lr = opt.param_groups[0]["lr"]
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
-                    step += 1
-                    next_batch += 1
-                    epochs_done = epoch + next_batch / len(plan)
-                    dt = time.perf_counter() - t0
-                    rate = n_global / max(dt, 1e-9)  # examples (rows of the global batch) per second
-                    ex_rate = rate if ex_rate is None else 0.9 * ex_rate + 0.1 * rate
-                    if step % max(1, cfg.log_steps) == 0 or step == total:
-                        history.append({
-                            "step": step, "epoch": round(epochs_done, 4), "dataset": ds.name, "loss": loss,
-                            "lr": lr, "examples_per_s": rate, "elapsed_s": elapsed0 + time.perf_counter() - t_start,
-                        })
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{ex_rate:.1f}", refresh=False)
-                    if not show and main and (step % max(1, total // 10) == 0 or step == total):
-                        print(f"step {step}/{total}  loss {loss:.4f}  {ex_rate:.1f} examples/s", file=sys.stderr, flush=True)
-                    signum = dist_.all_reduce_max(stop_request.signum or 0)  # every process stops at the same step
-                    periodic = bool(cfg.save_steps) and step % cfg.save_steps == 0
-                    if (periodic or signum) and step < total:
-                        pos = (epoch + 1, 0) if next_batch >= len(plan) else (epoch, next_batch)
-                        self._checkpoint(opt, sched, step, *pos, history, elapsed0 + time.perf_counter() - t_start)
-                        last_saved = step
-                    if signum and step < total:
-                        raise TrainingStopped(
-                            f"stopped by {signal_name(signum)} after step {step} of {total}; checkpoint saved in "
-                            f"{self.output / ckpt.CHECKPOINTS / ckpt.step_name(step)}: run the same command with --resume to continue",
-                            signum,
-                        )
-                if next_batch >= len(plan):
-                    epoch, next_batch = epoch + 1, 0
-        finally:
-            stop_request.restore()
-            bar.close()
-        elapsed = elapsed0 + time.perf_counter() - t_start
-        if last_saved != step:
-            self._checkpoint(opt, sched, step, epoch, next_batch, history, elapsed)
+    def _resume(self, run: _Run, checkpoint: Path) -> None:
+        state = self._restore(checkpoint, run.opt, run.sched)
+        run.step, run.epoch, run.next_batch = state["step"], state["epoch"], state["next_batch"]
+        run.history, run.elapsed_before = list(state["history"]), float(state.get("elapsed_s", 0.0))
+        run.resumed_from = run.last_saved = run.step
+        run.epochs_done = float(run.epoch)
+        if self.dist.is_main:
+            print(f"resuming from {checkpoint} (step {run.step} of {run.total})", file=sys.stderr)
+
+    def _train_step(self, run: _Run, plan: list[PlannedBatch]) -> _StepOutcome:
+        """One optimizer step on the plan's next batch (this process's slice of it under torchrun)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        pb = plan[run.next_batch]
+        ds = self.datasets[pb.dataset]
+        columns, labels = build_columns(ds, pb.indices, batch_rng(cfg.seed, run.epoch, run.next_batch), cfg.num_negatives)
+        n_global = len(columns[0])
+        if self.dist.enabled:
+            rank, b = self.dist.rank, n_global // self.dist.world_size
+            columns = [c[rank * b : (rank + 1) * b] for c in columns]
+            labels = labels[rank * b : (rank + 1) * b] if labels is not None else None
+        loss = forward_backward(
+            self.model, columns, labels, self._loss_for(ds),
+            prompts=self._prompts(ds, len(columns)), mini_batch=cfg.mini_batch, bf16=cfg.bf16,
+            gather=self.dist.enabled,
+        )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        dist_.average_gradients(params)
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        lr = run.opt.param_groups[0]["lr"]
+        run.opt.step()
+        run.sched.step()
+        run.opt.zero_grad(set_to_none=True)
+        run.step += 1
+        run.next_batch += 1
+        run.epochs_done = run.epoch + run.next_batch / len(plan)
+        return _StepOutcome(ds.name, loss, lr, n_global, time.perf_counter() - t0)
+
+    def _log_step(self, run: _Run, outcome: _StepOutcome) -> None:
+        """The loss history, the progress bar, and (without a bar) a line per tenth of the run."""
+        step, total, loss = run.step, run.total, outcome.loss
+        rate = outcome.examples / max(outcome.seconds, 1e-9)  # examples (rows of the global batch) per second
+        run.ex_rate = ex_rate = rate if run.ex_rate is None else 0.9 * run.ex_rate + 0.1 * rate
+        if step % max(1, self.config.log_steps) == 0 or step == total:
+            run.history.append({
+                "step": step, "epoch": round(run.epochs_done, 4), "dataset": outcome.dataset, "loss": loss,
+                "lr": outcome.lr, "examples_per_s": rate, "elapsed_s": run.elapsed(),
+            })
+        run.bar.update(1)
+        run.bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{ex_rate:.1f}", refresh=False)
+        if not run.show_bar and self.dist.is_main and (step % max(1, total // 10) == 0 or step == total):
+            print(f"step {step}/{total}  loss {loss:.4f}  {ex_rate:.1f} examples/s", file=sys.stderr, flush=True)
+
+    def _checkpoint_or_stop(self, run: _Run, plan_length: int, stop_request: StopRequest) -> None:
+        """A checkpoint every save_steps, and one before stopping when a process was asked to stop."""
+        signum = dist_.all_reduce_max(stop_request.signum or 0)  # every process stops at the same step
+        periodic = bool(self.config.save_steps) and run.step % self.config.save_steps == 0
+        if (periodic or signum) and run.step < run.total:
+            pos = (run.epoch + 1, 0) if run.next_batch >= plan_length else (run.epoch, run.next_batch)
+            self._checkpoint(run.opt, run.sched, run.step, *pos, run.history, run.elapsed())
+            run.last_saved = run.step
+        if signum and run.step < run.total:
+            raise TrainingStopped(
+                f"stopped by {signal_name(signum)} after step {run.step} of {run.total}; checkpoint saved in "
+                f"{self.output / ckpt.CHECKPOINTS / ckpt.step_name(run.step)}: run the same command with --resume "
+                "to continue",
+                signum,
+            )
+
+    def _finish(self, run: _Run) -> TrainResult:
+        """The last checkpoint, then the final model (with its card and loss curve) in the run directory."""
+        elapsed = run.elapsed()
+        if run.last_saved != run.step:
+            self._checkpoint(run.opt, run.sched, run.step, run.epoch, run.next_batch, run.history, elapsed)
         self.model.eval()
         self.model.max_length = self._saved_max_length
-        if main:
-            self._save_final(step, elapsed, history)
+        if self.dist.is_main:
+            self._save_final(run.step, elapsed, run.history)
         dist_.barrier()
-        final_loss = history[-1]["loss"] if history else None
-        return TrainResult(self.output, step, epochs_done, elapsed, final_loss, history, resumed_from)
+        final_loss = run.history[-1]["loss"] if run.history else None
+        return TrainResult(self.output, run.step, run.epochs_done, elapsed, final_loss, run.history, run.resumed_from)
 
     @contextmanager
     def _inference_max_length(self) -> Iterator[None]:
