@@ -7,30 +7,22 @@ Layout under the run directory::
     checkpoints/step-00000120/COMPLETE      written last; a directory without it is ignored
     checkpoints/LATEST                      name of the newest complete checkpoint (replaced atomically)
 
-A checkpoint is built in a hidden temporary directory, fsynced, then renamed into place.
+A checkpoint is built in a hidden temporary directory, fsynced, then renamed into place
+(:func:`m3e.atomic.building_dir`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from m3e.atomic import fsync_dir, temp_dir_beside, write_atomic
+from m3e.atomic import building_dir, write_atomic
 from m3e.errors import M3EError
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            with open(os.path.join(dirpath, f), "rb+") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(Path(dirpath))
 
 
 def step_name(step: int) -> str:
@@ -45,8 +37,9 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, state: dict[str, Any],
 
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_beside(root / step_name(step), prefix=f".tmp-{step_name(step)}-")
-    try:
+    final = root / step_name(step)
+    # fsynced before the rename; re-saving a step (the end of a resumed run) moves the old one aside first
+    with building_dir(final, durable=True) as tmp:
         with saveable(model) as plain:
             was_training = plain.training
             plain.save(tmp / "model")
@@ -54,19 +47,6 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, state: dict[str, Any],
         with open(tmp / "state.pt", "wb") as fh:
             torch.save(state, fh)
         (tmp / COMPLETE).write_text(json.dumps({"step": step}) + "\n", encoding="utf-8")
-        _fsync_tree(tmp)
-        final = root / step_name(step)
-        if final.exists():  # re-saving a step (e.g. the end of a resumed run): move the old one aside first
-            trash = root / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     write_atomic(root / "LATEST", final.name + "\n")
     _prune(root, keep, final)
     return final
@@ -97,7 +77,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def _prune(root: Path, keep: int, current: Path) -> None:
     for p in root.iterdir():
-        if p.name.startswith((".tmp-", ".old-")) and p.is_dir():
+        if _is_leftover(p.name) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)  # leftovers of a killed run
     if keep <= 0:
         return
@@ -105,6 +85,14 @@ def _prune(root: Path, keep: int, current: Path) -> None:
     for p in done[:-keep]:
         if p != current:
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _is_leftover(name: str) -> bool:
+    """A checkpoint being built or replaced when a run was killed (``.step-N.tmp-*``, ``.step-N.old-*``; before
+    building_dir named them, ``.tmp-step-N-*`` and ``.old-step-N-*``)."""
+    if name.startswith((".tmp-", ".old-")):
+        return True
+    return name.startswith(".step-") and (".tmp-" in name or ".old-" in name)
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:
