@@ -52,8 +52,8 @@ def add_option_flag(parser: argparse.ArgumentParser | _ArgumentGroup, opt: Train
         action = "store_false" if opt.default else "store_true"
         parser.add_argument(opt.flag, dest=opt.name, action=action, default=default, help=opt.help)
     else:
-        kind = None if opt.choices else opt.kind
-        parser.add_argument(opt.flag, dest=opt.name, type=kind, choices=opt.choices, default=default, help=opt.help)
+        values: dict[str, Any] = {"choices": opt.choices} if opt.choices else {"type": opt.kind}
+        parser.add_argument(opt.flag, dest=opt.name, default=default, help=opt.help, **values)
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:

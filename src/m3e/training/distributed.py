@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -50,15 +51,16 @@ def current() -> DistInfo:
 
 
 class _GatherWithGrad(torch.autograd.Function):
+    # torch declares forward/backward as (ctx, *args, **kwargs); a Function names its own arguments
     @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:  # type: ignore[override]
         ctx.rank, ctx.world, ctx.n = dist.get_rank(), dist.get_world_size(), tensor.shape[0]
         parts = [torch.empty_like(tensor) for _ in range(ctx.world)]
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts, dim=0)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # every process's loss depends on this slice
         return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]

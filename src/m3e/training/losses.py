@@ -64,6 +64,7 @@ class SoftmaxLoss(EmbeddingLoss):
     def __call__(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
         if len(embeddings) < 2:
             raise M3EError("the softmax loss needs queries and positives")
+        # sentence-transformers declares labels as a Tensor; this loss never reads them
         return self._st.compute_loss_from_embeddings([e.float() for e in embeddings], labels)  # type: ignore[arg-type]
 
     def describe(self) -> str:
@@ -110,7 +111,7 @@ class CoSENTLoss(EmbeddingLoss):
     def __post_init__(self) -> None:
         from sentence_transformers.sentence_transformer.losses import CoSENTLoss as _STCoSENT
 
-        self._st = _STCoSENT(None, scale=1.0 / self.temperature)  # type: ignore[arg-type]
+        self._st = _STCoSENT(None, scale=1.0 / self.temperature)  # type: ignore[arg-type]  # no model: see SoftmaxLoss
 
     def __call__(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
         if labels is None:
@@ -130,7 +131,7 @@ class MSEDistillLoss(EmbeddingLoss):
     def __post_init__(self) -> None:
         from sentence_transformers.sentence_transformer.losses import MSELoss
 
-        self._st = MSELoss(None)  # type: ignore[arg-type]
+        self._st = MSELoss(None)  # type: ignore[arg-type]  # no model: see SoftmaxLoss
 
     def __call__(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
         if labels is None:

@@ -150,7 +150,8 @@ def make_record(row: Mapping[str, Any], schema: Schema, where: tuple[str, int | 
     if len(text) != 1:
         raise InputError(f"field {schema.query!r} must be one text, got a list", path=where[0], line=where[1])
     if schema.type == "distill":
-        vec = row[schema.neg]  # type: ignore[index]
+        assert schema.neg is not None  # a distill schema names its vector column
+        vec = row[schema.neg]
         try:
             vector = tuple(float(x) for x in (vec.tolist() if hasattr(vec, "tolist") else vec))
         except (TypeError, ValueError):
@@ -160,7 +161,8 @@ def make_record(row: Mapping[str, Any], schema: Schema, where: tuple[str, int | 
         return Record(text[0], vector=vector)
     pos = _as_texts(row[schema.pos], schema.pos, where)
     if schema.type == "scored":
-        raw = row[schema.neg]  # type: ignore[index]
+        assert schema.neg is not None  # a scored schema names its score column
+        raw = row[schema.neg]
         try:
             score = float(raw)
         except (TypeError, ValueError):
