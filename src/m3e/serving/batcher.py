@@ -205,13 +205,7 @@ class Batcher:
                     self._cv.wait()
                 if not self._queued_texts:
                     return None  # stopping and drained
-                # Patience: let a batch fill, but never hold a text longer than max_wait, and
-                # only under load: a lone client should not pay the wait on every request.
-                while not self._stopping and not self._full() and self._loaded():
-                    left = self._oldest() + self.max_wait - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cv.wait(left)
+                self._wait_for_batch_to_fill()
                 lane = self._pick_lane()
                 if lane is None:
                     continue
@@ -219,6 +213,15 @@ class Batcher:
                 self._gauges()
                 if picked:
                     return lane, picked
+
+    def _wait_for_batch_to_fill(self) -> None:
+        """Patience: let a batch fill, but never hold a text longer than max_wait, and only under
+        load: a lone client should not pay the wait on every request. Called holding the lock."""
+        while not self._stopping and not self._full() and self._loaded():
+            left = self._oldest() + self.max_wait - time.monotonic()
+            if left <= 0:
+                return
+            self._cv.wait(left)
 
     def _oldest(self) -> float:
         return min((q[0].arrived for q in self._lanes.values() if q), default=time.monotonic())
@@ -231,14 +234,27 @@ class Batcher:
         return busy[self._turn]
 
     def _take(self, lane: tuple[str, int]) -> list[tuple[Job, int]]:
-        """Round-robin over the lane's jobs, one text per job per pass, under the round's limits."""
+        """The next round's (job, text index) pairs from one lane; fully taken jobs leave its queue."""
         queue = self._lanes[lane]
+        self._drop_cancelled(queue)
+        picked = self._round_robin(list(queue))
+        for job in {id(j): j for j, _ in picked}.values():
+            if not job.remaining:
+                queue.remove(job)
+        if not queue:
+            del self._lanes[lane]
+        return picked
+
+    def _drop_cancelled(self, queue: deque[Job]) -> None:
         for job in [j for j in queue if j.future.cancelled()]:  # client went away
             queue.remove(job)
             self._dequeue(job, job.remaining)
+
+    def _round_robin(self, jobs: list[Job]) -> list[tuple[Job, int]]:
+        """One text per job per pass (each job's longest first) until the round's size or token limit."""
         picked: list[tuple[Job, int]] = []
         tokens = 0
-        active = list(queue)
+        active = jobs
         now = time.monotonic()
         while active and len(picked) < self.max_batch_size:
             still: list[Job] = []
@@ -246,27 +262,24 @@ class Batcher:
                 i = job.order[job.taken]
                 n = len(job.ids[i])
                 if len(picked) >= self.max_batch_size or (picked and tokens + n > self.max_batch_tokens):
-                    active = []
-                    break
+                    return picked
                 picked.append((job, i))
                 tokens += n
-                job.taken += 1
-                self._queued_texts -= 1
-                self._queued_tokens -= n
-                if not job.started:
-                    job.started = True
-                    if self.metrics is not None:
-                        self.metrics.queue_seconds.observe(now - job.arrived)
+                self._mark_taken(job, n, now)
                 if job.remaining:
                     still.append(job)
-            else:
-                active = still
-        for job in {id(j): j for j, _ in picked}.values():
-            if not job.remaining:
-                queue.remove(job)
-        if not queue:
-            del self._lanes[lane]
+            active = still
         return picked
+
+    def _mark_taken(self, job: Job, tokens: int, now: float) -> None:
+        """One more of ``job``'s texts (``tokens`` long) leaves the queue for a forward."""
+        job.taken += 1
+        self._queued_texts -= 1
+        self._queued_tokens -= tokens
+        if not job.started:
+            job.started = True
+            if self.metrics is not None:
+                self.metrics.queue_seconds.observe(now - job.arrived)
 
     def _dequeue(self, job: Job, count: int) -> None:
         self._queued_texts -= count
@@ -279,35 +292,34 @@ class Batcher:
             self.metrics.queue_requests.set(sum(len(q) for q in self._lanes.values()))
 
     def _run_round(self, lane: tuple[str, int], picked: list[tuple[Job, int]]) -> None:
-        model_name, prompt_length = lane
-        model = self.models[model_name]
+        """The round's texts in length-sorted batches, one forward each; jobs that failed meanwhile are skipped."""
         lengths = [len(job.ids[i]) for job, i in picked]
         for batch in split_batches(lengths, self.max_batch_size, self.max_batch_tokens):
-            items = [picked[k] for k in batch]
-            items = [(job, i) for job, i in items if not job.failed]
-            if not items:
-                continue
-            ids = [job.ids[i] for job, i in items]
-            start = time.perf_counter()
-            try:
-                vectors = model.embed_token_ids(ids, normalize=False, prompt_length=prompt_length)
-            except Exception as exc:
-                logger.exception("forward pass failed")
-                self._fail({id(job): job for job, _ in items}.values(), exc)
-                continue
-            seconds = time.perf_counter() - start
+            items = [picked[k] for k in batch if not picked[k][0].failed]
+            if items:
+                self._run_batch(lane, items)
+
+    def _run_batch(self, lane: tuple[str, int], items: list[tuple[Job, int]]) -> None:
+        model_name, prompt_length = lane
+        ids = [job.ids[i] for job, i in items]
+        start = time.perf_counter()
+        try:
+            vectors = self.models[model_name].embed_token_ids(ids, normalize=False, prompt_length=prompt_length)
+        except Exception as exc:
+            logger.exception("forward pass failed")
+            self._fail({id(job): job for job, _ in items}.values(), exc)
+            return
+        self._record_forward(model_name, ids, time.perf_counter() - start)
+        _deliver(items, vectors)
+
+    def _record_forward(self, model_name: str, ids: list[list[int]], seconds: float) -> None:
+        """Throughput (for Retry-After) and batch metrics of one forward pass."""
+        if seconds > 0:
+            rate = sum(len(x) for x in ids) / seconds
+            self._tokens_per_s = rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
+        if self.metrics is not None:
             padded = len(ids) * max(len(x) for x in ids)
-            real = sum(len(x) for x in ids)
-            if seconds > 0:
-                rate = real / seconds
-                self._tokens_per_s = rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
-            if self.metrics is not None:
-                self.metrics.observe_batch(model_name, len(ids), padded, seconds)
-            for row, (job, i) in enumerate(items):
-                job.out[i] = vectors[row]
-                job.done += 1
-                if job.done == len(job.order):
-                    _resolve(job.future, job.out)
+            self.metrics.observe_batch(model_name, len(ids), padded, seconds)
 
     def _fail(self, jobs: Collection[Job], exc: BaseException) -> None:
         with self._cv:
@@ -322,6 +334,15 @@ class Batcher:
             if not job.future.done():
                 with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
                     job.future.set_exception(exc)
+
+
+def _deliver(items: list[tuple[Job, int]], vectors: np.ndarray) -> None:
+    """Each vector to its text's own row; a job whose texts are all done is answered."""
+    for row, (job, i) in enumerate(items):
+        job.out[i] = vectors[row]
+        job.done += 1
+        if job.done == len(job.order):
+            _resolve(job.future, job.out)
 
 
 def _resolve(future: Future[np.ndarray], value: np.ndarray) -> None:
@@ -343,18 +364,23 @@ def split_batches(
     out: list[list[int]] = []
     for batch in length_sorted_batches(lengths, max_batch_size, max_batch_tokens):
         widths = [max(int(lengths[k]), 1) for k in batch]  # longest first
-        n = len(batch)
-        best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j texts
-        cut = [0] * (n + 1)
-        for j in range(1, n + 1):
-            for i in range(j - 1, -1, -1):  # group batch[i:j], its width is widths[i]
-                cost = best[i] + overhead_tokens + (j - i) * widths[i]
-                if cost < best[j]:
-                    best[j], cut[j] = cost, i
-        groups: list[list[int]] = []
-        j = n
-        while j > 0:
-            groups.append(batch[cut[j] : j])
-            j = cut[j]
-        out.extend(reversed(groups))
+        out.extend(batch[lo:hi] for lo, hi in _cheapest_groups(widths, overhead_tokens))
     return out
+
+
+def _cheapest_groups(widths: Sequence[int], overhead_tokens: int) -> list[tuple[int, int]]:
+    """Contiguous ``[lo, hi)`` groups of a longest-first batch with the least total forward cost."""
+    n = len(widths)
+    best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j texts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):  # group [i, j), its width is widths[i]
+            cost = best[i] + overhead_tokens + (j - i) * widths[i]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups: list[tuple[int, int]] = []
+    j = n
+    while j > 0:
+        groups.append((cut[j], j))
+        j = cut[j]
+    return groups[::-1]

@@ -62,35 +62,54 @@ def parse_embedding_request(obj: Any) -> EmbeddingRequest:
     if "input" not in obj or obj["input"] is None:
         raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
     texts, token_ids = _parse_input(obj["input"])
-
-    fmt = obj.get("encoding_format")
-    if fmt is None:
-        fmt = "float"
-    if fmt not in ENCODING_FORMATS:
-        raise bad_request(
-            f"Invalid value for 'encoding_format': {fmt!r}. Supported values are: 'float' and 'base64'.",
-            param="encoding_format",
-            code="invalid_value",
-        )
-
-    dims = obj.get("dimensions")
-    if dims is not None and (not _is_int(dims) or dims < 1):
-        raise bad_request(
-            f"Invalid value for 'dimensions': {dims!r}. It must be a positive integer.",
-            param="dimensions",
-            code="invalid_value",
-        )
+    fmt = _parse_encoding_format(obj.get("encoding_format"))
+    dims = _parse_dimensions(obj.get("dimensions"))
     user = obj.get("user")
     if user is not None and not isinstance(user, str):
         raise bad_request("'user' must be a string.", param="user")
     return EmbeddingRequest(model, texts, token_ids, fmt, dims)
 
 
+def _parse_encoding_format(fmt: Any) -> str:
+    if fmt is None:
+        return "float"
+    if fmt not in ENCODING_FORMATS:
+        raise bad_request(
+            f"Invalid value for 'encoding_format': {fmt!r}. Supported values are: 'float' and 'base64'.",
+            param="encoding_format",
+            code="invalid_value",
+        )
+    return str(fmt)
+
+
+def _parse_dimensions(dims: Any) -> int | None:
+    if dims is not None and (not _is_int(dims) or dims < 1):
+        raise bad_request(
+            f"Invalid value for 'dimensions': {dims!r}. It must be a positive integer.",
+            param="dimensions",
+            code="invalid_value",
+        )
+    return None if dims is None else int(dims)
+
+
 def _parse_input(value: Any) -> tuple[list[str] | None, list[list[int]] | None]:
+    """(texts, None) or (None, token-id lists); the kind is read from the first item."""
     if isinstance(value, str):
         if value == "":
             raise bad_request("'input' cannot be an empty string.", code="invalid_value")
         return [value], None
+    _check_input_array(value)
+    first = value[0]
+    if isinstance(first, str):
+        return _parse_texts(value), None
+    if _is_int(first):
+        return None, [_parse_token_ids(value)]
+    if isinstance(first, list):
+        return None, _parse_token_id_arrays(value)
+    raise bad_request(f"input[0] is {_json_type(first)}; expected a string, a token id or a token-id array.")
+
+
+def _check_input_array(value: Any) -> None:
     if not isinstance(value, list):
         raise bad_request(
             f"'input' must be a string, an array of strings, an array of token ids or an array of "
@@ -102,32 +121,37 @@ def _parse_input(value: Any) -> tuple[list[str] | None, list[list[int]] | None]:
         raise bad_request(
             f"'input' has {len(value)} items; at most {MAX_INPUTS} are allowed per request.", code="invalid_value"
         )
-    first = value[0]
-    if isinstance(first, str):
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise bad_request(f"input[{i}] is {_json_type(item)}; all items of a text array must be strings.")
-            if item == "":
-                raise bad_request(f"input[{i}] is an empty string; empty strings cannot be embedded.", code="invalid_value")
-        return list(value), None
-    if _is_int(first):
-        for i, item in enumerate(value):
-            if not _is_int(item):
-                raise bad_request(f"input[{i}] is {_json_type(item)}; a token-id array holds integers only.")
-        return None, [list(value)]
-    if isinstance(first, list):
-        out: list[list[int]] = []
-        for i, item in enumerate(value):
-            if not isinstance(item, list):
-                raise bad_request(f"input[{i}] is {_json_type(item)}; all items must be token-id arrays.")
-            if not item:
-                raise bad_request(f"input[{i}] is an empty token-id array.", code="invalid_value")
-            for j, tok in enumerate(item):
-                if not _is_int(tok):
-                    raise bad_request(f"input[{i}][{j}] is {_json_type(tok)}; token ids are integers.")
-            out.append(item)
-        return None, out
-    raise bad_request(f"input[0] is {_json_type(first)}; expected a string, a token id or a token-id array.")
+
+
+def _parse_texts(value: list[Any]) -> list[str]:
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise bad_request(f"input[{i}] is {_json_type(item)}; all items of a text array must be strings.")
+        if item == "":
+            raise bad_request(f"input[{i}] is an empty string; empty strings cannot be embedded.", code="invalid_value")
+    return list(value)
+
+
+def _parse_token_ids(value: list[Any]) -> list[int]:
+    """One token-id array (the whole input)."""
+    for i, item in enumerate(value):
+        if not _is_int(item):
+            raise bad_request(f"input[{i}] is {_json_type(item)}; a token-id array holds integers only.")
+    return list(value)
+
+
+def _parse_token_id_arrays(value: list[Any]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, list):
+            raise bad_request(f"input[{i}] is {_json_type(item)}; all items must be token-id arrays.")
+        if not item:
+            raise bad_request(f"input[{i}] is an empty token-id array.", code="invalid_value")
+        for j, tok in enumerate(item):
+            if not _is_int(tok):
+                raise bad_request(f"input[{i}][{j}] is {_json_type(tok)}; token ids are integers.")
+        out.append(item)
+    return out
 
 
 def _json_type(x: Any) -> str:
