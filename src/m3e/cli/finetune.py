@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 
 def add_training_options(parser: argparse.ArgumentParser, recipe: bool = False) -> None:
-    """The TrainConfig options the CLI exposes, shared with `m3e train` (there they override the recipe, so their
-    defaults are None), then the evaluation options."""
+    """The TrainConfig options the CLI exposes, shared with `m3e train` (there they override the recipe, so
+    their defaults are None), then the evaluation options."""
     group = parser.add_argument_group("training")
     for opt in train_options():
         if not opt.cli:
@@ -34,16 +34,20 @@ def add_training_options(parser: argparse.ArgumentParser, recipe: bool = False) 
 
 
 def _add_run_options(group: _ArgumentGroup) -> None:
-    group.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output directory")
+    group.add_argument("--resume", action="store_true",
+                       help="continue from the last checkpoint in the output directory")
     group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
-def add_option_flag(parser: argparse.ArgumentParser | _ArgumentGroup, opt: TrainOption, recipe: bool = False) -> None:
+def add_option_flag(
+    parser: argparse.ArgumentParser | _ArgumentGroup, opt: TrainOption, recipe: bool = False
+) -> None:
     """The flag (or on/off pair) of one TrainConfig option. Under a recipe a flag that is not given must not
     override the recipe's value, so the default is None there."""
     default = None if recipe else opt.default
     if opt.kind is dict:  # NAME=W, repeatable: parsed by options_from_args
-        parser.add_argument(opt.flag, dest=opt.name, action="append", default=[], metavar=opt.metavar, help=opt.help)
+        parser.add_argument(opt.flag, dest=opt.name, action="append", default=[], metavar=opt.metavar,
+                            help=opt.help)
     elif opt.off_flag is not None:  # on, off, or unset (the run decides)
         pair = parser.add_mutually_exclusive_group()
         pair.add_argument(opt.flag, dest=opt.name, action="store_true", default=None, help=opt.help)

@@ -88,8 +88,8 @@ def _prune(root: Path, keep: int, current: Path) -> None:
 
 
 def _is_leftover(name: str) -> bool:
-    """A checkpoint being built or replaced when a run was killed (``.step-N.tmp-*``, ``.step-N.old-*``; before
-    building_dir named them, ``.tmp-step-N-*`` and ``.old-step-N-*``)."""
+    """A checkpoint being built or replaced when a run was killed: ``.step-N.tmp-*``, ``.step-N.old-*`` (and,
+    from before building_dir, ``.tmp-step-N-*``, ``.old-step-N-*``)."""
     if name.startswith((".tmp-", ".old-")):
         return True
     return name.startswith(".step-") and (".tmp-" in name or ".old-" in name)

@@ -1,8 +1,9 @@
 """Training configuration: :class:`TrainConfig` declares every option of a run once.
 
-Each field carries its help text, its command-line flag, its choices and whether `m3e finetune` / `m3e train`
-expose it (:func:`train_options`); the CLI generates its flags from that, a recipe's ``train:`` mapping is checked
-against it (unknown keys, types, choices), and :class:`m3e.training.finetuner.FineTuner` takes the config itself.
+Each field carries its help text, its command-line flag, its choices and whether `m3e finetune` and
+`m3e train` expose it (:func:`train_options`); the CLI generates its flags from that, a recipe's ``train:``
+mapping is checked against it (unknown keys, types, choices), and :class:`m3e.training.finetuner.FineTuner`
+takes the config itself.
 
 Defaults that depend on the model are filled by :func:`resolve_defaults` (uniem's rule for the learning rate by
 parameter count; warmup then cosine decay, as in the M3E recipe).
@@ -44,9 +45,11 @@ def about(
 ) -> dict[str, Any]:
     """A TrainConfig field's metadata: how it is offered. ``help`` may name ``{default}``; ``flag`` is the CLI
     flag where it is not ``--field-name`` (for a switch that defaults to on, the flag that turns it off);
-    ``off_flag`` gives an on/off/unset option its second flag; ``cli=False`` keeps it to recipes and Python."""
-    return {"option": {"help": help, "flag": flag, "off_flag": off_flag, "off_help": off_help, "choices": choices,
-                       "metavar": metavar, "cli": cli}}
+    ``off_flag`` gives an on/off/unset option its second flag; ``cli=False`` keeps it to recipes and
+    Python."""
+    info = {"help": help, "flag": flag, "off_flag": off_flag, "off_help": off_help, "choices": choices,
+            "metavar": metavar, "cli": cli}
+    return {"option": info}
 
 
 def option(default: Any, **info: Any) -> Any:
@@ -56,7 +59,9 @@ def option(default: Any, **info: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    model: str | None = option(None, cli=False, help="what the run starts from (path or name; None = the default model)")
+    model: str | None = option(
+        None, cli=False, help="what the run starts from (path or name; None = the default model)"
+    )
     output: str = option("m3e-finetuned", cli=False, help="run directory: the model, checkpoints, loss curve")
     epochs: int = option(1, help="passes over the data (default {default})")
     max_steps: int | None = option(None, help="stop after this many optimizer steps")
@@ -66,7 +71,9 @@ class TrainConfig:
     )
     lr: float | None = option(None, help="peak learning rate (default: by model size and strategy)")
     warmup_ratio: float = option(0.05, help="share of steps for linear warmup (default {default})")
-    warmup_steps: int | None = option(None, cli=False, help="warmup length in steps (instead of warmup_ratio)")
+    warmup_steps: int | None = option(
+        None, cli=False, help="warmup length in steps (instead of warmup_ratio)"
+    )
     scheduler: str = option("cosine", choices=SCHEDULERS, help="after warmup (default {default})")
     weight_decay: float = option(0.01)
     max_grad_norm: float | None = option(1.0, cli=False, help="clip the gradient norm (None: no clipping)")
@@ -85,7 +92,9 @@ class TrainConfig:
     distill_contrast: float = option(
         0.0, cli=False, help="cosine distillation: weight of the in-batch softmax against teacher vectors"
     )
-    num_negatives: int = option(1, flag="--negatives", help="hard negatives per query for triplets (default {default})")
+    num_negatives: int = option(
+        1, flag="--negatives", help="hard negatives per query for triplets (default {default})"
+    )
     strategy: str = option("full", choices=STRATEGIES, help="what to train (default {default})")
     lora_r: int = option(8)
     lora_alpha: int = option(16)
@@ -102,17 +111,20 @@ class TrainConfig:
     )
     seed: int = option(42)
     weights: dict[str, float] = field(default_factory=dict, metadata=about(
-        flag="--weight", metavar="NAME=W", help="dataset weight: passes per epoch for dataset NAME (file stem); repeatable",
+        flag="--weight", metavar="NAME=W",
+        help="dataset weight: passes per epoch for dataset NAME (file stem); repeatable",
     ))
     save_dtype: str | None = option(
-        None, cli=False, choices=SAVE_DTYPES, help="the final model's weights on disk: fp16 | bf16 halve its size"
+        None, cli=False, choices=SAVE_DTYPES,
+        help="the final model's weights on disk: fp16 | bf16 halve its size (None: fp32)",
     )
     save_steps: int = option(200, help="checkpoint every N steps (default {default})")
     keep_checkpoints: int = option(2, help="how many checkpoints to keep (default {default})")
     log_steps: int = option(1, cli=False, help="a loss-curve row every N steps")
-    progress: bool | None = option(
-        None, help="always show a progress bar", off_flag="--no-progress", off_help="never show a progress bar"
-    )  # None: a bar when stderr is a terminal
+    progress: bool | None = option(  # None: a bar when stderr is a terminal
+        None, help="always show a progress bar",
+        off_flag="--no-progress", off_help="never show a progress bar",
+    )
 
     def __post_init__(self) -> None:
         for opt in train_options():
@@ -164,7 +176,8 @@ class TrainOption:
         if held is None:
             raise M3EError(f"training option {self.name} must be {_KIND_NAMES[self.kind]}, not {value!r}")
         if self.choices is not None and held not in self.choices:
-            raise M3EError(f"training option {self.name} must be one of {', '.join(self.choices)}, not {value!r}")
+            allowed = ", ".join(self.choices)
+            raise M3EError(f"training option {self.name} must be one of {allowed}, not {value!r}")
         return held
 
 
@@ -175,8 +188,8 @@ _KIND_NAMES = {
 
 
 def _as_kind(kind: type, value: Any) -> Any:
-    """``value`` as a ``kind`` (None when it is not one). Integral numbers count as integers, and numbers written
-    as text as numbers: PyYAML reads ``3e-5`` (no dot) as a string."""
+    """``value`` as a ``kind`` (None when it is not one). Integral numbers count as integers, and numbers
+    written as text as numbers: PyYAML reads ``3e-5`` (no dot) as a string."""
     if kind is bool:
         return value if isinstance(value, bool) else None
     if kind is str:
@@ -277,7 +290,8 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     suffix = p.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
-            yaml = require("yaml", purpose="a YAML recipe", extra="train", package="pyyaml")  # JSON, TOML: stdlib
+            # JSON and TOML need nothing beyond the standard library
+            yaml = require("yaml", purpose="a YAML recipe", extra="train", package="pyyaml")
             data = yaml.safe_load(text)
         elif suffix == ".toml":
             import tomllib

@@ -50,11 +50,11 @@ class FineTuner:
 
     @classmethod
     def from_pretrained(
-        cls, model_name_or_path: str | None, dataset: Any, *, record_type: str | None = None, device: str | None = None,
-        config: TrainConfig | None = None, **options: Any,
+        cls, model_name_or_path: str | None, dataset: Any, *, record_type: str | None = None,
+        device: str | None = None, config: TrainConfig | None = None, **options: Any,
     ) -> FineTuner:
-        """Load the model (anything :func:`m3e.loading.load_model` takes; None = the default model) and read the
-        data (``record_type`` or the config's forces the record type)."""
+        """Load the model (anything :func:`m3e.loading.load_model` takes; None = the default model) and read
+        the data (``record_type`` or the config's forces the record type)."""
         from m3e.loading import load_model
 
         if record_type is not None:
@@ -75,8 +75,8 @@ class FineTuner:
         eval_data_dir: str | Path | None = None,
         **options: Any,
     ) -> FineTuneResult:
-        """Train; ``options`` are :class:`TrainConfig` fields (batch_size, lr, loss, strategy, mini_batch, ...)
-        for this run, and ``epochs`` / ``output_dir`` replace the config's when given."""
+        """Train; ``options`` are :class:`TrainConfig` fields (batch_size, lr, loss, strategy, mini_batch,
+        ...) for this run, and ``epochs`` / ``output_dir`` replace the config's when given."""
         from m3e.training.trainer import Trainer, save_model_into
 
         if epochs is not None:
@@ -87,7 +87,8 @@ class FineTuner:
         trainer = Trainer(self.model, self.datasets, config)
         evaluation = _Evaluation(eval_suite or "offline", eval_tasks, eval_data_dir)
         want_eval = (eval_suite is not None or bool(eval_tasks)) and trainer.dist.is_main
-        before = self._scores_before(evaluation, Path(config.output).expanduser(), resume) if want_eval else {}
+        run_dir = Path(config.output).expanduser()
+        before = self._scores_before(evaluation, run_dir, resume) if want_eval else {}
         result = trainer.train(resume=resume)
         scores: dict[str, dict[str, float | None]] = {}
         if before:
@@ -95,11 +96,12 @@ class FineTuner:
             card = trainer.card(result.steps, result.train_seconds, scores, scored_on=evaluation.scored_on)
             save_model_into(self.model, result.output, card, dtype=config.save_dtype)
         return FineTuneResult(
-            result.output, self.model, result.steps, result.train_seconds, result.final_loss, scores, result.resumed_from
+            result.output, self.model, result.steps, result.train_seconds, result.final_loss, scores,
+            result.resumed_from,
         )
 
     def _scores_before(self, evaluation: _Evaluation, run_dir: Path, resume: bool) -> dict[str, float | None]:
-        """The starting model's scores, kept in the run directory: a resumed run does not evaluate it again."""
+        """The starting model's scores, kept in the run directory: a resumed run does not score it again."""
         saved = run_dir / "eval-before.json"
         key = {"suite": evaluation.suite, "tasks": sorted(evaluation.tasks or [])}
         cached = json.loads(saved.read_text(encoding="utf-8")) if resume and saved.is_file() else {}
@@ -116,7 +118,8 @@ class FineTuner:
     ) -> dict[str, dict[str, float | None]]:
         """Task -> {"before", "after"}, printed side by side."""
         after = evaluation.scores(self.model, label="after")
-        scores = {t: {"before": before.get(t), "after": after.get(t)} for t in dict.fromkeys([*before, *after])}
+        tasks = dict.fromkeys([*before, *after])
+        scores = {t: {"before": before.get(t), "after": after.get(t)} for t in tasks}
         print(format_side_by_side(scores), file=sys.stderr if not sys.stdout.isatty() else sys.stdout)
         return scores
 
@@ -135,7 +138,7 @@ class _Evaluation:
     @property
     def scored_on(self) -> str:
         """How the model card names the scores' source (a dev-split score must not read as the test's)."""
-        return f"{self.suite} suite" if not self.tasks else f"{self.suite} suite, tasks {', '.join(self.tasks)}"
+        return f"{self.suite} suite" + (f", tasks {', '.join(self.tasks)}" if self.tasks else "")
 
 
 def evaluate_scores(model: Any, suite: str, tasks: list[str] | None, data_dir: str | Path | None, label: str) -> dict[str, float | None]:

@@ -111,7 +111,8 @@ class CoSENTLoss(EmbeddingLoss):
     def __post_init__(self) -> None:
         from sentence_transformers.sentence_transformer.losses import CoSENTLoss as _STCoSENT
 
-        self._st = _STCoSENT(None, scale=1.0 / self.temperature)  # type: ignore[arg-type]  # no model: see SoftmaxLoss
+        # no model: only compute_loss_from_embeddings is used
+        self._st = _STCoSENT(None, scale=1.0 / self.temperature)  # type: ignore[arg-type]
 
     def __call__(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
         if labels is None:
@@ -131,7 +132,7 @@ class MSEDistillLoss(EmbeddingLoss):
     def __post_init__(self) -> None:
         from sentence_transformers.sentence_transformer.losses import MSELoss
 
-        self._st = MSELoss(None)  # type: ignore[arg-type]  # no model: see SoftmaxLoss
+        self._st = MSELoss(None)  # type: ignore[arg-type]  # no model: only the embeddings' loss is used
 
     def __call__(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
         if labels is None:

@@ -237,8 +237,8 @@ def run_recipe(
 
 
 def _model_source(recipe: dict[str, Any], config: TrainConfig, base: Path) -> str | None:
-    """What the run starts from: the student a ``model: {import: ...}`` recipe imports into the run directory, or
-    the model's path (relative paths that exist beside the recipe are taken from there)."""
+    """What the run starts from: the student a ``model: {import: ...}`` recipe imports into the run directory,
+    or the model's path (relative paths that exist beside the recipe are taken from there)."""
     if isinstance(recipe.get("model"), dict):
         return str(initial_model(recipe["model"], Path(config.output), base))
     if config.model is not None and not Path(config.model).is_absolute() and (base / config.model).exists():

@@ -33,7 +33,10 @@ def apply_strategy(
             raise M3EError("BitFit: this model has no bias parameters")
         return model
     peft = require("peft", purpose="LoRA", extra="train")
-    config = peft.LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=lora_targets or _targets(model.transformer), bias="none")
+    config = peft.LoraConfig(
+        r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        target_modules=lora_targets or _targets(model.transformer), bias="none",
+    )
     model.transformer = peft.get_peft_model(model.transformer, config)
     for p in model.dense.parameters():  # a Dense head is small: train it with the adapters
         p.requires_grad_(True)

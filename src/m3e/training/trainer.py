@@ -275,7 +275,8 @@ class Trainer:
         t0 = time.perf_counter()
         pb = plan[run.next_batch]
         ds = self.datasets[pb.dataset]
-        columns, labels = build_columns(ds, pb.indices, batch_rng(cfg.seed, run.epoch, run.next_batch), cfg.num_negatives)
+        rng = batch_rng(cfg.seed, run.epoch, run.next_batch)
+        columns, labels = build_columns(ds, pb.indices, rng, cfg.num_negatives)
         n_global = len(columns[0])
         if self.dist.enabled:
             rank, b = self.dist.rank, n_global // self.dist.world_size
@@ -312,7 +313,8 @@ class Trainer:
         run.bar.update(1)
         run.bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{ex_rate:.1f}", refresh=False)
         if not run.show_bar and self.dist.is_main and (step % max(1, total // 10) == 0 or step == total):
-            print(f"step {step}/{total}  loss {loss:.4f}  {ex_rate:.1f} examples/s", file=sys.stderr, flush=True)
+            line = f"step {step}/{total}  loss {loss:.4f}  {ex_rate:.1f} examples/s"
+            print(line, file=sys.stderr, flush=True)
 
     def _checkpoint_or_stop(self, run: _Run, plan_length: int, stop_request: StopRequest) -> None:
         """A checkpoint every save_steps, and one before stopping when a process was asked to stop."""
@@ -323,10 +325,10 @@ class Trainer:
             self._checkpoint(run.opt, run.sched, run.step, *pos, run.history, run.elapsed())
             run.last_saved = run.step
         if signum and run.step < run.total:
+            saved = self.output / ckpt.CHECKPOINTS / ckpt.step_name(run.step)
             raise TrainingStopped(
                 f"stopped by {signal_name(signum)} after step {run.step} of {run.total}; checkpoint saved in "
-                f"{self.output / ckpt.CHECKPOINTS / ckpt.step_name(run.step)}: run the same command with --resume "
-                "to continue",
+                f"{saved}: run the same command with --resume to continue",
                 signum,
             )
 
@@ -341,7 +343,9 @@ class Trainer:
             self._save_final(run.step, elapsed, run.history)
         dist_.barrier()
         final_loss = run.history[-1]["loss"] if run.history else None
-        return TrainResult(self.output, run.step, run.epochs_done, elapsed, final_loss, run.history, run.resumed_from)
+        return TrainResult(
+            self.output, run.step, run.epochs_done, elapsed, final_loss, run.history, run.resumed_from
+        )
 
     @contextmanager
     def _inference_max_length(self) -> Iterator[None]:
