@@ -3,6 +3,7 @@ windows over long documents, save round-trip, backends."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,62 @@ def test_registry_defaults_for_bge_rerankers() -> None:
         known = reranker_defaults_for(name)
         assert known is not None and known.max_length == 512 and known.activation == "sigmoid"
     assert reranker_defaults_for("BAAI/bge-reranker") is None
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from m3e.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_ranks_arguments_and_files(bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    docs = [d for _, d in PAIRS[:4]]
+    expected = m3e.load_reranker(str(bert_dir)).rank("今天天气", docs)
+    code, out, _ = _cli(capsys, "rerank", str(bert_dir), "今天天气", *docs, "--json")
+    assert code == 0
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [x["index"] for x in lines] == [e["corpus_id"] for e in expected]
+    assert [x["rank"] for x in lines] == [1, 2, 3, 4] and lines[0]["text"] == docs[expected[0]["corpus_id"]]
+
+    # Groups, one output line each; documents as strings or objects whose other fields pass through.
+    groups = tmp_path / "groups.jsonl"
+    groups.write_text(
+        json.dumps({"query": "今天天气", "documents": docs}, ensure_ascii=False) + "\n\n"
+        + json.dumps({"query": "买电脑", "documents": [{"text": docs[3], "id": "d3"}, {"text": docs[0], "id": "d0"}]},
+                     ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    code, out, _ = _cli(capsys, "rerank", str(bert_dir), "-i", str(groups), "--json", "-k", "1")
+    first, second = (json.loads(x) for x in out.splitlines())
+    assert first["query"] == "今天天气" and len(first["results"]) == 1
+    assert first["results"][0]["index"] == expected[0]["corpus_id"]
+    assert second["results"][0]["id"] in ("d3", "d0")
+
+    # Candidates such as `m3e search --json` lines, ranked against the QUERY argument.
+    hits = tmp_path / "hits.jsonl"
+    hits.write_text("".join(json.dumps({"rank": i + 1, "id": f"doc{i}", "text": d}, ensure_ascii=False) + "\n"
+                            for i, d in enumerate(docs)), encoding="utf-8")
+    code, out, _ = _cli(capsys, "rerank", str(bert_dir), "今天天气", "-i", str(hits), "--json")
+    ranked = [json.loads(x) for x in out.splitlines()]
+    assert [r["id"] for r in ranked] == [f"doc{e['corpus_id']}" for e in expected]
+    code, out, _ = _cli(capsys, "rerank", str(bert_dir), "今天天气", *docs)
+    assert code == 0 and out.startswith("query: 今天天气") and "  1. " in out
+
+
+def test_cli_bad_candidates_name_file_and_line(bert_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "documents": ["a"]}\n{"query": "q", "documents": []}\n', encoding="utf-8")
+    code, _, err = _cli(capsys, "rerank", str(bert_dir), "-i", str(bad))
+    assert code == 2 and f"{bad}:2:" in err and "non-empty" in err
+    bad.write_text('{"query": "q", "documents": ["a"]}\nnot json\n', encoding="utf-8")
+    code, _, err = _cli(capsys, "rerank", str(bert_dir), "-i", str(bad))
+    assert code == 2 and f"{bad}:2: not JSON" in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    code, _, err = _cli(capsys, "rerank", str(bert_dir), "-i", str(empty))
+    assert code == 2 and "no records" in err
+    code, _, err = _cli(capsys, "rerank", str(bert_dir), "query only")
+    assert code == 2 and "at least one document" in err

