@@ -28,7 +28,8 @@ def add_training_options(parser: argparse.ArgumentParser, recipe: bool = False) 
         add_option_flag(group, opt, recipe=recipe)
     e = parser.add_argument_group("evaluation before/after (offline tasks from `m3e data build`)")
     e.add_argument("--eval", dest="eval_suite", choices=list(OFFLINE_PROFILES), default=None,
-                   help="evaluate on this offline suite (dev: the held-out dev splits, for choosing settings)")
+                   help="evaluate on this offline suite "
+                        "(dev: the held-out dev splits, for choosing settings)")
     e.add_argument("--eval-tasks", default=None, help="comma-separated task names (implies --eval offline)")
     e.add_argument("--data-dir", default=None, help="built data directory for the evaluation tasks")
 
@@ -86,14 +87,18 @@ def _weights(items: list[str]) -> dict[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model to start from: a directory or hub id ('default' = m3e's default model)")
-    parser.add_argument("data", nargs="+", help=".jsonl/.csv/.parquet files or directories (one dataset per file)")
-    parser.add_argument("-o", "--output", required=True, help="output directory (the model, checkpoints, loss curve)")
+    parser.add_argument("model",
+                        help="model to start from: a directory or hub id ('default' = m3e's default model)")
+    parser.add_argument("data", nargs="+",
+                        help=".jsonl/.csv/.parquet files or directories (one dataset per file)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output directory (the model, checkpoints, loss curve)")
     add_option_flag(parser, train_option("record_type"))
     add_training_options(parser)
 
 
-def _device(name: str | None) -> str | None:
+def training_device(name: str | None) -> str:
+    """--device, or cuda when there is one (training on the CPU is the fallback, not the default)."""
     if name is not None:
         return name
     import torch
@@ -108,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(
         {**options_from_args(args), "model": model, "output": args.output, "record_type": args.record_type}
     )
-    tuner = FineTuner.from_pretrained(model, args.data, device=_device(args.device), config=config)
+    tuner = FineTuner.from_pretrained(model, args.data, device=training_device(args.device), config=config)
     return report(tuner.run(resume=args.resume, **eval_options(args)))
 
 
@@ -123,5 +128,6 @@ def report(result: FineTuneResult) -> int:
     if os.environ.get("RANK", "0") != "0":  # torchrun: the main process reports
         return 0
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
-    print(f"trained {result.steps} steps in {result.train_seconds:.0f} s{loss}; model saved to {result.output}", file=sys.stderr)
+    print(f"trained {result.steps} steps in {result.train_seconds:.0f} s{loss}; model saved to {result.output}",
+          file=sys.stderr)
     return 0

@@ -9,14 +9,18 @@ from m3e.errors import M3EError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model that ranks the passages: a directory or hub id ('default' = m3e's default)")
-    parser.add_argument("data", nargs="+", help="pair / triplet files or directories (.jsonl/.csv/.parquet; data:train/... = built by `m3e data build`)")
+    parser.add_argument("model",
+                        help="model that ranks the passages: a directory or hub id ('default' = m3e's default)")
+    parser.add_argument("data", nargs="+",
+                        help="pair / triplet files or directories (.jsonl/.csv/.parquet; "
+                             "data:train/... = built by `m3e data build`)")
     parser.add_argument("-o", "--output", required=True, help="output .jsonl with {query, pos, neg} records")
     parser.add_argument("--corpus", action="append", default=[],
-                        help="extra passages to draw negatives from: .txt (one per line) or .jsonl with a 'text' field "
-                             "(data:distill/... = a pool built by `m3e data build`)")
+                        help="extra passages to draw negatives from: .txt (one per line) or .jsonl with a "
+                             "'text' field (data:distill/... = a pool built by `m3e data build`)")
     parser.add_argument("--rank-window", default="2-200",
-                        help="sample negatives from hit ranks LO..HI-1, counting the top hit as 0 (default 2-200)")
+                        help="sample negatives from hit ranks LO..HI-1, counting the top hit as 0 "
+                             "(default 2-200)")
     parser.add_argument("--negatives", type=int, default=7, help="negatives per query (default 7)")
     parser.add_argument("--no-random-fill", dest="random_fill", action="store_false",
                         help="do not top up with random passages when the window has too few")
@@ -60,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     out = write_jsonl(rows, args.output)
     print(
         f"{stats.queries} queries, {stats.corpus} passages: {stats.negatives} negatives "
-        f"({stats.mined} queries from the window {window[0]}-{window[1]}, {stats.random_fill} topped up at random) -> {out}",
+        f"({stats.mined} queries from the window {window[0]}-{window[1]}, "
+        f"{stats.random_fill} topped up at random) -> {out}",
         file=sys.stderr,
     )
     return 0

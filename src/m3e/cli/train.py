@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from m3e.cli.finetune import _device, add_training_options, eval_options, options_from_args, report
+from m3e.cli.finetune import add_training_options, eval_options, options_from_args, report, training_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", required=True, help="recipe file: model, datasets with weights, loss, hyper-parameters")
+    parser.add_argument("--recipe", required=True,
+                        help="recipe file: model, datasets with weights, loss, hyper-parameters")
     parser.add_argument("-o", "--output", default=None, help="run directory (default: the recipe's 'output')")
     add_training_options(parser, recipe=True)
 
@@ -19,5 +20,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = options_from_args(args)
     if args.output:
         overrides["output"] = args.output
-    result = run_recipe(args.recipe, overrides, resume=args.resume, device=_device(args.device), **eval_options(args))
+    result = run_recipe(
+        args.recipe, overrides, resume=args.resume, device=training_device(args.device), **eval_options(args)
+    )
     return report(result)
