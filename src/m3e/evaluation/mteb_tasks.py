@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from mteb.abstasks import (
+    AbsTask,
     AbsTaskBitextMining,
     AbsTaskClassification,
     AbsTaskPairClassification,
@@ -23,7 +24,7 @@ from mteb.abstasks import (
 )
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from m3e.evaluation.taskfile import TaskFile
+from m3e.evaluation.taskfile import TaskFile, TaskType
 
 SEED = 42  # mteb's default; fixes the classification undersampling and the logistic regressions
 
@@ -43,18 +44,19 @@ def task_metadata(spec: TaskFile) -> TaskMetadata:
     )
 
 
-class _FromTaskFile:
-    """Mixin: metadata from the task file and data loaded from it (no hub, no datasets cache)."""
+class _FromTaskFile(AbsTask):
+    """Base of the offline tasks: metadata from the task file and data loaded from it (no hub, no datasets
+    cache). Comes first in each task's bases, before the mteb task type it loads data for."""
 
     spec: TaskFile
 
     def __init__(self, spec: TaskFile, seed: int = SEED, **kwargs: Any) -> None:
         self.spec = spec
         self.metadata = task_metadata(spec)
-        super().__init__(seed=seed, **kwargs)  # type: ignore[call-arg]
+        super().__init__(seed=seed, **kwargs)
 
     def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
-        if self.data_loaded:  # type: ignore[has-type]
+        if self.data_loaded:
             return
         self.dataset = self._build_dataset()
         self.data_loaded = True
@@ -140,7 +142,7 @@ class OfflinePairClassification(_FromTaskFile, AbsTaskPairClassification):
         }
 
 
-_CLASSES: dict[str, type[_FromTaskFile]] = {
+_CLASSES: dict[TaskType, type[_FromTaskFile]] = {
     "Classification": OfflineClassification,
     "Retrieval": OfflineRetrieval,
     "BitextMining": OfflineBitextMining,
@@ -148,7 +150,7 @@ _CLASSES: dict[str, type[_FromTaskFile]] = {
 }
 
 
-def make_task(spec: TaskFile, seed: int = SEED) -> Any:
+def make_task(spec: TaskFile, seed: int = SEED) -> AbsTask:
     """An mteb task (an ``AbsTask``) for one task file, with its data loaded."""
     task = _CLASSES[spec.type](spec, seed=seed)
     task.load_data()

@@ -1,7 +1,7 @@
 """Which tasks a suite runs.
 
-- ``smoke`` / ``offline``: the m3e task files (profile "smoke" / "full") as mteb custom tasks;
-  fully offline.
+- ``smoke`` / ``offline``: the m3e task files (profile "smoke" / "full") as mteb custom tasks
+  (``m3e.evaluation.mteb_tasks``); fully offline.
 - ``dev``: the dev splits (profile "dev") of the offline tasks that have one: held-out items for
   choosing training settings, so that the test is looked at once.
 - ``cmteb``: mteb's ``MTEB(cmn, v1)`` benchmark (C-MTEB), datasets from the Hugging Face hub.
@@ -13,9 +13,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from m3e.errors import M3EError
+
+if TYPE_CHECKING:
+    from mteb.abstasks import AbsTask
+
+    from m3e.evaluation.taskfile import TaskFile
 
 SUITES = ("smoke", "offline", "dev", "cmteb", "mteb-zh")
 OFFLINE_PROFILES = {"smoke": "smoke", "offline": "full", "dev": "dev"}
@@ -29,10 +34,10 @@ MTEB_ZH_TASKS = ("TNews", "IFlyTek", "JDReview", "MultilingualSentiment", "T2Ret
 @dataclass
 class Suite:
     name: str
-    tasks: list[Any]  # mteb AbsTask objects
+    tasks: list[AbsTask]
     profile: str | None = None  # task-file profile for offline suites
     data_dir: Path | None = None
-    specs: dict[str, Any] = field(default_factory=dict)  # task name -> TaskFile (offline suites)
+    specs: dict[str, TaskFile] = field(default_factory=dict)  # task name -> its file (offline suites)
     benchmark: str | None = None
 
     @property
@@ -88,8 +93,8 @@ def resolve_data_dir(profile: str, data_dir: str | Path | None) -> Path:
 
 
 def offline_suite(name: str, names: list[str] | None = None, data_dir: str | Path | None = None) -> Suite:
+    from m3e.evaluation.mteb_tasks import make_task
     from m3e.evaluation.taskfile import load_task_files
-    from m3e.evaluation.tasks import make_task
 
     profile = OFFLINE_PROFILES[name]
     data = resolve_data_dir(profile, data_dir)

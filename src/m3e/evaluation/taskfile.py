@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from m3e.errors import InputError, M3EError
 
-TASK_TYPES = ("Classification", "Retrieval", "BitextMining", "PairClassification")
+TaskType = Literal["Classification", "Retrieval", "BitextMining", "PairClassification"]
+TASK_TYPES: tuple[TaskType, ...] = ("Classification", "Retrieval", "BitextMining", "PairClassification")
 PROFILES = ("full", "smoke", "dev")
 
 # mteb's name of each type's main score (the contract lets the file name it; these are defaults).
-DEFAULT_MAIN_SCORE = {
+DEFAULT_MAIN_SCORE: dict[TaskType, str] = {
     "Classification": "accuracy",
     "Retrieval": "ndcg_at_10",
     "BitextMining": "f1",
@@ -44,7 +46,7 @@ class TaskFile:
     """One task file, checked. ``records`` holds the type's fields ("train"/"test", "queries"/...)."""
 
     name: str
-    type: str
+    type: TaskType
     languages: list[str]
     main_score: str
     description: str
@@ -84,7 +86,7 @@ def _records(path: Path, obj: dict[str, Any], key: str, fields: dict[str, type |
     return items
 
 
-def _main_score(path: Path, task_type: str, raw: Any) -> str:
+def _main_score(path: Path, task_type: TaskType, raw: Any) -> str:
     if raw in (None, ""):
         return DEFAULT_MAIN_SCORE[task_type]
     if not isinstance(raw, str):
@@ -96,60 +98,15 @@ def _main_score(path: Path, task_type: str, raw: Any) -> str:
 def read_task_file(path: str | Path, profile: str | None = None) -> TaskFile:
     """Parse and check one task file."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise M3EError(f"cannot read task file {path}: {exc.strerror or exc}") from exc
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"not a valid UTF-8 JSON file ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise _fail(path, "expected one JSON object")
+    raw, obj = _read_json(path)
     name = obj.get("name")
-    task_type = obj.get("type")
     if not isinstance(name, str) or not name:
         raise _fail(path, "'name' must be a non-empty string")
-    if task_type not in TASK_TYPES:
-        raise _fail(path, f"'type' must be one of {', '.join(TASK_TYPES)}, not {task_type!r}")
+    task_type = _task_type(path, obj.get("type"))
     languages = obj.get("languages")
     if not isinstance(languages, list) or not languages or not all(isinstance(x, str) for x in languages):
         raise _fail(path, "'languages' must be a non-empty list of codes like 'cmn-Hans'")
-
-    records: dict[str, Any] = {}
-    if task_type == "Classification":
-        for split in ("train", "test"):
-            records[split] = _records(path, obj, split, {"text": str, "label": (str, int)})
-    elif task_type == "Retrieval":
-        records["queries"] = _records(path, obj, "queries", {"id": (str, int), "text": str})
-        records["corpus"] = _records(path, obj, "corpus", {"id": (str, int), "text": str})
-        qrels = obj.get("qrels")
-        if not isinstance(qrels, dict) or not qrels:
-            raise _fail(path, "'qrels' must be a non-empty object {query_id: {doc_id: relevance}}")
-        doc_ids = {str(d["id"]) for d in records["corpus"]}
-        query_ids = {str(q["id"]) for q in records["queries"]}
-        clean: dict[str, dict[str, int]] = {}
-        for qid, rel in qrels.items():
-            if not isinstance(rel, dict):
-                raise _fail(path, f"qrels[{qid!r}] is not an object")
-            if str(qid) not in query_ids:
-                raise _fail(path, f"qrels names query {qid!r}, which is not in 'queries'")
-            for did, score in rel.items():
-                if str(did) not in doc_ids:
-                    raise _fail(path, f"qrels[{qid!r}] names document {did!r}, which is not in 'corpus'")
-                if not isinstance(score, int) or isinstance(score, bool):
-                    raise _fail(path, f"qrels[{qid!r}][{did!r}] must be an integer")
-            clean[str(qid)] = {str(d): int(s) for d, s in rel.items()}
-        records["qrels"] = clean
-    elif task_type == "BitextMining":
-        records["pairs"] = _records(path, obj, "pairs", {"sentence1": str, "sentence2": str})
-    else:
-        pairs = _records(path, obj, "pairs", {"sentence1": str, "sentence2": str, "label": int})
-        for i, p in enumerate(pairs):
-            if p["label"] not in (0, 1):
-                raise _fail(path, f"pairs[{i}].label must be 0 or 1")
-        records["pairs"] = pairs
-
+    records = _RECORD_READERS[task_type](path, obj)
     sources = obj.get("sources") or []
     return TaskFile(
         name=name,
@@ -164,6 +121,78 @@ def read_task_file(path: str | Path, profile: str | None = None) -> TaskFile:
         license=str(obj.get("license") or ""),
         records=records,
     )
+
+
+def _read_json(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The file's bytes (its revision is their hash) and its one JSON object."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise M3EError(f"cannot read task file {path}: {exc.strerror or exc}") from exc
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(path, f"not a valid UTF-8 JSON file ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise _fail(path, "expected one JSON object")
+    return raw, obj
+
+
+def _task_type(path: Path, raw: Any) -> TaskType:
+    for task_type in TASK_TYPES:
+        if raw == task_type:
+            return task_type
+    raise _fail(path, f"'type' must be one of {', '.join(TASK_TYPES)}, not {raw!r}")
+
+
+def _classification_records(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
+    return {split: _records(path, obj, split, {"text": str, "label": (str, int)}) for split in ("train", "test")}
+
+
+def _retrieval_records(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
+    queries = _records(path, obj, "queries", {"id": (str, int), "text": str})
+    corpus = _records(path, obj, "corpus", {"id": (str, int), "text": str})
+    qrels = _qrels(path, obj.get("qrels"), {str(q["id"]) for q in queries}, {str(d["id"]) for d in corpus})
+    return {"queries": queries, "corpus": corpus, "qrels": qrels}
+
+
+def _qrels(path: Path, qrels: Any, query_ids: set[str], doc_ids: set[str]) -> dict[str, dict[str, int]]:
+    """{query id: {document id: relevance}}, every id pointing into the task's queries and corpus."""
+    if not isinstance(qrels, dict) or not qrels:
+        raise _fail(path, "'qrels' must be a non-empty object {query_id: {doc_id: relevance}}")
+    clean: dict[str, dict[str, int]] = {}
+    for qid, rel in qrels.items():
+        if not isinstance(rel, dict):
+            raise _fail(path, f"qrels[{qid!r}] is not an object")
+        if str(qid) not in query_ids:
+            raise _fail(path, f"qrels names query {qid!r}, which is not in 'queries'")
+        for did, score in rel.items():
+            if str(did) not in doc_ids:
+                raise _fail(path, f"qrels[{qid!r}] names document {did!r}, which is not in 'corpus'")
+            if not isinstance(score, int) or isinstance(score, bool):
+                raise _fail(path, f"qrels[{qid!r}][{did!r}] must be an integer")
+        clean[str(qid)] = {str(d): int(s) for d, s in rel.items()}
+    return clean
+
+
+def _bitext_records(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
+    return {"pairs": _records(path, obj, "pairs", {"sentence1": str, "sentence2": str})}
+
+
+def _pair_classification_records(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
+    pairs = _records(path, obj, "pairs", {"sentence1": str, "sentence2": str, "label": int})
+    for i, p in enumerate(pairs):
+        if p["label"] not in (0, 1):
+            raise _fail(path, f"pairs[{i}].label must be 0 or 1")
+    return {"pairs": pairs}
+
+
+_RECORD_READERS: dict[TaskType, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {
+    "Classification": _classification_records,
+    "Retrieval": _retrieval_records,
+    "BitextMining": _bitext_records,
+    "PairClassification": _pair_classification_records,
+}
 
 
 def _type_order(task: TaskFile) -> tuple[int, str]:
