@@ -8,10 +8,10 @@ with "*" because they cover fewer tasks than the other columns.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import platform
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 from m3e.atomic import write_atomic
 from m3e.evaluation.runner import ModelSpec, Outcome
+from m3e.evaluation.suites import Suite
 
 TYPE_ORDER = ("Classification", "Retrieval", "Reranking", "BitextMining", "PairClassification", "STS", "Clustering")
 VERSION_PACKAGES = (
@@ -86,7 +87,7 @@ def averages(outcomes: Sequence[Outcome]) -> dict[str, dict[str, dict[str, Any]]
         out[model] = {}
         for group in [*types, "overall"]:
             names = [n for n, t, _ in rows if group == "overall" or t == group]
-            vals = [mine[n].score for n in names if n in mine and mine[n].status == "ok" and mine[n].score is not None]
+            vals = [score for n in names if n in mine and mine[n].status == "ok" and (score := mine[n].score) is not None]
             out[model][group] = {
                 "mean": (sum(vals) / len(vals)) if vals else None,
                 "n": len(vals),
@@ -165,7 +166,7 @@ def build_results(
     outcomes: Sequence[Outcome],
     models: Sequence[ModelSpec],
     *,
-    suite: Any,
+    suite: Suite,
     command: str,
     started: _dt.datetime,
     wall_s: float,
@@ -175,7 +176,7 @@ def build_results(
     tasks = []
     for name, task_type, metric in task_rows(outcomes):
         entry: dict[str, Any] = {"name": name, "type": task_type, "main_score": metric}
-        spec = suite.specs.get(name) if getattr(suite, "specs", None) else None
+        spec = suite.specs.get(name)
         if spec is not None:
             entry.update(
                 languages=spec.languages,
@@ -239,18 +240,12 @@ def write_chart(outcomes: Sequence[Outcome], path: Path, title: str) -> Path:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncols=min(len(models), 4), loc="upper right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    png = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=120)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        fig.savefig(png, format="png", dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, png.getvalue())
     return path
 
 
@@ -267,12 +262,36 @@ OFFLINE_CAVEATS = (
 )
 
 
+PROTOCOL = (
+    "Metrics and protocols are mteb's: classification trains a logistic regression on 32 examples per label "
+    "(10 experiments, seed 42) and reports test accuracy; retrieval ranks the whole corpus by cosine "
+    "(nDCG@10), queries with the model's query prompt and documents with its document prompt; bitext mining "
+    "matches each sentence to its nearest translation (f1); pair classification reports the best average "
+    "precision over similarity functions (max AP). BM25 runs retrieval tasks only."
+)
+SMOKE_CAVEAT = "The smoke profile has 16-32 items per task: it checks the plumbing; its scores are not for comparing models."
+
+
 def markdown_report(results: dict[str, Any], outcomes: Sequence[Outcome], chart_name: str | None) -> str:
-    header, rows = score_table(outcomes)
-    theader, trows = time_table(outcomes)
-    v = results["versions"]
-    m = results["machine"]
     lines = [
+        *_run_section(results),
+        *_scores_section(outcomes, chart_name),
+        *_models_section(results["models"]),
+        *_tasks_section(results["tasks"]),
+        *_errors_section(outcomes),
+        "## Protocol",
+        "",
+        PROTOCOL,
+        "",
+        *_caveats_section(results["suite"]),
+    ]
+    return "\n".join(lines)
+
+
+def _run_section(results: dict[str, Any]) -> list[str]:
+    """Title, when and where it ran, the command and the package versions."""
+    m = results["machine"]
+    return [
         f"# m3e eval: {results['suite']} suite",
         "",
         f"Run {results['started_utc']}, {results['wall_s']:.0f} s in all, on {m.get('cpu', m.get('platform'))} "
@@ -280,58 +299,66 @@ def markdown_report(results: dict[str, Any], outcomes: Sequence[Outcome], chart_
         "",
         f"Command: `{results['command']}`",
         "",
-        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        "",
-        "## Scores (main score x 100)",
-        "",
-        format_markdown_table(header, rows, numeric_from=3),
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in results["versions"].items()),
         "",
     ]
+
+
+def _scores_section(outcomes: Sequence[Outcome], chart_name: str | None) -> list[str]:
+    """The score table (with its footnote and the chart) and the wall-time table."""
+    header, rows = score_table(outcomes)
+    lines = ["## Scores (main score x 100)", "", format_markdown_table(header, rows, numeric_from=3), ""]
     if has_partial_averages(outcomes):
         lines += ["\\* average over fewer tasks than the other columns (the model does not run every task type).", ""]
     if chart_name:
         lines += [f"![scores]({chart_name})", ""]
-    lines += ["## Wall time per task (seconds, encoding + scoring)", "", format_markdown_table(theader, trows, numeric_from=1), ""]
-    lines += ["## Models", ""]
-    for model in results["models"]:
+    theader, trows = time_table(outcomes)
+    times = format_markdown_table(theader, trows, numeric_from=1)
+    return [*lines, "## Wall time per task (seconds, encoding + scoring)", "", times, ""]
+
+
+def _models_section(models: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Models", ""]
+    for model in models:
         details = ", ".join(f"{k}: {val}" for k, val in model.items() if k not in ("label",) and val not in (None, "", {}))
         lines.append(f"- **{model['label']}**: {details}")
-    lines += ["", "## Tasks", ""]
-    if results["tasks"] and "size" in results["tasks"][0]:
-        tr = [
-            [
-                t["name"],
-                t["type"],
-                t["main_score"],
-                ", ".join(t.get("languages", [])),
-                ", ".join(f"{k} {n}" for k, n in t.get("size", {}).items()),
-                ", ".join(t.get("sources", [])),
-                t.get("revision", ""),
-            ]
-            for t in results["tasks"]
+    return [*lines, ""]
+
+
+def _tasks_section(tasks: list[dict[str, Any]]) -> list[str]:
+    """A table of the offline tasks (languages, size, sources, revision); the names alone for hub suites."""
+    lines = ["## Tasks", ""]
+    if not (tasks and "size" in tasks[0]):
+        return [*lines, ", ".join(t["name"] for t in tasks), ""]
+    rows = [
+        [
+            t["name"],
+            t["type"],
+            t["main_score"],
+            ", ".join(t.get("languages", [])),
+            ", ".join(f"{k} {n}" for k, n in t.get("size", {}).items()),
+            ", ".join(t.get("sources", [])),
+            t.get("revision", ""),
         ]
-        lines += [format_markdown_table(["task", "type", "metric", "languages", "size", "sources", "revision"], tr, numeric_from=7), ""]
-    else:
-        lines += [", ".join(t["name"] for t in results["tasks"]), ""]
-    errors = [o for o in outcomes if o.status == "error"]
-    if errors:
-        lines += ["## Errors", ""] + [f"- {o.model} on {o.task}: {o.error}" for o in errors] + [""]
-    lines += [
-        "## Protocol",
-        "",
-        "Metrics and protocols are mteb's: classification trains a logistic regression on 32 examples per label "
-        "(10 experiments, seed 42) and reports test accuracy; retrieval ranks the whole corpus by cosine "
-        "(nDCG@10), queries with the model's query prompt and documents with its document prompt; bitext mining "
-        "matches each sentence to its nearest translation (f1); pair classification reports the best average "
-        "precision over similarity functions (max AP). BM25 runs retrieval tasks only.",
-        "",
+        for t in tasks
     ]
-    if results["suite"] == "smoke":
-        lines += ["## Caveats", "", "- The smoke profile has 16-32 items per task: it checks the plumbing; its scores "
-                  "are not for comparing models.", ""]
-    elif results["suite"] == "offline":
-        lines += ["## Caveats", ""] + [f"- {c}" for c in OFFLINE_CAVEATS] + [""]
-    return "\n".join(lines)
+    header = ["task", "type", "metric", "languages", "size", "sources", "revision"]
+    return [*lines, format_markdown_table(header, rows, numeric_from=7), ""]
+
+
+def _errors_section(outcomes: Sequence[Outcome]) -> list[str]:
+    errors = [o for o in outcomes if o.status == "error"]
+    if not errors:
+        return []
+    return ["## Errors", "", *(f"- {o.model} on {o.task}: {o.error}" for o in errors), ""]
+
+
+def _caveats_section(suite: str) -> list[str]:
+    if suite == "smoke":
+        return ["## Caveats", "", f"- {SMOKE_CAVEAT}", ""]
+    if suite == "offline":
+        return ["## Caveats", "", *(f"- {c}" for c in OFFLINE_CAVEATS), ""]
+    return []
 
 
 def write_reports(results: dict[str, Any], outcomes: Sequence[Outcome], out_dir: Path, chart: bool = True) -> dict[str, Path]:
