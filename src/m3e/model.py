@@ -42,6 +42,10 @@ __all__ = ["LONG_TEXT_MODES", "Dense", "EmbeddingModel", "cosine"]
 logger = logging.getLogger(__name__)
 
 LONG_TEXT_MODES = ("truncate", "windows")
+# Characters read per token of max_length when truncating: no tokenizer m3e meets needs more for one token
+# (a CJK character or an English word piece is 1-8), so a cut there leaves the first max_length tokens as they
+# were; whitespace runs and the like, which give fewer tokens, are read further.
+CHARS_PER_TOKEN_BUDGET = 16
 
 @dataclass
 class _Tokenized:
@@ -201,15 +205,27 @@ class EmbeddingModel(nn.Module):
         return len(ids) - 1
 
     def tokenize(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
-        """Token ids with special tokens, truncated at ``max_length``."""
+        """Token ids with special tokens, truncated at ``max_length``.
+
+        Only the start of a long text is read: a text is cut to a character budget of
+        ``CHARS_PER_TOKEN_BUDGET`` characters per token of ``max_length`` before it is tokenized (read further,
+        doubling, in the rare text whose budget gives too few tokens, such as a long run of spaces), so a
+        megabyte-long text costs what a short one does.
+        """
         if not texts:
             return []
-        enc = self.tokenizer(
-            self._prepare(texts, prompt or ""),
-            add_special_tokens=True,
-            truncation=True,
-            max_length=self.max_length,
-        )
+        prompt = prompt or ""
+        budget = self.max_length * CHARS_PER_TOKEN_BUDGET
+        out = self._tokenize_truncated(self._prepare([t[:budget] for t in texts], prompt))
+        for i, text in enumerate(texts):
+            reach = budget
+            while len(text) > reach and len(out[i]) < self.max_length:
+                reach *= 2
+                out[i] = self._tokenize_truncated(self._prepare([text[:reach]], prompt))[0]
+        return out
+
+    def _tokenize_truncated(self, texts: list[str]) -> list[list[int]]:
+        enc = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length)
         return [list(x) for x in enc["input_ids"]]
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
