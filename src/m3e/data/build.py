@@ -347,7 +347,8 @@ def sources_needed(profiles: Iterable[str], *, train: bool, root: Path | str | N
     ``train``) reads."""
     needed = {s for p in profiles for s in sources_for(p, root)}
     if train:
-        needed |= {sources.get_source(spec.source).id for spec in [*TRAIN.values(), *POOLS.values()]}
+        needed |= {sources.get_source(spec.source).id for spec in TRAIN.values()}
+        needed |= {sources.get_source(spec.source).id for spec in POOLS.values()}
     return sorted(needed)
 
 

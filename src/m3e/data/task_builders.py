@@ -326,9 +326,10 @@ BUNDLED_SMOKE = {"PoetryGenreClassification": "poetry"}
 def bundled_smoke(name: str) -> Task:
     ref = resources.files("m3e.data") / "bundled" / f"{name}.smoke.json"
     try:
-        return json.loads(ref.read_text(encoding="utf-8"))
+        task: Task = json.loads(ref.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise M3EError(f"the bundled smoke set of {name} is missing or broken ({exc})") from exc
+    return task
 
 
 def _per_label(items: list[dict[str, Any]], total: int) -> list[dict[str, Any]]:

@@ -150,7 +150,7 @@ def compute(
         started = time.perf_counter()
         texts = pool_texts(data, entry)
         partial = target.parent / f".partial-{target.stem}-{pool_sha[:12]}"
-        vecs = _embed_in_chunks(encoder, texts, entry["side"], partial, lambda msg, n=name: say(f"  {n:<22} {msg}"))
+        vecs = _embed_in_chunks(encoder, texts, entry["side"], partial, progress=say, label=name)
         meta = {"pool": name, "pool_sha256": pool_sha, "teacher": teacher, "side": entry["side"],
                 "rows": int(vecs.shape[0]), "dim": int(vecs.shape[1]) if vecs.ndim == 2 else 0}
         write_atomic(target, _npy_bytes(vecs))
@@ -170,7 +170,7 @@ def _checked_pool_sha256(data: Path, entry: dict[str, Any]) -> str:
 
 
 def _embed_in_chunks(
-    encoder: _Encoder, texts: list[str], side: str, partial: Path, progress: Callable[[str], None]
+    encoder: _Encoder, texts: list[str], side: str, partial: Path, *, progress: Callable[[str], None], label: str
 ) -> Vectors:
     """Every text's vector. Each chunk is saved to ``partial`` as it is done, and chunks found there (from a
     run that was killed) are not computed again."""
@@ -185,7 +185,7 @@ def _embed_in_chunks(
         write_atomic(chunk_file, _npy_bytes(vecs))
         done += len(vecs)
         rate = done / max(time.perf_counter() - started, 1e-9)
-        progress(f"{min(start + CHUNK, len(texts)):>6}/{len(texts)}  {rate:.1f} texts/s")
+        progress(f"  {label:<22} {min(start + CHUNK, len(texts)):>6}/{len(texts)}  {rate:.1f} texts/s")
     chunks = [np.load(partial / f"{s:08d}.npy") for s in range(0, len(texts), CHUNK)]
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 

@@ -11,7 +11,10 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
+from types import ModuleType
 from typing import TypeVar
+
+from m3e.extras import require
 
 T = TypeVar("T")
 
@@ -28,9 +31,14 @@ def normalise(text: str) -> str:
 
 
 def to_simplified(text: str) -> str:
-    import zhconv  # the eval extra; only the builders need it
+    simplified: str = _zhconv().convert(text, "zh-cn")
+    return simplified
 
-    return zhconv.convert(text, "zh-cn")
+
+@functools.cache
+def _zhconv() -> ModuleType:
+    # Found once: a build converts hundreds of thousands of texts.
+    return require("zhconv", purpose="building the offline data", extra="eval")
 
 
 def squash(text: str) -> str:

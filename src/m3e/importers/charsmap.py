@@ -15,13 +15,14 @@ bit 31 set and carries the value in bits 0-30. A lookup starts at unit 0, moves 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 _MAX_OFFSET = 1 << 21  # offsets below this need no scale flag; our tries are far smaller
 
 
 def _build_trie(keys: dict[bytes, int]) -> list[int]:
     # nested-dict trie; a b"" child marks a key end holding its value
-    root: dict = {}
+    root: dict[int, Any] = {}
     for key, value in keys.items():
         if not key or 0 in key:
             raise ValueError("charsmap keys must be non-empty and contain no NUL byte")
@@ -41,7 +42,7 @@ def _build_trie(keys: dict[bytes, int]) -> list[int]:
             used.extend([False] * grow)
 
     search_from = 1
-    queue: list[tuple[int, dict]] = [(0, root)]
+    queue: list[tuple[int, dict[int, Any]]] = [(0, root)]
     while queue:
         pos, node = queue.pop(0)
         labels = sorted(0 if k == -1 else k for k in node)

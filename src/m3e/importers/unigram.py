@@ -22,6 +22,10 @@ XLM-R vocabulary; vocabulary trimming keeps that closure).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 
@@ -53,7 +57,7 @@ def build_unigram_tokenizer(
     normalisation: dict[int, str],
     *,
     unk_token: str = "<unk>",
-):
+) -> Tokenizer:
     """Build the ``tokenizers.Tokenizer`` (XLM-R special tokens and post-processing)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
@@ -97,7 +101,7 @@ def build_unigram_tokenizer(
     return tok
 
 
-def tokenizer_config(max_length: int = 512) -> dict:
+def tokenizer_config(max_length: int = 512) -> dict[str, Any]:
     """tokenizer_config.json for the fast tokenizer saved next to it."""
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",

@@ -12,10 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from m3e.errors import InputError, M3EError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 _BATCH = 2048
 
@@ -68,7 +73,9 @@ def _batches(texts: Iterable[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def count_pieces(tokenizer, texts: Iterable[str], n_pieces: int) -> tuple[np.ndarray, set[str], int]:
+def count_pieces(
+    tokenizer: Tokenizer, texts: Iterable[str], n_pieces: int
+) -> tuple[npt.NDArray[np.int64], set[str], int]:
     """Piece frequencies, the set of (normalised) characters seen and the number of texts."""
     counts = np.zeros(n_pieces, dtype=np.int64)
     chars: set[str] = set()
