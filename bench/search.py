@@ -88,11 +88,13 @@ def main() -> None:
 
     rows_md = []
     with tempfile.TemporaryDirectory() as tmp:
-        store = LanceStore(tmp, {"name": "lancedb", "path": "lance", "ann": "none"}, dim=args.dim, create=True)
+        config = {"name": "lancedb", "path": "lance", "ann": "none"}
+        store = LanceStore(tmp, config, dim=args.dim, create=True)
         start = time.perf_counter()
         step = 10_000
         for s in range(0, args.n, step):
-            rows = [Row(str(i), str(i), 0, 0, 10, f"chunk {i}", {"g": i % 10}) for i in range(s, min(s + step, args.n))]
+            rows = [Row(str(i), str(i), 0, 0, 10, f"chunk {i}", {"g": i % 10})
+                    for i in range(s, min(s + step, args.n))]
             store.add(rows, x[s: s + len(rows)])
         store.table.optimize()
         load_s = time.perf_counter() - start
@@ -108,7 +110,8 @@ def main() -> None:
         for nprobes in [int(v) for v in args.nprobes.split(",")]:
             store.config["nprobes"] = nprobes
             recall, lat = measure(store, queries, truth, args.k)
-            rows_md.append((f"IVF_FLAT, {round(np.sqrt(args.n))} partitions", nprobes, recall, ms(lat, 50), ms(lat, 99)))
+            name = f"IVF_FLAT, {round(np.sqrt(args.n))} partitions"
+            rows_md.append((name, nprobes, recall, ms(lat, 50), ms(lat, 99)))
             print(rows_md[-1], flush=True)
         store.config["nprobes"] = 32
         lat = []
@@ -119,10 +122,12 @@ def main() -> None:
         filtered = (ms(lat, 50), ms(lat, 99))
 
     lines = [
-        f"## Semantic-search store: recall@{args.k} and latency ({args.n:,} vectors, dim {args.dim}, {args.data})",
+        f"## Semantic-search store: recall@{args.k} and latency "
+        f"({args.n:,} vectors, dim {args.dim}, {args.data})",
         "",
-        f"`python bench/search.py --n {args.n} --dim {args.dim} --queries {args.queries} --data {args.data}`; "
-        f"lancedb {lancedb.__version__}, {os.cpu_count()} CPU cores ({platform.machine()}), one query at a time, "
+        f"`python bench/search.py --n {args.n} --dim {args.dim} --queries {args.queries} "
+        f"--data {args.data}`; lancedb {lancedb.__version__}, {os.cpu_count()} CPU cores "
+        f"({platform.machine()}), one query at a time, "
         f"{args.queries} queries; ground truth: exact cosine top {args.k} by numpy. "
         f"Load average while measuring: {os.getloadavg()[0]:.1f} (the cores were shared with other jobs).",
         "",
@@ -131,10 +136,13 @@ def main() -> None:
         f"| search | nprobes | recall@{args.k} | p50 ms | p99 ms |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {name} | {npb} | {rec:.3f} | {p50:.1f} | {p99:.1f} |" for name, npb, rec, p50, p99 in rows_md]
-    lines += [f"| numpy brute force (reference, no store) | - | 1.000 | {ms(brute_lat, 50):.1f} | {ms(brute_lat, 99):.1f} |",
+    lines += [f"| {name} | {npb} | {rec:.3f} | {p50:.1f} | {p99:.1f} |"
+              for name, npb, rec, p50, p99 in rows_md]
+    brute = f"| {ms(brute_lat, 50):.1f} | {ms(brute_lat, 99):.1f} |"
+    lines += [f"| numpy brute force (reference, no store) | - | 1.000 {brute}",
               "",
-              f"Filtered search (`--filter g=3`, 10% of rows, prefilter, IVF nprobes 32): p50 {filtered[0]:.1f} ms, "
+              f"Filtered search (`--filter g=3`, 10% of rows, prefilter, IVF nprobes 32): "
+              f"p50 {filtered[0]:.1f} ms, "
               f"p99 {filtered[1]:.1f} ms.", ""]
     report = "\n".join(lines)
     print(report)

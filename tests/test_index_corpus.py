@@ -53,8 +53,8 @@ def test_txt_reader(tmp_path):
 
 def test_jsonl_reader_keeps_metadata_and_names_broken_lines(tmp_path):
     p = tmp_path / "c.jsonl"
-    p.write_text(json.dumps({"id": 7, "text": "你好", "lang": "zh", "n": 1}, ensure_ascii=False) + "\n\n{broken\n",
-                 encoding="utf-8")
+    first = json.dumps({"id": 7, "text": "你好", "lang": "zh", "n": 1}, ensure_ascii=False)
+    p.write_text(first + "\n\n{broken\n", encoding="utf-8")
     reader = CorpusReader(p)
     it = iter(reader)
     doc = next(it)
@@ -67,12 +67,14 @@ def test_jsonl_reader_keeps_metadata_and_names_broken_lines(tmp_path):
 
 @pytest.mark.parametrize(
     "record,message",
-    [({"text": "x"}, "no id field 'id'"), ({"id": "a"}, "no field 'text'"), ({"id": "a", "text": 3}, "expected a string"),
+    [({"text": "x"}, "no id field 'id'"), ({"id": "a"}, "no field 'text'"),
+     ({"id": "a", "text": 3}, "expected a string"),
      ({"id": " ", "text": "x"}, "empty id")],
 )
 def test_jsonl_record_errors(tmp_path, record, message):
     p = tmp_path / "bad.jsonl"
-    p.write_text(json.dumps({"id": "ok", "text": "fine"}) + "\n" + json.dumps(record) + "\n", encoding="utf-8")
+    lines = [json.dumps({"id": "ok", "text": "fine"}), json.dumps(record)]
+    p.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     with pytest.raises(InputError, match=rf"bad\.jsonl:2: .*{message}"):
         list(CorpusReader(p))
 

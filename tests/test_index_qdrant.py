@@ -22,9 +22,11 @@ def test_qdrant_engine_build_search_add_update_delete(tmp_path, tiny_st_model_di
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
     out = tmp_path / "idx"
     index, report = build_index(corpus, out, model, model_source=str(tiny_st_model_dir), engine="qdrant",
-                                url=str(tmp_path / "qdrant-local"), collection="test", chunk_size=60, overlap=10,
+                                url=str(tmp_path / "qdrant-local"), collection="test", chunk_size=60,
+                                overlap=10,
                                 progress=False)
-    assert index.meta["engine"] == {"name": "qdrant", "url": str(tmp_path / "qdrant-local"), "collection": "test"}
+    assert index.meta["engine"] == {"name": "qdrant", "url": str(tmp_path / "qdrant-local"),
+                                    "collection": "test"}
     assert index.meta["state"]["docs"] == len(records) == report.docs
     target = records[3]
     hit = index.search(first_chunk(target), k=1)[0]

@@ -23,9 +23,12 @@ _OWN_DOCS = [
     ("旅游", "zh", "北京和上海是中国最大的城市，每年都有很多游客去旅游。故宫和外滩是最受欢迎的景点。"),
     ("旅游", "zh", "今天天气很好，我们去公园散步吧。公园里有很多花，还有一个很大的湖。"),
     ("电脑", "zh", "想买一台笔记本电脑，价格不要太高，适合学生读书和写字用。屏幕大一点更好。"),
-    ("insurance", "en", "Car insurance covers damage to your car and to other people. The price depends on the car and the driver."),
-    ("insurance", "en", "A life insurance policy pays the beneficiary when the insured person dies. Premiums are paid every month."),
-    ("weather", "en", "The weather is nice today. It is sunny and warm, a good day to read a book in the park."),
+    ("insurance", "en", "Car insurance covers damage to your car and to other people. "
+                        "The price depends on the car and the driver."),
+    ("insurance", "en", "A life insurance policy pays the beneficiary when the insured person dies. "
+                        "Premiums are paid every month."),
+    ("weather", "en", "The weather is nice today. "
+                      "It is sunny and warm, a good day to read a book in the park."),
     ("market", "en", "The stock market fell sharply today after the news. Many investors sold their shares."),
 ]
 
@@ -117,7 +120,8 @@ def test_add_delete_update(tmp_path, corpus, tiny_model, tiny_st_model_dir):
     docs0, chunks0 = index.meta["state"]["docs"], index.meta["state"]["chunks"]
     extra = write_jsonl(tmp_path / "extra.jsonl", [
         {"id": "new1", "text": "新加入的文档讲的是房屋保险和价格。", "topic": "house", "lang": "zh"},
-        {"id": "new2", "text": "Another new document about a dog that sits on the mat.", "topic": "pets", "lang": "en"},
+        {"id": "new2", "text": "Another new document about a dog that sits on the mat.", "topic": "pets",
+         "lang": "en"},
     ])
     report = index.add_corpus(CorpusReader(extra), progress=False)
     assert report.docs == 2 and index.meta["state"]["docs"] == docs0 + 2
@@ -133,7 +137,8 @@ def test_add_delete_update(tmp_path, corpus, tiny_model, tiny_st_model_dir):
     assert Index.open(tmp_path / "idx").store.existing_docs(["new3"]) == set()
 
     # Update (upsert) replaces every chunk of a document.
-    changed = write_jsonl(tmp_path / "changed.jsonl", [{"id": "new1", "text": "完全不同的新内容：汽车的价格。", "lang": "zh"}])
+    changed = write_jsonl(tmp_path / "changed.jsonl",
+                          [{"id": "new1", "text": "完全不同的新内容：汽车的价格。", "lang": "zh"}])
     report = index.add_corpus(CorpusReader(changed), upsert=True, progress=False)
     assert report.replaced_docs == 1 and index.meta["state"]["docs"] == docs0 + 2
     top = index.search("完全不同的新内容：汽车的价格。", k=1)[0]
@@ -145,7 +150,9 @@ def test_add_delete_update(tmp_path, corpus, tiny_model, tiny_st_model_dir):
     assert all(h.doc_id not in {"new1", "new2"} for h in index.search("dog", k=100))
 
 
-def test_interrupted_build_resumes_without_reencoding(tmp_path, corpus, tiny_model, tiny_st_model_dir, monkeypatch):
+def test_interrupted_build_resumes_without_reencoding(
+    tmp_path, corpus, tiny_model, tiny_st_model_dir, monkeypatch
+):
     from m3e.index import Index
     from m3e.index.lance_store import LanceStore
 
@@ -191,7 +198,9 @@ def test_interrupted_build_resumes_without_reencoding(tmp_path, corpus, tiny_mod
     assert index.meta["state"]["docs"] == full.meta["state"]["docs"]
 
 
-def test_failure_at_commit_point_leaves_index_as_before(tmp_path, corpus, tiny_model, tiny_st_model_dir, monkeypatch):
+def test_failure_at_commit_point_leaves_index_as_before(
+    tmp_path, corpus, tiny_model, tiny_st_model_dir, monkeypatch
+):
     import m3e.index.index as index_module
     from m3e.index import Index
     from m3e.index.corpus import CorpusReader

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from m3e.cli._common import add_model_options
 from m3e.errors import M3EError
@@ -47,8 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(build)
     build.add_argument("--query-prompt", default=None, help="prefix for queries (default: the model's)")
     build.add_argument("--document-prompt", default=None, help="prefix for documents (default: the model's)")
-    build.add_argument("--chunk-size", type=int, default=400, help="chunk length in characters (default: 400)")
-    build.add_argument("--overlap", type=int, default=50, help="characters shared by consecutive chunks (default: 50)")
+    build.add_argument("--chunk-size", type=int, default=400,
+                       help="chunk length in characters (default: 400)")
+    build.add_argument("--overlap", type=int, default=50,
+                       help="characters shared by consecutive chunks (default: 50)")
     build.add_argument("--engine", default="lancedb", choices=ENGINES,
                        help="lancedb: embedded in INDEX (default); qdrant: a Qdrant server/cluster by --url")
     build.add_argument("--url", default=None,
@@ -66,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         _corpus_options(p)
         p.add_argument("--model", "-m", default=None, help="encode with this model (must match the index's)")
         if name == "add":
-            p.add_argument("--upsert", action="store_true", help="replace documents whose id is already indexed")
+            p.add_argument("--upsert", action="store_true",
+                           help="replace documents whose id is already indexed")
 
     delete = sub.add_parser("delete", help="delete documents by id (all or nothing)")
     delete.add_argument("index", help="index directory")
@@ -81,7 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _reader(args: argparse.Namespace) -> CorpusReader:
     from m3e.index.corpus import CorpusReader
 
-    fields = [f.strip() for f in args.metadata_fields.split(",") if f.strip()] if args.metadata_fields else None
+    fields = None
+    if args.metadata_fields:
+        fields = [f.strip() for f in args.metadata_fields.split(",") if f.strip()]
     return CorpusReader(args.corpus, id_field=args.id_field, text_field=args.text_field,
                         metadata_fields=fields, fmt=args.fmt)
 
@@ -102,7 +107,8 @@ def _build(args: argparse.Namespace) -> int:
 
     reader = _reader(args)
     model = load_model(args.model, device=args.device, backend=args.backend, max_length=args.max_length,
-                     pooling=args.pooling, query_prompt=args.query_prompt, document_prompt=args.document_prompt)
+                       pooling=args.pooling, query_prompt=args.query_prompt,
+                       document_prompt=args.document_prompt)
     index, report = build_index(
         reader, args.out, model, model_source=model_source(args.model), overwrite=args.overwrite,
         batch_chunks=args.batch_chunks, progress=args.progress, engine=args.engine, url=args.url,
@@ -127,15 +133,17 @@ def open_index(index_dir: str, model_name: str | None) -> Index:
         from m3e.loading import load_model
 
         rec = read_index_meta(index_dir)["model"]
-        model = load_model(model_name, backend=rec.get("backend", "torch"), query_prompt=rec["prompts"]["query"],
-                           document_prompt=rec["prompts"]["document"], max_length=rec.get("max_length"))
+        model = load_model(model_name, backend=rec.get("backend", "torch"),
+                           query_prompt=rec["prompts"]["query"], document_prompt=rec["prompts"]["document"],
+                           max_length=rec.get("max_length"))
     return Index.open(index_dir, model=model)
 
 
 def _add(args: argparse.Namespace, upsert: bool) -> int:
     reader = _reader(args)
     with open_index(args.index, args.model) as index:
-        report = index.add_corpus(reader, upsert=upsert, batch_chunks=args.batch_chunks, progress=args.progress)
+        report = index.add_corpus(reader, upsert=upsert, batch_chunks=args.batch_chunks,
+                                  progress=args.progress)
         state = index.meta["state"]
     replaced = f", {report.replaced_docs} replaced" if upsert else ""
     print(f"added {report.docs} documents ({report.chunks} chunks{replaced}); "
@@ -147,9 +155,10 @@ def _delete(args: argparse.Namespace) -> int:
     ids = list(args.ids)
     if args.ids_file:
         try:
-            ids += [x.strip() for x in Path(args.ids_file).read_text(encoding="utf-8").splitlines() if x.strip()]
+            lines = Path(args.ids_file).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise M3EError(f"cannot read {args.ids_file}: {exc.strerror or exc}") from exc
+        ids += [x.strip() for x in lines if x.strip()]
     if not ids:
         raise M3EError("give the documents to delete with --id ID or --ids-file FILE")
     from m3e.index import Index
@@ -172,12 +181,23 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(meta, ensure_ascii=False, indent=2, sort_keys=True))
         return 0
+    print("\n".join(_info_lines(args.index, meta)))
+    return 0
+
+
+def _info_lines(index_dir: str, meta: dict[str, Any]) -> list[str]:
+    """`m3e index info` as text: state, counts, engine, the model that built the index."""
     model, state, engine, ch = meta["model"], meta["state"], meta["engine"], meta["chunking"]
-    where = engine.get("path", "") if engine["name"] == "lancedb" else f"{engine.get('url')} / {engine.get('collection')}"
-    lines = [
-        f"index     {args.index}",
-        f"status    {state['status']}" + (f" ({state.get('docs_done', 0)} documents stored; rerun build to resume)"
-                                         if state["status"] == "building" else ""),
+    if engine["name"] == "lancedb":
+        where = engine.get("path", "")
+    else:
+        where = f"{engine.get('url')} / {engine.get('collection')}"
+    resume = ""
+    if state["status"] == "building":
+        resume = f" ({state.get('docs_done', 0)} documents stored; rerun build to resume)"
+    return [
+        f"index     {index_dir}",
+        f"status    {state['status']}{resume}",
         f"documents {state['docs']}",
         f"chunks    {state['chunks']} ({ch['size']} {ch['unit']}, overlap {ch['overlap']})",
         f"engine    {engine['name']} {where}",
@@ -187,8 +207,6 @@ def _info(args: argparse.Namespace) -> int:
         f"prompts   query {model['prompts']['query']!r}, document {model['prompts']['document']!r}",
         f"updated   {meta.get('updated')}",
     ]
-    print("\n".join(lines))
-    return 0
 
 
 def run(args: argparse.Namespace) -> int:

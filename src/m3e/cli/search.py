@@ -15,14 +15,18 @@ from m3e.errors import M3EError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("index", help="index directory (from `m3e index build`)")
     parser.add_argument("query", nargs="+", help="the query text")
-    parser.add_argument("-k", "--top-k", dest="k", type=int, default=10, help="number of results (default: 10)")
+    parser.add_argument("-k", "--top-k", dest="k", type=int, default=10,
+                        help="number of results (default: 10)")
     parser.add_argument("--filter", dest="filters", action="append", default=[], metavar="FIELD=VALUE",
                         help="keep chunks whose metadata FIELD equals VALUE (repeatable: all must match)")
-    parser.add_argument("--model", "-m", default=None, help="query model (default: the index's; must match it)")
+    parser.add_argument("--model", "-m", default=None,
+                        help="query model (default: the index's; must match it)")
     parser.add_argument("--json", action="store_true", help="print JSON lines, one result per line")
     parser.add_argument("--nprobes", type=int, default=None,
-                        help="IVF partitions to scan when the index has an ANN index (default 32; more: better recall)")
-    parser.add_argument("--snippet", type=int, default=160, help="snippet length in characters (default: 160)")
+                        help="IVF partitions to scan when the index has an ANN index "
+                             "(default 32; more: better recall)")
+    parser.add_argument("--snippet", type=int, default=160,
+                        help="snippet length in characters (default: 160)")
 
 
 def parse_filters(items: list[str]) -> dict[str, str]:
@@ -53,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
         hits = index.search(query, k=args.k, filters=filters or None)
     if args.json:
         for rank, h in enumerate(hits, start=1):
-            record: dict[str, Any] = {"rank": rank, "score": round(h.score, 6), "id": h.doc_id, "chunk": h.chunk,
-                                      "start": h.start, "end": h.end, "text": h.text, "metadata": h.metadata}
+            record: dict[str, Any] = {"rank": rank, "score": round(h.score, 6), "id": h.doc_id,
+                                      "chunk": h.chunk, "start": h.start, "end": h.end, "text": h.text,
+                                      "metadata": h.metadata}
             print(json.dumps(record, ensure_ascii=False))
         return 0
     if not hits:

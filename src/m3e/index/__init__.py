@@ -9,4 +9,6 @@ from m3e.index.corpus import CorpusReader, Document
 from m3e.index.index import Index, WriteReport, build_index
 from m3e.index.store import Hit
 
-__all__ = ["Chunk", "CorpusReader", "Document", "Hit", "Index", "WriteReport", "build_index", "chunk_document"]
+__all__ = [
+    "Chunk", "CorpusReader", "Document", "Hit", "Index", "WriteReport", "build_index", "chunk_document",
+]

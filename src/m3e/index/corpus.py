@@ -82,8 +82,8 @@ class CorpusReader:
         return self._fraction
 
     def __iter__(self) -> Iterator[Document]:
-        reader = {"txt": self._txt, "jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[self.format]
-        yield from reader()
+        readers = {"txt": self._txt, "jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}
+        yield from readers[self.format]()
         self._fraction = 1.0
 
     # ------------------------------------------------------------------ formats
@@ -92,7 +92,7 @@ class CorpusReader:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise InputError(f"not valid UTF-8 (byte {exc.start})", path=str(self.path), line=number) from exc
+                raise self._error(f"not valid UTF-8 (byte {exc.start})", number) from exc
             if number == 1:
                 line = line.removeprefix("\ufeff")
             self._fraction = handle.tell() / self._size
@@ -129,7 +129,7 @@ class CorpusReader:
                 for record in reader:
                     self._fraction = raw.tell() / self._size
                     if None in record:
-                        raise InputError("more values than header columns", path=str(self.path), line=reader.line_num)
+                        raise self._error("more values than header columns", reader.line_num)
                     yield self._document(record, reader.line_num)
             except UnicodeDecodeError as exc:
                 raise InputError(f"not valid UTF-8 (byte {exc.start})", path=str(self.path),
@@ -166,7 +166,8 @@ class CorpusReader:
 
     def _text_of(self, record: dict[str, Any], line: int) -> str:
         if self.text_field not in record:
-            raise self._error(f"no field {self.text_field!r} (fields: {', '.join(map(str, record)) or 'none'})", line)
+            fields = ", ".join(map(str, record)) or "none"
+            raise self._error(f"no field {self.text_field!r} (fields: {fields})", line)
         text = record[self.text_field]
         if not isinstance(text, str):
             raise self._error(f"field {self.text_field!r} is {type(text).__name__}, expected a string", line)
@@ -178,8 +179,8 @@ class CorpusReader:
                               "use --id-field)", line)
         raw_id = record[self.id_field]
         if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-            raise self._error(f"id field {self.id_field!r} is {type(raw_id).__name__}, expected a string or integer",
-                              line)
+            kind = type(raw_id).__name__
+            raise self._error(f"id field {self.id_field!r} is {kind}, expected a string or integer", line)
         doc_id = str(raw_id)
         if not doc_id.strip():
             raise self._error(f"empty id in field {self.id_field!r}", line)

@@ -59,7 +59,9 @@ class _WriteLock:
         except OSError as exc:
             self.handle.close()
             self.handle = None
-            raise M3EError(f"{self.path.parent} is being written by another process; try again when it is done") from exc
+            raise M3EError(
+                f"{self.path.parent} is being written by another process; try again when it is done"
+            ) from exc
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -130,7 +132,8 @@ class Index:
         """Open an index; ``model`` (optional) is checked against the one that built it."""
         path = Path(path)
         meta = read_index_meta(path)
-        store = open_store(meta["engine"], path, dim=meta["model"]["dim"], committed=meta["state"].get("engine"))
+        committed = meta["state"].get("engine")
+        store = open_store(meta["engine"], path, dim=meta["model"]["dim"], committed=committed)
         if model is not None:
             check_model(meta["model"], model, path)
         return cls(path, meta, store, model)
@@ -177,7 +180,9 @@ class Index:
             self._commit()
 
     # ------------------------------------------------------------------ writes
-    def _batches(self, docs: Iterable[Document], batch_chunks: int) -> Iterator[list[tuple[Document, list[Chunk]]]]:
+    def _batches(
+        self, docs: Iterable[Document], batch_chunks: int
+    ) -> Iterator[list[tuple[Document, list[Chunk]]]]:
         size, overlap = self.meta["chunking"]["size"], self.meta["chunking"]["overlap"]
         batch: list[tuple[Document, list[Chunk]]] = []
         n = 0
@@ -291,8 +296,14 @@ class Index:
         self._housekeeping()
         return report
 
-    def add_corpus(self, reader: CorpusReader, *, upsert: bool = False, batch_chunks: int = DEFAULT_BATCH_CHUNKS,
-                   progress: bool | None = None) -> WriteReport:
+    def add_corpus(
+        self,
+        reader: CorpusReader,
+        *,
+        upsert: bool = False,
+        batch_chunks: int = DEFAULT_BATCH_CHUNKS,
+        progress: bool | None = None,
+    ) -> WriteReport:
         return self.add(reader, upsert=upsert, source=str(reader.path), batch_chunks=batch_chunks,
                         progress=progress, fraction=lambda: reader.fraction)
 
@@ -320,10 +331,13 @@ class Index:
     # ------------------------------------------------------------------ reads
     def _require_ready(self) -> None:
         if self.status != "ready":
-            raise M3EError(f"{self.path}: the build is unfinished ({self.meta['state'].get('docs_done', 0)} documents "
-                           "stored); run `m3e index build` again with the same corpus to resume it")
+            stored = self.meta["state"].get("docs_done", 0)
+            raise M3EError(f"{self.path}: the build is unfinished ({stored} documents stored); run "
+                           "`m3e index build` again with the same corpus to resume it")
 
-    def search(self, query: str | np.ndarray, k: int = 10, filters: dict[str, str] | None = None) -> list[Hit]:
+    def search(
+        self, query: str | np.ndarray, k: int = 10, filters: dict[str, str] | None = None
+    ) -> list[Hit]:
         self._require_ready()
         if k < 1:
             raise M3EError(f"k must be at least 1, not {k}")
@@ -369,7 +383,9 @@ def _prepare_directory(path: Path, overwrite: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _engine_config(engine: str, path: Path, *, url: str | None, collection: str | None, ann: str) -> dict[str, Any]:
+def _engine_config(
+    engine: str, path: Path, *, url: str | None, collection: str | None, ann: str
+) -> dict[str, Any]:
     """The ``engine`` entry of a new index's metadata."""
     if engine == "lancedb":
         return {"name": engine, "path": "lance", "ann": ann}

@@ -138,7 +138,7 @@ class LanceStore:
             "start": [r.start for r in rows],
             "end": [r.end for r in rows],
             "text": [r.text for r in rows],
-            "metadata": [json.dumps(r.metadata, ensure_ascii=False, sort_keys=True, default=str) for r in rows],
+            "metadata": [_metadata_json(r.metadata) for r in rows],
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.dim),
         }
         for f in known:
@@ -188,7 +188,8 @@ class LanceStore:
     # ------------------------------------------------------------------ reads
     def search(self, vector: np.ndarray, k: int, filters: dict[str, str] | None = None) -> list[Hit]:
         # A vector in, a vector query out; Table.search is annotated with the base of every query kind.
-        vector_query = cast("LanceVectorQueryBuilder", self.table.search(np.asarray(vector, dtype=np.float32)))
+        found = self.table.search(np.asarray(vector, dtype=np.float32))
+        vector_query = cast("LanceVectorQueryBuilder", found)
         query = vector_query.distance_type("cosine")
         if self._has_ann is None:
             self._has_ann = bool(self.table.list_indices())
@@ -205,8 +206,9 @@ class LanceStore:
         table = query.select(_COLUMNS).limit(k).to_arrow()
         hits = []
         for rec in table.to_pylist():
-            hits.append(Hit(score=1.0 - float(rec["_distance"]), chunk_id=rec["chunk_id"], doc_id=rec["doc_id"],
-                            chunk=int(rec["chunk"]), start=int(rec["start"]), end=int(rec["end"]), text=rec["text"],
+            hits.append(Hit(score=1.0 - float(rec["_distance"]), chunk_id=rec["chunk_id"],
+                            doc_id=rec["doc_id"], chunk=int(rec["chunk"]), start=int(rec["start"]),
+                            end=int(rec["end"]), text=rec["text"],
                             metadata=json.loads(rec["metadata"] or "{}")))
         return hits
 
@@ -218,6 +220,10 @@ class LanceStore:
 
     def close(self) -> None:
         del self.table  # lancedb tables hold no handle to release; a closed store cannot be used again
+
+
+def _metadata_json(metadata: dict[str, Any]) -> str:
+    return json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def sql_string(value: str) -> str:

@@ -79,7 +79,8 @@ _COMPARED = ("dim", "fingerprint", "pooling", "max_length", "backend", "prompts"
 def check_model(recorded: dict[str, Any], model: EmbeddingModel, index_dir: str | os.PathLike[str]) -> None:
     """Refuse a query model whose vectors would not be comparable with the index's."""
     current = model_signature(model, recorded.get("source"))
-    diffs = [f"{k}: index {recorded.get(k)!r}, model {current[k]!r}" for k in _COMPARED if recorded.get(k) != current[k]]
+    diffs = [f"{k}: index {recorded.get(k)!r}, model {current[k]!r}"
+             for k in _COMPARED if recorded.get(k) != current[k]]
     if diffs:
         raise M3EError(
             f"model {model.name!r} does not match the model that built {index_dir} "
@@ -89,6 +90,7 @@ def check_model(recorded: dict[str, Any], model: EmbeddingModel, index_dir: str 
 
 def __getattr__(name: str) -> Any:
     if name == "read_meta":  # the name before read_index_meta (the backends' artefacts have a read_meta too)
-        warnings.warn("m3e.index.meta.read_meta is deprecated; use read_index_meta", DeprecationWarning, stacklevel=2)
+        warnings.warn("m3e.index.meta.read_meta is deprecated; use read_index_meta", DeprecationWarning,
+                      stacklevel=2)
         return read_index_meta
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,11 +16,14 @@ def _clock(seconds: float) -> str:
 class IndexProgress:
     """An index write's progress: documents, chunks, share of the corpus read, rate and ETA.
 
-    ``update(docs, chunks, fraction)`` redraws at most twice a second. ``fraction`` is the share of the corpus file read; the ETA extrapolates the time spent
-    on the part read in this run (a resumed build starts from its own fraction).
+    ``update(docs, chunks, fraction)`` redraws at most twice a second. ``fraction`` is the share of the
+    corpus file read; the ETA extrapolates the time spent on the part read in this run (a resumed build
+    starts from its own fraction).
     """
 
-    def __init__(self, enabled: bool | None = None, stream: TextIO | None = None, label: str = "indexed") -> None:
+    def __init__(
+        self, enabled: bool | None = None, stream: TextIO | None = None, label: str = "indexed"
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.label = label

@@ -110,14 +110,16 @@ class QdrantStore:
 
         self.client.upsert(
             self.collection,
-            points=models.Batch(ids=[point_id(r.chunk_id) for r in rows], vectors=vectors.tolist(), payloads=payloads),
+            points=models.Batch(ids=[point_id(r.chunk_id) for r in rows], vectors=vectors.tolist(),
+                                payloads=payloads),
             wait=True,
         )
 
     def _doc_filter(self, doc_ids: Sequence[str]) -> Filter:
         from qdrant_client import models
 
-        return models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=list(doc_ids)))])
+        match = models.MatchAny(any=list(doc_ids))
+        return models.Filter(must=[models.FieldCondition(key="doc_id", match=match)])
 
     def delete_docs(self, doc_ids: Sequence[str]) -> int:
         if not doc_ids:
@@ -136,8 +138,9 @@ class QdrantStore:
         found: set[str] = set()
         offset = None
         while True:
-            points, offset = self.client.scroll(self.collection, scroll_filter=self._doc_filter(doc_ids), limit=1000,
-                                                offset=offset, with_payload=["doc_id"], with_vectors=False)
+            points, offset = self.client.scroll(self.collection, scroll_filter=self._doc_filter(doc_ids),
+                                                limit=1000, offset=offset, with_payload=["doc_id"],
+                                                with_vectors=False)
             found.update(p.payload["doc_id"] for p in points if p.payload)  # set: with_payload asked for it
             if offset is None:
                 return found
@@ -155,14 +158,15 @@ class QdrantStore:
         if filters:
             flt = models.Filter(must=[models.FieldCondition(key=f"f.{f}", match=models.MatchValue(value=v))
                                       for f, v in filters.items()])
-        result = self.client.query_points(self.collection, query=np.asarray(vector, dtype=np.float32).tolist(),
-                                          query_filter=flt, limit=k, with_payload=True)
+        query = np.asarray(vector, dtype=np.float32).tolist()
+        result = self.client.query_points(self.collection, query=query, query_filter=flt, limit=k,
+                                          with_payload=True)
         hits = []
         for p in result.points:
             pl = p.payload or {}
-            hits.append(Hit(score=float(p.score), chunk_id=pl["chunk_id"], doc_id=pl["doc_id"], chunk=int(pl["chunk"]),
-                            start=int(pl["start"]), end=int(pl["end"]), text=pl["text"],
-                            metadata=pl.get("metadata") or {}))
+            hits.append(Hit(score=float(p.score), chunk_id=pl["chunk_id"], doc_id=pl["doc_id"],
+                            chunk=int(pl["chunk"]), start=int(pl["start"]), end=int(pl["end"]),
+                            text=pl["text"], metadata=pl.get("metadata") or {}))
         return hits
 
     def count(self) -> int:

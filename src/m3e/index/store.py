@@ -65,7 +65,8 @@ class VectorStore(Protocol):
     """
 
     dim: int
-    config: dict[str, Any]  # the index metadata's engine entry; search settings (nprobes) may be changed in place
+    # The index metadata's engine entry; a search setting (nprobes) may be changed in place for one session.
+    config: dict[str, Any]
 
     def state(self) -> dict[str, Any]:
         """Engine state to record in the index metadata at a commit (e.g. the table version)."""
