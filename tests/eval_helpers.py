@@ -39,7 +39,8 @@ def classification_spec(name: str = "ToySentimentClassification") -> dict[str, A
     train = [{"text": t, "label": "pos"} for t in _POS[:6]] + [{"text": t, "label": "neg"} for t in _NEG[:6]]
     test = [{"text": t, "label": "pos"} for t in _POS[6:]] + [{"text": t, "label": "neg"} for t in _NEG[6:]]
     return {"name": name, "type": "Classification", "languages": ["cmn-Hans"], "main_score": "accuracy",
-            "description": "review -> pos/neg", "sources": ["A"], "license": "MIT", "train": train, "test": test}
+            "description": "review -> pos/neg", "sources": ["A"], "license": "MIT", "train": train,
+            "test": test}
 
 
 def retrieval_spec(name: str = "ToyInsuranceRetrieval") -> dict[str, Any]:

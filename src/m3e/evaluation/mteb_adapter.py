@@ -77,7 +77,9 @@ def _prompt_keys(name: str | None, task_type: str | None, side: str | None) -> l
     return keys
 
 
-def resolve_prompt(model: PromptedModel, task_metadata: TaskMetadata | None, prompt_type: PromptType | str | None) -> str:
+def resolve_prompt(
+    model: PromptedModel, task_metadata: TaskMetadata | None, prompt_type: PromptType | str | None
+) -> str:
     """The prompt prefix for one mteb encode call (see the module docstring for the order)."""
     prompts = dict(model.prompts or {})
     side = side_of(prompt_type)
@@ -170,7 +172,9 @@ class MtebEncoder:
             logger.debug("ignoring encode arguments from mteb: %s", ", ".join(sorted(extra)))
         texts = texts_of(inputs)
         prompt = resolve_prompt(self.model, task_metadata, prompt_type)
-        vectors = self.model.encode(texts, batch_size=batch_size, prompt=prompt, normalize=True, show_progress=progress)
+        vectors = self.model.encode(
+            texts, batch_size=batch_size, prompt=prompt, normalize=True, show_progress=progress
+        )
         return np.asarray(vectors)
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> np.ndarray:

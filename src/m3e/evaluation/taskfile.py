@@ -71,7 +71,9 @@ def _fail(path: Path, message: str) -> InputError:
     return InputError(message, path=str(path))
 
 
-def _records(path: Path, obj: dict[str, Any], key: str, fields: dict[str, type | tuple[type, ...]]) -> list[dict[str, Any]]:
+def _records(
+    path: Path, obj: dict[str, Any], key: str, fields: dict[str, type | tuple[type, ...]]
+) -> list[dict[str, Any]]:
     items = obj.get(key)
     if not isinstance(items, list) or not items:
         raise _fail(path, f"{key!r} must be a non-empty list")
@@ -146,7 +148,8 @@ def _task_type(path: Path, raw: Any) -> TaskType:
 
 
 def _classification_records(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
-    return {split: _records(path, obj, split, {"text": str, "label": (str, int)}) for split in ("train", "test")}
+    fields: dict[str, type | tuple[type, ...]] = {"text": str, "label": (str, int)}
+    return {split: _records(path, obj, split, fields) for split in ("train", "test")}
 
 
 def _retrieval_records(path: Path, obj: dict[str, Any]) -> dict[str, Any]:

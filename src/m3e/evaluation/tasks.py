@@ -24,4 +24,6 @@ __all__ = [
     "task_metadata",
 ]
 
-warnings.warn("m3e.evaluation.tasks is deprecated; use m3e.evaluation.mteb_tasks", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "m3e.evaluation.tasks is deprecated; use m3e.evaluation.mteb_tasks", DeprecationWarning, stacklevel=2
+)
