@@ -4,10 +4,10 @@ reaches into the package facade."""
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import grimp
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

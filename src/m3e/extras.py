@@ -32,10 +32,23 @@ def require(module: str, *, purpose: str, extra: str | None, package: str | None
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise missing(purpose, package or module.split(".")[0], extra, exc) from exc
+        raise missing(purpose, package or module.split(".")[0], extra, exc, module=module) from exc
 
 
-def missing(purpose: str, package: str, extra: str | None, exc: BaseException | None = None) -> MissingDependencyError:
-    """The error :func:`require` raises, for code that imports the module itself (e.g. several at once)."""
-    name = getattr(exc, "name", None) or package
+def missing(
+    purpose: str,
+    package: str,
+    extra: str | None,
+    exc: BaseException | None = None,
+    *,
+    module: str | None = None,
+) -> MissingDependencyError:
+    """The error :func:`require` raises, for code that imports the module itself (e.g. several at once).
+
+    It names the package to install, or, when what failed to import is another module (a dependency of that
+    package missing or broken), that module.
+    """
+    failed = getattr(exc, "name", None)
+    top = (module or package).split(".")[0]
+    name = package if not failed or failed.split(".")[0] in (top, package) else failed
     return MissingDependencyError(f"{purpose} needs {name} (not installed): {install_hint(extra, package)}")

@@ -32,6 +32,7 @@ from m3e.length_sorting import length_sorted_batches
 from m3e.model_card import ModelCard, m3e_usage, model_summary
 from m3e.pooling import NEEDS_HIDDEN_STATES, ST_POOLING_MODES, pool
 from m3e.progress import ProgressBar, progress_bar
+from m3e.quantization import quantize_embeddings
 from m3e.st_format import STModules, write_hf_files, write_st_modules
 
 if TYPE_CHECKING:
@@ -339,7 +340,14 @@ class EmbeddingModel(nn.Module):
         convert_to_tensor: Literal[False] = ...,
         long_text: str | None = ...,
         max_batch_tokens: int | None = ...,
-    ) -> NDArray[np.float32]: ...
+        *,
+        truncate_dim: int | None = ...,
+        precision: str = ...,
+        convert_to_numpy: Literal[True] = ...,
+        device: str | None = ...,
+        output_value: str = ...,
+        **st_keywords: Any,
+    ) -> NDArray[Any]: ...
 
     @overload
     def encode(
@@ -354,7 +362,34 @@ class EmbeddingModel(nn.Module):
         convert_to_tensor: Literal[True],
         long_text: str | None = ...,
         max_batch_tokens: int | None = ...,
+        truncate_dim: int | None = ...,
+        precision: str = ...,
+        convert_to_numpy: bool = ...,
+        device: str | None = ...,
+        output_value: str = ...,
+        **st_keywords: Any,
     ) -> Tensor: ...
+
+    @overload
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int | None = ...,
+        normalize: bool = ...,
+        prompt: str | None = ...,
+        prompt_name: str | None = ...,
+        show_progress: bool | None = ...,
+        convert_to_tensor: Literal[False] = ...,
+        long_text: str | None = ...,
+        max_batch_tokens: int | None = ...,
+        *,
+        convert_to_numpy: Literal[False],
+        truncate_dim: int | None = ...,
+        precision: str = ...,
+        device: str | None = ...,
+        output_value: str = ...,
+        **st_keywords: Any,
+    ) -> list[Tensor]: ...
 
     def encode(
         self,
@@ -367,31 +402,75 @@ class EmbeddingModel(nn.Module):
         convert_to_tensor: bool = False,
         long_text: str | None = None,
         max_batch_tokens: int | None = None,
-    ) -> NDArray[np.float32] | Tensor:
+        *,
+        truncate_dim: int | None = None,
+        precision: str = "float32",
+        convert_to_numpy: bool = True,
+        device: str | None = None,
+        output_value: str = "sentence_embedding",
+        **st_keywords: Any,
+    ) -> NDArray[Any] | Tensor | list[Tensor]:
         """Embed texts; returns float32 [n, dim] in input order ([dim] for a single string).
 
         ``normalize`` makes unit vectors (a model with a Normalize module always does).
         ``long_text="windows"`` embeds texts longer than ``max_length`` as the token-weighted
         mean of windows instead of truncating them.
+
+        sentence-transformers' keywords mean what they mean there: ``show_progress_bar``,
+        ``normalize_embeddings`` (its default, False, when given), ``convert_to_numpy`` (False: a list of
+        tensors), ``convert_to_tensor``, ``device`` (moves the model), ``truncate_dim`` (the first dimensions,
+        normalised after the cut when normalising), ``precision`` (``float32``, or ``int8`` / ``uint8`` /
+        ``binary`` / ``ubinary`` quantized as ``sentence_transformers.quantize_embeddings`` does, ranges from
+        these embeddings) and ``output_value`` (``sentence_embedding``, or ``token_embeddings``: one
+        [tokens, hidden] tensor per text).
         """
+        show_progress, normalize = _st_aliases(st_keywords, show_progress, normalize)
+        if device is not None and torch.device(device) != self.device:
+            self.to(device)
         single = isinstance(texts, str)
         items: list[str] = [texts] if isinstance(texts, str) else list(texts)
         for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise M3EError(f"texts[{i}] is {type(t).__name__}, expected str")
+        resolved = self.resolve_prompt(prompt, prompt_name)
+        if output_value == "token_embeddings":
+            tokens = self._token_embeddings(items, resolved, batch_size or self.default_batch_size)
+            return tokens[0] if single else tokens
+        if output_value != "sentence_embedding":
+            raise M3EError(f"output_value must be 'sentence_embedding' or 'token_embeddings', not {output_value!r}")
+        if truncate_dim is not None and not 0 < truncate_dim <= self.dim:
+            raise M3EError(f"truncate_dim must be between 1 and {self.dim}, not {truncate_dim}")
         vectors = self._encode_list(
             items,
             batch_size=batch_size or self.default_batch_size,
             normalize=normalize,
-            prompt=self.resolve_prompt(prompt, prompt_name),
+            prompt=resolved,
             show_progress=show_progress,
             long_text=long_text or self.long_text,
             max_batch_tokens=max_batch_tokens,
+            truncate_dim=truncate_dim,
         )
+        out: NDArray[Any] = quantize_embeddings(vectors, precision) if precision != "float32" else vectors
         if convert_to_tensor:
-            tensor = torch.from_numpy(vectors)
+            tensor = torch.from_numpy(out)
             return tensor[0] if single else tensor
-        return vectors[0] if single else vectors
+        if not convert_to_numpy:
+            rows = list(torch.from_numpy(out))
+            return rows[0] if single else rows  # one text: one tensor, as in sentence-transformers
+        return out[0] if single else out
+
+    def _token_embeddings(self, texts: list[str], prompt: str, batch_size: int) -> list[Tensor]:
+        """The transformer's last hidden state of each text, padding removed (sentence-transformers'
+        ``output_value="token_embeddings"``)."""
+        ids = self.tokenize(texts, prompt)
+        out: list[Tensor] = [torch.empty(0)] * len(texts)
+        for batch in length_sorted_batches([len(x) for x in ids], batch_size):
+            features = {k: v.to(self.device) for k, v in self._pad([ids[i] for i in batch]).items()}
+            with torch.inference_mode():
+                tokens, _ = self._transformer_outputs(features)
+            for row, i in enumerate(batch):
+                out[i] = tokens[row, : len(ids[i])].detach().float().cpu().clone()
+        return out
 
     def _encode_list(
         self,
@@ -403,9 +482,10 @@ class EmbeddingModel(nn.Module):
         show_progress: bool | None,
         long_text: str,
         max_batch_tokens: int | None,
-    ) -> np.ndarray:
+        truncate_dim: int | None = None,
+    ) -> NDArray[np.float32]:
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, truncate_dim or self.dim), dtype=np.float32)
         if long_text not in LONG_TEXT_MODES:
             raise M3EError(f"long_text must be one of {LONG_TEXT_MODES}, not {long_text!r}")
         if long_text == "windows":
@@ -435,9 +515,13 @@ class EmbeddingModel(nn.Module):
             np.add.at(vectors, units.owner, pooled * weight[:, None])
             np.add.at(totals, units.owner, weight)
             pooled = (vectors / totals[:, None]).astype(np.float32)
+        if truncate_dim is not None:  # sentence-transformers' order: the model's Normalize, the cut, then normalize
+            if self.normalize_module:
+                pooled = _unit_rows(pooled)
+            pooled = pooled[:, :truncate_dim]
+            return (_unit_rows(pooled) if normalize else pooled).astype(np.float32, copy=False)
         if normalize or self.normalize_module:
-            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-            pooled = pooled / np.maximum(norms, 1e-12)
+            pooled = _unit_rows(pooled)
         return pooled.astype(np.float32, copy=False)
 
     def _runner_streams(self) -> int:
@@ -557,6 +641,33 @@ class EmbeddingModel(nn.Module):
         ]
         card = ModelCard(self.name, "A sentence-transformers model saved by m3e.")
         return card.section("Model", summary).section("Use", usage).render()
+
+
+def _unit_rows(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+# sentence-transformers' names for two of encode's arguments.
+_ST_ALIASES = {"show_progress_bar": "show_progress", "normalize_embeddings": "normalize"}
+ENCODE_KEYWORDS = (
+    "batch_size", "normalize", "prompt", "prompt_name", "show_progress", "convert_to_tensor", "long_text",
+    "max_batch_tokens", "truncate_dim", "precision", "convert_to_numpy", "device", "output_value",
+    *_ST_ALIASES,
+)
+
+
+def _st_aliases(keywords: dict[str, Any], show_progress: bool | None, normalize: bool) -> tuple[bool | None, bool]:
+    unknown = sorted(set(keywords) - set(_ST_ALIASES))
+    if unknown:
+        raise TypeError(
+            f"encode() got unexpected keyword argument(s) {', '.join(unknown)}; it accepts {', '.join(ENCODE_KEYWORDS)}"
+        )
+    if "show_progress_bar" in keywords:
+        show_progress = keywords["show_progress_bar"]
+    if "normalize_embeddings" in keywords:
+        normalize = bool(keywords["normalize_embeddings"])
+    return show_progress, normalize
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
