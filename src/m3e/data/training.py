@@ -43,6 +43,8 @@ class TrainStats:
 
 
 def finish(records: Iterable[Record], exclusion: Exclusion, cap: int, triplets: bool) -> tuple[list[Record], TrainStats]:
+    """The records a training file keeps, in the given order: none that touches the exclusion set, no
+    duplicate, each triplet with its first usable hard negative, at most ``cap``."""
     stats = TrainStats()
     out: list[Record] = []
     seen: set[tuple[str, str]] = set()
@@ -63,8 +65,7 @@ def finish(records: Iterable[Record], exclusion: Exclusion, cap: int, triplets: 
             continue
         item = {"text": text, "text_pos": pos}
         if triplets:
-            neg = next((n for n in rec.get("negs", ()) if n and normalise(n) not in exclusion.keys
-                        and normalise(n) not in (kt, kp)), None)
+            neg = _hard_negative(rec.get("negs", ()), exclusion, (kt, kp))
             if neg is None:
                 stats.no_negative += 1
                 continue
@@ -73,6 +74,12 @@ def finish(records: Iterable[Record], exclusion: Exclusion, cap: int, triplets: 
         out.append(item)
     stats.records = len(out)
     return out, stats
+
+
+def _hard_negative(candidates: Iterable[str], exclusion: Exclusion, pair_keys: tuple[str, str]) -> str | None:
+    """The first candidate that is no evaluation text and not the pair's own text."""
+    return next((n for n in candidates if n and normalise(n) not in exclusion.keys
+                 and normalise(n) not in pair_keys), None)
 
 
 def _ordered(records: Iterable[Record], salt: str) -> list[Record]:
