@@ -191,14 +191,3 @@ class MtebEncoder:
 def for_mteb(model: EmbeddingModel) -> MtebEncoder:
     """``model`` as an mteb encoder: ``mteb.evaluate(for_mteb(model), tasks)``."""
     return MtebEncoder(model)
-
-
-def encode_for_mteb(model: EmbeddingModel, inputs: Iterable[Any], **kwargs: Any) -> np.ndarray:
-    """Encode an mteb DataLoader with ``model`` (the function form of :meth:`MtebEncoder.encode`)."""
-    return MtebEncoder(model).encode(
-        inputs,
-        task_metadata=kwargs.pop("task_metadata", None),
-        hf_split=kwargs.pop("hf_split", ""),
-        hf_subset=kwargs.pop("hf_subset", ""),
-        **kwargs,
-    )
