@@ -438,6 +438,7 @@ class Inputs:
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = root
+        self._snli: dict[str, list[tuple[str, str, str, str]]] = {}  # split -> pairs
 
     def files(self, source: str) -> Path:
         """The verified extracted files of a source (by name)."""
@@ -479,7 +480,3 @@ class Inputs:
         if split not in self._snli:
             self._snli[split] = read_snli(self.files("snli"), split)
         return self._snli[split]
-
-    @cached_property
-    def _snli(self) -> dict[str, list[tuple[str, str, str, str]]]:
-        return {}
