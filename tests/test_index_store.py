@@ -314,3 +314,32 @@ def test_writes_stream_in_bounded_batches(tmp_path, corpus, tiny_model, tiny_st_
     index.add(documents(), batch_chunks=16, progress=False)
     # The corpus is pulled one batch at a time: never more than a batch ahead of the store.
     assert len(in_flight) == 200 // 16 + 1 and max(in_flight) <= 16
+
+
+def test_search_reranks_its_candidates(tmp_path, corpus, tiny_st_model_dir, capsys, monkeypatch):
+    import m3e
+    from m3e.cli import main
+    from m3e.index import Index
+    from tests.test_reranker import _bert_cross_encoder
+
+    reranker_dir = _bert_cross_encoder(tmp_path / "ce")
+    out = str(tmp_path / "idx")
+    assert main(["index", "build", str(corpus), "--model", str(tiny_st_model_dir), "--out", out,
+                 "--chunk-size", "80", "--no-progress"]) == 0
+    capsys.readouterr()
+    query = "保险理赔"
+    reranker = m3e.load_reranker(str(reranker_dir))
+    with Index.open(out) as index:
+        nearest = index.search(query, k=6)
+        reranked = index.search(query, k=3, rerank=reranker, candidates=6)
+    expected = sorted(nearest, key=lambda h: -float(reranker.predict([(query, h.text)])[0]))[:3]
+    assert [h.chunk_id for h in reranked] == [h.chunk_id for h in expected]
+    assert all(h.rerank_score is not None for h in reranked)
+    monkeypatch.setenv("M3E_DEFAULT_RERANKER", str(reranker_dir))  # --rerank with no value: the default
+    assert main(["search", out, query, "-k", "3", "--rerank", "--candidates", "6", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["id"], x["chunk"]) for x in lines] == [(h.doc_id, h.chunk) for h in expected]
+    assert lines[0]["rerank_score"] >= lines[1]["rerank_score"] >= lines[2]["rerank_score"]
+    monkeypatch.delenv("M3E_DEFAULT_RERANKER")
+    assert main(["search", out, query, "--rerank"]) == 2
+    assert "no default reranker" in capsys.readouterr().err

@@ -35,8 +35,9 @@ def load(name_or_path: str | None = None, **kwargs: Any) -> EmbeddingModel:
     return load_model(name_or_path, **kwargs)
 
 
-def load_reranker(name_or_path: str, **kwargs: Any) -> Reranker:
-    """Load a cross-encoder reranker by local path or hub id; see :func:`m3e.loading.load_reranker`."""
+def load_reranker(name_or_path: str | None = None, **kwargs: Any) -> Reranker:
+    """Load a cross-encoder reranker by local path or hub id (``None``: the default reranker); see
+    :func:`m3e.loading.load_reranker`."""
     from m3e.loading import load_reranker as _load_reranker
 
     return _load_reranker(name_or_path, **kwargs)

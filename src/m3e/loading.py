@@ -111,7 +111,7 @@ def load_model(
 
 
 def load_reranker(
-    name_or_path: str,
+    name_or_path: str | None = None,
     *,
     device: str | None = None,
     max_length: int | None = None,
@@ -128,11 +128,15 @@ def load_reranker(
 
     ``activation``: ``sigmoid`` (a 0-1 score; the default for one-label models), ``tanh`` or ``identity``
     (raw logits); ``max_length``: tokens per (query, document window); ``max_windows``: windows read per long
-    document (its score is the best window's).
+    document (its score is the best window's). ``None`` or ``"default"``: the default reranker.
     """
     from m3e.registry import reranker_defaults_for
     from m3e.reranker import Reranker, activation_from_name
 
+    if name_or_path is None or name_or_path == "default":
+        from m3e.paths import default_reranker_path
+
+        name_or_path = str(default_reranker_path())
     model_dir, model_id = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
     known = reranker_defaults_for(model_id)
     saved = read_cross_encoder_config(model_dir)

@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 32; more: better recall)")
     parser.add_argument("--snippet", type=int, default=160,
                         help="snippet length in characters (default: 160)")
+    parser.add_argument("--rerank", nargs="?", const="default", default=None, metavar="RERANKER",
+                        help="reorder the nearest --candidates chunks with a cross-encoder (no value: the default "
+                        "reranker)")
+    parser.add_argument("--candidates", type=int, default=50, metavar="N",
+                        help="chunks the reranker sees (default 50)")
 
 
 def parse_filters(items: list[str]) -> dict[str, str]:
@@ -49,17 +54,25 @@ def run(args: argparse.Namespace) -> int:
 
     query = " ".join(args.query)
     filters = parse_filters(args.filters)
+    reranker = None
+    if args.rerank is not None:
+        from m3e.loading import load_reranker
+
+        reranker = load_reranker(args.rerank)
     with open_index(args.index, args.model) as index:
         if args.nprobes is not None:
             if args.nprobes < 1:
                 raise M3EError(f"--nprobes must be at least 1, not {args.nprobes}")
             index.store.config["nprobes"] = args.nprobes
-        hits = index.search(query, k=args.k, filters=filters or None)
+        hits = index.search(query, k=args.k, filters=filters or None, rerank=reranker,
+                            candidates=args.candidates)
     if args.json:
         for rank, h in enumerate(hits, start=1):
             record: dict[str, Any] = {"rank": rank, "score": round(h.score, 6), "id": h.doc_id,
                                       "chunk": h.chunk, "start": h.start, "end": h.end, "text": h.text,
                                       "metadata": h.metadata}
+            if h.rerank_score is not None:
+                record["rerank_score"] = round(h.rerank_score, 6)
             print(json.dumps(record, ensure_ascii=False))
         return 0
     if not hits:
@@ -67,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for rank, h in enumerate(hits, start=1):
         meta = "  " + " ".join(f"{k}={v}" for k, v in h.metadata.items()) if h.metadata else ""
-        print(f"{rank:>3}. {h.score:.4f}  {h.doc_id} [{h.start}:{h.end}]{meta}")
+        score = f"{h.score:.4f}" if h.rerank_score is None else f"{h.rerank_score:.4f} (cosine {h.score:.4f})"
+        print(f"{rank:>3}. {score}  {h.doc_id} [{h.start}:{h.end}]{meta}")
         print(f"     {snippet(h.text, args.snippet)}")
     return 0

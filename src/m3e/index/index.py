@@ -33,6 +33,7 @@ from m3e.index.store import Hit, Row, VectorStore
 
 if TYPE_CHECKING:
     from m3e.model import EmbeddingModel
+    from m3e.reranker import Reranker
 
 logger = logging.getLogger(__name__)
 
@@ -336,11 +337,21 @@ class Index:
                            "`m3e index build` again with the same corpus to resume it")
 
     def search(
-        self, query: str | np.ndarray, k: int = 10, filters: dict[str, str] | None = None
+        self,
+        query: str | np.ndarray,
+        k: int = 10,
+        filters: dict[str, str] | None = None,
+        *,
+        rerank: Reranker | None = None,
+        candidates: int = 50,
     ) -> list[Hit]:
+        """The ``k`` chunks nearest to ``query``; with ``rerank``, the nearest ``candidates`` reordered by that
+        cross-encoder (each hit keeps its cosine and gets ``rerank_score``)."""
         self._require_ready()
         if k < 1:
             raise M3EError(f"k must be at least 1, not {k}")
+        if rerank is not None:
+            return self._search_reranked(query, k, filters, rerank, candidates)
         if isinstance(query, str):
             vector = np.asarray(self.model.encode_queries([query], normalize=True, show_progress=False))[0]
         else:
@@ -348,6 +359,22 @@ class Index:
         if vector.shape[0] != self.meta["model"]["dim"]:
             raise M3EError(f"query vector has dim {vector.shape[0]}, the index {self.meta['model']['dim']}")
         return self.store.search(vector, k, filters)
+
+    def _search_reranked(
+        self, query: str | np.ndarray, k: int, filters: dict[str, str] | None, rerank: Reranker, candidates: int
+    ) -> list[Hit]:
+        if not isinstance(query, str):
+            raise M3EError("reranking needs the query's text, not a vector")
+        if candidates < 1:
+            raise M3EError(f"candidates must be at least 1, not {candidates}")
+        hits = self.search(query, max(k, candidates), filters)
+        if not hits:
+            return []
+        scores = [float(s) for s in rerank.predict([(query, h.text) for h in hits])]
+        for hit, score in zip(hits, scores, strict=True):
+            hit.rerank_score = score
+        order = sorted(range(len(hits)), key=lambda i: -scores[i])  # stable: cosine order breaks ties
+        return [hits[i] for i in order[:k]]
 
     def info(self) -> dict[str, Any]:
         return dict(self.meta, path=str(self.path))

@@ -44,6 +44,7 @@ class Hit:
     end: int
     text: str
     metadata: dict[str, Any]
+    rerank_score: float | None = None  # the reranker's score, when the search was reranked (it orders the hits)
 
 
 def filter_value(value: Any) -> str:
