@@ -16,6 +16,7 @@ import torch
 
 import m3e
 from m3e.cli import main
+from tests.waiting import wait_until
 
 WORDS = "天气 很好 我们 公园 北京 上海 城市 旅游 吃饭 喝茶 咖啡 读书 写字 模型 向量 检索 问题 答案 保险 医疗 汽车 房屋 价格".split()
 
@@ -269,10 +270,8 @@ def test_kill9_then_resume(tiny_st_model_dir, tmp_path):
     cmd, env, out = _cli_run(tiny_st_model_dir, tmp_path, save_steps=2)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     latest = out / "checkpoints" / "LATEST"
-    deadline = time.time() + 180
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # land somewhere in the middle of later steps or the next checkpoint write
+    wait_until(lambda: latest.exists() or proc.poll() is not None, "the first checkpoint", timeout=180)
+    time.sleep(0.3)  # not a wait: the kill should land somewhere in later steps or the next checkpoint write
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, Union
 
 from m3e.backends import BACKENDS
+from m3e.deprecation import renamed_attributes
 from m3e.errors import M3EError
 from m3e.evaluation.mteb_adapter import MtebEncoder, for_mteb
 
@@ -375,12 +376,6 @@ def _run_task(model: MtebModel, task: AbsTask, blank: Outcome, *, batch_size: in
     return outcome
 
 
-_RENAMED = {"Progress": "EvalProgress", "load_model": "load_model_for_spec"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _RENAMED:  # names before the renames; load_model read as the core's m3e.loading.load_model
-        warnings.warn(f"m3e.evaluation.runner.{name} is deprecated; use {_RENAMED[name]}", DeprecationWarning,
-                      stacklevel=2)
-        return globals()[_RENAMED[name]]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The names before the renames (load_model read as the core's m3e.loading.load_model).
+__getattr__ = renamed_attributes(__name__, {"Progress": "EvalProgress", "load_model": "load_model_for_spec"},
+                                 globals())

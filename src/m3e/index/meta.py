@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m3e.atomic import write_atomic
+from m3e.deprecation import renamed_attributes
 from m3e.errors import M3EError
 
 if TYPE_CHECKING:
@@ -88,9 +88,5 @@ def check_model(recorded: dict[str, Any], model: EmbeddingModel, index_dir: str 
         )
 
 
-def __getattr__(name: str) -> Any:
-    if name == "read_meta":  # the name before read_index_meta (the backends' artefacts have a read_meta too)
-        warnings.warn("m3e.index.meta.read_meta is deprecated; use read_index_meta", DeprecationWarning,
-                      stacklevel=2)
-        return read_index_meta
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The name before read_index_meta (the backends' artefacts had a read_meta too).
+__getattr__ = renamed_attributes(__name__, {"read_meta": "read_index_meta"}, globals())

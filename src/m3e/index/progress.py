@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
-from typing import Any, TextIO
+from typing import TextIO
+
+from m3e.deprecation import renamed_attributes
 
 
 def _clock(seconds: float) -> str:
@@ -60,9 +61,4 @@ class IndexProgress:
             self.stream.flush()
 
 
-def __getattr__(name: str) -> Any:
-    if name == "Progress":  # the name before IndexProgress
-        warnings.warn("m3e.index.progress.Progress is deprecated; use IndexProgress", DeprecationWarning,
-                      stacklevel=2)
-        return IndexProgress
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = renamed_attributes(__name__, {"Progress": "IndexProgress"}, globals())

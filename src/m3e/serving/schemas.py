@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from m3e.deprecation import renamed_attributes
 from m3e.errors import M3EError
 from m3e.serving.errors import bad_request
 
@@ -215,9 +215,4 @@ def render_model(name: str, created: int, owner: str = "m3e") -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": owner}
 
 
-def model_card(name: str, created: int, owner: str = "m3e") -> dict[str, Any]:
-    """Deprecated name of :func:`render_model`."""
-    warnings.warn(
-        "m3e.serving.schemas.model_card is deprecated; use render_model", DeprecationWarning, stacklevel=2
-    )
-    return render_model(name, created, owner)
+__getattr__ = renamed_attributes(__name__, {"model_card": "render_model"}, globals())
