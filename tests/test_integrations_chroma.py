@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import os
+from pathlib import Path
 
 import chromadb
 import numpy as np
@@ -78,3 +80,17 @@ def test_a_real_chroma_collection_uses_it(ef):
     col = client.create_collection("m3e-test", embedding_function=ef)
     col.add(ids=["a", "b"], documents=["今天天气很好", "保险理赔需要哪些材料？"])
     assert col.query(query_texts=["保险理赔需要哪些材料？"], n_results=1)["ids"] == [["b"]]
+
+
+def test_a_path_or_a_loaded_model_is_stored_so_that_it_loads_again(tiny_st_model_dir, tmp_path, monkeypatch):
+    import m3e
+    from m3e.integrations.chroma import M3EEmbeddingFunction
+
+    monkeypatch.chdir(tmp_path)  # a relative path object is stored resolved, so it loads from anywhere
+    relative = Path(os.path.relpath(tiny_st_model_dir, tmp_path))
+    for given in (relative, m3e.load(str(tiny_st_model_dir))):
+        config = M3EEmbeddingFunction(given).get_config()
+        assert config["model"] == str(tiny_st_model_dir.resolve())
+        monkeypatch.chdir("/")
+        assert M3EEmbeddingFunction.build_from_config(config).model.source_dir == tiny_st_model_dir.resolve()
+        monkeypatch.chdir(tmp_path)

@@ -15,7 +15,9 @@ rebuild it from its stored config.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,9 +33,7 @@ NAME = "m3e"
 class M3EEmbeddingFunction:
     def __init__(self, model: ModelSpec = None, *, batch_size: int = 32, normalize: bool = True, **load_kw: Any):
         # What get_config stores, so that a persisted collection can load the same model again.
-        self._model_arg: str | None = (
-            model if isinstance(model, str) or model is None else getattr(model, "name", None)
-        )
+        self._model_arg = _model_reference(model)
         self._load_kw = dict(load_kw)
         self.model = resolve_model(model, **load_kw)
         self.batch_size = batch_size
@@ -93,6 +93,20 @@ class M3EEmbeddingFunction:
     def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
         if "model" in new_config and new_config["model"] != old_config.get("model"):
             raise ValueError("the model of an existing collection cannot change: its vectors would not match")
+
+
+def _model_reference(model: ModelSpec) -> str | None:
+    """How a persisted collection names its model: a path as given (absolute for a path object), a hub id, or a
+    loaded model's source directory (its hub id when it came from the hub)."""
+    if model is None or isinstance(model, str):
+        return model
+    if isinstance(model, os.PathLike):
+        return os.fspath(Path(model).expanduser().resolve())
+    source = getattr(model, "source_dir", None)
+    name = getattr(model, "name", None)
+    if name and "/" in str(name) and not Path(str(name)).exists():
+        return str(name)  # a hub id
+    return str(source) if source is not None else (str(name) if name else None)
 
 
 def _register_with_chroma() -> None:
