@@ -20,8 +20,9 @@ from m3e.training.finetuner import FineTuner
 from m3e.training.recipe import config_from_recipe
 
 TRAINING_FLAGS = [
-    "--epochs", "--max-steps", "--batch-size", "--mini-batch", "--lr", "--warmup-ratio", "--scheduler",
-    "--weight-decay", "--max-length", "--loss", "--temperature", "--symmetric", "--negatives", "--strategy",
+    "--task", "--epochs", "--max-steps", "--batch-size", "--mini-batch", "--lr", "--warmup-ratio", "--scheduler",
+    "--weight-decay", "--max-length", "--loss", "--temperature", "--symmetric", "--negatives", "--group-size",
+    "--teacher", "--teacher-temperature", "--strategy",
     "--lora-r", "--lora-alpha", "--gradient-checkpointing", "--bf16", "--no-shuffle", "--allow-duplicates",
     "--no-prompts", "--seed", "--weight", "--save-steps", "--keep-checkpoints", "--resume", "--device",
     "--progress", "--no-progress",
@@ -49,7 +50,8 @@ def test_finetune_flags_default_to_the_config():
     given = finetune_cli.options_from_args(args)
     assert TrainConfig.from_dict(given) == TrainConfig()
     exposed = {opt.name for opt in train_options() if opt.cli}
-    assert set(given) == exposed - {"weights", "progress", "max_steps", "mini_batch", "lr", "max_length"}
+    unset = {"weights", "progress", "max_steps", "mini_batch", "lr", "max_length", "teacher", "teacher_temperature"}
+    assert set(given) == exposed - unset
 
 
 def test_train_flags_override_only_what_is_given():

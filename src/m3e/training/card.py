@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 
@@ -54,3 +56,21 @@ def model_card(
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
+
+
+def display_name(model: str | None) -> str:
+    """How a card names the model a run started from: a local path as written from the working directory
+    (``runs/default-model``, not ``/home/.../recipes/../runs/default-model``), a hub id as it is."""
+    if not model:
+        return "the m3e default model"
+    path = Path(model).expanduser()
+    if not path.exists():
+        return model
+    cwd = Path.cwd().resolve()
+    # Lexical first: a `runs/` that is a symlink to other storage is still named `runs/...`.
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        try:
+            return candidate.relative_to(cwd).as_posix()
+        except ValueError:
+            continue
+    return path.resolve().as_posix()

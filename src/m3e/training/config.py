@@ -26,8 +26,11 @@ from m3e.errors import M3EError
 from m3e.extras import require
 from m3e.training.records import RECORD_TYPES
 
+TASKS = ("embed", "rerank")
 SCHEDULERS = ("cosine", "linear", "constant")
 CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
+RERANK_LOSSES = ("softmax", "bce")  # listwise cross-entropy over each group; pointwise binary cross-entropy
+LOSSES = tuple(dict.fromkeys(CONTRASTIVE_LOSSES + RERANK_LOSSES))
 DISTILL_LOSSES = ("mse", "cosine")
 STRATEGIES = ("full", "lora", "bitfit")
 SAVE_DTYPES = ("fp32", "fp16", "bf16")  # what EmbeddingModel.save can store
@@ -42,13 +45,14 @@ def about(
     choices: tuple[str, ...] | None = None,
     metavar: str | None = None,
     cli: bool = True,
+    tasks: tuple[str, ...] = TASKS,
 ) -> dict[str, Any]:
     """A TrainConfig field's metadata: how it is offered. ``help`` may name ``{default}``; ``flag`` is the CLI
     flag where it is not ``--field-name`` (for a switch that defaults to on, the flag that turns it off);
     ``off_flag`` gives an on/off/unset option its second flag; ``cli=False`` keeps it to recipes and
-    Python."""
+    Python; ``tasks`` are the tasks it applies to (elsewhere it must keep its default)."""
     info = {"help": help, "flag": flag, "off_flag": off_flag, "off_help": off_help, "choices": choices,
-            "metavar": metavar, "cli": cli}
+            "metavar": metavar, "cli": cli, "tasks": tasks}
     return {"option": info}
 
 
@@ -63,11 +67,18 @@ class TrainConfig:
         None, cli=False, help="what the run starts from (path or name; None = the default model)"
     )
     output: str = option("m3e-finetuned", cli=False, help="run directory: the model, checkpoints, loss curve")
+    task: str = option(
+        "embed", choices=TASKS,
+        help="what to train: an embedding model, or a cross-encoder reranker (default {default})",
+    )
     epochs: int = option(1, help="passes over the data (default {default})")
     max_steps: int | None = option(None, help="stop after this many optimizer steps")
-    batch_size: int = option(32, help="contrastive batch: all processes together (default {default})")
+    batch_size: int = option(
+        32, help="contrastive batch (rerank: query groups per step), all processes together (default {default})"
+    )
     mini_batch: int | None = option(
-        None, help="GradCache: embed the batch in chunks of this size, so --batch-size can exceed memory"
+        None, help="GradCache: embed the batch in chunks of this size, so --batch-size can exceed memory "
+        "(rerank: accumulate gradients over chunks of this many groups)",
     )
     lr: float | None = option(None, help="peak learning rate (default: by model size and strategy)")
     warmup_ratio: float = option(0.05, help="share of steps for linear warmup (default {default})")
@@ -83,17 +94,37 @@ class TrainConfig:
         help="force the record type (default: detected from the columns)",
     )
     loss: str = option(
-        "softmax", choices=CONTRASTIVE_LOSSES,
-        help="contrastive loss for pairs/triplets (scored pairs use CoSENT, distill MSE)",
+        "softmax", choices=LOSSES,
+        help="contrastive loss for pairs/triplets (scored pairs use CoSENT, distill MSE); rerank: softmax "
+        "(listwise over each group) or bce (pointwise)",
     )
-    temperature: float = option(0.05, help="loss temperature (default {default} = scale 20)")
-    symmetric: bool = option(False, help="softmax in both directions (q->p and p->q)")
-    distill_loss: str = option("mse", cli=False, choices=DISTILL_LOSSES, help="the loss of distill datasets")
+    temperature: float = option(
+        0.05, tasks=("embed",), help="loss temperature (default {default} = scale 20)"
+    )
+    symmetric: bool = option(False, tasks=("embed",), help="softmax in both directions (q->p and p->q)")
+    distill_loss: str = option(
+        "mse", cli=False, choices=DISTILL_LOSSES, tasks=("embed",), help="the loss of distill datasets"
+    )
     distill_contrast: float = option(
-        0.0, cli=False, help="cosine distillation: weight of the in-batch softmax against teacher vectors"
+        0.0, cli=False, tasks=("embed",),
+        help="cosine distillation: weight of the in-batch softmax against teacher vectors",
     )
     num_negatives: int = option(
-        1, flag="--negatives", help="hard negatives per query for triplets (default {default})"
+        1, flag="--negatives", tasks=("embed",), help="hard negatives per query for triplets (default {default})"
+    )
+    group_size: int = option(
+        8, tasks=("rerank",),
+        help="rerank: passages per query group, 1 positive + negatives (FlagEmbedding's train_group_size; "
+        "default {default})",
+    )
+    teacher: str | None = option(
+        None, tasks=("rerank",), metavar="MODEL",
+        help="rerank: distil from this model's scores of each group (an embedder's cosine or a reranker's logit)",
+    )
+    teacher_temperature: float | None = option(
+        None, tasks=("rerank",),
+        help="rerank: the teacher's scores are divided by this before the softmax (default: 0.05 for an "
+        "embedder's cosines, 1 for a reranker's logits)",
     )
     strategy: str = option("full", choices=STRATEGIES, help="what to train (default {default})")
     lora_r: int = option(8)
@@ -103,11 +134,12 @@ class TrainConfig:
     bf16: bool = option(False, help="bfloat16 autocast (CPU and GPU)")
     shuffle: bool = option(True, flag="--no-shuffle", help="keep the data order")
     no_duplicates: bool = option(
-        True, flag="--allow-duplicates",
+        True, flag="--allow-duplicates", tasks=("embed",),
         help="allow the same text twice in a batch (default: such records wait for a later batch)",
     )
     use_prompts: bool = option(
-        True, flag="--no-prompts", help="do not put the model's query/document prompts before training texts"
+        True, flag="--no-prompts", tasks=("embed",),
+        help="do not put the model's query/document prompts before training texts",
     )
     seed: int = option(42)
     weights: dict[str, float] = field(default_factory=dict, metadata=about(
@@ -129,6 +161,21 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for opt in train_options():
             setattr(self, opt.name, opt.checked(getattr(self, opt.name)))
+        self._check_task_options()
+
+    def _check_task_options(self) -> None:
+        """An option of another task, set, is a mistake to name rather than to ignore."""
+        for opt in train_options():
+            if self.task not in opt.tasks and getattr(self, opt.name) != opt.default:
+                raise M3EError(f"training option {opt.name} applies to task {' or '.join(opt.tasks)} only, "
+                               f"not {self.task}")
+        allowed = RERANK_LOSSES if self.task == "rerank" else CONTRASTIVE_LOSSES
+        if self.loss not in allowed:
+            raise M3EError(f"loss {self.loss} does not apply to task {self.task} (use {', '.join(allowed)})")
+
+    def applying(self) -> dict[str, Any]:
+        """The options that apply to this config's task, as set (a model card's hyper-parameters)."""
+        return {opt.name: getattr(self, opt.name) for opt in train_options() if self.task in opt.tasks}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,6 +212,7 @@ class TrainOption:
     choices: tuple[str, ...] | None
     metavar: str | None
     cli: bool  # among the training flags of `m3e finetune` and `m3e train`
+    tasks: tuple[str, ...]  # the tasks it applies to
 
     def checked(self, value: Any) -> Any:
         """``value`` as this option holds it, or an M3EError saying what it must be."""
@@ -227,6 +275,7 @@ def train_options() -> tuple[TrainOption, ...]:
             name=f.name, kind=kind, optional=optional, default=default, help=help_text,
             flag=info["flag"] or "--" + f.name.replace("_", "-"), off_flag=info["off_flag"],
             off_help=info["off_help"], choices=info["choices"], metavar=info["metavar"], cli=info["cli"],
+            tasks=info["tasks"],
         ))
     return tuple(out)
 
@@ -261,8 +310,12 @@ def resolve_defaults(config: TrainConfig, num_parameters: int) -> TrainConfig:
     out = dataclasses.replace(config)
     if out.lr is None:
         out.lr = default_lr(num_parameters, out.strategy)
-    if out.batch_size < 2:
+    if out.task == "embed" and out.batch_size < 2:
         raise M3EError("batch size must be at least 2 (in-batch negatives)")
+    if out.batch_size < 1:
+        raise M3EError("batch size must be >= 1")
+    if out.task == "rerank" and out.group_size < 2:
+        raise M3EError("group size must be at least 2 (a positive and a negative)")
     if out.mini_batch is not None and out.mini_batch < 1:
         raise M3EError("mini batch must be >= 1")
     return out

@@ -77,7 +77,8 @@ class FineTuner:
     ) -> FineTuneResult:
         """Train; ``options`` are :class:`TrainConfig` fields (batch_size, lr, loss, strategy, mini_batch,
         ...) for this run, and ``epochs`` / ``output_dir`` replace the config's when given."""
-        from m3e.training.trainer import Trainer, save_model_into
+        from m3e.training.loop import save_model_into
+        from m3e.training.trainer import Trainer
 
         if epochs is not None:
             options["epochs"] = epochs

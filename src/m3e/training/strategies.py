@@ -15,9 +15,10 @@ from m3e.training.config import STRATEGIES
 
 def apply_strategy(
     model: Any, strategy: str = "full", *, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.05,
-    lora_targets: list[str] | None = None,
+    lora_targets: list[str] | None = None, head: torch.nn.Module | None = None,
 ) -> Any:
-    """Mark trainable parameters (or wrap the transformer with LoRA). Returns the model."""
+    """Mark trainable parameters (or wrap the transformer with LoRA, training ``head`` in full beside the
+    adapters: an embedder's Dense layers, a reranker's classifier). Returns the model."""
     if strategy not in STRATEGIES:
         raise M3EError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     if strategy == "full":
@@ -38,8 +39,9 @@ def apply_strategy(
         target_modules=lora_targets or _targets(model.transformer), bias="none",
     )
     model.transformer = peft.get_peft_model(model.transformer, config)
-    for p in model.dense.parameters():  # a Dense head is small: train it with the adapters
-        p.requires_grad_(True)
+    if head is not None:  # a head is small, and a fresh one must learn
+        for p in head.parameters():
+            p.requires_grad_(True)
     return model
 
 

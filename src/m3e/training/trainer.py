@@ -1,123 +1,79 @@
-"""The training loop: plan -> columns -> embeddings -> loss -> step -> atomic checkpoint, resumable.
+"""Training an embedding model: :class:`EmbeddingTask` and the :class:`Trainer` that runs it.
 
-It trains ``EmbeddingModel.forward`` (the code that encodes at inference) and delegates the loss arithmetic to
-:mod:`m3e.training.losses`. Resuming restores weights, optimizer, scheduler, RNG and the position in the epoch's
-batch plan, which is rebuilt from the seed: the run continues as if it had never stopped.
+The task trains ``EmbeddingModel.forward`` (the code that encodes at inference): each planned batch becomes text
+columns (queries, positives, negatives; scored pairs; texts with teacher vectors), the columns become embeddings
+through GradCache (:mod:`m3e.training.gradcache`), and the loss arithmetic is :mod:`m3e.training.losses`'s. The
+loop around it (optimizer, checkpoints, exact resume, stop requests) is :mod:`m3e.training.loop`'s.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from m3e.errors import M3EError
-from m3e.training import checkpoints as ckpt
-from m3e.training import distributed as dist_
-from m3e.training.batch_plan import PlannedBatch, batch_rng, build_columns, plan_epoch
-from m3e.training.card import model_card
-from m3e.training.config import TrainConfig, lr_lambda, resolve_defaults
-from m3e.training.curves import write_csv, write_png
+from m3e.training.batch_plan import PlannedBatch, build_columns, plan_epoch
+from m3e.training.card import display_name, model_card
+from m3e.training.config import TrainConfig
+from m3e.training.distributed import DistInfo
 from m3e.training.gradcache import forward_backward
+from m3e.training.loop import TrainingLoop, TrainResult, save_model_into
 from m3e.training.losses import EmbeddingLoss, make_loss
 from m3e.training.records import TrainingDataset
-from m3e.training.stopping import StopRequest, TrainingStopped, signal_name
-from m3e.training.strategies import (
-    apply_strategy,
-    enable_gradient_checkpointing,
-    is_lora,
-    load_trainable_state,
-    saveable,
-    trainable_state,
-)
+from m3e.training.task import RunFacts, StepLoss
 
-log = logging.getLogger(__name__)
+__all__ = ["EmbeddingTask", "TrainResult", "Trainer", "save_model_into"]
 
 
-@dataclass
-class TrainResult:
-    output: Path
-    steps: int
-    epochs_done: float
-    train_seconds: float
-    final_loss: float | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    resumed_from: int | None = None
+class EmbeddingTask:
+    """An :class:`m3e.model.EmbeddingModel` trained contrastively (pairs, triplets), on scored pairs (CoSENT)
+    or towards teacher vectors (distill), one loss per record type."""
 
-
-@dataclass
-class _Run:
-    """Where a run stands: optimizer and schedule, position in the data, loss history, clock, progress bar."""
-
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LambdaLR
-    total: int  # optimizer steps of the whole run
-    step: int = 0
-    epoch: int = 0
-    next_batch: int = 0  # index into the epoch's batch plan
-    epochs_done: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    elapsed_before: float = 0.0  # training seconds before this process resumed the run
-    started: float = 0.0  # perf_counter when this process began training
-    resumed_from: int | None = None
-    last_saved: int = -1  # the step of the newest checkpoint
-    ex_rate: float | None = None  # smoothed examples per second
-    show_bar: bool = False
-    bar: Any = None
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.started
-
-
-@dataclass(frozen=True)
-class _StepOutcome:
-    dataset: str
-    loss: float
-    lr: float
-    examples: int  # rows of the global batch
-    seconds: float
-
-
-class Trainer:
-    """Train ``model`` (an :class:`m3e.model.EmbeddingModel`) on ``datasets`` as ``config`` says."""
+    name = "embed"
 
     def __init__(self, model: Any, datasets: list[TrainingDataset], config: TrainConfig):
-        if not datasets:
-            raise M3EError("no training data")
         self.model = model
         self.datasets = datasets
-        self.config = resolve_defaults(config, model.num_parameters())
-        self.output = Path(self.config.output).expanduser()
-        self.dist = dist_.init_from_env()
-        for name, w in self.config.weights.items():
-            match = [d for d in datasets if d.name == name]
-            if not match:
-                raise M3EError(f"weight given for unknown dataset {name!r} (datasets: {', '.join(d.name for d in datasets)})")
-            for d in match:
-                d.weight = float(w)
+        self.config = config
         self._losses: dict[str, EmbeddingLoss] = {}
-        self._saved_max_length = int(model.max_length)
-        self.card_extra: dict[str, Any] = {}
 
-    # ------------------------------------------------------------------ setup
-    def _prepare_model(self) -> None:
-        cfg = self.config
-        if cfg.max_length is not None:  # training-time truncation; saved models keep their own maximum
-            self.model.max_length = min(int(cfg.max_length), self._saved_max_length)
-        apply_strategy(self.model, cfg.strategy, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
-        if cfg.gradient_checkpointing:
-            enable_gradient_checkpointing(self.model)
-        self.model.train()
-        dist_.broadcast_parameters(self.model)
+    def num_parameters(self) -> int:
+        return int(self.model.num_parameters())
+
+    def head(self) -> torch.nn.Module | None:
+        dense: torch.nn.Module = self.model.dense
+        return dense
+
+    def plan(self, config: TrainConfig, epoch: int, drop_last: bool) -> list[PlannedBatch]:
+        return plan_epoch(
+            self.datasets,
+            config.batch_size,
+            seed=config.seed,
+            epoch=epoch,
+            shuffle=config.shuffle,
+            no_duplicates=config.no_duplicates,
+            drop_last=drop_last,
+        )
+
+    def forward_backward(
+        self, batch: PlannedBatch, rng: np.random.Generator, config: TrainConfig, dist: DistInfo
+    ) -> StepLoss:
+        ds = self.datasets[batch.dataset]
+        columns, labels = build_columns(ds, batch.indices, rng, config.num_negatives)
+        n_global = len(columns[0])
+        if dist.enabled:
+            rank, b = dist.rank, n_global // dist.world_size
+            columns = [c[rank * b : (rank + 1) * b] for c in columns]
+            labels = labels[rank * b : (rank + 1) * b] if labels is not None else None
+        loss = forward_backward(
+            self.model, columns, labels, self._loss_for(ds),
+            prompts=self._prompts(ds, len(columns)), mini_batch=config.mini_batch, bf16=config.bf16,
+            gather=dist.enabled,
+        )
+        return StepLoss(loss, n_global)
 
     def _loss_for(self, ds: TrainingDataset) -> EmbeddingLoss:
         if ds.type not in self._losses:
@@ -125,236 +81,6 @@ class Trainer:
             self._losses[ds.type] = make_loss(ds.type, cfg.loss, cfg.temperature, cfg.symmetric,
                                               distill=cfg.distill_loss, distill_contrast=cfg.distill_contrast)
         return self._losses[ds.type]
-
-    def _fingerprint(self) -> dict[str, Any]:
-        cfg = self.config
-        return {
-            "datasets": [(d.name, d.type, len(d), d.weight) for d in self.datasets],
-            "batch_size": cfg.batch_size,
-            "seed": cfg.seed,
-            "epochs": cfg.epochs,
-            "shuffle": cfg.shuffle,
-            "no_duplicates": cfg.no_duplicates,
-            "strategy": cfg.strategy,
-            "world_size": self.dist.world_size,
-        }
-
-    def _plan(self, epoch: int) -> list[PlannedBatch]:
-        cfg = self.config
-        return plan_epoch(
-            self.datasets,
-            cfg.batch_size,
-            seed=cfg.seed,
-            epoch=epoch,
-            shuffle=cfg.shuffle,
-            no_duplicates=cfg.no_duplicates,
-            drop_last=self.dist.enabled,  # every process needs an equal slice
-        )
-
-    def _optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, int, int]:
-        cfg = self.config
-        decay: list[torch.nn.Parameter] = []
-        no_decay: list[torch.nn.Parameter] = []
-        for n, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n else decay).append(p)
-        groups: list[dict[str, Any]] = [
-            {"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}
-        ]
-        assert cfg.lr is not None  # resolve_defaults filled it
-        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=float(cfg.lr))
-        lengths = [len(self._plan(e)) for e in range(cfg.epochs)]
-        total = sum(lengths)
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
-        if total == 0:
-            raise M3EError(f"no full batch of {cfg.batch_size} in the data; lower --batch-size")
-        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_ratio * total)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, total, warmup, cfg.scheduler))
-        return opt, sched, total, warmup
-
-    # ------------------------------------------------------------------ resume
-    def _restore(self, checkpoint: Path, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
-        state = ckpt.load_state(checkpoint)
-        fp = self._fingerprint()
-        if state.get("fingerprint") != fp:
-            raise M3EError(
-                f"{checkpoint} was written for other data or settings ({state.get('fingerprint')} vs {fp}); "
-                "resume with the same data and options, or use a new --output"
-            )
-        if is_lora(self.model):
-            load_trainable_state(self.model, state["trainable"])
-        else:
-            from m3e.loading import load_model
-
-            saved = load_model(str(checkpoint / "model"), device=str(self.model.device))
-            missing, unexpected = self.model.load_state_dict(saved.state_dict(), strict=False)
-            if unexpected or [m for m in missing if "position_ids" not in m]:
-                raise M3EError(f"{checkpoint}: model weights do not match ({(missing + unexpected)[:3]})")
-            del saved
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_torch"])
-        if state.get("rng_cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        return state
-
-    def _state(self, opt: Any, sched: Any, step: int, epoch: int, next_batch: int, history: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
-        state = {
-            "step": step,
-            "epoch": epoch,
-            "next_batch": next_batch,
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "history": history,
-            "config": self.config.to_dict(),
-            "fingerprint": self._fingerprint(),
-            "elapsed_s": elapsed,
-        }
-        if is_lora(self.model):
-            state["trainable"] = trainable_state(self.model)
-        return state
-
-    # ------------------------------------------------------------------ train
-    def train(self, resume: bool = False) -> TrainResult:
-        """Train to the end (or to a stop request, which leaves a checkpoint and raises TrainingStopped)."""
-        run = self._start(resume)
-        stop_request = StopRequest().install()  # SIGTERM / Ctrl-C: finish this step, checkpoint, then stop
-        try:
-            while run.step < run.total and run.epoch < self.config.epochs:
-                plan = self._plan(run.epoch)
-                while run.next_batch < len(plan) and run.step < run.total:
-                    outcome = self._train_step(run, plan)
-                    self._log_step(run, outcome)
-                    self._checkpoint_or_stop(run, len(plan), stop_request)
-                if run.next_batch >= len(plan):
-                    run.epoch, run.next_batch = run.epoch + 1, 0
-        finally:
-            stop_request.restore()
-            run.bar.close()
-        return self._finish(run)
-
-    def _start(self, resume: bool) -> _Run:
-        """Prepare the model and optimizer, then restore the latest checkpoint when resuming."""
-        cfg = self.config
-        if self.dist.enabled and cfg.batch_size % self.dist.world_size:
-            raise M3EError(f"batch size {cfg.batch_size} must be divisible by the {self.dist.world_size} processes")
-        existing = ckpt.latest_checkpoint(self.output)
-        if existing is not None and not resume:
-            raise M3EError(f"{self.output} already has checkpoints; pass --resume to continue, or choose another --output")
-        torch.manual_seed(cfg.seed)  # dropout and LoRA initialisation; a resume restores the saved state below
-        self._prepare_model()
-        opt, sched, total, _warmup = self._optimizer()
-        run = _Run(opt, sched, total)
-        if resume and existing is not None:
-            self._resume(run, existing)
-        elif resume and self.dist.is_main:
-            print(f"no checkpoint in {self.output}; starting from step 0", file=sys.stderr)
-        if self.dist.is_main:
-            self.output.mkdir(parents=True, exist_ok=True)
-        run.show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
-        run.bar = _bar(total, run.step, run.show_bar and self.dist.is_main)
-        run.started = time.perf_counter()
-        return run
-
-    def _resume(self, run: _Run, checkpoint: Path) -> None:
-        state = self._restore(checkpoint, run.opt, run.sched)
-        run.step, run.epoch, run.next_batch = state["step"], state["epoch"], state["next_batch"]
-        run.history, run.elapsed_before = list(state["history"]), float(state.get("elapsed_s", 0.0))
-        run.resumed_from = run.last_saved = run.step
-        run.epochs_done = float(run.epoch)
-        if self.dist.is_main:
-            print(f"resuming from {checkpoint} (step {run.step} of {run.total})", file=sys.stderr)
-
-    def _train_step(self, run: _Run, plan: list[PlannedBatch]) -> _StepOutcome:
-        """One optimizer step on the plan's next batch (this process's slice of it under torchrun)."""
-        cfg = self.config
-        t0 = time.perf_counter()
-        pb = plan[run.next_batch]
-        ds = self.datasets[pb.dataset]
-        rng = batch_rng(cfg.seed, run.epoch, run.next_batch)
-        columns, labels = build_columns(ds, pb.indices, rng, cfg.num_negatives)
-        n_global = len(columns[0])
-        if self.dist.enabled:
-            rank, b = self.dist.rank, n_global // self.dist.world_size
-            columns = [c[rank * b : (rank + 1) * b] for c in columns]
-            labels = labels[rank * b : (rank + 1) * b] if labels is not None else None
-        loss = forward_backward(
-            self.model, columns, labels, self._loss_for(ds),
-            prompts=self._prompts(ds, len(columns)), mini_batch=cfg.mini_batch, bf16=cfg.bf16,
-            gather=self.dist.enabled,
-        )
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        dist_.average_gradients(params)
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        lr = run.opt.param_groups[0]["lr"]
-        run.opt.step()
-        run.sched.step()
-        run.opt.zero_grad(set_to_none=True)
-        run.step += 1
-        run.next_batch += 1
-        run.epochs_done = run.epoch + run.next_batch / len(plan)
-        return _StepOutcome(ds.name, loss, lr, n_global, time.perf_counter() - t0)
-
-    def _log_step(self, run: _Run, outcome: _StepOutcome) -> None:
-        """The loss history, the progress bar, and (without a bar) a line per tenth of the run."""
-        step, total, loss = run.step, run.total, outcome.loss
-        rate = outcome.examples / max(outcome.seconds, 1e-9)  # examples (rows of the global batch) per second
-        run.ex_rate = ex_rate = rate if run.ex_rate is None else 0.9 * run.ex_rate + 0.1 * rate
-        if step % max(1, self.config.log_steps) == 0 or step == total:
-            run.history.append({
-                "step": step, "epoch": round(run.epochs_done, 4), "dataset": outcome.dataset, "loss": loss,
-                "lr": outcome.lr, "examples_per_s": rate, "elapsed_s": run.elapsed(),
-            })
-        run.bar.update(1)
-        run.bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{ex_rate:.1f}", refresh=False)
-        if not run.show_bar and self.dist.is_main and (step % max(1, total // 10) == 0 or step == total):
-            line = f"step {step}/{total}  loss {loss:.4f}  {ex_rate:.1f} examples/s"
-            print(line, file=sys.stderr, flush=True)
-
-    def _checkpoint_or_stop(self, run: _Run, plan_length: int, stop_request: StopRequest) -> None:
-        """A checkpoint every save_steps, and one before stopping when a process was asked to stop."""
-        signum = dist_.all_reduce_max(stop_request.signum or 0)  # every process stops at the same step
-        periodic = bool(self.config.save_steps) and run.step % self.config.save_steps == 0
-        if (periodic or signum) and run.step < run.total:
-            pos = (run.epoch + 1, 0) if run.next_batch >= plan_length else (run.epoch, run.next_batch)
-            self._checkpoint(run.opt, run.sched, run.step, *pos, run.history, run.elapsed())
-            run.last_saved = run.step
-        if signum and run.step < run.total:
-            saved = self.output / ckpt.CHECKPOINTS / ckpt.step_name(run.step)
-            raise TrainingStopped(
-                f"stopped by {signal_name(signum)} after step {run.step} of {run.total}; checkpoint saved in "
-                f"{saved}: run the same command with --resume to continue",
-                signum,
-            )
-
-    def _finish(self, run: _Run) -> TrainResult:
-        """The last checkpoint, then the final model (with its card and loss curve) in the run directory."""
-        elapsed = run.elapsed()
-        if run.last_saved != run.step:
-            self._checkpoint(run.opt, run.sched, run.step, run.epoch, run.next_batch, run.history, elapsed)
-        self.model.eval()
-        self.model.max_length = self._saved_max_length
-        if self.dist.is_main:
-            self._save_final(run.step, elapsed, run.history)
-        dist_.barrier()
-        final_loss = run.history[-1]["loss"] if run.history else None
-        return TrainResult(
-            self.output, run.step, run.epochs_done, elapsed, final_loss, run.history, run.resumed_from
-        )
-
-    @contextmanager
-    def _inference_max_length(self) -> Iterator[None]:
-        training = self.model.max_length
-        self.model.max_length = self._saved_max_length
-        try:
-            yield
-        finally:
-            self.model.max_length = training
 
     def _prompts(self, ds: TrainingDataset, n_columns: int) -> list[str]:
         if not self.config.use_prompts:
@@ -366,102 +92,40 @@ class Trainer:
             return [""] * n_columns
         return [self.model.query_prompt] + [self.model.document_prompt] * (n_columns - 1)
 
-    def _checkpoint(self, opt: Any, sched: Any, step: int, epoch: int, next_batch: int, history: list[dict[str, Any]], elapsed: float) -> None:
-        if self.dist.is_main:
-            state = self._state(opt, sched, step, epoch, next_batch, history, elapsed)
-            with self._inference_max_length():
-                ckpt.save_checkpoint(self.output, step, self.model, state, keep=self.config.keep_checkpoints)
-            write_csv(history, self.output / "loss.csv")
-            write_png(history, self.output / "loss.png")
-        dist_.barrier()
+    def fingerprint(self) -> dict[str, Any]:
+        return {}  # the loop's settings say everything an embedding run depends on
 
-    # ------------------------------------------------------------------ final model
-    def card(
-        self, steps: int, seconds: float, scores: dict[str, dict[str, float | None]] | None = None,
-        scored_on: str = "offline suite",
-    ) -> str:
-        cfg = self.config
+    def load_weights(self, model_dir: Path) -> None:
+        from m3e.loading import load_model
+
+        saved = load_model(str(model_dir), device=str(self.model.device))
+        missing, unexpected = self.model.load_state_dict(saved.state_dict(), strict=False)
+        if unexpected or [m for m in missing if "position_ids" not in m]:
+            raise M3EError(f"{model_dir.parent}: model weights do not match ({(missing + unexpected)[:3]})")
+
+    def card(self, facts: RunFacts) -> str:
         losses = sorted({self._loss_for(d).describe() for d in self.datasets})
-        hyper = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "output", "progress", "weights") and v is not None}
-        hyper["world_size"] = self.dist.world_size
         return model_card(
-            name=self.output.name,
-            base_model=_display_name(cfg.model),
+            name=facts.name,
+            base_model=facts.base_model,
             datasets=[{"name": d.name, "type": d.type, "records": len(d), "weight": d.weight} for d in self.datasets],
             loss="; ".join(losses),
-            hyper=hyper,
-            steps=steps,
-            train_seconds=seconds,
-            scores=scores,
-            scored_on=scored_on,
+            hyper=facts.hyper,
+            steps=facts.steps,
+            train_seconds=facts.seconds,
+            scores=facts.scores,
+            scored_on=facts.scored_on,
             dim=self.model.dim,
             max_length=self.model.max_length,
             pooling=self.model.pooling,
         )
 
-    def _save_final(self, steps: int, seconds: float, history: list[dict[str, Any]]) -> None:
-        write_csv(history, self.output / "loss.csv")
-        write_png(history, self.output / "loss.png")
-        self.card_extra = {"steps": steps, "seconds": seconds}
-        save_model_into(self.model, self.output, self.card(steps, seconds), dtype=self.config.save_dtype)
+
+class Trainer(TrainingLoop):
+    """Train ``model`` (an :class:`m3e.model.EmbeddingModel`) on ``datasets`` as ``config`` says."""
+
+    def __init__(self, model: Any, datasets: list[TrainingDataset], config: TrainConfig):
+        super().__init__(EmbeddingTask(model, datasets, config), config)
 
 
-def _display_name(model: str | None) -> str:
-    """How a card names the model a run started from: a local path as written from the working directory
-    (``runs/default-model``, not ``/home/.../recipes/../runs/default-model``), a hub id as it is."""
-    if not model:
-        return "the m3e default model"
-    path = Path(model).expanduser()
-    if not path.exists():
-        return model
-    cwd = Path.cwd().resolve()
-    # Lexical first: a `runs/` that is a symlink to other storage is still named `runs/...`.
-    for candidate in (Path(os.path.abspath(path)), path.resolve()):
-        try:
-            return candidate.relative_to(cwd).as_posix()
-        except ValueError:
-            continue
-    return path.resolve().as_posix()
-
-
-def save_model_into(model: Any, out: Path, card: str, dtype: str | None = None) -> None:
-    """Write the sentence-transformers files into ``out`` without touching checkpoints/ and the loss curve.
-
-    Built in a hidden temporary directory, then moved in entry by entry with modules.json last, so a directory
-    with modules.json always holds a complete model.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".final-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with saveable(model) as plain:
-        was_training = plain.training
-        plain.save(tmp, model_card=card, dtype=dtype)
-        plain.train(was_training)
-    (out / "modules.json").unlink(missing_ok=True)
-    for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "modules.json"):
-        target = out / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        os.replace(entry, target)
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def set_postfix(self, **kw: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(total: int, initial: int, show: bool) -> Any:
-    if not show:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+_display_name = display_name  # its name here before the card helpers had a module of their own
