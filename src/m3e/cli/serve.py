@@ -49,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--on-long-input", choices=["truncate", "reject"], default="truncate",
         help="inputs longer than the max length: truncate (reported in the X-M3E-Truncated header) or reject with 400",
     )
+    parser.add_argument(
+        "--default-side", choices=["query", "document", "none"], default=None,
+        help="prompt for texts sent with no input_type, prompt_name or NAME:query / NAME:document model name: "
+        "the model's query prompt, its document prompt, or none (default query, measured best in docs/benchmarks.md)",
+    )
     parser.add_argument("--max-batch-tokens", type=int, default=8192, help="token budget of one forward pass (default 8192)")
     parser.add_argument("--max-batch-size", type=int, default=64, help="texts per forward pass at most (default 64)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a text may wait for its batch to fill (default 5)")
@@ -126,6 +131,7 @@ def _load_models(args: argparse.Namespace) -> dict[str, EmbeddingModel]:
 
 def _serve_config(args: argparse.Namespace, threads: int) -> ServeConfig:
     from m3e.serving import ServeConfig
+    from m3e.serving.sides import DEFAULT_SIDE
 
     return ServeConfig(
         api_key=args.api_key or None,
@@ -137,7 +143,17 @@ def _serve_config(args: argparse.Namespace, threads: int) -> ServeConfig:
         on_long_input=args.on_long_input,
         cors_origins=list(args.cors),
         torch_threads=threads,
+        default_side=args.default_side or DEFAULT_SIDE,
     )
+
+
+def _sides_line(model: EmbeddingModel, config: ServeConfig) -> str:
+    """The model's prompts per side and the default side, as the startup log shows them."""
+    from m3e.serving.sides import side_prompt
+
+    prompts = f"query prompt {model.query_prompt!r}, document prompt {model.document_prompt!r}"
+    default = side_prompt(model, config.default_side)
+    return f"{prompts}; texts with no side: {config.default_side} ({default!r})"
 
 
 def _announce(models: dict[str, EmbeddingModel], config: ServeConfig, args: argparse.Namespace) -> None:
@@ -145,7 +161,8 @@ def _announce(models: dict[str, EmbeddingModel], config: ServeConfig, args: argp
     host = f"[{args.host}]" if ":" in args.host else args.host
     for public, model in models.items():
         print(
-            f"m3e serve: {public} (dim {model.dim}, max length {model.max_length}, backend {args.backend})",
+            f"m3e serve: {public} (dim {model.dim}, max length {model.max_length}, backend {args.backend}; "
+            f"{_sides_line(model, config)})",
             file=sys.stderr,
         )
     print(

@@ -16,11 +16,11 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi import FastAPI
@@ -43,6 +43,15 @@ from m3e.serving.schemas import (
     render_model,
     render_models,
 )
+from m3e.serving.served import (
+    ON_LONG_INPUT,
+    OnLongInput,
+    Prompt,
+    ServedModel,
+    TokenizedInputs,
+    warm_up,
+)
+from m3e.serving.sides import DEFAULT_SIDE, INPUT_TYPES, SIDES, Side, SideChoice
 from m3e.version import __version__
 
 if TYPE_CHECKING:
@@ -50,8 +59,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OnLongInput = Literal["truncate", "reject"]
-ON_LONG_INPUT: tuple[OnLongInput, ...] = get_args(OnLongInput)
 TRUNCATED_HEADER = "X-M3E-Truncated"
 # Requests with fewer characters are tokenized on the event loop; bigger ones in a thread
 # so that one 2048-text request does not stall every other connection.
@@ -72,81 +79,8 @@ class ServeConfig:
     cors_origins: list[str] = field(default_factory=list)
     torch_threads: int | None = None
     warmup: bool = True
-
-
-class ServedModel:
-    """A model under a public name, with what requests need precomputed."""
-
-    def __init__(self, name: str, model: EmbeddingModel):
-        self.name = name
-        self.model = model
-        self.dim = int(model.dim)
-        self.max_length = int(model.max_length)
-        self.wrap = model.add_special_tokens
-        self.n_special = len(self.wrap([]))
-        self.vocab_size = int(getattr(model.transformer.config, "vocab_size", 0) or len(model.tokenizer))
-        # encode() applies the model's default prompt (if any); the server does the same for texts.
-        self.prompt = model.resolve_prompt()
-        self.prompt_length = model.prompt_length(self.prompt) if self.prompt else 0
-
-    def tokenize_texts(self, texts: list[str], on_long: OnLongInput) -> tuple[list[list[int]], int]:
-        """Token ids as ``encode`` makes them, and how many texts were truncated."""
-        ids = self.model.tokenize(texts, prompt=self.prompt or None)
-        maybe = [i for i, x in enumerate(ids) if len(x) >= self.max_length]
-        if not maybe:
-            return ids, 0
-        full = self.model.count_tokens([self.prompt + texts[i] for i in maybe])
-        long = [(i, n) for i, n in zip(maybe, full, strict=True) if n > self.max_length]
-        if long and on_long == "reject":
-            i, n = long[0]
-            raise _too_long(i, n, self.max_length, len(long))
-        return ids, len(long)
-
-    def prepare_token_ids(self, batch: list[list[int]], on_long: OnLongInput) -> tuple[list[list[int]], int]:
-        """Token-id inputs: range-checked, truncated, wrapped in special tokens as the tokenizer would."""
-        room = max(self.max_length - self.n_special, 1)
-        out: list[list[int]] = []
-        truncated = 0
-        for i, ids in enumerate(batch):
-            self._check_vocabulary(i, ids)
-            if len(ids) > room:
-                if on_long == "reject":
-                    raise _too_long(i, len(ids) + self.n_special, self.max_length, None)
-                ids = ids[:room]
-                truncated += 1
-            out.append(self.wrap(ids))
-        return out, truncated
-
-    def _check_vocabulary(self, index: int, ids: list[int]) -> None:
-        lo, hi = min(ids), max(ids)
-        if lo >= 0 and hi < self.vocab_size:
-            return
-        bad = lo if lo < 0 else hi
-        raise bad_request(
-            f"input[{index}] holds token id {bad}, outside this model's vocabulary (0..{self.vocab_size - 1}). "
-            "Token ids are read in the served model's own vocabulary; a client that tokenizes with "
-            "tiktoken (e.g. LangChain's OpenAIEmbeddings) should send text instead "
-            "(check_embedding_ctx_length=False).",
-            code="invalid_value",
-        )
-
-
-def _too_long(index: int, tokens: int, limit: int, count: int | None) -> ApiError:
-    more = f" ({count} inputs are too long)" if count and count > 1 else ""
-    return bad_request(
-        f"input[{index}] has {tokens} tokens, more than this model's maximum of {limit}{more}. "
-        "Shorten the input, or start the server with --on-long-input truncate.",
-        code="context_length_exceeded",
-    )
-
-
-@dataclass
-class TokenizedInputs:
-    """One request's inputs as the batcher takes them."""
-
-    ids: list[list[int]]
-    truncated: int  # inputs cut at the model's max length
-    prompt_length: int  # leading prompt tokens left out of pooling
+    # The side of texts sent with no input_type / prompt_name / model suffix (m3e.serving.sides).
+    default_side: Side = DEFAULT_SIDE
 
 
 # ---------------------------------------------------------------------- the app, step by step
@@ -175,6 +109,8 @@ def _checked_config(models: Mapping[str, EmbeddingModel], config: ServeConfig | 
     config = config or ServeConfig()
     if config.on_long_input not in ON_LONG_INPUT:
         raise M3EError(f"on_long_input must be one of {ON_LONG_INPUT}, not {config.on_long_input!r}")
+    if config.default_side not in SIDES:
+        raise M3EError(f"default_side must be one of {SIDES}, not {config.default_side!r}")
     return config
 
 
@@ -254,7 +190,7 @@ class EmbeddingService:
 
     def __init__(self, models: Mapping[str, EmbeddingModel], config: ServeConfig):
         self.config = config
-        self.served = {name: ServedModel(name, m) for name, m in models.items()}
+        self.served = {name: ServedModel(name, m, config.default_side) for name, m in models.items()}
         self.default_name = next(iter(self.served))
         self.created = int(time.time())
         self.metrics = Metrics()
@@ -294,23 +230,29 @@ class EmbeddingService:
     async def _embed(self, request: Request, start: float) -> Response:
         self.check_key(request)
         req = parse_embedding_request(parse_json(await read_body(request, self.config.max_request_bytes)))
-        model = self.resolve_model(req)
-        inputs = await self._tokenize(model, req)
+        model, suffix = self.resolve_model(req)
+        prompt = model.prompt_for(SideChoice(req.input_type, req.prompt_name, suffix))
+        inputs = await self._tokenize(model, prompt, req)
         pooled: np.ndarray = await asyncio.wrap_future(self._submit(model.name, inputs))
         vectors = finish_vectors(pooled, req.dimensions, model.dim)
         tokens = sum(len(x) for x in inputs.ids)
-        body = render_embeddings(vectors, req.encoding_format, model.name, tokens)
+        body = render_embeddings(vectors, req.encoding_format, req.model or model.name, tokens)
         self._count_embedded(model.name, inputs, tokens, time.perf_counter() - start)
         return Response(body, media_type="application/json", headers={TRUNCATED_HEADER: str(inputs.truncated)})
 
-    def resolve_model(self, req: EmbeddingRequest) -> ServedModel:
-        """The model the request names (or the default), checked against its ``dimensions``."""
+    def resolve_model(self, req: EmbeddingRequest) -> tuple[ServedModel, str | None]:
+        """The model the request names (or the default) and the side after a ``:`` in its name, if any,
+        checked against the request's ``dimensions``."""
         name = req.model or self.default_name
-        model = self.served.get(name)
+        model, suffix = self.served.get(name), None
+        if model is None and ":" in name:
+            base, _, suffix = name.rpartition(":")
+            model = self.served.get(base)
         if model is None:
             raise ApiError(
                 404,
-                f"The model `{name}` does not exist. Served models: {', '.join(self.served)}.",
+                f"The model `{name}` does not exist. Served models: {', '.join(self.served)} "
+                "(each also as NAME:query and NAME:document).",
                 param="model",
                 code="model_not_found",
             )
@@ -320,19 +262,16 @@ class EmbeddingService:
                 param="dimensions",
                 code="invalid_value",
             )
-        return model
+        return model, suffix
 
-    async def _tokenize(self, model: ServedModel, req: EmbeddingRequest) -> TokenizedInputs:
+    async def _tokenize(self, model: ServedModel, prompt: Prompt, req: EmbeddingRequest) -> TokenizedInputs:
         on_long = self.config.on_long_input
         if req.texts is None:
-            ids, truncated = model.prepare_token_ids(req.token_ids or [], on_long)
-            return TokenizedInputs(ids, truncated, prompt_length=0)
+            return model.prepare_token_ids(req.token_ids or [], prompt, on_long)
         texts = req.texts
         if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS:
-            ids, truncated = model.tokenize_texts(texts, on_long)
-        else:
-            ids, truncated = await asyncio.to_thread(model.tokenize_texts, texts, on_long)
-        return TokenizedInputs(ids, truncated, model.prompt_length)
+            return model.tokenize_texts(texts, prompt, on_long)
+        return await asyncio.to_thread(model.tokenize_texts, texts, prompt, on_long)
 
     def _submit(self, model_name: str, inputs: TokenizedInputs) -> Future[np.ndarray]:
         """Queue the inputs; a full queue is 429 with Retry-After, a stopping server 503."""
@@ -368,7 +307,8 @@ class EmbeddingService:
         except ApiError as exc:
             return self.error_response(exc, "models")
         self.metrics.count_request("models", 200)
-        return JSONResponse(render_models(list(self.served), self.created))
+        details = {name: self.model_details(name) for name in self.served}
+        return JSONResponse(render_models(list(self.served), self.created, details=details))
 
     async def get_model(self, request: Request) -> Response:
         try:
@@ -379,7 +319,18 @@ class EmbeddingService:
         except ApiError as exc:
             return self.error_response(exc, "models")
         self.metrics.count_request("models", 200)
-        return JSONResponse(render_model(name, self.created))
+        return JSONResponse(render_model(name, self.created, details=self.model_details(name)))
+
+    def model_details(self, name: str) -> dict[str, object]:
+        """m3e's fields of a served model: size, prompts and how a request picks its side."""
+        served = self.served[name]
+        return {
+            "dimensions": served.dim,
+            "max_length": served.max_length,
+            "prompts": dict(served.model.prompts),
+            "default_side": served.default_side,
+            "input_types": list(INPUT_TYPES),
+        }
 
     # ------------------------------------------------------------------ GET /health, GET /metrics
     async def health(self) -> Response:
@@ -444,17 +395,3 @@ def _internal_error(exc: Exception) -> ApiError:
     return ApiError(
         500, f"The server had an error processing the request: {type(exc).__name__}.", type=SERVER_ERROR, param=None
     )
-
-
-def warm_up(models: Iterable[ServedModel]) -> None:
-    """A few forwards per model (short, medium, full length) so the first request is not slow."""
-    for served in models:
-        model = served.model
-        tok = model.tokenizer
-        filler = tok.unk_token_id if tok.unk_token_id is not None else 100
-        room = max(served.max_length - served.n_special, 1)
-        for length, count in ((8, 16), (min(64, room), 8), (room, 2)):
-            ids = [served.wrap([filler] * length)] * count
-            model.embed_token_ids(ids, normalize=False)
-        model.tokenize(["warm-up 预热"])  # the tokenizer's first call builds caches too
-        logger.info("warmed up %s", served.name)

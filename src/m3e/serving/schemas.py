@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,8 @@ class EmbeddingRequest:
     token_ids: list[list[int]] | None  # token-id inputs (exactly one of the two is set)
     encoding_format: str
     dimensions: int | None
+    input_type: str | None = None  # the texts' side, Cohere / Voyage style (m3e.serving.sides)
+    prompt_name: str | None = None  # a prompt of the model by name, TEI style
 
     @property
     def count(self) -> int:
@@ -67,7 +69,16 @@ def parse_embedding_request(obj: Any) -> EmbeddingRequest:
     user = obj.get("user")
     if user is not None and not isinstance(user, str):
         raise bad_request("'user' must be a string.", param="user")
-    return EmbeddingRequest(model, texts, token_ids, fmt, dims)
+    input_type = _optional_string(obj, "input_type")
+    prompt_name = _optional_string(obj, "prompt_name")
+    return EmbeddingRequest(model, texts, token_ids, fmt, dims, input_type, prompt_name)
+
+
+def _optional_string(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise bad_request(f"'{key}' must be a string, not {_json_type(value)}.", param=key)
+    return value
 
 
 def _parse_encoding_format(fmt: Any) -> str:
@@ -205,14 +216,20 @@ def _render_vector(v: np.ndarray, fmt: str) -> str:
     return json.dumps(v.tolist())
 
 
-def render_models(names: Sequence[str], created: int, owner: str = "m3e") -> dict[str, Any]:
-    """The body of ``GET /v1/models``."""
-    return {"object": "list", "data": [render_model(n, created, owner) for n in names]}
+def render_models(
+    names: Sequence[str], created: int, owner: str = "m3e", details: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The body of ``GET /v1/models``; ``details``: extra fields of each model by name."""
+    details = details or {}
+    return {"object": "list", "data": [render_model(n, created, owner, details.get(n)) for n in names]}
 
 
-def render_model(name: str, created: int, owner: str = "m3e") -> dict[str, Any]:
-    """OpenAI's model object (``GET /v1/models/{id}``); not a model card (:mod:`m3e.model_card`)."""
-    return {"id": name, "object": "model", "created": created, "owned_by": owner}
+def render_model(
+    name: str, created: int, owner: str = "m3e", details: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """OpenAI's model object (``GET /v1/models/{id}``), then m3e's own fields (``details``: dimensions, prompts,
+    sides, aliases); not a model card (:mod:`m3e.model_card`)."""
+    return {"id": name, "object": "model", "created": created, "owned_by": owner, **(details or {})}
 
 
 __getattr__ = renamed_attributes(__name__, {"model_card": "render_model"}, globals())
