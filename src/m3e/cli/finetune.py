@@ -1,4 +1,8 @@
-"""`m3e finetune MODEL DATA... --output DIR`: fine-tune on pair / triplet / scored-pair data, resumably."""
+"""`m3e finetune MODEL DATA... --output DIR`: fine-tune on pair / triplet / scored-pair data, resumably.
+
+``--task rerank`` trains a cross-encoder instead: MODEL is a reranker, or an embedding model whose encoder starts
+one with a fresh head; DATA are triplet records (query groups, e.g. from `m3e mine`) and scored pairs.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from m3e.errors import M3EError
 from m3e.evaluation.suites import OFFLINE_PROFILES
-from m3e.training.config import TrainConfig, TrainOption, train_option, train_options
+from m3e.training.config import DEFAULT_EVAL_SPLIT, TrainConfig, TrainOption, train_option, train_options
 
 if TYPE_CHECKING:
     from m3e.training.finetuner import FineTuneResult
+    from m3e.training.rerank import RerankResult
 
 
 def add_training_options(parser: argparse.ArgumentParser, recipe: bool = False) -> None:
@@ -32,6 +37,11 @@ def add_training_options(parser: argparse.ArgumentParser, recipe: bool = False) 
                         "(dev: the held-out dev splits, for choosing settings)")
     e.add_argument("--eval-tasks", default=None, help="comma-separated task names (implies --eval offline)")
     e.add_argument("--data-dir", default=None, help="built data directory for the evaluation tasks")
+    e.add_argument("--eval-split", type=float, default=None, metavar="SHARE",
+                   help=f"rerank: score MRR@10 / nDCG@10 on this share of the queries, held out of training "
+                        f"(with --eval: {DEFAULT_EVAL_SPLIT})")
+    e.add_argument("--eval-file", default=None, metavar="FILE",
+                   help="rerank: score these triplet records instead of a held-out share")
 
 
 def _add_run_options(group: _ArgumentGroup) -> None:
@@ -58,6 +68,8 @@ def add_option_flag(
         parser.add_argument(opt.flag, dest=opt.name, action=action, default=default, help=opt.help)
     else:
         values: dict[str, Any] = {"choices": opt.choices} if opt.choices else {"type": opt.kind}
+        if opt.metavar is not None:
+            values["metavar"] = opt.metavar
         parser.add_argument(opt.flag, dest=opt.name, default=default, help=opt.help, **values)
 
 
@@ -107,24 +119,48 @@ def training_device(name: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from m3e.training.finetuner import FineTuner
-
     model = None if args.model in ("default", "-") else args.model
     config = TrainConfig.from_dict(
         {**options_from_args(args), "model": model, "output": args.output, "record_type": args.record_type}
     )
-    tuner = FineTuner.from_pretrained(model, args.data, device=training_device(args.device), config=config)
+    device = training_device(args.device)
+    if config.task == "rerank":
+        from m3e.training.rerank import RerankFineTuner
+
+        reranking = RerankFineTuner.from_pretrained(model, args.data, device=device, config=config)
+        return report(reranking.run(resume=args.resume, **rerank_eval_options(args)))
+    from m3e.training.finetuner import FineTuner
+
+    tuner = FineTuner.from_pretrained(model, args.data, device=device, config=config)
     return report(tuner.run(resume=args.resume, **eval_options(args)))
 
 
 def eval_options(args: argparse.Namespace) -> dict[str, Any]:
     """--eval / --eval-tasks / --data-dir as keyword arguments of the trainer."""
+    if args.eval_split is not None or args.eval_file is not None:
+        raise M3EError("--eval-split and --eval-file score rerankers; they apply to --task rerank")
     tasks = [t.strip() for t in args.eval_tasks.split(",") if t.strip()] if args.eval_tasks else None
     return {"eval_suite": args.eval_suite or ("offline" if tasks else None), "eval_tasks": tasks,
             "eval_data_dir": args.data_dir}
 
 
-def report(result: FineTuneResult) -> int:
+def rerank_eval_options(args: argparse.Namespace) -> dict[str, Any]:
+    """A reranker's evaluation: held-out groups (--eval-split, or --eval alone) or a file (--eval-file). The
+    retrieval suites score rerankers in `m3e eval --rerank`, not here."""
+    if args.eval_tasks or args.data_dir:
+        raise M3EError("--eval-tasks and --data-dir choose embedding tasks; a reranker is scored on held-out "
+                       "groups (--eval-split, --eval-file); `m3e eval --rerank` scores it on the suites")
+    if args.eval_file is not None:
+        return {"eval_data": args.eval_file}
+    if args.eval_split is not None or args.eval_suite:
+        if args.eval_suite:
+            print(f"--eval {args.eval_suite}: a reranker is scored on held-out groups of its data "
+                  "(the suites score it in `m3e eval --rerank`)", file=sys.stderr)
+        return {"eval_split": args.eval_split if args.eval_split is not None else DEFAULT_EVAL_SPLIT}
+    return {}
+
+
+def report(result: FineTuneResult | RerankResult) -> int:
     if os.environ.get("RANK", "0") != "0":  # torchrun: the main process reports
         return 0
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""

@@ -89,8 +89,10 @@ def plan_epoch(
     no_duplicates: bool = True,
     drop_last: bool = False,
     weights: Sequence[float] | None = None,
+    min_batch: int = 2,
 ) -> list[PlannedBatch]:
-    """The batches of one epoch. Batches are built per dataset, then their order is shuffled globally."""
+    """The batches of one epoch. Batches are built per dataset, then their order is shuffled globally. A last
+    batch smaller than ``min_batch`` is left out (one pair has no in-batch negatives)."""
     if batch_size < 1:
         raise M3EError("batch size must be >= 1")
     weights = list(weights) if weights is not None else [ds.weight for ds in datasets]
@@ -104,8 +106,8 @@ def plan_epoch(
         dedupe = no_duplicates and ds.type in ("pair", "triplet")
         texts = [r.texts() for r in ds.records] if dedupe else None
         for idx in _batches_of(stream, texts, batch_size):
-            if len(idx) < batch_size and (drop_last or len(idx) < 2):
-                continue  # a one-pair batch has no negatives
+            if len(idx) < batch_size and (drop_last or len(idx) < min_batch):
+                continue
             plan.append(PlannedBatch(d, idx))
     if shuffle:
         order = _rng(seed, epoch, 2).permutation(len(plan))

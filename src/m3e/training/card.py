@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from m3e.training.task import RunFacts
 
 
 def model_card(
@@ -34,13 +37,8 @@ def model_card(
         "vectors = model.encode(['你好', 'hello'])",
         "```",
         "",
-        "## Training data",
-        "",
-        "| dataset | type | records | weight |",
-        "|---|---|---:|---:|",
+        *_datasets_table(datasets),
     ]
-    for d in datasets:
-        lines.append(f"| {d['name']} | {d['type']} | {d['records']} | {d.get('weight', 1.0):g} |")
     lines += ["", "## Training", "", f"- loss: {loss}", f"- steps: {steps} ({train_seconds:.0f} s)"]
     if dim is not None:
         lines.append(f"- dimension {dim}, max length {max_length} tokens, pooling {pooling}")
@@ -52,6 +50,54 @@ def model_card(
             b, a = pair.get("before"), pair.get("after")
             lines.append(f"| {task} | {_fmt(b)} | {_fmt(a)} |")
     return "\n".join(lines) + "\n"
+
+
+def reranker_card(
+    facts: RunFacts,
+    *,
+    origin: str,
+    datasets: list[dict[str, Any]],
+    losses: list[str],
+    teacher: str | None,
+    arch: str,
+    max_length: int,
+) -> str:
+    """The card of a fine-tuned reranker: how to use it, what it started from, data, training, scores."""
+    lines = [
+        f"# {facts.name}",
+        "",
+        f"A cross-encoder reranker fine-tuned with m3e from `{facts.base_model}` ({origin}).",
+        "",
+        "```python",
+        "import m3e  # or: from sentence_transformers import CrossEncoder; CrossEncoder('PATH')",
+        "reranker = m3e.load_reranker('PATH')",
+        "reranker.rank('车险理赔需要什么材料？', ['理赔需要保单和事故证明。', '今天天气很好'])",
+        "```",
+        "",
+        *_datasets_table(datasets),
+        "",
+        "## Training",
+        "",
+        f"- loss: {'; '.join(losses)}",
+    ]
+    if teacher:
+        lines.append(f"- teacher: {teacher}, its scores cached beside the data")
+    lines += [
+        f"- steps: {facts.steps} ({facts.seconds:.0f} s)",
+        f"- {arch} sequence classification, one logit (sigmoid activation), max length {max_length} tokens",
+        f"- hyper-parameters: `{json.dumps(facts.hyper, ensure_ascii=False, sort_keys=True)}`",
+    ]
+    if facts.scores:
+        lines += ["", f"## Scores ({facts.scored_on})", "", "| metric | before | after |", "|---|---:|---:|"]
+        lines += [f"| {m} | {_fmt(p.get('before'))} | {_fmt(p.get('after'))} |" for m, p in facts.scores.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _datasets_table(datasets: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Training data", "", "| dataset | type | records | weight |", "|---|---|---:|---:|"]
+    for d in datasets:
+        lines.append(f"| {d['name']} | {d['type']} | {d['records']} | {d.get('weight', 1.0):g} |")
+    return lines
 
 
 def _fmt(x: float | None) -> str:

@@ -31,6 +31,7 @@ SCHEDULERS = ("cosine", "linear", "constant")
 CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
 RERANK_LOSSES = ("softmax", "bce")  # listwise cross-entropy over each group; pointwise binary cross-entropy
 LOSSES = tuple(dict.fromkeys(CONTRASTIVE_LOSSES + RERANK_LOSSES))
+DEFAULT_EVAL_SPLIT = 0.05  # the share of its queries a reranker's run holds out to score before and after
 DISTILL_LOSSES = ("mse", "cosine")
 STRATEGIES = ("full", "lora", "bitfit")
 SAVE_DTYPES = ("fp32", "fp16", "bf16")  # what EmbeddingModel.save can store

@@ -171,9 +171,9 @@ def evaluate_scores(model: Any, suite: str, tasks: list[str] | None, data_dir: s
     return {o.task: o.score for o in outcomes}
 
 
-def format_side_by_side(scores: dict[str, dict[str, float | None]]) -> str:
-    width = max([len("task"), *(len(t) for t in scores)])
-    lines = [f"{'task':<{width}}  {'before':>8}  {'after':>8}  {'delta':>8}"]
+def format_side_by_side(scores: dict[str, dict[str, float | None]], label: str = "task") -> str:
+    width = max([len(label), *(len(t) for t in scores)])
+    lines = [f"{label:<{width}}  {'before':>8}  {'after':>8}  {'delta':>8}"]
     for task, pair in scores.items():
         b, a = pair.get("before"), pair.get("after")
         delta = f"{(a - b) * 100:+8.2f}" if a is not None and b is not None else f"{'-':>8}"

@@ -223,6 +223,8 @@ def run_recipe(
     p = Path(path).expanduser().resolve()
     recipe = read_recipe(p)
     config = config_from_recipe(recipe, overrides)
+    if config.task != "embed":
+        raise M3EError("a recipe trains an embedding model; train a reranker with `m3e finetune --task rerank`")
     if not Path(config.output).is_absolute() and "output" not in (overrides or {}):
         config.output = str(p.parent / config.output)
     datasets = datasets_from_recipe(recipe, p.parent)

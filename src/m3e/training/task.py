@@ -10,7 +10,7 @@ embedding model; :class:`m3e.training.rerank.task.RerankTask` trains a cross-enc
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,9 +74,13 @@ class RunFacts:
 class TrainingTask(Protocol):
     """A model and its data as the loop trains them (see the module's description)."""
 
-    model: TrainableModel
-    datasets: list[TrainingDataset]
     name: str  # "embed" | "rerank": which TrainConfig options apply (their ``tasks``)
+
+    @property
+    def model(self) -> TrainableModel: ...
+
+    @property
+    def datasets(self) -> Sequence[TrainingDataset]: ...
 
     def num_parameters(self) -> int:
         """Parameters of the model (the default learning rate follows the size)."""
