@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from m3e.training.batch_plan import PlannedBatch, batch_rng
 from m3e.training.card import display_name
 from m3e.training.config import TrainConfig, lr_lambda, resolve_defaults
 from m3e.training.curves import write_csv, write_png
+from m3e.training.records import TrainingDataset
 from m3e.training.stopping import StopRequest, TrainingStopped, signal_name
 from m3e.training.strategies import (
     apply_strategy,
@@ -105,7 +106,7 @@ class TrainingLoop:
         return self.task.model
 
     @property
-    def datasets(self) -> list[Any]:
+    def datasets(self) -> Sequence[TrainingDataset]:
         return self.task.datasets
 
     def _apply_weights(self) -> None:
