@@ -85,7 +85,7 @@ def test_training_lowers_the_loss_and_ranks_the_positive_first(tiny_st_model_dir
     assert result.scores["mrr@10"]["after"] > result.scores["mrr@10"]["before"]
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "fresh one-logit classification head" in card and "listwise softmax cross-entropy" in card
-    assert "## Scores (30 held-out groups (10% of the queries of groups))" in card and "| hit@1 |" in card
+    assert "## Scores (30 held-out groups, 10% of the queries of groups)" in card and "| hit@1 |" in card
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["LATEST", "step-00000060", "step-00000068"]
 
     # what m3e saved scores alike in sentence-transformers' CrossEncoder
@@ -210,7 +210,7 @@ def test_distillation_from_a_teacher_is_scored_once(tiny_st_model_dir, cross_enc
         assert result.steps == 3 and result.final_loss is not None and result.final_loss >= 0
         card = (out / "README.md").read_text(encoding="utf-8")
         assert f"KL distillation from the teacher's {kind} over each group" in card
-        assert "the reranker's own weights and classification head" in card
+        assert "starting from its own weights and classification head" in card
     caches = sorted(p.name for p in tmp_path.glob("groups.jsonl.teacher-*.npz"))
     assert len(caches) == 2  # one per teacher, beside the data
 

@@ -34,7 +34,7 @@ def add_training_options(parser: argparse.ArgumentParser, recipe: bool = False) 
     e = parser.add_argument_group("evaluation before/after (offline tasks from `m3e data build`)")
     e.add_argument("--eval", dest="eval_suite", choices=list(OFFLINE_PROFILES), default=None,
                    help="evaluate on this offline suite "
-                        "(dev: the held-out dev splits, for choosing settings)")
+                        "(dev: the held-out dev splits, for choosing settings; rerank: held-out groups)")
     e.add_argument("--eval-tasks", default=None, help="comma-separated task names (implies --eval offline)")
     e.add_argument("--data-dir", default=None, help="built data directory for the evaluation tasks")
     e.add_argument("--eval-split", type=float, default=None, metavar="SHARE",

@@ -66,7 +66,7 @@ def reranker_card(
     lines = [
         f"# {facts.name}",
         "",
-        f"A cross-encoder reranker fine-tuned with m3e from `{facts.base_model}` ({origin}).",
+        f"A cross-encoder reranker fine-tuned with m3e from `{facts.base_model}`, starting from {origin}.",
         "",
         "```python",
         "import m3e  # or: from sentence_transformers import CrossEncoder; CrossEncoder('PATH')",

@@ -46,7 +46,7 @@ class RerankFineTuner:
 
     def __init__(
         self, model: Reranker, datasets: list[TrainingDataset], model_name: str | None = None, *,
-        origin: str = "the reranker's own weights", config: TrainConfig | None = None, **options: Any,
+        origin: str = "its own weights and classification head", config: TrainConfig | None = None, **options: Any,
     ):
         self.model = model
         self.datasets = rerank_datasets(datasets)

@@ -167,4 +167,4 @@ def hold_out(datasets: list[RerankDataset], fraction: float, seed: int) -> tuple
     if not groups:
         raise M3EError("nothing to hold out for evaluation: the held-out groups come from triplet records")
     names = ", ".join(ds.name for ds in datasets if ds.type == "triplet")
-    return kept, HeldOut(groups, f"{len(groups)} held-out groups ({fraction:.0%} of the queries of {names})")
+    return kept, HeldOut(groups, f"{len(groups)} held-out groups, {fraction:.0%} of the queries of {names}")

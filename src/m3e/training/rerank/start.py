@@ -46,10 +46,10 @@ def starting_reranker(name_or_path: str | None, *, device: str | None = None, se
     model_dir, _hub_id = resolve_model_dir(where)
     if is_reranker_dir(model_dir):
         reranker = load_reranker(where, device=device)
-        return StartingReranker(reranker, "the reranker's own weights and classification head")
+        return StartingReranker(reranker, "its own weights and classification head")
     return StartingReranker(
         _from_embedder(where, device, seed),
-        "the embedding model's encoder, with a fresh one-logit classification head "
+        "the embedding model's encoder under a fresh one-logit classification head "
         "(AutoModelForSequenceClassification)",
     )
 
@@ -59,7 +59,7 @@ def _from_embedder(name_or_path: str, device: str | None, seed: int) -> Reranker
 
     from m3e.loading import load_model
 
-    embedder = load_model(name_or_path)
+    embedder = load_model(name_or_path, pooling="cls")  # pooling is not used: named so none is guessed
     config = copy.deepcopy(embedder.transformer.config)
     config.num_labels = 1
     config.architectures = None
