@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -134,7 +133,7 @@ def _read_cache(path: Path, ds: RerankDataset) -> list[NDArray[np.float32]] | No
 
 def _write_cache(path: Path, scores: list[NDArray[np.float32]], say: Callable[[str], None]) -> None:
     buf = io.BytesIO()
-    sizes: Any = np.array([len(s) for s in scores], dtype=np.int64)
+    sizes: NDArray[np.int64] = np.array([len(s) for s in scores], dtype=np.int64)
     np.savez(buf, scores=np.concatenate(scores).astype(np.float32), sizes=sizes)
     try:
         write_atomic(path, buf.getvalue())
