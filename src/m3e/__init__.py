@@ -14,12 +14,16 @@ from typing import TYPE_CHECKING, Any
 # CPU that made single-query encoding up to 25x slower. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__all__ = ["EmbeddingModel", "FineTuner", "M3EError", "Reranker", "__version__", "load", "load_reranker"]
+__all__ = [
+    "BGEM3Model", "EmbeddingModel", "FineTuner", "M3EError", "Reranker", "__version__", "load", "load_bge_m3",
+    "load_reranker",
+]
 
 from m3e.errors import M3EError
 from m3e.version import __version__
 
 if TYPE_CHECKING:
+    from m3e.bge_m3 import BGEM3Model
     from m3e.model import EmbeddingModel
     from m3e.reranker import Reranker
     from m3e.training.finetuner import FineTuner
@@ -43,6 +47,14 @@ def load_reranker(name_or_path: str | None = None, **kwargs: Any) -> Reranker:
     return _load_reranker(name_or_path, **kwargs)
 
 
+def load_bge_m3(name_or_path: str, **kwargs: Any) -> BGEM3Model:
+    """Load a BGE-M3 checkpoint with its three outputs (dense, lexical weights, ColBERT vectors); see
+    :func:`m3e.loading.load_bge_m3`. ``m3e.load`` of the same checkpoint gives the dense side alone."""
+    from m3e.loading import load_bge_m3 as _load_bge_m3
+
+    return _load_bge_m3(name_or_path, **kwargs)
+
+
 def __getattr__(name: str) -> Any:
     # Lazy attributes keep `import m3e` light: no torch until a model is used.
     if name == "EmbeddingModel":
@@ -53,6 +65,10 @@ def __getattr__(name: str) -> Any:
         from m3e.reranker import Reranker
 
         return Reranker
+    if name == "BGEM3Model":
+        from m3e.bge_m3 import BGEM3Model
+
+        return BGEM3Model
     if name == "FineTuner":
         from m3e.training.finetuner import FineTuner
 

@@ -17,6 +17,7 @@ from m3e.errors import M3EError, ModelNotFoundError
 from m3e.st_format import ST_CONFIG_FILE, STModules, read_dense_layers, read_json, read_st_modules
 
 if TYPE_CHECKING:
+    from m3e.bge_m3 import BGEM3Model
     from m3e.model import EmbeddingModel
     from m3e.reranker import Reranker
 
@@ -107,6 +108,37 @@ def load_model(
         model.to(device)
     if backend != "torch":
         model.set_backend(backend)
+    return model
+
+
+def load_bge_m3(
+    name_or_path: str,
+    *,
+    device: str | None = None,
+    max_length: int | None = None,
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+) -> BGEM3Model:
+    """Load a BGE-M3 checkpoint (``BAAI/bge-m3`` or a directory in its layout: XLM-R, ``sparse_linear.pt``,
+    ``colbert_linear.pt``) with all three outputs. ``m3e.load`` of the same directory gives its dense side
+    alone, as an ordinary :class:`EmbeddingModel`."""
+    from m3e.bge_m3 import COLBERT_HEAD, SPARSE_HEAD, BGEM3Model, is_bge_m3_dir, load_head
+
+    model_dir, model_id = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
+    if not is_bge_m3_dir(model_dir):
+        raise M3EError(f"{name_or_path} is not a BGE-M3 checkpoint: it needs {SPARSE_HEAD} and {COLBERT_HEAD} "
+                       "beside the encoder (use m3e.load for an ordinary embedding model)")
+    embedder = load_model(str(model_dir), pooling="cls", max_length=max_length, query_prompt=query_prompt,
+                          document_prompt=document_prompt)
+    if model_id is not None:
+        embedder.name = model_id  # a hub id names the model, not its snapshot directory
+    hidden = int(embedder.transformer.config.hidden_size)
+    sparse = load_head(model_dir / SPARSE_HEAD, hidden, out_features=1)
+    model = BGEM3Model(embedder, sparse, load_head(model_dir / COLBERT_HEAD, hidden))
+    if device is not None:
+        model.to(device)
     return model
 
 

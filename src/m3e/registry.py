@@ -39,6 +39,8 @@ KNOWN_MODELS: dict[str, ModelDefaults] = {
     "BAAI/bge-small-zh-v1.5": _bge_zh("BGE v1.5 small zh, CLS pooling, query instruction"),
     "BAAI/bge-base-zh-v1.5": _bge_zh("BGE v1.5 base zh, CLS pooling, query instruction"),
     "BAAI/bge-large-zh-v1.5": _bge_zh("BGE v1.5 large zh, CLS pooling, query instruction"),
+    # m3e.load gives its dense side (CLS, unit vectors); m3e.load_bge_m3 adds lexical weights and ColBERT vectors.
+    "BAAI/bge-m3": ModelDefaults("cls", max_length=8192, notes="BGE-M3 (XLM-R large): dense + sparse + ColBERT"),
     "shibing624/text2vec-base-chinese": ModelDefaults("mean", max_length=128, notes="CoSENT-trained, mean"),
 }
 
