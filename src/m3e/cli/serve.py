@@ -54,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prompt for texts sent with no input_type, prompt_name or NAME:query / NAME:document model name: "
         "the model's query prompt, its document prompt, or none (default query, measured best in docs/benchmarks.md)",
     )
+    parser.add_argument(
+        "--token-ids", choices=["openai", "model"], default="openai",
+        help="integer inputs are cl100k_base token ids, decoded to text as OpenAI and LangChain mean them "
+        "(openai, the default), or the served model's own token ids (model)",
+    )
     parser.add_argument("--max-batch-tokens", type=int, default=8192, help="token budget of one forward pass (default 8192)")
     parser.add_argument("--max-batch-size", type=int, default=64, help="texts per forward pass at most (default 64)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a text may wait for its batch to fill (default 5)")
@@ -144,6 +149,7 @@ def _serve_config(args: argparse.Namespace, threads: int) -> ServeConfig:
         cors_origins=list(args.cors),
         torch_threads=threads,
         default_side=args.default_side or DEFAULT_SIDE,
+        token_ids=args.token_ids,
     )
 
 

@@ -34,6 +34,7 @@ from m3e.errors import M3EError
 from m3e.serving.batcher import Batcher, EmbeddingBackend, QueueFull, ShuttingDown
 from m3e.serving.errors import SERVER_ERROR, ApiError, bad_request
 from m3e.serving.metrics import Metrics
+from m3e.serving.openai_tokens import TOKEN_IDS, OpenAITokenDecoder, TokenIds
 from m3e.serving.schemas import (
     EmbeddingRequest,
     finish_vectors,
@@ -81,6 +82,8 @@ class ServeConfig:
     warmup: bool = True
     # The side of texts sent with no input_type / prompt_name / model suffix (m3e.serving.sides).
     default_side: Side = DEFAULT_SIDE
+    # Integer inputs: cl100k_base ids as OpenAI reads them, or the served model's own ids (m3e.serving.openai_tokens).
+    token_ids: TokenIds = "openai"
 
 
 # ---------------------------------------------------------------------- the app, step by step
@@ -111,6 +114,8 @@ def _checked_config(models: Mapping[str, EmbeddingModel], config: ServeConfig | 
         raise M3EError(f"on_long_input must be one of {ON_LONG_INPUT}, not {config.on_long_input!r}")
     if config.default_side not in SIDES:
         raise M3EError(f"default_side must be one of {SIDES}, not {config.default_side!r}")
+    if config.token_ids not in TOKEN_IDS:
+        raise M3EError(f"token_ids must be one of {TOKEN_IDS}, not {config.token_ids!r}")
     return config
 
 
@@ -194,6 +199,7 @@ class EmbeddingService:
         self.default_name = next(iter(self.served))
         self.created = int(time.time())
         self.metrics = Metrics()
+        self.openai_tokens = OpenAITokenDecoder()
         self.in_flight = 0  # requests inside the embeddings handler; the batcher waits for company only if > 1
         backends: dict[str, EmbeddingBackend] = {name: s.model for name, s in self.served.items()}
         self.batcher = Batcher(
@@ -210,6 +216,11 @@ class EmbeddingService:
 
     def _warm_up(self) -> None:
         warm_up(self.served.values())
+        if self.config.token_ids == "openai":
+            try:
+                self.openai_tokens.load()
+            except ApiError as exc:  # text requests are served anyway; token-id ones say why not
+                logger.warning("%s", exc.message)
 
     # ------------------------------------------------------------------ POST /v1/embeddings
     async def embeddings(self, request: Request) -> Response:
@@ -265,13 +276,20 @@ class EmbeddingService:
         return model, suffix
 
     async def _tokenize(self, model: ServedModel, prompt: Prompt, req: EmbeddingRequest) -> TokenizedInputs:
+        """The request's inputs as token ids; a big request is tokenized in a thread, not on the event loop."""
+        if req.size <= _INLINE_TOKENIZE_CHARS:
+            return self._inputs(model, prompt, req)
+        return await asyncio.to_thread(self._inputs, model, prompt, req)
+
+    def _inputs(self, model: ServedModel, prompt: Prompt, req: EmbeddingRequest) -> TokenizedInputs:
         on_long = self.config.on_long_input
-        if req.texts is None:
-            return model.prepare_token_ids(req.token_ids or [], prompt, on_long)
-        texts = req.texts
-        if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS:
-            return model.tokenize_texts(texts, prompt, on_long)
-        return await asyncio.to_thread(model.tokenize_texts, texts, prompt, on_long)
+        if req.texts is not None:
+            return model.tokenize_texts(req.texts, prompt, on_long)
+        ids = req.token_ids or []
+        if self.config.token_ids == "model":
+            return model.prepare_token_ids(ids, prompt, on_long)
+        texts = self.openai_tokens.decode(ids, model.max_read_ids)
+        return model.tokenize_texts(texts, prompt, on_long)
 
     def _submit(self, model_name: str, inputs: TokenizedInputs) -> Future[np.ndarray]:
         """Queue the inputs; a full queue is 429 with Retry-After, a stopping server 503."""

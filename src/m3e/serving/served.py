@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
+from m3e.model import CHARS_PER_TOKEN_BUDGET
 from m3e.serving.errors import ApiError, bad_request
 from m3e.serving.sides import Side, SideChoice, choose_prompt
 
@@ -49,6 +50,10 @@ class ServedModel:
         self.wrap = model.add_special_tokens
         self.n_special = len(self.wrap([]))
         self.vocab_size = int(getattr(model.transformer.config, "vocab_size", 0) or len(model.tokenizer))
+        # Characters of a text that tokenizing reads at most (encode's budget), and the cl100k_base token ids
+        # that cover them: a token is at least one byte, a character at most four.
+        self.max_read_chars = self.max_length * CHARS_PER_TOKEN_BUDGET
+        self.max_read_ids = 4 * self.max_read_chars
         self._prompts: dict[str, Prompt] = {}
 
     # ------------------------------------------------------------------ prompts
@@ -77,7 +82,9 @@ class ServedModel:
             raise _too_long(i, n, self.max_length, len(long))
         return TokenizedInputs(ids, len(long), prompt.length)
 
-    def prepare_token_ids(self, batch: list[list[int]], prompt: Prompt, on_long: OnLongInput) -> TokenizedInputs:
+    def prepare_token_ids(
+        self, batch: list[list[int]], prompt: Prompt, on_long: OnLongInput
+    ) -> TokenizedInputs:
         """Token ids in the model's own vocabulary: range-checked, the prompt's ids put first, truncated and
         wrapped in special tokens as the tokenizer would."""
         room = max(self.max_length - self.n_special - len(prompt.ids), 1)
@@ -99,10 +106,10 @@ class ServedModel:
             return
         bad = lo if lo < 0 else hi
         raise bad_request(
-            f"input[{index}] holds token id {bad}, outside this model's vocabulary (0..{self.vocab_size - 1}). "
-            "Token ids are read in the served model's own vocabulary; a client that tokenizes with "
-            "tiktoken (e.g. LangChain's OpenAIEmbeddings) should send text instead "
-            "(check_embedding_ctx_length=False).",
+            f"input[{index}] holds token id {bad}, outside this model's vocabulary "
+            f"(0..{self.vocab_size - 1}). This server reads token ids in the served model's own vocabulary "
+            "(--token-ids model); a client that sends cl100k_base ids (OpenAI's, e.g. LangChain's "
+            "OpenAIEmbeddings) needs a server started with --token-ids openai, the default.",
             code="invalid_value",
         )
 

@@ -6,8 +6,8 @@ its client can:
 
 - ``input_type`` (Cohere, Voyage, Jina style): ``query`` / ``search_query`` / ``retrieval.query`` give the
   model's query prompt; ``document`` / ``search_document`` / ``passage`` / ``retrieval.passage`` its document
-  prompt; ``classification`` / ``clustering`` the model's prompt of that name when it has one, else the model's
-  own default prompt (what ``encode`` applies when given no prompt);
+  prompt; ``classification`` / ``clustering`` the model's prompt of that name when it has one, else the
+  model's own default prompt (what ``encode`` applies when given no prompt);
 - ``prompt_name`` (TEI style): any prompt the model defines, by name;
 - a model-name suffix, for clients that can only set ``model``: ``m3e:query``, ``m3e:document`` (any
   ``input_type`` value after the colon);
@@ -30,9 +30,10 @@ Side = Literal["query", "document", "none"]
 SIDES: tuple[Side, ...] = get_args(Side)
 
 # The side texts get when a request names none. Measured by bench/default_side.py on the dev retrieval task
-# (queries and documents both sent with no side, docs/benchmarks.md): with the default model both getting the
-# query prompt scored nDCG@10 80.78, no prompt 80.65, both the document prompt 78.53 (the asymmetric reference,
-# what a client that sends sides gets: 81.24). The query prompt is also the model's own default for encode().
+# (queries and documents both sent with no side, docs/benchmarks.md): with the default model both getting
+# the query prompt scored nDCG@10 80.78, no prompt 80.65, both the document prompt 78.53 (the asymmetric
+# reference, what a client that sends sides gets: 81.24). The query prompt is also the model's own default
+# for encode().
 DEFAULT_SIDE: Side = "query"
 
 # input_type value -> what it asks for: a side, or a task whose prompt the model may define.
@@ -115,7 +116,9 @@ def _known_input_type(model: EmbeddingModel, value: str, suffix_of: str | None) 
             code="invalid_value",
         )
     raise bad_request(
-        f"Invalid value for 'input_type': {value!r}. Allowed values: {allowed}.", param="input_type", code="invalid_value"
+        f"Invalid value for 'input_type': {value!r}. Allowed values: {allowed}.",
+        param="input_type",
+        code="invalid_value",
     )
 
 
