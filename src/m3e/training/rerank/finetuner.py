@@ -64,7 +64,9 @@ class RerankFineTuner:
     ) -> RerankFineTuner:
         """Read the data (errors name file and line before any model is loaded), then the starting reranker
         (None: the default embedding model's encoder with a fresh head)."""
-        forced = record_type or options.get("record_type", config.record_type if config is not None else None)
+        if record_type is not None:
+            options["record_type"] = record_type
+        forced = options.get("record_type", config.record_type if config is not None else None)
         datasets = load_datasets(dataset, forced)
         seed = int(options.get("seed", config.seed if config is not None else TrainConfig.seed))
         start = starting_reranker(model_name_or_path, device=device, seed=seed)

@@ -79,14 +79,9 @@ class RerankTask:
         self, batch: PlannedBatch, rng: np.random.Generator, config: TrainConfig, dist: DistInfo
     ) -> StepLoss:
         ds = self.datasets[batch.dataset]
-        groups = build_groups(ds, batch.indices, rng, config.group_size)
-        pairs = sum(len(g.docs) for g in groups)
-        if dist.enabled:
-            share = len(groups) // dist.world_size
-            groups = groups[dist.rank * share : (dist.rank + 1) * share]
+        everyone = build_groups(ds, batch.indices, rng, config.group_size)
+        groups = _share(everyone, dist)
         loss_fn = self._losses[ds.type]
-        if not groups:
-            raise M3EError(f"batch of {len(batch.indices)} groups has none for process {dist.rank}")
         units = loss_fn.units(len(groups), len(groups[0].docs))
         chunk = config.mini_batch or len(groups)
         total = 0.0
@@ -95,6 +90,7 @@ class RerankTask:
             (loss / units).backward()
             total += float(loss.detach())
         mean = total / units
+        pairs = sum(len(g.docs) for g in everyone)
         return StepLoss(dist_.all_reduce_mean(mean) if dist.enabled else mean, pairs)
 
     def _chunk_loss(self, groups: Sequence[Group], loss_fn: RerankLoss, bf16: bool) -> Tensor:
@@ -134,6 +130,16 @@ class RerankTask:
             arch=str(self.model.transformer.config.model_type),
             max_length=self.model.max_length,
         )
+
+
+def _share(groups: list[Group], dist: DistInfo) -> list[Group]:
+    """This process's equal slice of a batch's groups (all of them in a single process)."""
+    if dist.enabled:
+        size = len(groups) // dist.world_size
+        groups = groups[dist.rank * size : (dist.rank + 1) * size]
+    if not groups:
+        raise M3EError(f"a batch has no groups for process {dist.rank}")
+    return groups
 
 
 def pair_features(reranker: Reranker, pairs: Sequence[tuple[str, str]]) -> dict[str, Tensor]:
