@@ -31,10 +31,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 
 from m3e.errors import M3EError
+from m3e.serving import openapi
 from m3e.serving.batcher import Batcher, EmbeddingBackend, QueueFull, ShuttingDown
 from m3e.serving.errors import SERVER_ERROR, ApiError, bad_request
 from m3e.serving.metrics import Metrics
-from m3e.serving.openai_tokens import TOKEN_IDS, OpenAITokenDecoder, TokenIds
+from m3e.serving.openai_tokens import CL100K_MAX_TOKEN, TOKEN_IDS, OpenAITokenDecoder, TokenIds
 from m3e.serving.schemas import (
     EmbeddingRequest,
     finish_vectors,
@@ -103,6 +104,7 @@ def create_app(models: Mapping[str, EmbeddingModel], config: ServeConfig | None 
     _add_model_routes(app, service)
     _add_health_route(app, service)
     _add_metrics_route(app, service)
+    openapi.install_openapi(app, service.schema_limits())
     return app
 
 
@@ -168,23 +170,47 @@ def _http_api_error(request: Request, exc: StarletteHTTPException) -> ApiError:
 
 
 def _add_embedding_routes(app: FastAPI, service: EmbeddingService) -> None:
-    app.add_api_route("/v1/embeddings", service.embeddings, methods=["POST"], summary="Create embeddings")
+    app.add_api_route(
+        "/v1/embeddings",
+        service.embeddings,
+        methods=["POST"],
+        summary="Create embeddings",
+        response_class=JSONResponse,
+        responses=openapi.EMBEDDING_RESPONSES,
+    )
     app.add_api_route("/embeddings", service.embeddings, methods=["POST"], include_in_schema=False)
 
 
 def _add_model_routes(app: FastAPI, service: EmbeddingService) -> None:
-    app.add_api_route("/v1/models", service.list_models, methods=["GET"], summary="List models")
+    app.add_api_route(
+        "/v1/models", service.list_models, methods=["GET"], summary="List models", responses=openapi.MODELS_RESPONSES
+    )
     app.add_api_route("/models", service.list_models, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/v1/models/{model:path}", service.get_model, methods=["GET"], summary="Retrieve a model")
+    app.add_api_route(
+        "/v1/models/{model:path}",
+        service.get_model,
+        methods=["GET"],
+        summary="Retrieve a model",
+        responses=openapi.MODEL_RESPONSES,
+    )
     app.add_api_route("/models/{model:path}", service.get_model, methods=["GET"], include_in_schema=False)
 
 
 def _add_health_route(app: FastAPI, service: EmbeddingService) -> None:
-    app.add_api_route("/health", service.health, methods=["GET"], summary="Ready once warmed up")
+    app.add_api_route(
+        "/health", service.health, methods=["GET"], summary="Ready once warmed up", responses=openapi.HEALTH_RESPONSES
+    )
 
 
 def _add_metrics_route(app: FastAPI, service: EmbeddingService) -> None:
-    app.add_api_route("/metrics", service.prometheus_metrics, methods=["GET"], summary="Prometheus metrics")
+    app.add_api_route(
+        "/metrics",
+        service.prometheus_metrics,
+        methods=["GET"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses=openapi.METRICS_RESPONSES,
+    )
 
 
 # ---------------------------------------------------------------------- the handlers
@@ -213,6 +239,16 @@ class EmbeddingService:
             torch_threads=config.torch_threads,
         )
         self.batcher.load_hint = lambda: self.in_flight
+
+    def schema_limits(self) -> openapi.SchemaLimits:
+        """Bounds of the request schema: the largest token id read, dimensions, prompt names."""
+        served = list(self.served.values())
+        if self.config.token_ids == "openai":
+            max_token_id = CL100K_MAX_TOKEN
+        else:
+            max_token_id = max(s.vocab_size for s in served) - 1
+        names = sorted({name for s in served for name in s.model.prompts})
+        return openapi.SchemaLimits(max_token_id, max(s.dim for s in served), names)
 
     def _warm_up(self) -> None:
         warm_up(self.served.values())
@@ -328,10 +364,10 @@ class EmbeddingService:
         details = {name: self.model_details(name) for name in self.served}
         return JSONResponse(render_models(list(self.served), self.created, details=details))
 
-    async def get_model(self, request: Request) -> Response:
+    async def get_model(self, request: Request, model: str) -> Response:
         try:
             self.check_key(request)
-            name = request.path_params["model"]
+            name = model
             if name not in self.served:
                 raise ApiError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
         except ApiError as exc:

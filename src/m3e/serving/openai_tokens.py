@@ -44,6 +44,7 @@ CL100K_SPECIAL_TOKENS = {
     "<|fim_suffix|>": 100260,
     "<|endofprompt|>": 100276,
 }
+CL100K_MAX_TOKEN = max(CL100K_SPECIAL_TOKENS.values())
 _PURPOSE = "decoding OpenAI token-id inputs (cl100k_base)"
 
 

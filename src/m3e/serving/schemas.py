@@ -1,8 +1,8 @@
 """The OpenAI embeddings request and response, validated and rendered by hand.
 
 Hand validation (not a pydantic union) keeps the contract exact: a list of booleans or of
-floats is not silently read as token ids, and every error names the offending ``param``
-with OpenAI's error body.
+fractional numbers is not silently read as token ids, and every error names the offending
+``param`` with OpenAI's error body. :mod:`m3e.serving.openapi` describes the same contract.
 """
 
 from __future__ import annotations
@@ -46,8 +46,16 @@ class EmbeddingRequest:
 
 
 def _is_int(x: Any) -> bool:
-    # JSON true/false arrive as bool, a subclass of int: they are not token ids.
+    """An integer as JSON means it: 3 or 3.0 (JSON Schema's "integer"), not 3.5, and not true/false, which
+    arrive as bool, a subclass of int."""
+    if isinstance(x, float):
+        return x.is_integer()
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _ints(values: list[Any]) -> list[int]:
+    """Checked token ids as Python ints (3.0 becomes 3); the list itself when it already holds ints."""
+    return values if all(type(v) is int for v in values) else [int(v) for v in values]
 
 
 def parse_json(raw: bytes) -> Any:
@@ -155,7 +163,7 @@ def _parse_token_ids(value: list[Any]) -> list[int]:
     for i, item in enumerate(value):
         if not _is_int(item):
             raise bad_request(f"input[{i}] is {_json_type(item)}; a token-id array holds integers only.")
-    return list(value)
+    return _ints(value)
 
 
 def _parse_token_id_arrays(value: list[Any]) -> list[list[int]]:
@@ -168,7 +176,7 @@ def _parse_token_id_arrays(value: list[Any]) -> list[list[int]]:
         for j, tok in enumerate(item):
             if not _is_int(tok):
                 raise bad_request(f"input[{i}][{j}] is {_json_type(tok)}; token ids are integers.")
-        out.append(item)
+        out.append(_ints(item))
     return out
 
 

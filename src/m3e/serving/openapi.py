@@ -1,0 +1,253 @@
+"""The server's OpenAPI schema: what ``/openapi.json`` and ``/docs`` show, what clients are generated from.
+
+The handlers validate requests by hand (:mod:`m3e.serving.schemas`, so every error names its ``param`` in
+OpenAI's body); these pydantic models only describe the same contract. They live at module level, so every
+name they refer to resolves when the schema is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field
+
+from m3e.serving.schemas import MAX_INPUTS
+
+NonEmptyText = Annotated[str, Field(min_length=1)]
+TokenId = Annotated[int, Field(ge=0)]
+TokenIdArray = Annotated[list[TokenId], Field(min_length=1)]
+InputType = Literal[
+    "query",
+    "search_query",
+    "retrieval.query",
+    "document",
+    "search_document",
+    "passage",
+    "retrieval.passage",
+    "classification",
+    "clustering",
+]
+
+
+class EmbeddingRequestBody(BaseModel):
+    """``POST /v1/embeddings``: OpenAI's request, and the texts' side (``input_type``, ``prompt_name``)."""
+
+    model_config = ConfigDict(title="EmbeddingRequest")
+
+    input: (
+        NonEmptyText
+        | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_INPUTS)]
+        | TokenIdArray
+        | Annotated[list[TokenIdArray], Field(min_length=1, max_length=MAX_INPUTS)]
+    ) = Field(
+        description="A text, texts, one text as token ids, or texts as token ids. Token ids are cl100k_base "
+        "ids as OpenAI reads them (a server started with --token-ids model reads the model's own ids)."
+    )
+    model: str | None = Field(
+        None,
+        description="A served model or alias (default: the first served); NAME:query or NAME:document also "
+        "sets the side of the texts.",
+    )
+    encoding_format: Literal["float", "base64"] | None = Field(
+        None, description="float (default) or base64: little-endian float32 bytes."
+    )
+    dimensions: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Keep the first N dimensions, normalised again."
+    )
+    user: str | None = Field(None, description="Accepted and ignored, as OpenAI's end-user id.")
+    input_type: InputType | None = Field(
+        None,
+        description="The side of the texts: query / search_query / retrieval.query get the model's query "
+        "prompt, document / search_document / passage / retrieval.passage its document prompt, "
+        "classification / clustering the model's prompt of that name or else its default prompt. None: the "
+        "server's --default-side.",
+    )
+    prompt_name: str | None = Field(
+        None, description="Any prompt the model defines, by name (GET /v1/models)."
+    )
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="The vector, or its float32 bytes in base64.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body, on every error."""
+
+    error: ErrorDetail
+
+
+class ModelObject(BaseModel):
+    """OpenAI's model object, then m3e's fields."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    dimensions: int | None = None
+    max_length: int | None = None
+    prompts: dict[str, str] | None = None
+    default_side: Literal["query", "document", "none"] | None = None
+    input_types: list[str] | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "error"]
+    models: list[str] | None = None
+    error: str | None = None
+
+
+def _error(description: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": ErrorResponse, "description": description}
+    if headers:
+        out["headers"] = {
+            name: {"description": text, "schema": {"type": "string"}} for name, text in headers.items()
+        }
+    return out
+
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: _error("No or a wrong API key (a server started with --api-key).")
+}
+EMBEDDING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": EmbeddingResponse,
+        "description": "One embedding per input, in input order.",
+        "headers": {
+            "X-M3E-Truncated": {
+                "description": "How many inputs were cut at the model's max length.",
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    400: _error("Invalid request: the message names the parameter."),
+    **UNAUTHORIZED,
+    404: _error("Unknown model."),
+    413: _error("The body is larger than the server's limit."),
+    429: _error("The server is overloaded.", {"Retry-After": "Seconds until the queued work is done."}),
+    500: _error("An error inside the server."),
+    501: _error("Token ids cannot be decoded on this server (tiktoken or its cl100k_base file missing)."),
+    503: _error("The server is shutting down."),
+}
+MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": ModelList}, **UNAUTHORIZED}
+MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": ModelObject},
+    **UNAUTHORIZED,
+    404: _error("Unknown model."),
+}
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Health, "description": "Ready."},
+    503: {"model": Health, "description": "Warming up, or warm-up failed."},
+}
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."}
+}
+
+
+@dataclass(frozen=True)
+class SchemaLimits:
+    """What the request schema can say of the served models: largest token id, dimensions, prompt names."""
+
+    max_token_id: int
+    max_dimensions: int
+    prompt_names: list[str]
+
+
+def install_openapi(app: FastAPI, limits: SchemaLimits) -> None:
+    """Build ``app``'s schema once, with the embeddings request body the handler validates by hand."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            _drop_validation_errors(schema)
+            _add_request_body(schema, limits)
+            _add_bearer_auth(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema
+
+
+def _drop_validation_errors(schema: dict[str, Any]) -> None:
+    """FastAPI documents a 422 for the parameters it validates; the server answers 400 (OpenAI's body)."""
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            operation["responses"].pop("422", None)
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+
+
+def _add_request_body(schema: dict[str, Any], limits: SchemaLimits) -> None:
+    body = EmbeddingRequestBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    _set_limits(body["properties"], limits)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(body.pop("$defs", {}))
+    components["EmbeddingRequest"] = body
+    schema["paths"]["/v1/embeddings"]["post"]["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingRequest"}}},
+    }
+
+
+def _set_limits(properties: dict[str, Any], limits: SchemaLimits) -> None:
+    """The served models' bounds on token ids, dimensions and prompt names, into the generated schema."""
+
+    def bound_ids(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "integer":
+                node["maximum"] = limits.max_token_id
+            for child in node.values():
+                bound_ids(child)
+        elif isinstance(node, list):
+            for child in node:
+                bound_ids(child)
+
+    bound_ids(properties["input"])
+    for option in properties["dimensions"]["anyOf"]:
+        if option.get("type") == "integer":
+            option["maximum"] = limits.max_dimensions
+    if limits.prompt_names:
+        for option in properties["prompt_name"]["anyOf"]:
+            if option.get("type") == "string":
+                option["enum"] = list(limits.prompt_names)
+
+
+def _add_bearer_auth(schema: dict[str, Any]) -> None:
+    """The API key, as OpenAI's clients send it (needed only when the server has one)."""
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "--api-key KEY of the server"}
+    for path in ("/v1/embeddings", "/v1/models", "/v1/models/{model}"):
+        for operation in schema["paths"][path].values():
+            operation["security"] = [{}, {"bearer": []}]
