@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = [
-    "BGEM3Model", "EmbeddingModel", "FineTuner", "M3EError", "Reranker", "__version__", "load", "load_bge_m3",
-    "load_reranker",
+    "BGEM3Model", "EmbeddingModel", "FineTuner", "M3EError", "RerankFineTuner", "Reranker", "__version__", "load",
+    "load_bge_m3", "load_reranker",
 ]
 
 from m3e.errors import M3EError
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from m3e.model import EmbeddingModel
     from m3e.reranker import Reranker
     from m3e.training.finetuner import FineTuner
+    from m3e.training.rerank import RerankFineTuner
 
 
 def load(name_or_path: str | None = None, **kwargs: Any) -> EmbeddingModel:
@@ -73,4 +74,8 @@ def __getattr__(name: str) -> Any:
         from m3e.training.finetuner import FineTuner
 
         return FineTuner
+    if name == "RerankFineTuner":
+        from m3e.training.rerank import RerankFineTuner
+
+        return RerankFineTuner
     raise AttributeError(f"module 'm3e' has no attribute {name!r}")

@@ -168,10 +168,18 @@ class Reranker(nn.Module):
             )
         return self._template
 
+    def pair_features(self, pairs: Sequence[tuple[str, str]], *, first_window_only: bool = False) -> dict[str, Tensor]:
+        """Padded model inputs of (query, document) pairs, laid out as ``predict`` lays them out: one row per
+        document window, or per pair with ``first_window_only`` (what training reads; nothing further of a long
+        document is tokenized)."""
+        ids, types, _ = self._pair_windows(pairs, max_windows=1 if first_window_only else None)
+        return self._pad(ids, types)
+
     def _pair_windows(
-        self, pairs: Sequence[tuple[str, str]]
+        self, pairs: Sequence[tuple[str, str]], max_windows: int | None = None
     ) -> tuple[list[list[int]], list[list[int]], list[int]]:
         """Token ids and segment ids of every (query, document window), and the pair each window belongs to."""
+        windows_read = max_windows or self.max_windows
         t = self._pair_template()
         room_total = self.max_length - t.n_special
         if room_total < 2:
@@ -186,8 +194,8 @@ class Reranker(nn.Module):
         for k, (q, _) in enumerate(pairs):
             q_ids = query_ids[q][:max_query]
             room = room_total - len(q_ids)
-            d_ids = self._content_ids([docs[k]], self.max_windows * room * _MAX_CHARS_PER_TOKEN)[0]
-            windows = [d_ids[s : s + room] for s in range(0, len(d_ids), room)][: self.max_windows] or [[]]
+            d_ids = self._content_ids([docs[k]], windows_read * room * _MAX_CHARS_PER_TOKEN)[0]
+            windows = [d_ids[s : s + room] for s in range(0, len(d_ids), room)][:windows_read] or [[]]
             for window in windows:
                 ids.append([*t.prefix, *q_ids, *t.middle, *window, *t.suffix])
                 types.append(

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("info", "Describe a model: architecture, dim, max length, pooling, prompts, size"),
     "data": ("data", "Fetch the pinned offline corpora and build benchmark tasks and training pairs"),
     "eval": ("eval", "Evaluate models on the offline suite, C-MTEB or MTEB-zh and write a report"),
-    "finetune": ("finetune", "Fine-tune a model on pair / triplet / scored-pair data"),
+    "finetune": ("finetune", "Fine-tune an embedding model, or (--task rerank) a reranker, on pair / triplet / scored data"),
     "train": ("train", "Run a training recipe (e.g. the default model's) with resumable checkpoints"),
     "mine": ("mine", "Mine hard negatives for pairs with a vector index"),
     "serve": ("serve", "Serve an OpenAI-compatible /v1/embeddings API with dynamic batching"),

@@ -145,9 +145,4 @@ def _share(groups: list[Group], dist: DistInfo) -> list[Group]:
 def pair_features(reranker: Reranker, pairs: Sequence[tuple[str, str]]) -> dict[str, Tensor]:
     """Padded inputs of (query, candidate) pairs laid out as the reranker lays them out at inference, the
     candidate cut to its first window (training reads no further)."""
-    ids, types, owner = reranker._pair_windows(pairs)
-    first: dict[int, int] = {}
-    for window, pair in enumerate(owner):
-        first.setdefault(pair, window)
-    keep = [first[k] for k in range(len(pairs))]
-    return reranker._pad([ids[i] for i in keep], [types[i] for i in keep])
+    return reranker.pair_features(pairs, first_window_only=True)
