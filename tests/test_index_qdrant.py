@@ -25,8 +25,10 @@ def test_qdrant_engine_build_search_add_update_delete(tmp_path, tiny_st_model_di
                                 url=str(tmp_path / "qdrant-local"), collection="test", chunk_size=60,
                                 overlap=10,
                                 progress=False)
-    assert index.meta["engine"] == {"name": "qdrant", "url": str(tmp_path / "qdrant-local"),
-                                    "collection": "test"}
+    engine = index.meta["engine"]
+    assert {k: engine[k] for k in ("name", "url", "collection")} == {
+        "name": "qdrant", "url": str(tmp_path / "qdrant-local"), "collection": "test"}
+    assert engine["sparse"] is True and engine["avgdl"] > 0  # the sparse side: BM25 vectors beside the dense
     assert index.meta["state"]["docs"] == len(records) == report.docs
     target = records[3]
     hit = index.search(first_chunk(target), k=1)[0]

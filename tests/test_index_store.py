@@ -336,7 +336,7 @@ def test_search_reranks_its_candidates(tmp_path, corpus, tiny_st_model_dir, caps
     assert [h.chunk_id for h in reranked] == [h.chunk_id for h in expected]
     assert all(h.rerank_score is not None for h in reranked)
     monkeypatch.setenv("M3E_DEFAULT_RERANKER", str(reranker_dir))  # --rerank with no value: the default
-    assert main(["search", out, query, "-k", "3", "--rerank", "--candidates", "6", "--json"]) == 0
+    assert main(["search", out, query, "-k", "3", "--rerank", "--candidates", "6", "--chunks", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [(x["id"], x["chunk"]) for x in lines] == [(h.doc_id, h.chunk) for h in expected]
     assert lines[0]["rerank_score"] >= lines[1]["rerank_score"] >= lines[2]["rerank_score"]

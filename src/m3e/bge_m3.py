@@ -39,6 +39,8 @@ SPARSE_HEAD = "sparse_linear.pt"
 COLBERT_HEAD = "colbert_linear.pt"
 OUTPUTS = ("dense", "sparse", "colbert")
 SCORE_KEYS = ("dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense")
+# Dense, sparse and ColBERT weights of the model card's compute_score example; m3e's ColBERT re-scoring uses them.
+M3_WEIGHTS = (0.4, 0.2, 0.4)
 
 LexicalWeights = dict[str, float]
 

@@ -47,10 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(build)
     build.add_argument("--query-prompt", default=None, help="prefix for queries (default: the model's)")
     build.add_argument("--document-prompt", default=None, help="prefix for documents (default: the model's)")
-    build.add_argument("--chunk-size", type=int, default=400,
-                       help="chunk length in characters (default: 400)")
-    build.add_argument("--overlap", type=int, default=50,
-                       help="characters shared by consecutive chunks (default: 50)")
+    build.add_argument("--chunk-unit", default="characters", choices=["characters", "tokens"],
+                       help="measure chunks in characters (default) or in the model's tokens")
+    build.add_argument("--chunk-size", type=int, default=None,
+                       help="chunk length in --chunk-unit (default: 400 characters / 256 tokens)")
+    build.add_argument("--overlap", type=int, default=None,
+                       help="characters / tokens shared by consecutive chunks (default: 50 / 32)")
+    build.add_argument("--sparse", default="bm25", choices=["bm25", "none"],
+                       help="bm25 (default): keep each chunk's words beside its vector, for sparse and hybrid "
+                       "search; none: vectors only")
     build.add_argument("--engine", default="lancedb", choices=ENGINES,
                        help="lancedb: embedded in INDEX (default); qdrant: a Qdrant server/cluster by --url")
     build.add_argument("--url", default=None,
@@ -112,7 +117,8 @@ def _build(args: argparse.Namespace) -> int:
     index, report = build_index(
         reader, args.out, model, model_source=model_source(args.model), overwrite=args.overwrite,
         batch_chunks=args.batch_chunks, progress=args.progress, engine=args.engine, url=args.url,
-        collection=args.collection, chunk_size=args.chunk_size, overlap=args.overlap, ann=args.ann,
+        collection=args.collection, chunk_size=args.chunk_size, overlap=args.overlap, chunk_unit=args.chunk_unit,
+        sparse=None if args.sparse == "none" else args.sparse, ann=args.ann,
     )
     state = index.meta["state"]
     resumed = f", {report.skipped_docs} already stored before resuming" if report.skipped_docs else ""
@@ -195,12 +201,18 @@ def _info_lines(index_dir: str, meta: dict[str, Any]) -> list[str]:
     resume = ""
     if state["status"] == "building":
         resume = f" ({state.get('docs_done', 0)} documents stored; rerun build to resume)"
+    sparse = meta.get("sparse")
+    words = "none (dense search only)"
+    if sparse:
+        stops = ", stop words dropped" if sparse.get("stop_words") else ""
+        words = f"{sparse['kind']} (k1 {sparse['k1']}, b {sparse['b']}; {sparse['segmenter']} words{stops})"
     return [
         f"index     {index_dir}",
         f"status    {state['status']}{resume}",
         f"documents {state['docs']}",
         f"chunks    {state['chunks']} ({ch['size']} {ch['unit']}, overlap {ch['overlap']})",
         f"engine    {engine['name']} {where}",
+        f"sparse    {words}",
         f"model     {model['name']} ({model.get('source')})",
         f"          dim {model['dim']}, pooling {model['pooling']}, max length {model['max_length']}, "
         f"backend {model['backend']}, weights {model['fingerprint']}",

@@ -1,4 +1,5 @@
-"""Semantic search over a corpus: chunk, embed with an m3e model, store, query.
+"""Search over a corpus: chunk, embed with an m3e model and keep each chunk's words, store, query by meaning,
+by words or both (hybrid), per chunk or per document.
 
 The store is an existing engine behind one interface (:mod:`m3e.index.store`): LanceDB
 embedded in the index directory by default, or a Qdrant server/cluster by URL.
@@ -6,9 +7,11 @@ embedded in the index directory by default, or a Qdrant server/cluster by URL.
 
 from m3e.index.chunking import Chunk, chunk_document
 from m3e.index.corpus import CorpusReader, Document
-from m3e.index.index import Index, WriteReport, build_index
+from m3e.index.index import MODES, Index, WriteReport, build_index
+from m3e.index.results import DocumentHit
 from m3e.index.store import Hit
 
 __all__ = [
-    "Chunk", "CorpusReader", "Document", "Hit", "Index", "WriteReport", "build_index", "chunk_document",
+    "MODES", "Chunk", "CorpusReader", "Document", "DocumentHit", "Hit", "Index", "WriteReport", "build_index",
+    "chunk_document",
 ]

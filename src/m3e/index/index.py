@@ -1,13 +1,19 @@
-"""A semantic-search index: a corpus chunked, embedded by one model, stored in a vector store.
+"""A search index: a corpus chunked, embedded by one model and segmented into words, stored in a vector store.
 
-Data flow: corpus reader -> documents -> chunks -> batches -> model.encode_documents ->
-store.add -> commit (index.json). Every operation is streamed in batches of whole
+Data flow: corpus reader -> documents -> chunks -> batches -> model.encode_documents (the dense side)
+and m3e.lexical words (the sparse side, BM25) -> store.add (one row holds both) -> commit (index.json). Every operation is streamed in batches of whole
 documents, so memory stays bounded by the batch size and the longest document.
 
 * ``build`` checkpoints after every batch (the index records how many documents of the
   corpus are stored); an interrupted build resumes from there without re-encoding.
 * ``add`` / ``update`` / ``delete`` are all-or-nothing: they commit once, at the end, by
   replacing index.json; until then readers see the previous state, and a crash leaves it.
+
+Search (:meth:`Index.search`) runs in one of three modes: ``dense`` (cosine), ``sparse`` (BM25) or
+``hybrid`` (each side's top candidates fused by m3e.fusion; the default when the index has both
+sides), then optionally re-scores the candidates (BGE-M3's ColBERT score, or a cross-encoder), and
+returns chunks or, with ``group=True``, documents. Its arguments and results (``Hit.to_dict``,
+``DocumentHit.to_dict``) are plain values, so an HTTP endpoint can pass a request's fields straight in.
 """
 
 from __future__ import annotations
@@ -19,19 +25,23 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from m3e.errors import InputError, M3EError
-from m3e.index.chunking import Chunk, check_chunking, chunk_document
+from m3e.fusion import Fusion, fuse
+from m3e.index.chunking import Chunk, check_chunking, chunk_document, chunk_document_by_tokens
 from m3e.index.corpus import CorpusReader, Document
 from m3e.index.engines import check_engine, open_store
 from m3e.index.meta import FORMAT, META_NAME, check_model, model_signature, read_index_meta, write_meta
 from m3e.index.progress import IndexProgress
+from m3e.index.results import DocumentHit, group_hits
 from m3e.index.store import Hit, Row, VectorStore
+from m3e.lexical import K1, B, BM25Params, lexical_terms
 
 if TYPE_CHECKING:
+    from m3e.bge_m3 import BGEM3Model
     from m3e.model import EmbeddingModel
     from m3e.reranker import Reranker
 
@@ -39,7 +49,15 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 400  # characters; about one 512-token window for Chinese text
 DEFAULT_OVERLAP = 50
+DEFAULT_TOKEN_CHUNK_SIZE = 256  # tokens
+DEFAULT_TOKEN_OVERLAP = 32
 DEFAULT_BATCH_CHUNKS = 256
+MODES = ("dense", "sparse", "hybrid")
+SPARSE_KINDS = ("bm25",)
+# Candidates each side gives the fusion (as the evaluation's hybrid model: m3e.evaluation.hybrid).
+HYBRID_DEPTH = 50
+# Chunks read per requested document when results are grouped (a document may match in several chunks).
+CHUNKS_PER_DOCUMENT = 3
 
 
 class _WriteLock:
@@ -88,55 +106,69 @@ class Index:
     """Open with :meth:`open`, create with :meth:`create` or :func:`build_index`."""
 
     def __init__(self, path: Path, meta: dict[str, Any], store: VectorStore,
-                 model: EmbeddingModel | None = None) -> None:
+                 model: EmbeddingModel | BGEM3Model | None = None) -> None:
         self.path = path
         self.meta = meta
         self.store = store
-        self._model = model
+        self._model, self._m3 = _split_model(model)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def create(
         cls,
         path: str | os.PathLike[str],
-        model: EmbeddingModel,
+        model: EmbeddingModel | BGEM3Model,
         *,
         model_source: str | None = None,
         engine: str = "lancedb",
         url: str | None = None,
         collection: str | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        overlap: int = DEFAULT_OVERLAP,
+        chunk_size: int | None = None,
+        overlap: int | None = None,
+        chunk_unit: str = "characters",
+        sparse: str | None = "bm25",
         ann: str = "auto",
         overwrite: bool = False,
     ) -> Index:
+        """A new, empty index. ``sparse``: "bm25" keeps each chunk's words for BM25 beside its vector (the sparse
+        side of hybrid search), None stores vectors only. ``chunk_unit``: "characters" (size 400, overlap 50 by
+        default) or "tokens" of the model's tokenizer (256 and 32)."""
         path = Path(path)
-        check_chunking(chunk_size, overlap)
+        size, overlap = _chunking(chunk_unit, chunk_size, overlap)
+        if sparse is not None and sparse not in SPARSE_KINDS:
+            raise M3EError(f"unknown sparse side {sparse!r}; choose {', '.join(SPARSE_KINDS)} or none")
         check_engine(engine)
         _prepare_directory(path, overwrite)
-        config = _engine_config(engine, path, url=url, collection=collection, ann=ann)
-        store = open_store(config, path, dim=model.dim, create=True)
+        dense_model, _ = _split_model(model)
+        assert dense_model is not None
+        config = _engine_config(engine, path, url=url, collection=collection, ann=ann, sparse=sparse is not None)
+        store = open_store(config, path, dim=dense_model.dim, create=True)
         meta = {
             "format": FORMAT,
             "engine": config,
-            "model": model_signature(model, model_source),
-            "chunking": {"unit": "characters", "size": chunk_size, "overlap": overlap},
+            "model": model_signature(dense_model, model_source),
+            "chunking": {"unit": chunk_unit, "size": size, "overlap": overlap},
             "state": {"status": "building", "engine": store.state(), "docs": 0, "chunks": 0},
             "created": _now(),
             "updated": _now(),
         }
+        if sparse is not None:
+            params = BM25Params()
+            meta["sparse"] = {"kind": sparse, "segmenter": params.segmenter, "stop_words": params.stop_words,
+                              "k1": K1, "b": B}
         write_meta(path, meta)
         return cls(path, meta, store, model)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], model: EmbeddingModel | None = None) -> Index:
+    def open(cls, path: str | os.PathLike[str], model: EmbeddingModel | BGEM3Model | None = None) -> Index:
         """Open an index; ``model`` (optional) is checked against the one that built it."""
         path = Path(path)
         meta = read_index_meta(path)
         committed = meta["state"].get("engine")
         store = open_store(meta["engine"], path, dim=meta["model"]["dim"], committed=committed)
-        if model is not None:
-            check_model(meta["model"], model, path)
+        dense_model, _ = _split_model(model)
+        if dense_model is not None:
+            check_model(meta["model"], dense_model, path)
         return cls(path, meta, store, model)
 
     def close(self) -> None:
@@ -155,6 +187,28 @@ class Index:
         if self._model is None:
             self._model = load_index_model(self.meta, self.path)
         return self._model
+
+    @property
+    def m3_model(self) -> BGEM3Model:
+        """BGE-M3 with its ColBERT head, for re-scoring: the one given, else the recorded source if it is a
+        BGE-M3 checkpoint."""
+        if self._m3 is None:
+            self._m3 = load_index_bge_m3(self.meta, self.path)
+            if self._model is None:
+                self._model = self._m3.embedder
+        return self._m3
+
+    @property
+    def sparse(self) -> BM25Params | None:
+        """The sparse side's settings, or None for an index of vectors only."""
+        rec = self.meta.get("sparse")
+        if not rec:
+            return None
+        return BM25Params(k1=rec["k1"], b=rec["b"], segmenter=rec["segmenter"], stop_words=rec["stop_words"])
+
+    @property
+    def default_mode(self) -> str:
+        return "hybrid" if self.sparse is not None else "dense"
 
     @property
     def status(self) -> str:
@@ -184,11 +238,16 @@ class Index:
     def _batches(
         self, docs: Iterable[Document], batch_chunks: int
     ) -> Iterator[list[tuple[Document, list[Chunk]]]]:
-        size, overlap = self.meta["chunking"]["size"], self.meta["chunking"]["overlap"]
+        chunking = self.meta["chunking"]
+        size, overlap = chunking["size"], chunking["overlap"]
+        by_tokens = chunking.get("unit") == "tokens"
         batch: list[tuple[Document, list[Chunk]]] = []
         n = 0
         for doc in docs:
-            chunks = chunk_document(doc.id, doc.text, size, overlap)
+            if by_tokens:
+                chunks = chunk_document_by_tokens(doc.id, doc.text, size, overlap, self.model.tokenizer)
+            else:
+                chunks = chunk_document(doc.id, doc.text, size, overlap)
             batch.append((doc, chunks))
             n += len(chunks)
             if n >= batch_chunks:
@@ -214,7 +273,9 @@ class Index:
                                  "or --upsert to replace it)", path=source, line=first.line)
             report.deleted_chunks += self.store.delete_docs(sorted(existing))
             report.replaced_docs += len(existing)
-        rows = [Row(c.chunk_id, c.doc_id, c.chunk, c.start, c.end, c.text, doc.metadata)
+        sparse = self.sparse
+        rows = [Row(c.chunk_id, c.doc_id, c.chunk, c.start, c.end, c.text, doc.metadata,
+                    terms=_terms(c.text, sparse) if sparse else [])
                 for doc, chunks in batch for c in chunks]
         vectors = np.asarray(
             self.model.encode_documents([r.text for r in rows], normalize=True, show_progress=False),
@@ -271,8 +332,8 @@ class Index:
     def add(self, docs: Iterable[Document], *, upsert: bool = False, source: str = "<documents>",
             batch_chunks: int = DEFAULT_BATCH_CHUNKS, progress: bool | None = None,
             fraction: Callable[[], float] | None = None) -> WriteReport:
-        """``fraction`` reports how far through its source the documents are, for the progress line."""
-        """Add documents (``upsert``: replace those whose id is already stored), all or nothing."""
+        """Add documents (``upsert``: replace those whose id is already stored), all or nothing; ``fraction``
+        reports how far through its source the documents are, for the progress line."""
         self._require_ready()
         with _WriteLock(self.path):
             return self._add_locked(docs, upsert, source, batch_chunks, progress, fraction)
@@ -336,48 +397,194 @@ class Index:
             raise M3EError(f"{self.path}: the build is unfinished ({stored} documents stored); run "
                            "`m3e index build` again with the same corpus to resume it")
 
+    @overload
+    def search(self, query: str | np.ndarray, k: int = ..., filters: dict[str, str] | None = ..., *,
+               mode: str | None = ..., fusion: Fusion | None = ..., group: Literal[False] = ...,
+               rerank: Reranker | None = ..., candidates: int = ..., colbert: bool = ...) -> list[Hit]: ...
+
+    @overload
+    def search(self, query: str | np.ndarray, k: int = ..., filters: dict[str, str] | None = ..., *,
+               mode: str | None = ..., fusion: Fusion | None = ..., group: Literal[True],
+               rerank: Reranker | None = ..., candidates: int = ..., colbert: bool = ...) -> list[DocumentHit]: ...
+
     def search(
         self,
         query: str | np.ndarray,
         k: int = 10,
         filters: dict[str, str] | None = None,
         *,
+        mode: str | None = None,
+        fusion: Fusion | None = None,
+        group: bool = False,
         rerank: Reranker | None = None,
         candidates: int = 50,
-    ) -> list[Hit]:
-        """The ``k`` chunks nearest to ``query``; with ``rerank``, the nearest ``candidates`` reordered by that
-        cross-encoder (each hit keeps its cosine and gets ``rerank_score``)."""
+        colbert: bool = False,
+    ) -> list[Hit] | list[DocumentHit]:
+        """The ``k`` best chunks for ``query`` (``group``: the ``k`` best documents, each with its best chunk and
+        its other matching chunks).
+
+        ``mode``: "dense" (cosine; ``query`` may be a vector), "sparse" (BM25) or "hybrid" (both, fused by
+        ``fusion``, default m3e.fusion's); None: hybrid when the index has a sparse side, else dense.
+        ``filters``: metadata field -> value, all must match (on both sides). ``colbert``: re-score the best
+        ``candidates`` with BGE-M3's dense + lexical + ColBERT score (an index built by BGE-M3); ``rerank``:
+        reorder them with a cross-encoder. Re-scored hits keep their retrieval score and get ``rerank_score``,
+        which orders them.
+        """
         self._require_ready()
         if k < 1:
             raise M3EError(f"k must be at least 1, not {k}")
+        resolved = self._resolve_mode(mode, query)
+        rescoring = colbert or rerank is not None
+        if rescoring and candidates < 1:
+            raise M3EError(f"candidates must be at least 1, not {candidates}")
+        want = k * CHUNKS_PER_DOCUMENT if group else k
+        hits = self._retrieve(query, max(want, candidates) if rescoring else want, filters, resolved, fusion)
+        if colbert:
+            hits = self._colbert_rescored(_text_query(query, "ColBERT re-scoring"), hits)
         if rerank is not None:
-            return self._search_reranked(query, k, filters, rerank, candidates)
+            hits = self._reranked(_text_query(query, "reranking"), hits, rerank)
+        return group_hits(hits, k) if group else hits[:k]
+
+    def _resolve_mode(self, mode: str | None, query: str | np.ndarray) -> str:
+        if mode is None:
+            return self.default_mode if isinstance(query, str) else "dense"
+        if mode not in MODES:
+            raise M3EError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode != "dense" and self.sparse is None:
+            raise M3EError(f"{self.path} has no sparse side (built with --sparse none): search it with --mode dense")
+        return mode
+
+    def _retrieve(self, query: str | np.ndarray, n: int, filters: dict[str, str] | None, mode: str,
+                  fusion: Fusion | None) -> list[Hit]:
+        if mode == "dense":
+            return self._dense_hits(query, n, filters)
+        text = _text_query(query, f"{mode} search")
+        if mode == "sparse":
+            return self._sparse_hits(text, n, filters)
+        depth = max(n, HYBRID_DEPTH)
+        dense = self._dense_hits(text, depth, filters)
+        sparse = self._sparse_hits(text, depth, filters)
+        return fused_hits(dense, sparse, fusion)[:n]
+
+    def _dense_hits(self, query: str | np.ndarray, n: int, filters: dict[str, str] | None) -> list[Hit]:
         if isinstance(query, str):
             vector = np.asarray(self.model.encode_queries([query], normalize=True, show_progress=False))[0]
         else:
             vector = np.asarray(query, dtype=np.float32).reshape(-1)
         if vector.shape[0] != self.meta["model"]["dim"]:
             raise M3EError(f"query vector has dim {vector.shape[0]}, the index {self.meta['model']['dim']}")
-        return self.store.search(vector, k, filters)
+        return self.store.search(vector, n, filters)
 
-    def _search_reranked(
-        self, query: str | np.ndarray, k: int, filters: dict[str, str] | None, rerank: Reranker, candidates: int
-    ) -> list[Hit]:
-        if not isinstance(query, str):
-            raise M3EError("reranking needs the query's text, not a vector")
-        if candidates < 1:
-            raise M3EError(f"candidates must be at least 1, not {candidates}")
-        hits = self.search(query, max(k, candidates), filters)
+    def _sparse_hits(self, text: str, n: int, filters: dict[str, str] | None) -> list[Hit]:
+        params = self.sparse
+        assert params is not None
+        return self.store.search_sparse(_terms(text, params), n, filters)
+
+    def _colbert_rescored(self, query: str, hits: list[Hit]) -> list[Hit]:
+        from m3e.bge_m3 import M3_WEIGHTS, OUTPUTS
+
+        if not hits:
+            return []
+        m3 = self.m3_model
+        q = m3.encode_queries([query], output=OUTPUTS)
+        p = m3.encode_documents([h.text for h in hits], output=OUTPUTS)
+        assert q.dense is not None and q.lexical_weights is not None and q.colbert is not None
+        assert p.dense is not None and p.lexical_weights is not None and p.colbert is not None
+        w_dense, w_sparse, w_colbert = M3_WEIGHTS
+        for i, hit in enumerate(hits):
+            hit.colbert_score = m3.colbert_score(q.colbert[0], p.colbert[i])
+            combined = (w_dense * float(q.dense[0] @ p.dense[i])
+                        + w_sparse * m3.lexical_score(q.lexical_weights[0], p.lexical_weights[i])
+                        + w_colbert * hit.colbert_score)
+            hit.rerank_score = combined / (w_dense + w_sparse + w_colbert)
+        return _by_rerank_score(hits)
+
+    def _reranked(self, query: str, hits: list[Hit], rerank: Reranker) -> list[Hit]:
         if not hits:
             return []
         scores = [float(s) for s in rerank.predict([(query, h.text) for h in hits])]
         for hit, score in zip(hits, scores, strict=True):
             hit.rerank_score = score
-        order = sorted(range(len(hits)), key=lambda i: -scores[i])  # stable: cosine order breaks ties
-        return [hits[i] for i in order[:k]]
+        return _by_rerank_score(hits)
 
     def info(self) -> dict[str, Any]:
         return dict(self.meta, path=str(self.path))
+
+
+def fused_hits(dense: list[Hit], sparse: list[Hit], fusion: Fusion | None = None) -> list[Hit]:
+    """One list of the two sides' hits, in the order of their fused scores; each hit keeps the score each
+    side gave it (``dense_score``, ``sparse_score``) and gets the fused one as ``score``."""
+    by_id: dict[str, Hit] = {}
+    for hit in dense:
+        by_id[hit.chunk_id] = hit
+    for hit in sparse:
+        if hit.chunk_id in by_id:
+            by_id[hit.chunk_id].sparse_score = hit.sparse_score
+        else:
+            by_id[hit.chunk_id] = hit
+    scores = fuse({h.chunk_id: h.score for h in dense}, {h.chunk_id: h.score for h in sparse}, fusion)
+    out = []
+    for chunk_id, score in scores.items():
+        hit = by_id[chunk_id]
+        hit.score = score
+        out.append(hit)
+    return out
+
+
+def _by_rerank_score(hits: list[Hit]) -> list[Hit]:
+    # Stable: the retrieval order breaks ties.
+    return sorted(hits, key=lambda h: -(h.rerank_score if h.rerank_score is not None else float("-inf")))
+
+
+def _text_query(query: str | np.ndarray, purpose: str) -> str:
+    if not isinstance(query, str):
+        raise M3EError(f"{purpose} needs the query's text, not a vector")
+    return query
+
+
+def _terms(text: str, params: BM25Params) -> list[str]:
+    return lexical_terms(text, params.segmenter, stop_words=params.stop_words)
+
+
+def _split_model(model: EmbeddingModel | BGEM3Model | None) -> tuple[EmbeddingModel | None, BGEM3Model | None]:
+    """(dense model, BGE-M3 model) of what a caller gave: a BGE-M3 model brings its dense side."""
+    if model is None:
+        return None, None
+    from m3e.bge_m3 import BGEM3Model
+
+    if isinstance(model, BGEM3Model):
+        return model.embedder, model
+    return model, None
+
+
+def _chunking(unit: str, size: int | None, overlap: int | None) -> tuple[int, int]:
+    tokens = unit == "tokens"
+    size = size if size is not None else (DEFAULT_TOKEN_CHUNK_SIZE if tokens else DEFAULT_CHUNK_SIZE)
+    overlap = overlap if overlap is not None else (DEFAULT_TOKEN_OVERLAP if tokens else DEFAULT_OVERLAP)
+    check_chunking(size, overlap, unit)
+    return size, overlap
+
+
+def load_index_bge_m3(meta: dict[str, Any], path: Path) -> BGEM3Model:
+    """The BGE-M3 model recorded in the index, for ColBERT re-scoring."""
+    from m3e.bge_m3 import is_bge_m3_dir
+    from m3e.loading import load_bge_m3, resolve_model_dir
+
+    rec = meta["model"]
+    source = rec.get("source")
+    if not source:
+        raise M3EError(f"{path} does not record where its model came from")
+    try:
+        model_dir, _ = resolve_model_dir(source)
+    except M3EError as exc:
+        raise M3EError(f"ColBERT re-scoring needs the BGE-M3 model that built {path}: {exc}") from exc
+    if not is_bge_m3_dir(model_dir):
+        raise M3EError(f"ColBERT re-scoring needs an index built by a BGE-M3 model; {path} was built by "
+                       f"{rec.get('name')!r}")
+    m3 = load_bge_m3(str(model_dir), query_prompt=rec["prompts"]["query"],
+                     document_prompt=rec["prompts"]["document"], max_length=rec.get("max_length"))
+    check_model(rec, m3.embedder, path)
+    return m3
 
 
 def load_index_model(meta: dict[str, Any], path: Path) -> EmbeddingModel:
@@ -411,20 +618,20 @@ def _prepare_directory(path: Path, overwrite: bool) -> None:
 
 
 def _engine_config(
-    engine: str, path: Path, *, url: str | None, collection: str | None, ann: str
+    engine: str, path: Path, *, url: str | None, collection: str | None, ann: str, sparse: bool
 ) -> dict[str, Any]:
     """The ``engine`` entry of a new index's metadata."""
     if engine == "lancedb":
-        return {"name": engine, "path": "lance", "ann": ann}
+        return {"name": engine, "path": "lance", "ann": ann, "sparse": sparse}
     if not url:
         raise M3EError("--engine qdrant needs --url (http://host:6333, or a directory for local mode)")
-    return {"name": engine, "url": url, "collection": collection or path.name or "m3e"}
+    return {"name": engine, "url": url, "collection": collection or path.name or "m3e", "sparse": sparse}
 
 
 def build_index(
     corpus: str | os.PathLike[str] | CorpusReader,
     out: str | os.PathLike[str],
-    model: EmbeddingModel,
+    model: EmbeddingModel | BGEM3Model,
     *,
     model_source: str | None = None,
     overwrite: bool = False,

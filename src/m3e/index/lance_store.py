@@ -9,6 +9,13 @@ index takes over beyond that.
 Readers open the version recorded in the index metadata (``state.version``), never the
 table's latest, so writes in progress (or left by a crash) are invisible until the index
 metadata moves to the new version.
+
+The sparse side (``config["sparse"]``) is a ``terms`` column in the same table: each chunk's words
+(m3e.lexical), space-separated, under Lance's own full-text index (BM25 with k1 1.2, b 0.75: the
+formula of m3e.lexical; whitespace tokens, no stemming or stop words of its own). The index is
+created with the empty table and is part of every table version, so a restore or a pinned read
+covers both sides at once; rows added since its last update are searched unindexed until
+``maintain`` (Lance's optimize) folds them in.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ FIELD_PREFIX = "f_"
 # Below this many chunks exact search is fast enough (tens of ms) and needs no index.
 ANN_MIN_ROWS = 50_000
 _COLUMNS = ["chunk_id", "doc_id", "chunk", "start", "end", "text", "metadata", "_distance"]
+_SPARSE_COLUMNS = [*_COLUMNS[:-1], "_score"]
+TERMS = "terms"
 
 
 def _quiet_lance() -> None:
@@ -54,6 +63,7 @@ class LanceStore:
         lancedb = require("lancedb", purpose="the embedded index", extra="index")
         self.dim = int(dim)
         self.config = config
+        self.sparse = bool(config.get("sparse"))
         self._has_ann: bool | None = None
         self.path = Path(index_dir) / config.get("path", "lance")
         self.db: DBConnection = lancedb.connect(str(self.path))
@@ -64,6 +74,8 @@ class LanceStore:
             if TABLE in self._tables():
                 self.db.drop_table(TABLE)
             self.table = self.db.create_table(TABLE, schema=self._schema(pa, []))
+            if self.sparse:
+                self._create_text_index()
         else:
             if TABLE not in self._tables():
                 raise M3EError(f"{self.path}: no index table (was the index built?)")
@@ -88,8 +100,17 @@ class LanceStore:
                 pa.field("metadata", pa.string()),
                 pa.field("vector", pa.list_(pa.float32(), self.dim)),
             ]
+            + ([pa.field(TERMS, pa.string())] if self.sparse else [])
             + [pa.field(FIELD_PREFIX + f, pa.string()) for f in fields]
         )
+
+    def _create_text_index(self) -> None:
+        from lancedb.index import FTS
+
+        # The words come segmented and normalised by m3e.lexical: Lance only splits them at spaces.
+        config = FTS(base_tokenizer="whitespace", lower_case=False, stem=False, remove_stop_words=False,
+                     ascii_folding=False, with_position=False, max_token_length=None)
+        self.table.create_index(TERMS, config=config)
 
     def _fields(self) -> list[str]:
         return [n[len(FIELD_PREFIX):] for n in self.table.schema.names if n.startswith(FIELD_PREFIX)]
@@ -141,6 +162,8 @@ class LanceStore:
             "metadata": [_metadata_json(r.metadata) for r in rows],
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.dim),
         }
+        if self.sparse:
+            data[TERMS] = [" ".join(r.terms) for r in rows]
         for f in known:
             data[FIELD_PREFIX + f] = [p.get(f) for p in per_row]
         self.table.add(pa.table(data, schema=self._schema(pa, known)))
@@ -192,25 +215,37 @@ class LanceStore:
         vector_query = cast("LanceVectorQueryBuilder", found)
         query = vector_query.distance_type("cosine")
         if self._has_ann is None:
-            self._has_ann = bool(self.table.list_indices())
+            self._has_ann = any(i.index_type != "FTS" for i in self.table.list_indices())
         if self._has_ann:
             query = query.nprobes(int(self.config.get("nprobes", 32)))
         if filters:
-            known = set(self._fields())
-            unknown = [f for f in filters if f not in known]
-            if unknown:
-                raise M3EError(f"cannot filter on {unknown[0]!r}: no such metadata field "
-                               f"(filterable: {', '.join(sorted(known)) or 'none'})")
-            where = " AND ".join(f"{FIELD_PREFIX}{f} = {sql_string(v)}" for f, v in filters.items())
-            query = query.where(where, prefilter=True)
+            query = query.where(self._where(filters), prefilter=True)
         table = query.select(_COLUMNS).limit(k).to_arrow()
         hits = []
         for rec in table.to_pylist():
-            hits.append(Hit(score=1.0 - float(rec["_distance"]), chunk_id=rec["chunk_id"],
-                            doc_id=rec["doc_id"], chunk=int(rec["chunk"]), start=int(rec["start"]),
-                            end=int(rec["end"]), text=rec["text"],
-                            metadata=json.loads(rec["metadata"] or "{}")))
+            cosine = 1.0 - float(rec["_distance"])
+            hits.append(_hit(rec, cosine, dense_score=cosine))
         return hits
+
+    def search_sparse(self, terms: Sequence[str], k: int, filters: dict[str, str] | None = None) -> list[Hit]:
+        if not self.sparse:
+            raise M3EError("this index has no sparse side (it was built with --sparse none)")
+        words = list(dict.fromkeys(t for t in terms if t))  # a repeated query word counts once
+        if not words:
+            return []
+        query = self.table.search(" ".join(words), query_type="fts", fts_columns=TERMS)
+        if filters:
+            query = query.where(self._where(filters), prefilter=True)
+        table = query.select(_SPARSE_COLUMNS).limit(k).to_arrow()
+        return [_hit(rec, float(rec["_score"]), sparse_score=float(rec["_score"])) for rec in table.to_pylist()]
+
+    def _where(self, filters: dict[str, str]) -> str:
+        known = set(self._fields())
+        unknown = [f for f in filters if f not in known]
+        if unknown:
+            raise M3EError(f"cannot filter on {unknown[0]!r}: no such metadata field "
+                           f"(filterable: {', '.join(sorted(known)) or 'none'})")
+        return " AND ".join(f"{FIELD_PREFIX}{f} = {sql_string(v)}" for f, v in filters.items())
 
     def count(self) -> int:
         return int(self.table.count_rows())
@@ -220,6 +255,12 @@ class LanceStore:
 
     def close(self) -> None:
         del self.table  # lancedb tables hold no handle to release; a closed store cannot be used again
+
+
+def _hit(rec: dict[str, Any], score: float, **scores: float) -> Hit:
+    return Hit(score=score, chunk_id=rec["chunk_id"], doc_id=rec["doc_id"], chunk=int(rec["chunk"]),
+               start=int(rec["start"]), end=int(rec["end"]), text=rec["text"],
+               metadata=json.loads(rec["metadata"] or "{}"), **scores)
 
 
 def _metadata_json(metadata: dict[str, Any]) -> str:

@@ -7,12 +7,21 @@ For corpora that outgrow one machine, the same index operations run against Qdra
 Qdrant has no multi-request transactions: each batch is an atomic, idempotent upsert keyed
 by the chunk id, so re-running an interrupted ``m3e index add`` converges to the complete
 state; an interrupted add can leave some of its documents visible until then.
+
+The sparse side (``config["sparse"]``) is a named sparse vector ``bm25`` on the same point as the dense
+vector, so one upsert writes both and one delete removes both. Its values are BM25's term-frequency
+part of each word (m3e.lexical: k1 1.2, b 0.75), and Qdrant's IDF modifier supplies the inverse
+document frequency at query time (the same formula, over the live collection); a query sends weight
+1 per distinct word, so a point's score is its BM25. The average chunk length in that formula is
+fixed when the first chunks are written (``config["avgdl"]``), since Qdrant keeps no such statistic.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +31,7 @@ import numpy as np
 from m3e.errors import M3EError
 from m3e.extras import require
 from m3e.index.store import Hit, Row, filter_fields
+from m3e.lexical import K1, B
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -29,6 +39,18 @@ if TYPE_CHECKING:
 
 _NAMESPACE = uuid.UUID("5b0e4f7e-8a58-4d8e-9a43-2f6f4c1c9e3a")
 _SERVER_SCHEMES = ("http://", "https://")
+SPARSE_VECTOR = "bm25"
+
+
+def term_id(term: str) -> int:
+    """Qdrant's sparse indices are 32-bit integers: a stable hash of the word."""
+    return int.from_bytes(hashlib.blake2b(term.encode("utf-8"), digest_size=4).digest(), "little")
+
+
+def bm25_tf_weights(terms: Sequence[str], avgdl: float, k1: float = K1, b: float = B) -> dict[int, float]:
+    """Each distinct word's term-frequency part of BM25 in a chunk of these words."""
+    norm = k1 * (1.0 - b + b * len(terms) / max(avgdl, 1e-9))
+    return {term_id(w): tf * (k1 + 1.0) / (tf + norm) for w, tf in Counter(terms).items()}
 
 
 def point_id(chunk_id: str) -> str:
@@ -61,6 +83,7 @@ class QdrantStore:
         require("qdrant_client", purpose="the qdrant engine", extra="index", package="qdrant-client")
         self.dim = int(dim)
         self.config = config
+        self.sparse = bool(config.get("sparse"))
         location = _location(index_dir, config)
         self.collection: str = config.get("collection") or "m3e"
         self.client = _client(location, os.environ.get(config.get("api_key_env", "QDRANT_API_KEY")))
@@ -75,9 +98,11 @@ class QdrantStore:
     def _create_collection(self, payload_index: bool) -> None:
         from qdrant_client import models
 
+        sparse = {SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)} if self.sparse else None
         self.client.create_collection(
             self.collection,
             vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
+            sparse_vectors_config=sparse,
         )
         if payload_index:  # local mode has no payload indexes
             self.client.create_payload_index(self.collection, "doc_id", models.PayloadSchemaType.KEYWORD)
@@ -108,12 +133,23 @@ class QdrantStore:
         ]
         from qdrant_client import models
 
-        self.client.upsert(
-            self.collection,
-            points=models.Batch(ids=[point_id(r.chunk_id) for r in rows], vectors=vectors.tolist(),
-                                payloads=payloads),
-            wait=True,
-        )
+        if not self.sparse:
+            self.client.upsert(
+                self.collection,
+                points=models.Batch(ids=[point_id(r.chunk_id) for r in rows], vectors=vectors.tolist(),
+                                    payloads=payloads),
+                wait=True,
+            )
+            return
+        if not self.config.get("avgdl"):
+            self.config["avgdl"] = max(sum(len(r.terms) for r in rows) / len(rows), 1.0)
+        points = []
+        for row, vector, payload in zip(rows, vectors.tolist(), payloads, strict=True):
+            weights = bm25_tf_weights(row.terms, float(self.config["avgdl"]))
+            sparse = models.SparseVector(indices=list(weights), values=list(weights.values()))
+            points.append(models.PointStruct(id=point_id(row.chunk_id), payload=payload,
+                                             vector={"": vector, SPARSE_VECTOR: sparse}))
+        self.client.upsert(self.collection, points=points, wait=True)
 
     def _doc_filter(self, doc_ids: Sequence[str]) -> Filter:
         from qdrant_client import models
@@ -151,23 +187,33 @@ class QdrantStore:
     def maintain(self) -> bool:
         return False
 
-    def search(self, vector: np.ndarray, k: int, filters: dict[str, str] | None = None) -> list[Hit]:
+    def _filter(self, filters: dict[str, str] | None) -> Filter | None:
         from qdrant_client import models
 
-        flt = None
-        if filters:
-            flt = models.Filter(must=[models.FieldCondition(key=f"f.{f}", match=models.MatchValue(value=v))
-                                      for f, v in filters.items()])
+        if not filters:
+            return None
+        return models.Filter(must=[models.FieldCondition(key=f"f.{f}", match=models.MatchValue(value=v))
+                                   for f, v in filters.items()])
+
+    def search(self, vector: np.ndarray, k: int, filters: dict[str, str] | None = None) -> list[Hit]:
         query = np.asarray(vector, dtype=np.float32).tolist()
-        result = self.client.query_points(self.collection, query=query, query_filter=flt, limit=k,
+        result = self.client.query_points(self.collection, query=query, query_filter=self._filter(filters), limit=k,
                                           with_payload=True)
-        hits = []
-        for p in result.points:
-            pl = p.payload or {}
-            hits.append(Hit(score=float(p.score), chunk_id=pl["chunk_id"], doc_id=pl["doc_id"],
-                            chunk=int(pl["chunk"]), start=int(pl["start"]), end=int(pl["end"]),
-                            text=pl["text"], metadata=pl.get("metadata") or {}))
-        return hits
+        return [_hit(p.payload or {}, float(p.score), dense_score=float(p.score)) for p in result.points]
+
+    def search_sparse(self, terms: Sequence[str], k: int, filters: dict[str, str] | None = None) -> list[Hit]:
+        if not self.sparse:
+            raise M3EError("this index has no sparse side (it was built with --sparse none)")
+        from qdrant_client import models
+
+        ids = list(dict.fromkeys(term_id(t) for t in terms if t))  # a repeated query word counts once
+        if not ids:
+            return []
+        query = models.SparseVector(indices=ids, values=[1.0] * len(ids))
+        result = self.client.query_points(self.collection, query=query, using=SPARSE_VECTOR,
+                                          query_filter=self._filter(filters), limit=k, with_payload=True)
+        return [_hit(p.payload or {}, float(p.score), sparse_score=float(p.score)) for p in result.points
+                if p.score > 0]
 
     def count(self) -> int:
         return int(self.client.count(self.collection, exact=True).count)
@@ -180,3 +226,9 @@ class QdrantStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _hit(payload: dict[str, Any], score: float, **scores: float) -> Hit:
+    return Hit(score=score, chunk_id=payload["chunk_id"], doc_id=payload["doc_id"], chunk=int(payload["chunk"]),
+               start=int(payload["start"]), end=int(payload["end"]), text=payload["text"],
+               metadata=payload.get("metadata") or {}, **scores)

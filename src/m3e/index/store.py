@@ -3,8 +3,9 @@
 Engines (:mod:`m3e.index.engines` picks one by name): ``lancedb`` (embedded, the default: files in
 the index directory, no server) and ``qdrant`` (a Qdrant server or cluster by URL; its client's
 local mode serves tests). Both store one row per chunk: the vector, the chunk's document id,
-position and offsets, its text, the document's metadata as JSON, and each filterable metadata
-field as a string.
+position and offsets, its text, the document's metadata as JSON, each filterable metadata
+field as a string and, in an index with a sparse side, the chunk's words (m3e.lexical) for BM25:
+the dense and the sparse side of a chunk are one row, written and deleted together.
 
 This module depends on nothing else in the package: the engines and the index build on it.
 """
@@ -32,11 +33,13 @@ class Row:
     end: int
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    terms: list[str] = field(default_factory=list)  # the chunk's words for the sparse side (m3e.lexical)
 
 
 @dataclass
 class Hit:
-    score: float  # cosine similarity of the query and the chunk
+    # The retrieval score: the cosine of query and chunk (dense search), BM25 (sparse) or the fused score (hybrid).
+    score: float
     chunk_id: str
     doc_id: str
     chunk: int
@@ -45,6 +48,19 @@ class Hit:
     text: str
     metadata: dict[str, Any]
     rerank_score: float | None = None  # the reranker's score, when the search was reranked (it orders the hits)
+    dense_score: float | None = None  # the cosine, when the dense side found the chunk
+    sparse_score: float | None = None  # BM25, when the sparse side found it
+    colbert_score: float | None = None  # BGE-M3's ColBERT score, when the candidates were re-scored with it
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (scores rounded to 6 places; scores not computed are left out)."""
+        out: dict[str, Any] = {"score": round(self.score, 6), "id": self.doc_id, "chunk": self.chunk,
+                               "start": self.start, "end": self.end, "text": self.text, "metadata": self.metadata}
+        for name in ("rerank_score", "dense_score", "sparse_score", "colbert_score"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = round(value, 6)
+        return out
 
 
 def filter_value(value: Any) -> str:
@@ -68,6 +84,7 @@ class VectorStore(Protocol):
     dim: int
     # The index metadata's engine entry; a search setting (nprobes) may be changed in place for one session.
     config: dict[str, Any]
+    sparse: bool  # whether rows keep their words and :meth:`search_sparse` works
 
     def state(self) -> dict[str, Any]:
         """Engine state to record in the index metadata at a commit (e.g. the table version)."""
@@ -92,6 +109,10 @@ class VectorStore(Protocol):
     def rollback(self, committed: dict[str, Any]) -> None: ...
 
     def search(self, vector: np.ndarray, k: int, filters: dict[str, str] | None = None) -> list[Hit]: ...
+
+    def search_sparse(self, terms: Sequence[str], k: int, filters: dict[str, str] | None = None) -> list[Hit]:
+        """The ``k`` chunks with the highest BM25 for these (distinct) words; chunks sharing none are not hits."""
+        ...
 
     def count(self) -> int: ...
 
