@@ -38,7 +38,7 @@ def _bge_m3_twin(out: Path, seed: int = 3) -> Path:
 
     source = _xlmr_cross_encoder(out.parent / f"{out.name}-ce", seed=seed)
     torch.manual_seed(seed)
-    encoder = XLMRobertaModel.from_pretrained(str(source), add_pooling_layer=False)
+    encoder = XLMRobertaModel.from_pretrained(str(source))  # its pooler saved too, as in the real checkpoint
     encoder.save_pretrained(out)
     from transformers import AutoTokenizer
 

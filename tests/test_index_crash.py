@@ -1,4 +1,5 @@
-"""A `m3e index add` killed with SIGKILL mid-write leaves the index as it was before (or after)."""
+"""A `m3e index add` killed with SIGKILL mid-write leaves the index as it was before (or after), on both the dense
+and the sparse side."""
 
 from __future__ import annotations
 
@@ -71,9 +72,15 @@ def test_sigkill_during_add_leaves_a_consistent_index(tmp_path, tiny_st_model_di
         assert index.store.count() == before["chunks"]
         assert not index.store.existing_docs([f"x{i}" for i in range(4000)])
         assert index.search("保险", k=3)
+        # The sparse side shows the same committed state: none of the killed add's words.
+        assert index.meta["sparse"]["kind"] == "bm25"
+        assert not any(h.doc_id.startswith("x") for h in index.search("新文档 保险 理赔", k=100, mode="sparse"))
+        assert not any(h.doc_id.startswith("x") for h in index.search("第1个新文档", k=100, mode="dense"))
     # The next add starts from the committed version and completes.
     small = write_jsonl(tmp_path / "small.jsonl", [{"id": "x1", "text": "一个新文档"}])
     assert main(["index", "add", str(out), str(small), "--no-progress"]) == 0
     with Index.open(out) as index:
         assert index.meta["state"]["docs"] == before["docs"] + 1
         assert index.store.count() == before["chunks"] + 1
+        found = [h.doc_id for h in index.search("一个新文档", k=100, mode="sparse")]
+        assert "x1" in found and not any(d.startswith("x") and d != "x1" for d in found)

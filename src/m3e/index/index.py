@@ -185,7 +185,10 @@ class Index:
     def model(self) -> EmbeddingModel:
         """The query/document model: the one given, else the one recorded in the index."""
         if self._model is None:
-            self._model = load_index_model(self.meta, self.path)
+            if records_bge_m3(self.meta):
+                self._model = self.m3_model.embedder  # one load serves the dense side and ColBERT
+            else:
+                self._model = load_index_model(self.meta, self.path)
         return self._model
 
     @property
@@ -563,6 +566,14 @@ def _chunking(unit: str, size: int | None, overlap: int | None) -> tuple[int, in
     overlap = overlap if overlap is not None else (DEFAULT_TOKEN_OVERLAP if tokens else DEFAULT_OVERLAP)
     check_chunking(size, overlap, unit)
     return size, overlap
+
+
+def records_bge_m3(meta: dict[str, Any]) -> bool:
+    """Whether the index's recorded model source is a local BGE-M3 checkpoint."""
+    from m3e.bge_m3 import is_bge_m3_dir
+
+    source = meta["model"].get("source")
+    return bool(source) and Path(source).is_dir() and is_bge_m3_dir(source)
 
 
 def load_index_bge_m3(meta: dict[str, Any], path: Path) -> BGEM3Model:

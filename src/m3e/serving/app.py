@@ -313,7 +313,7 @@ class EmbeddingService:
 
     async def _tokenize(self, model: ServedModel, prompt: Prompt, req: EmbeddingRequest) -> TokenizedInputs:
         """The request's inputs as token ids; a big request is tokenized in a thread, not on the event loop."""
-        if req.size <= _INLINE_TOKENIZE_CHARS:
+        if model.read_cost(req.texts, req.token_ids) <= _INLINE_TOKENIZE_CHARS:
             return self._inputs(model, prompt, req)
         return await asyncio.to_thread(self._inputs, model, prompt, req)
 

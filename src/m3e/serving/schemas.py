@@ -37,13 +37,6 @@ class EmbeddingRequest:
     def count(self) -> int:
         return len(self.texts if self.texts is not None else self.token_ids or [])
 
-    @property
-    def size(self) -> int:
-        """Characters of the texts, or number of token ids: what tokenizing the request costs."""
-        if self.texts is not None:
-            return sum(len(t) for t in self.texts)
-        return sum(len(x) for x in self.token_ids or [])
-
 
 def _is_int(x: Any) -> bool:
     """An integer as JSON means it: 3 or 3.0 (JSON Schema's "integer"), not 3.5, and not true/false, which

@@ -69,18 +69,37 @@ class ServedModel:
         return cached
 
     # ------------------------------------------------------------------ inputs
+    def read_cost(self, texts: list[str] | None, token_ids: list[list[int]] | None) -> int:
+        """Characters (or token ids) that tokenizing these inputs reads: the start of each text only."""
+        if texts is not None:
+            return sum(min(len(t), self.max_read_chars) for t in texts)
+        return sum(min(len(x), self.max_read_ids) for x in token_ids or [])
+
     def tokenize_texts(self, texts: list[str], prompt: Prompt, on_long: OnLongInput) -> TokenizedInputs:
-        """Token ids as ``encode`` makes them with this prompt, and how many texts were truncated."""
+        """Token ids as ``encode`` makes them with this prompt, and how many texts were truncated.
+
+        Only the start of a text is read, as ``encode`` reads it: a megabyte-long text costs what a few
+        kilobytes do, in time and in memory.
+        """
         ids = self.model.tokenize(texts, prompt=prompt.text or None)
         maybe = [i for i, x in enumerate(ids) if len(x) >= self.max_length]
-        if not maybe:
-            return TokenizedInputs(ids, 0, prompt.length)
-        full = self.model.count_tokens([prompt.text + texts[i] for i in maybe])
-        long = [(i, n) for i, n in zip(maybe, full, strict=True) if n > self.max_length]
+        counts = [(i, self._count_tokens(texts[i], prompt)) for i in maybe]
+        long = [(i, n) for i, n in counts if n > self.max_length]
         if long and on_long == "reject":
             i, n = long[0]
-            raise _too_long(i, n, self.max_length, len(long))
+            raise _too_long(i, n, self.max_length, len(long), read_all=len(texts[i]) <= self.max_read_chars)
         return TokenizedInputs(ids, len(long), prompt.length)
+
+    def _count_tokens(self, text: str, prompt: Prompt) -> int:
+        """Tokens of the prompt and the text's start, read as ``tokenize`` reads it (its character budget,
+        further only while that gives no more than max_length tokens): exact for a text read to its end,
+        else some number over max_length."""
+        reach = self.max_read_chars
+        while True:
+            count = self.model.count_tokens([prompt.text + text[:reach]])[0]
+            if count > self.max_length or reach >= len(text):
+                return count
+            reach *= 2
 
     def prepare_token_ids(
         self, batch: list[list[int]], prompt: Prompt, on_long: OnLongInput
@@ -94,7 +113,8 @@ class ServedModel:
             self._check_vocabulary(i, ids)
             if len(ids) > room:
                 if on_long == "reject":
-                    raise _too_long(i, len(ids) + len(prompt.ids) + self.n_special, self.max_length, None)
+                    tokens = len(ids) + len(prompt.ids) + self.n_special
+                    raise _too_long(i, tokens, self.max_length, None, read_all=True)
                 ids = ids[:room]
                 truncated += 1
             out.append(self.wrap(prompt.ids + ids))
@@ -114,10 +134,12 @@ class ServedModel:
         )
 
 
-def _too_long(index: int, tokens: int, limit: int, count: int | None) -> ApiError:
+def _too_long(index: int, tokens: int, limit: int, count: int | None, *, read_all: bool) -> ApiError:
+    """400 for a text over the max length; ``read_all`` False: only its start was read, ``tokens`` unknown."""
     more = f" ({count} inputs are too long)" if count and count > 1 else ""
+    has = f"{tokens} tokens, more than" if read_all else "more tokens than"
     return bad_request(
-        f"input[{index}] has {tokens} tokens, more than this model's maximum of {limit}{more}. "
+        f"input[{index}] has {has} this model's maximum of {limit}{more}. "
         "Shorten the input, or start the server with --on-long-input truncate.",
         code="context_length_exceeded",
     )
