@@ -1,6 +1,7 @@
-"""Recall@10 and query latency of the embedded index store against exact brute-force search.
+"""Recall@10 and query latency of the embedded index store against exact brute-force search, and the latency of
+sparse (BM25) and hybrid search beside dense on the same store.
 
-    python bench/search.py [--n 100000] [--dim 384] [--queries 200] [--data clustered|random]
+    python bench/search.py [--n 100000] [--dim 384] [--queries 200] [--data clustered|random] [--no-hybrid]
                            [--out report.md]
 
 Vectors: ``clustered`` draws unit vectors around 1,000 random centres (a stand-in for real
@@ -9,6 +10,13 @@ worst case for any partition-based index. Ground truth is the exact top 10 by co
 (numpy). Measured through ``LanceStore.search`` (what `m3e search` calls, results decoded),
 without an ANN index (exact scan) and with the IVF index that `m3e index build` creates
 from 50k chunks on, at several ``nprobes``.
+
+Hybrid (unless --no-hybrid): every row also gets a real Chinese text (pieces of up to 200 characters of the
+offline training data, ``m3e data build``'s train/*.jsonl, cycled when there are fewer than --n) and its words
+(m3e.lexical) under LanceDB's full-text index, as `m3e index build` stores them. Each query is a vector near a
+random row and 4-12 characters of that row's text. Timed per query, as `Index.search` runs it after the query
+is embedded: dense alone (IVF, nprobes 32, top 10); sparse alone (the query's words, then BM25 top 10); hybrid
+(both sides' top 50, fused by m3e.fusion's default, top 10).
 """
 
 from __future__ import annotations
@@ -64,6 +72,63 @@ def ms(lat: list[float], p: float) -> float:
     return 1000 * float(np.percentile(lat, p))
 
 
+def real_texts(n: int, seed: int = 0) -> list[str]:
+    """``n`` texts of up to 200 characters from the offline training data (cycled if there are fewer)."""
+    import json
+
+    from m3e.data.paths import data_dir
+
+    pieces: dict[str, None] = {}
+    for path in sorted((data_dir() / "train").glob("*.jsonl")):
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                for value in json.loads(line).values():
+                    if isinstance(value, str) and len(value) >= 20:
+                        for s in range(0, len(value), 200):
+                            pieces.setdefault(value[s: s + 200])
+                if len(pieces) >= n:
+                    break
+        if len(pieces) >= n:
+            break
+    texts = list(pieces)
+    if not texts:
+        raise SystemExit("no training data: run `m3e data build` first, or pass --no-hybrid")
+    rng = np.random.default_rng(seed)
+    rng.shuffle(texts)
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def measure_modes(store, queries: np.ndarray, texts: list[str], k: int, seed: int = 2) -> dict[str, list[float]]:
+    """Per-query latency of dense, sparse and hybrid search, as Index.search runs them after embedding."""
+    from m3e.fusion import Fusion
+    from m3e.index.index import HYBRID_DEPTH, fused_hits
+    from m3e.lexical import lexical_terms
+
+    rng = np.random.default_rng(seed)
+    words = []
+    for _ in range(len(queries)):
+        text = texts[int(rng.integers(len(texts)))]
+        length = int(rng.integers(4, 13))
+        start = int(rng.integers(0, max(len(text) - length, 1)))
+        words.append(text[start: start + length])
+    lat: dict[str, list[float]] = {"dense": [], "sparse": [], "hybrid": []}
+    store.search(queries[0], k)
+    store.search_sparse(lexical_terms(words[0]), k)
+    for q, w in zip(queries, words, strict=True):
+        t = time.perf_counter()
+        store.search(q, k)
+        lat["dense"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        store.search_sparse(lexical_terms(w), k)
+        lat["sparse"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        dense = store.search(q, HYBRID_DEPTH)
+        sparse = store.search_sparse(lexical_terms(w), HYBRID_DEPTH)
+        fused_hits(dense, sparse, Fusion())[:k]
+        lat["hybrid"].append(time.perf_counter() - t)
+    return lat
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
@@ -73,12 +138,16 @@ def main() -> None:
     ap.add_argument("--data", default="clustered", choices=["clustered", "random"])
     ap.add_argument("--nprobes", default="8,16,32,64")
     ap.add_argument("--out", default=None, help="write a markdown report here")
+    ap.add_argument("--no-hybrid", dest="hybrid", action="store_false",
+                    help="vectors only: no texts, no full-text index, no sparse / hybrid rows")
     args = ap.parse_args()
 
     import lancedb
 
+    from m3e.fusion import Fusion
     from m3e.index.lance_store import LanceStore
     from m3e.index.store import Row
+    from m3e.lexical import lexical_terms
 
     x = make_vectors(args.n + args.queries, args.dim, args.data, seed=0)
     x, queries = x[: args.n], x[args.n:]
@@ -86,15 +155,20 @@ def main() -> None:
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     truth, brute_lat = exact_top(queries, x, args.k)
 
+    texts = real_texts(args.n) if args.hybrid else []
     rows_md = []
     with tempfile.TemporaryDirectory() as tmp:
-        config = {"name": "lancedb", "path": "lance", "ann": "none"}
+        config = {"name": "lancedb", "path": "lance", "ann": "none", "sparse": args.hybrid}
         store = LanceStore(tmp, config, dim=args.dim, create=True)
         start = time.perf_counter()
         step = 10_000
         for s in range(0, args.n, step):
-            rows = [Row(str(i), str(i), 0, 0, 10, f"chunk {i}", {"g": i % 10})
-                    for i in range(s, min(s + step, args.n))]
+            ids = range(s, min(s + step, args.n))
+            if args.hybrid:
+                rows = [Row(str(i), str(i), 0, 0, len(texts[i]), texts[i], {"g": i % 10},
+                            terms=lexical_terms(texts[i])) for i in ids]
+            else:
+                rows = [Row(str(i), str(i), 0, 0, 10, f"chunk {i}", {"g": i % 10}) for i in ids]
             store.add(rows, x[s: s + len(rows)])
         store.table.optimize()
         load_s = time.perf_counter() - start
@@ -120,6 +194,7 @@ def main() -> None:
             store.search(q, args.k, {"g": "3"})
             lat.append(time.perf_counter() - t)
         filtered = (ms(lat, 50), ms(lat, 99))
+        modes = measure_modes(store, queries, texts, args.k) if args.hybrid else {}
 
     lines = [
         f"## Semantic-search store: recall@{args.k} and latency "
@@ -144,6 +219,18 @@ def main() -> None:
               f"Filtered search (`--filter g=3`, 10% of rows, prefilter, IVF nprobes 32): "
               f"p50 {filtered[0]:.1f} ms, "
               f"p99 {filtered[1]:.1f} ms.", ""]
+    if modes:
+        lines += [
+            f"Dense, sparse and hybrid on the same {args.n:,} rows (IVF nprobes 32; each row also holds a Chinese "
+            f"text of up to 200 characters and its words under LanceDB's full-text index; query: a vector near a "
+            f"row and 4-12 characters of its text; hybrid: both sides' top 50 fused by {Fusion().describe()}; "
+            "query embedding not included):",
+            "",
+            "| search | p50 ms | p99 ms |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {name} | {ms(lat, 50):.1f} | {ms(lat, 99):.1f} |" for name, lat in modes.items()]
+        lines.append("")
     report = "\n".join(lines)
     print(report)
     if args.out:
