@@ -111,9 +111,14 @@ def _build(args: argparse.Namespace) -> int:
     from m3e.loading import load_model
 
     reader = _reader(args)
+    pooling = args.pooling
+    if pooling is None and args.model is not None and Path(args.model).is_dir():
+        from m3e.bge_m3 import is_bge_m3_dir
+
+        if is_bge_m3_dir(args.model):
+            pooling = "cls"  # BGE-M3's dense side, also for a copy without sentence-transformers files
     model = load_model(args.model, device=args.device, backend=args.backend, max_length=args.max_length,
-                       pooling=args.pooling, query_prompt=args.query_prompt,
-                       document_prompt=args.document_prompt)
+                       pooling=pooling, query_prompt=args.query_prompt, document_prompt=args.document_prompt)
     index, report = build_index(
         reader, args.out, model, model_source=model_source(args.model), overwrite=args.overwrite,
         batch_chunks=args.batch_chunks, progress=args.progress, engine=args.engine, url=args.url,
