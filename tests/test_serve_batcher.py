@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from m3e.serving.batcher import Batcher, QueueFull, ShuttingDown, split_batches
+from m3e.serving.batcher import Batcher, QueueFull, ShuttingDown, Throughput, split_batches
 
 
 class FakeModel:
@@ -23,7 +23,9 @@ class FakeModel:
         self.batches: list[list[list[int]]] = []
         self.lock = threading.Lock()
 
-    def embed_token_ids(self, batch: Sequence[Sequence[int]], normalize: bool = True, prompt_length: int = 0) -> np.ndarray:
+    def embed_token_ids(
+        self, batch: Sequence[Sequence[int]], normalize: bool = True, prompt_length: int = 0
+    ) -> np.ndarray:
         with self.lock:
             self.batches.append([list(x) for x in batch])
         if self.fail_on is not None and any(x[0] == self.fail_on for x in batch):
@@ -43,6 +45,7 @@ def test_split_batches_covers_each_index_once_and_limits_padding() -> None:
     assert all(len(b) <= 4 for b in batches)
     # Long texts are not padded together with short ones; similar ones share a forward.
     assert sorted(sorted(b) for b in split_batches(lengths, 64, 100000)) == [[0, 6], [1, 2, 3, 5, 7], [4]]
+
     # Cheaper than the uncut batch, by the cost model it minimises.
     def cost(bs: list[list[int]]) -> int:
         return sum(32 + len(b) * max(lengths[i] for i in b) for b in bs)
@@ -174,3 +177,48 @@ def test_patience_lets_a_batch_fill() -> None:
         assert [len(b) for b in model.batches] == [8]
     finally:
         batcher.stop()
+
+
+def test_throughput_is_tokens_over_time_of_recent_passes() -> None:
+    rate = Throughput(window=3)
+    assert rate.tokens_per_s == 0.0
+    rate.add(1000, 1.0)
+    rate.add(10, 0.1)  # a small pass, slower per token: weighs by its time, not as one rate in an average
+    assert rate.tokens_per_s == pytest.approx(1010 / 1.1)
+    rate.add(500, 0.5)
+    rate.add(500, 0.5)  # the first pass leaves the window
+    assert rate.tokens_per_s == pytest.approx(1010 / 1.1)
+
+
+def test_queue_seconds_refuse_with_the_queued_work_as_retry_after() -> None:
+    batcher = Batcher({"m": FakeModel(), "slow": FakeModel()}, max_queue_seconds=2.0, max_wait=0.0)
+    assert batcher.queued_seconds() == 0.0
+    batcher.seed_throughput("m", 1000, 1.0)  # 1000 tokens/s
+    batcher.submit("m", [_ids(1, 500)] * 3)  # 1.5 s of work
+    assert batcher.queued_seconds() == pytest.approx(1.5)
+    batcher.submit("m", [_ids(2, 400)])  # 1.9 s: still within 2 s
+    with pytest.raises(QueueFull) as info:
+        batcher.submit("m", [_ids(3, 200)])  # would make 2.1 s
+    assert info.value.queued_seconds == pytest.approx(1.9)
+    assert info.value.retry_after == 2  # the whole seconds the queued work needs
+    # A model whose throughput is not known yet is not refused by time (only by --max-queue).
+    batcher.submit("slow", [_ids(4, 3000)])
+    assert batcher.queued_seconds() is None
+    batcher.seed_throughput("slow", 100, 1.0)  # 100 tokens/s: its 3000 tokens are 30 s
+    assert batcher.queued_seconds() == pytest.approx(31.9)
+    with pytest.raises(QueueFull) as info:
+        batcher.submit("m", [_ids(5, 1)])
+    assert info.value.retry_after == 32
+    batcher.start()
+    batcher.stop()
+    assert batcher.queued_seconds() == 0.0
+
+
+def test_queue_seconds_let_an_empty_queue_take_any_request() -> None:
+    batcher = Batcher({"m": FakeModel()}, max_queue_seconds=0.5, max_wait=0.0)
+    batcher.seed_throughput("m", 100, 1.0)
+    batcher.submit("m", [_ids(1, 1000)])  # 10 s of work, but nothing was queued
+    with pytest.raises(QueueFull):
+        batcher.submit("m", [_ids(2, 1)])
+    batcher.start()
+    batcher.stop()

@@ -63,7 +63,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, default=64, help="texts per forward pass at most (default 64)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a text may wait for its batch to fill (default 5)")
     parser.add_argument("--max-queue", type=int, default=4096, help="texts queued at most; beyond, 429 with Retry-After (default 4096)")
+    parser.add_argument(
+        "--max-queue-seconds", type=float, default=5.0,
+        help="429 with Retry-After when the queued work would take longer, estimated from the measured "
+        "throughput (default 5)",
+    )
     parser.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024, help="request body limit; beyond, 413 (default 16 MiB)")
+    parser.add_argument(
+        "--body-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="a request body not arrived by then is answered 408 and its connection closed (default 30)",
+    )
+    parser.add_argument(
+        "--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
+        help="on SIGTERM / Ctrl-C, requests in flight may finish for this long, then get 503 (default 30)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: $M3E_NUM_THREADS or the physical cores)")
     parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"], help="server log level")
 
@@ -87,6 +100,9 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise M3EError("--threads must be >= 1")
     if args.max_wait_ms < 0:
         raise M3EError("--max-wait-ms must be >= 0")
+    for opt in ("max_queue_seconds", "body_timeout", "shutdown_grace"):
+        if getattr(args, opt) <= 0:
+            raise M3EError(f"--{opt.replace('_', '-')} must be > 0")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,7 +160,10 @@ def _serve_config(args: argparse.Namespace, threads: int) -> ServeConfig:
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
+        max_queue_seconds=args.max_queue_seconds,
         max_request_bytes=args.max_request_bytes,
+        body_timeout_s=args.body_timeout,
+        shutdown_grace_s=args.shutdown_grace,
         on_long_input=args.on_long_input,
         cors_origins=list(args.cors),
         torch_threads=threads,

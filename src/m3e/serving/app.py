@@ -2,8 +2,12 @@
 
 Routes: ``POST /v1/embeddings`` and ``/embeddings``, ``GET /v1/models`` (``/models``,
 ``/v1/models/{id}``), ``GET /health`` (503 until warm-up is done), ``GET /metrics``
-(Prometheus). Every error, unknown routes included, has OpenAI's body
+(Prometheus). Every error, unknown routes and unexpected exceptions included, has OpenAI's body
 ``{"error": {"message", "type", "param", "code"}}``.
+
+Shutdown (SIGTERM, Ctrl-C, ``ServerThread.stop``): new requests get 503; requests in flight finish,
+or get 503 when still waiting ``shutdown_grace_s`` later. A client that disconnects takes its queued
+texts out of the batcher and is counted as 499 (client closed request), not as a server error.
 
 :func:`create_app` builds the app in named steps: an :class:`EmbeddingService` holds what the
 handlers share (served models, batcher, metrics, settings) and answers each endpoint; the
@@ -20,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import FastAPI
@@ -33,6 +37,7 @@ from starlette.requests import Request
 from m3e.errors import M3EError
 from m3e.serving import openapi
 from m3e.serving.batcher import Batcher, EmbeddingBackend, QueueFull, ShuttingDown
+from m3e.serving.body import ClientGone, discard_body, read_body, wait_for_disconnect
 from m3e.serving.errors import SERVER_ERROR, ApiError, bad_request
 from m3e.serving.metrics import Metrics
 from m3e.serving.openai_tokens import CL100K_MAX_TOKEN, TOKEN_IDS, OpenAITokenDecoder, TokenIds
@@ -67,6 +72,8 @@ TRUNCATED_HEADER = "X-M3E-Truncated"
 _INLINE_TOKENIZE_CHARS = 4096
 # How long shutdown waits for the inference thread to finish what is queued.
 _DRAIN_TIMEOUT_S = 60.0
+# nginx's status for a request whose client went away before the answer (no response is sent).
+CLIENT_CLOSED_REQUEST = 499
 
 
 @dataclass
@@ -76,7 +83,11 @@ class ServeConfig:
     max_batch_size: int = 64
     max_wait_ms: float = 5.0
     max_queue: int = 4096
+    # 429 when the queued work, a request's own included, would take longer (at the measured throughput).
+    max_queue_seconds: float | None = 5.0
     max_request_bytes: int = 16 * 1024 * 1024
+    body_timeout_s: float = 30.0  # a body not arrived by then: 408, connection closed
+    shutdown_grace_s: float = 30.0  # in-flight requests still waiting this long into a shutdown: 503
     on_long_input: OnLongInput = "truncate"
     cors_origins: list[str] = field(default_factory=list)
     torch_threads: int | None = None
@@ -98,6 +109,10 @@ def create_app(models: Mapping[str, EmbeddingModel], config: ServeConfig | None 
     app.state.batcher = service.batcher
     app.state.metrics = service.metrics
     app.state.served = service.served
+    app.state.service = service
+    # What m3e.serving.server calls when a shutdown starts, and how long it lets requests finish.
+    app.state.begin_shutdown = service.begin_shutdown
+    app.state.shutdown_grace_s = config.shutdown_grace_s
     _add_cors(app, config.cors_origins)
     _add_error_handlers(app, service)
     _add_embedding_routes(app, service)
@@ -118,6 +133,10 @@ def _checked_config(models: Mapping[str, EmbeddingModel], config: ServeConfig | 
         raise M3EError(f"default_side must be one of {SIDES}, not {config.default_side!r}")
     if config.token_ids not in TOKEN_IDS:
         raise M3EError(f"token_ids must be one of {TOKEN_IDS}, not {config.token_ids!r}")
+    for name in ("body_timeout_s", "shutdown_grace_s", "max_queue_seconds"):
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise M3EError(f"{name} must be > 0, not {value!r}")
     return config
 
 
@@ -146,7 +165,8 @@ def _add_cors(app: FastAPI, origins: list[str]) -> None:
 
 
 def _add_error_handlers(app: FastAPI, service: EmbeddingService) -> None:
-    """Errors raised by the framework (unknown path, wrong method, invalid request) in OpenAI's body."""
+    """Errors raised by the framework (unknown path, wrong method, invalid request) and unexpected
+    exceptions in OpenAI's body, never a plain-text 500."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -155,6 +175,10 @@ def _add_error_handlers(app: FastAPI, service: EmbeddingService) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         return service.error_response(bad_request(str(exc), param=None), "other")
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        return service.error_response(_internal_error(exc), "other")
 
 
 def _http_api_error(request: Request, exc: StarletteHTTPException) -> ApiError:
@@ -227,6 +251,8 @@ class EmbeddingService:
         self.metrics = Metrics()
         self.openai_tokens = OpenAITokenDecoder()
         self.in_flight = 0  # requests inside the embeddings handler; the batcher waits for company only if > 1
+        self.draining = False  # a shutdown has started: new requests get 503
+        self._grace_over = asyncio.Event()  # set shutdown_grace_s into a shutdown: waiting requests get 503
         backends: dict[str, EmbeddingBackend] = {name: s.model for name, s in self.served.items()}
         self.batcher = Batcher(
             backends,
@@ -234,6 +260,7 @@ class EmbeddingService:
             max_batch_size=config.max_batch_size,
             max_wait=config.max_wait_ms / 1000.0,
             max_queue=config.max_queue,
+            max_queue_seconds=config.max_queue_seconds,
             metrics=self.metrics,
             warmup=self._warm_up if config.warmup else None,
             torch_threads=config.torch_threads,
@@ -251,12 +278,22 @@ class EmbeddingService:
         return openapi.SchemaLimits(max_token_id, max(s.dim for s in served), names)
 
     def _warm_up(self) -> None:
-        warm_up(self.served.values())
+        for name, (tokens, seconds) in warm_up(self.served.values()).items():
+            self.batcher.seed_throughput(name, tokens, seconds)
         if self.config.token_ids == "openai":
             try:
                 self.openai_tokens.load()
             except ApiError as exc:  # text requests are served anyway; token-id ones say why not
                 logger.warning("%s", exc.message)
+
+    # ------------------------------------------------------------------ shutdown
+    def begin_shutdown(self) -> None:
+        """A shutdown starts (called on the event loop): refuse new requests, and answer 503 to those still
+        waiting ``shutdown_grace_s`` from now."""
+        if self.draining:
+            return
+        self.draining = True
+        asyncio.get_running_loop().call_later(self.config.shutdown_grace_s, self._grace_over.set)
 
     # ------------------------------------------------------------------ POST /v1/embeddings
     async def embeddings(self, request: Request) -> Response:
@@ -265,7 +302,11 @@ class EmbeddingService:
         self.in_flight += 1
         try:
             return await self._embed(request, start)
+        except ClientGone:
+            self.metrics.count_request("embeddings", CLIENT_CLOSED_REQUEST, "client_closed_request")
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it
         except ApiError as exc:
+            await self._finish_reading(request, exc)
             return self.error_response(exc, "embeddings")
         except Exception as exc:
             logger.exception("embedding request failed")
@@ -275,12 +316,19 @@ class EmbeddingService:
             self.in_flight -= 1
 
     async def _embed(self, request: Request, start: float) -> Response:
+        if self.draining:
+            raise _shutting_down()
         self.check_key(request)
-        req = parse_embedding_request(parse_json(await read_body(request, self.config.max_request_bytes)))
+        try:
+            raw = await read_body(request.receive, _headers(request), self.config.max_request_bytes, self.config.body_timeout_s)
+        finally:
+            request.scope["m3e.body_read"] = True  # to its end, or as far as an answer that closes the connection
+        req = parse_embedding_request(parse_json(raw))
+        del raw
         model, suffix = self.resolve_model(req)
         prompt = model.prompt_for(SideChoice(req.input_type, req.prompt_name, suffix))
         inputs = await self._tokenize(model, prompt, req)
-        pooled: np.ndarray = await asyncio.wrap_future(self._submit(model.name, inputs))
+        pooled = await self._result(request, self._submit(model.name, inputs))
         vectors = finish_vectors(pooled, req.dimensions, model.dim)
         tokens = sum(len(x) for x in inputs.ids)
         body = render_embeddings(vectors, req.encoding_format, req.model or model.name, tokens)
@@ -332,18 +380,36 @@ class EmbeddingService:
         try:
             return self.batcher.submit(model_name, inputs.ids, inputs.prompt_length)
         except QueueFull as exc:
-            raise ApiError(
-                429,
-                f"The server is overloaded ({exc.queued} texts queued). Retry after {exc.retry_after} s.",
-                type="requests",
-                param=None,
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(exc.retry_after)},
-            ) from None
+            raise _overloaded(exc) from None
         except ShuttingDown:
-            raise ApiError(
-                503, "The server is shutting down.", type=SERVER_ERROR, param=None, code="shutting_down"
-            ) from None
+            raise _shutting_down() from None
+
+    async def _result(self, request: Request, future: Future[np.ndarray]) -> np.ndarray:
+        """The pooled vectors; if the client disconnects first, or the shutdown's grace runs out, the job
+        leaves the batcher and this raises ClientGone or 503."""
+        result = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(wait_for_disconnect(request.receive))
+        over = asyncio.ensure_future(self._grace_over.wait())
+        waiting: list[asyncio.Future[Any]] = [result, gone, over]
+        try:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            over.cancel()
+        if result in done:
+            return result.result()
+        result.cancel()  # the batcher skips a cancelled job
+        if gone in done:
+            raise ClientGone
+        raise _shutting_down()
+
+    async def _finish_reading(self, request: Request, error: ApiError) -> None:
+        """Before an error answer, read what is left of the body (bounded): a client still sending it would
+        see a connection reset instead of the answer."""
+        if request.scope.get("m3e.body_read") or error.headers.get("Connection") == "close":
+            return
+        if not await discard_body(request.receive, self.config.body_timeout_s):
+            error.headers["Connection"] = "close"
 
     def _count_embedded(self, model_name: str, inputs: TokenizedInputs, tokens: int, seconds: float) -> None:
         metrics = self.metrics
@@ -424,25 +490,31 @@ def check_api_key(request: Request, api_key: str | None) -> None:
         raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    too_large = ApiError(
-        413,
-        f"The request body is larger than this server's limit of {limit} bytes.",
+def _headers(request: Request) -> dict[str, str]:
+    return {key: request.headers[key] for key in ("content-length", "expect") if key in request.headers}
+
+
+def _overloaded(exc: QueueFull) -> ApiError:
+    work = f", about {exc.queued_seconds:.0f} s of work" if exc.queued_seconds is not None else ""
+    return ApiError(
+        429,
+        f"The server is overloaded ({exc.queued} texts queued{work}). Retry after {exc.retry_after} s.",
+        type="requests",
         param=None,
-        code="request_too_large",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(exc.retry_after)},
     )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(
+        503,
+        "The server is shutting down.",
+        type=SERVER_ERROR,
+        param=None,
+        code="shutting_down",
+        headers={"Connection": "close"},
+    )
 
 
 def _internal_error(exc: Exception) -> ApiError:

@@ -18,8 +18,10 @@ Each round the thread
 4. writes each vector into its job's result array at the text's own index; a job whose
    texts are all done is answered at once, in input order by construction.
 
-The queue is bounded in texts; a request that would overflow it is refused (HTTP 429 with
-Retry-After estimated from the measured throughput).
+The queue is bounded in texts, and in time: a request is refused (HTTP 429) when the queued work,
+its own included, would take longer than ``max_queue_seconds`` at the throughput measured on the
+recent forward passes (per model, seeded by the warm-up). Retry-After is the time the work queued
+ahead of it needs to finish.
 """
 
 from __future__ import annotations
@@ -57,10 +59,36 @@ class EmbeddingBackend(Protocol):
 
 
 class QueueFull(Exception):
-    def __init__(self, retry_after: int, queued: int):
+    def __init__(self, retry_after: int, queued: int, queued_seconds: float | None = None):
         super().__init__(f"queue full ({queued} texts waiting)")
         self.retry_after = retry_after
         self.queued = queued
+        self.queued_seconds = queued_seconds  # estimated time to finish the queued work (None: unknown yet)
+
+
+class Throughput:
+    """Tokens per second of a model's recent forward passes: their tokens over their time, so a few
+    small, slow-per-token batches do not skew it as an average of rates would."""
+
+    def __init__(self, window: int = 32):
+        self._passes: deque[tuple[int, float]] = deque(maxlen=window)
+        self._tokens = 0
+        self._seconds = 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if len(self._passes) == self._passes.maxlen:
+            old_tokens, old_seconds = self._passes[0]
+            self._tokens -= old_tokens
+            self._seconds -= old_seconds
+        self._passes.append((tokens, seconds))
+        self._tokens += tokens
+        self._seconds += seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self._tokens / self._seconds if self._seconds > 0 else 0.0
 
 
 class ShuttingDown(Exception):
@@ -94,17 +122,21 @@ class Batcher:
         max_batch_size: int = 64,
         max_wait: float = 0.005,
         max_queue: int = 4096,
+        max_queue_seconds: float | None = None,
         metrics: Metrics | None = None,
         warmup: Callable[[], None] | None = None,
         torch_threads: int | None = None,
     ):
         if max_batch_tokens < 1 or max_batch_size < 1 or max_queue < 1:
             raise ValueError("max_batch_tokens, max_batch_size and max_queue must be >= 1")
+        if max_queue_seconds is not None and max_queue_seconds <= 0:
+            raise ValueError("max_queue_seconds must be > 0")
         self.models = models
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_wait = max(0.0, max_wait)
         self.max_queue = max_queue
+        self.max_queue_seconds = max_queue_seconds
         self.metrics = metrics
         self._warmup = warmup
         self._torch_threads = torch_threads
@@ -113,8 +145,10 @@ class Batcher:
         self._turn = 0
         self._queued_texts = 0
         self._queued_tokens = 0
+        self._queued_tokens_by_model: dict[str, int] = dict.fromkeys(models, 0)
+        self._running: tuple[str, int] | None = None  # (model, tokens) of the round in the forwards now
         self._stopping = False
-        self._tokens_per_s = 0.0  # moving average, for Retry-After
+        self.throughput = {name: Throughput() for name in models}
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()
         self.warmup_error: str | None = None
@@ -133,21 +167,54 @@ class Batcher:
         with self._cv:
             if self._stopping:
                 raise ShuttingDown("the server is shutting down")
-            # An empty queue takes any request, so a big one is never refused forever.
-            if self._queued_texts and self._queued_texts + n > self.max_queue:
-                raise QueueFull(self._retry_after(tokens), self._queued_texts)
+            self._admit(model, n, tokens)
             self._lanes.setdefault(job.lane, deque()).append(job)
             self._queued_texts += n
             self._queued_tokens += tokens
+            self._queued_tokens_by_model[model] += tokens
             self._gauges()
             self._cv.notify()
         return fut
 
-    def _retry_after(self, extra_tokens: int) -> int:
-        rate = self._tokens_per_s
-        if rate <= 0:
-            return 1
-        return int(min(60, max(1, math.ceil((self._queued_tokens + extra_tokens) / rate))))
+    def _admit(self, model: str, texts: int, tokens: int) -> None:
+        """Raise QueueFull when the queue has no room in texts, or when the queued work and this request's
+        would take longer than max_queue_seconds. An empty queue takes any request, so a big one is never
+        refused forever. Called holding the lock."""
+        if not self._queued_texts:
+            return
+        ahead = self.queued_seconds()
+        if self._queued_texts + texts > self.max_queue:
+            raise QueueFull(_retry_after(ahead), self._queued_texts, ahead)
+        if self.max_queue_seconds is None or ahead is None:
+            return
+        own = self._seconds_of(model, tokens)
+        if own is not None and ahead + own > self.max_queue_seconds:
+            raise QueueFull(_retry_after(ahead), self._queued_texts, ahead)
+
+    def queued_seconds(self) -> float | None:
+        """Estimated time to finish the queued work and the round in the forwards now (None: a model's
+        throughput is not known yet)."""
+        work = dict(self._queued_tokens_by_model)
+        running = self._running
+        if running is not None:
+            work[running[0]] = work.get(running[0], 0) + running[1]
+        total = 0.0
+        for model, tokens in work.items():
+            seconds = self._seconds_of(model, tokens)
+            if seconds is None:
+                return None
+            total += seconds
+        return total
+
+    def _seconds_of(self, model: str, tokens: int) -> float | None:
+        if not tokens:
+            return 0.0
+        rate = self.throughput[model].tokens_per_s
+        return tokens / rate if rate > 0 else None
+
+    def seed_throughput(self, model: str, tokens: int, seconds: float) -> None:
+        """A first throughput measurement (the warm-up's), so the first queue estimates have one."""
+        self.throughput[model].add(tokens, seconds)
 
     @property
     def queued_texts(self) -> int:
@@ -276,28 +343,36 @@ class Batcher:
         job.taken += 1
         self._queued_texts -= 1
         self._queued_tokens -= tokens
+        self._queued_tokens_by_model[job.lane[0]] -= tokens
         if not job.started:
             job.started = True
             if self.metrics is not None:
                 self.metrics.queue_seconds.observe(now - job.arrived)
 
     def _dequeue(self, job: Job, count: int) -> None:
+        tokens = sum(len(job.ids[i]) for i in job.order[job.taken :])
         self._queued_texts -= count
-        self._queued_tokens -= sum(len(job.ids[i]) for i in job.order[job.taken :])
+        self._queued_tokens -= tokens
+        self._queued_tokens_by_model[job.lane[0]] -= tokens
         job.taken = len(job.order)
 
     def _gauges(self) -> None:
         if self.metrics is not None:
             self.metrics.queue_texts.set(self._queued_texts)
             self.metrics.queue_requests.set(sum(len(q) for q in self._lanes.values()))
+            self.metrics.queue_seconds_estimate.set(self.queued_seconds() or 0.0)
 
     def _run_round(self, lane: tuple[str, int], picked: list[tuple[Job, int]]) -> None:
         """The round's texts in length-sorted batches, one forward each; jobs that failed meanwhile are skipped."""
         lengths = [len(job.ids[i]) for job, i in picked]
+        left = sum(lengths)
         for batch in split_batches(lengths, self.max_batch_size, self.max_batch_tokens):
+            self._running = (lane[0], left)
             items = [picked[k] for k in batch if not picked[k][0].failed]
             if items:
                 self._run_batch(lane, items)
+            left -= sum(lengths[k] for k in batch)
+        self._running = None
 
     def _run_batch(self, lane: tuple[str, int], items: list[tuple[Job, int]]) -> None:
         model_name, prompt_length = lane
@@ -313,10 +388,8 @@ class Batcher:
         _deliver(items, vectors)
 
     def _record_forward(self, model_name: str, ids: list[list[int]], seconds: float) -> None:
-        """Throughput (for Retry-After) and batch metrics of one forward pass."""
-        if seconds > 0:
-            rate = sum(len(x) for x in ids) / seconds
-            self._tokens_per_s = rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
+        """Throughput (for the queue's time estimates) and batch metrics of one forward pass."""
+        self.throughput[model_name].add(sum(len(x) for x in ids), seconds)
         if self.metrics is not None:
             padded = len(ids) * max(len(x) for x in ids)
             self.metrics.observe_batch(model_name, len(ids), padded, seconds)
@@ -334,6 +407,13 @@ class Batcher:
             if not job.future.done():
                 with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
                     job.future.set_exception(exc)
+
+
+def _retry_after(queued_seconds: float | None) -> int:
+    """Whole seconds until the queued work is done (1 while the throughput is unknown), at most an hour."""
+    if queued_seconds is None:
+        return 1
+    return int(min(3600, max(1, math.ceil(queued_seconds))))
 
 
 def _deliver(items: list[tuple[Job, int]], vectors: np.ndarray) -> None:

@@ -35,7 +35,11 @@ class ApiError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
     def json_bytes(self) -> bytes:
-        return json.dumps(self.body(), ensure_ascii=False).encode("utf-8")
+        text = json.dumps(self.body(), ensure_ascii=False)
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate quoted from the request: escape it as JSON can
+            return json.dumps(self.body()).encode("ascii")
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

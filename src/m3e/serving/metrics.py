@@ -24,6 +24,9 @@ class Metrics:
         self.in_flight = Gauge("m3e_requests_in_flight", "Embedding requests being handled", registry=r)
         self.queue_texts = Gauge("m3e_queue_depth", "Texts waiting for the model", registry=r)
         self.queue_requests = Gauge("m3e_queue_requests", "Requests with texts waiting for the model", registry=r)
+        self.queue_seconds_estimate = Gauge(
+            "m3e_queue_seconds_estimate", "Estimated time to finish the queued work (measured throughput)", registry=r
+        )
         self.texts = Counter("m3e_texts", "Texts embedded, by model", ["model"], registry=r)
         self.tokens = Counter("m3e_tokens", "Tokens embedded (special tokens included), by model", ["model"], registry=r)
         self.truncated = Counter("m3e_truncated_inputs", "Inputs truncated at the model's max length", ["model"], registry=r)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +52,7 @@ def _ints(values: list[Any]) -> list[int]:
     return values if all(type(v) is int for v in values) else [int(v) for v in values]
 
 
-def parse_json(raw: bytes) -> Any:
+def parse_json(raw: bytes | bytearray) -> Any:
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -65,18 +66,14 @@ def parse_embedding_request(obj: Any) -> EmbeddingRequest:
     """Validate a decoded JSON body; raises ApiError(400) naming the bad parameter."""
     if not isinstance(obj, dict):
         raise bad_request("The request body must be a JSON object.", param=None)
-    model = obj.get("model")
-    if model is not None and not isinstance(model, str):
-        raise bad_request(f"'model' must be a string, not {_json_type(model)}.", param="model")
+    model = _optional_string(obj, "model")
 
     if "input" not in obj or obj["input"] is None:
         raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
     texts, token_ids = _parse_input(obj["input"])
     fmt = _parse_encoding_format(obj.get("encoding_format"))
     dims = _parse_dimensions(obj.get("dimensions"))
-    user = obj.get("user")
-    if user is not None and not isinstance(user, str):
-        raise bad_request("'user' must be a string.", param="user")
+    _optional_string(obj, "user")
     input_type = _optional_string(obj, "input_type")
     prompt_name = _optional_string(obj, "prompt_name")
     return EmbeddingRequest(model, texts, token_ids, fmt, dims, input_type, prompt_name)
@@ -86,6 +83,8 @@ def _optional_string(obj: dict[str, Any], key: str) -> str | None:
     value = obj.get(key)
     if value is not None and not isinstance(value, str):
         raise bad_request(f"'{key}' must be a string, not {_json_type(value)}.", param=key)
+    if value is not None:
+        _check_encodable(value, key, f"'{key}'")
     return value
 
 
@@ -116,6 +115,7 @@ def _parse_input(value: Any) -> tuple[list[str] | None, list[list[int]] | None]:
     if isinstance(value, str):
         if value == "":
             raise bad_request("'input' cannot be an empty string.", code="invalid_value")
+        _check_encodable(value, "input", "'input'")
         return [value], None
     _check_input_array(value)
     first = value[0]
@@ -148,7 +148,24 @@ def _parse_texts(value: list[Any]) -> list[str]:
             raise bad_request(f"input[{i}] is {_json_type(item)}; all items of a text array must be strings.")
         if item == "":
             raise bad_request(f"input[{i}] is an empty string; empty strings cannot be embedded.", code="invalid_value")
+        _check_encodable(item, "input", f"input[{i}]")
     return list(value)
+
+
+# JSON's \uD800-\uDFFF escapes decode to lone surrogates: no character, not encodable as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_encodable(text: str, param: str, where: str) -> None:
+    """400 for a lone surrogate (a JSON escape such as \\ud800 that encodes no character)."""
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise bad_request(
+            f"{where} holds an unpaired surrogate (\\u{ord(found.group()):04x}) at character {found.start()}, "
+            "which is not valid Unicode text. Send the text as UTF-8.",
+            param=param,
+            code="invalid_value",
+        )
 
 
 def _parse_token_ids(value: list[Any]) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
@@ -145,8 +146,10 @@ def _too_long(index: int, tokens: int, limit: int, count: int | None, *, read_al
     )
 
 
-def warm_up(models: Iterable[ServedModel]) -> None:
-    """A few forwards per model (short, medium, full length) so the first request is not slow."""
+def warm_up(models: Iterable[ServedModel]) -> dict[str, tuple[int, float]]:
+    """A few forwards per model (short, medium, full length) so the first request is not slow; returns each
+    model's (tokens, seconds) of its last, full-length forward: a first measure of its throughput."""
+    measured: dict[str, tuple[int, float]] = {}
     for served in models:
         model = served.model
         tok = model.tokenizer
@@ -154,6 +157,9 @@ def warm_up(models: Iterable[ServedModel]) -> None:
         room = max(served.max_length - served.n_special, 1)
         for length, count in ((8, 16), (min(64, room), 8), (room, 2)):
             ids = [served.wrap([filler] * length)] * count
+            start = time.perf_counter()
             model.embed_token_ids(ids, normalize=False)
+            measured[served.name] = (sum(len(x) for x in ids), time.perf_counter() - start)
         model.tokenize(["warm-up 预热"])  # the tokenizer's first call builds caches too
         logger.info("warmed up %s", served.name)
+    return measured

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -43,23 +45,45 @@ def return_big_buffers_to_the_os() -> None:
 def _config(app: ASGIApp, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
     import uvicorn
 
+    # The app answers 503 to requests still waiting when its own grace ends; uvicorn's, a little later,
+    # only cancels what is left after that.
+    grace = float(getattr(_state(app), "shutdown_grace_s", GRACEFUL_SHUTDOWN_S))
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
         access_log=log_level in ("debug", "info"),
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_graceful_shutdown=max(GRACEFUL_SHUTDOWN_S, math.ceil(grace) + 5),
         lifespan="on",
     )
 
 
-def run_server(app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
-    """Serve until SIGINT / SIGTERM; in-flight requests finish before the process exits."""
+def _state(app: ASGIApp) -> object:
+    return getattr(app, "state", None)
+
+
+def _server(app: ASGIApp, config: uvicorn.Config) -> uvicorn.Server:
+    """A uvicorn server that tells the app when a shutdown starts (``app.state.begin_shutdown``), before
+    uvicorn waits for the requests in flight."""
     import uvicorn
 
+    begin_shutdown: Callable[[], None] | None = getattr(_state(app), "begin_shutdown", None)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if begin_shutdown is not None:
+                begin_shutdown()
+            await super().shutdown(sockets)
+
+    return Server(config)
+
+
+def run_server(app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+    """Serve until SIGINT / SIGTERM; in-flight requests finish before the process exits."""
+
     return_big_buffers_to_the_os()
-    server = uvicorn.Server(_config(app, host, port, log_level))
+    server = _server(app, _config(app, host, port, log_level))
     if threading.current_thread() is not threading.main_thread():
         server.run()
         return
@@ -83,14 +107,13 @@ class ServerThread:
     """A uvicorn server on a background thread, on a socket bound before it starts (no port race)."""
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        import uvicorn
 
         return_big_buffers_to_the_os()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.host, self.port = self.sock.getsockname()[:2]
-        self.server = uvicorn.Server(_config(app, self.host, self.port, log_level))
+        self.server = _server(app, _config(app, self.host, self.port, log_level))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     @property
