@@ -121,3 +121,28 @@ def test_server_on_openvino_answers_concurrent_openai_clients(tiny_copy: Path, m
         with ThreadPoolExecutor(6) as pool:  # requests merged by the dynamic batcher onto one infer request
             served = list(pool.map(lambda t: client.embeddings.create(model="tiny", input=[t]).data[0].embedding, texts))
     assert _cos(np.asarray(served, dtype=np.float32), reference.encode(texts)).min() >= 0.99
+
+
+def test_compiling_keeps_the_threads_signal_stack(tiny_st_model_dir, tmp_path, monkeypatch):
+    """OpenVINO's CPU plugin installs an alternate signal stack of its own when it compiles, and frees it with
+    the compiled model: a SIGTERM to a training run that had used openvino then crashed the process. The thread
+    must keep the stack it had."""
+    import ctypes
+    import faulthandler
+
+    class _SignalStack(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def current() -> tuple[int, int]:
+        stack = _SignalStack()
+        assert libc.sigaltstack(None, ctypes.byref(stack)) == 0
+        return stack.ss_sp or 0, stack.ss_size
+
+    faulthandler.enable()  # gives the thread a stack of Python's (pytest enables it too)
+    before = current()
+    monkeypatch.setenv("M3E_HOME", str(tmp_path))
+    model = m3e.load(str(tiny_st_model_dir), backend="openvino")
+    model.encode(["你好"])
+    assert current() == before

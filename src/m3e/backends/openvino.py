@@ -18,6 +18,10 @@ single query keeps its latency.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +59,8 @@ class OpenVinoRunner:
         self._config: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads}
         if precision:  # e.g. "f32" to pin fp32 on a bf16-capable CPU
             self._config["INFERENCE_PRECISION_HINT"] = precision
-        self.compiled = self._core.compile_model(self._model, "CPU", {**self._config, "PERFORMANCE_HINT": "LATENCY"})
+        with keep_signal_stack():
+            self.compiled = self._core.compile_model(self._model, "CPU", {**self._config, "PERFORMANCE_HINT": "LATENCY"})
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)  # "bf16" / "f32"
         self._request = self.compiled.create_infer_request()
@@ -107,7 +112,8 @@ class OpenVinoRunner:
                 config = {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"}
                 if self._streams:
                     config["NUM_STREAMS"] = self._streams
-                compiled = self._core.compile_model(self._model, "CPU", config)
+                with keep_signal_stack():
+                    compiled = self._core.compile_model(self._model, "CPU", config)
                 self._queue = ov.AsyncInferQueue(compiled, int(compiled.get_property("NUM_STREAMS")))
             return self._queue
 
@@ -116,6 +122,42 @@ class OpenVinoRunner:
             f"OpenVinoRunner({self.path}, threads={self.threads}, streams={self._streams or 'auto'}, "
             f"precision={self.precision})"
         )
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def keep_signal_stack() -> Iterator[None]:
+    """Put back this thread's alternate signal stack after OpenVINO's CPU plugin replaced it.
+
+    Compiling a model makes the plugin install a stack of its own for signal handlers (``sigaltstack``) on the
+    calling thread and free it later with the compiled model; a signal then delivered to that thread (SIGTERM to
+    a training run, Ctrl-C) was handled on freed memory and crashed the process. Python's handlers are installed
+    with SA_ONSTACK, so the thread's stack must stay one that lives as long as the process.
+    """
+    libc = _libc()
+    if libc is None:
+        yield
+        return
+    saved = _SignalStack()
+    if libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(saved), None)
+
+
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def _feeds(features: dict[str, Tensor], names: list[str]) -> dict[str, Any]:
