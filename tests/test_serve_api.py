@@ -264,7 +264,9 @@ def test_body_too_large_is_413(strict_server: ServerThread) -> None:
         for _ in range(10):
             yield b" " * 1000
 
-    resp = httpx.post(strict_server.url + "/v1/embeddings", content=chunks(), headers=headers)
+    resp = httpx.post(
+        strict_server.url + "/v1/embeddings", content=chunks(), headers={**headers, "content-type": "application/json"}
+    )
     _assert_error(resp, 413, None, "request_too_large")
 
 

@@ -18,6 +18,7 @@ from m3e.serving import ServeConfig, ServerThread, create_app
 from tests.waiting import wait_until
 
 ERROR_KEYS = {"message", "type", "param", "code"}
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +99,12 @@ def _metric(url: str, prefix: str) -> float:
 )
 def test_lone_surrogates_are_400_in_openai_body(server: ServerThread, body: str, param: str) -> None:
     resp = httpx.post(
-        server.url + "/v1/embeddings", content=body, headers={"content-type": "application/json"}
+        server.url + "/v1/embeddings", content=body, headers=JSON
     )
     err = _error(resp, 400)
     assert err["param"] == param and err["code"] == "invalid_value"
     assert "surrogate" in err["message"]
-    paired = httpx.post(server.url + "/v1/embeddings", content='{"input": "\\ud83d\\ude00 ok"}')
+    paired = httpx.post(server.url + "/v1/embeddings", content='{"input": "\\ud83d\\ude00 ok"}', headers=JSON)
     assert paired.status_code == 200  # a surrogate pair is one character (an emoji)
 
 
@@ -125,13 +126,13 @@ def test_an_unexpected_exception_is_a_500_in_openai_body(model: Any) -> None:
 def test_an_oversized_body_gets_its_413_not_a_reset(server: ServerThread) -> None:
     big = json.dumps({"input": ["hello world"] * 800_000}).encode()  # 12 MB against a 4000-byte limit
     resp = httpx.post(
-        server.url + "/v1/embeddings", content=big, headers={"content-type": "application/json"}
+        server.url + "/v1/embeddings", content=big, headers=JSON
     )
     err = _error(resp, 413)
     assert err["code"] == "request_too_large" and "4000" in err["message"]
     # The connection stays usable: the body was read to its end, not left in the socket.
     with httpx.Client() as client:
-        assert client.post(server.url + "/v1/embeddings", content=big).status_code == 413
+        assert client.post(server.url + "/v1/embeddings", content=big, headers=JSON).status_code == 413
         assert client.post(server.url + "/v1/embeddings", json={"input": "ok"}).status_code == 200
 
 

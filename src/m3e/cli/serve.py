@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key", default=os.environ.get("M3E_API_KEY"),
         help="require 'Authorization: Bearer KEY' (default: $M3E_API_KEY; none = open)",
     )
+    parser.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME",
+        help="also answer requests whose Host header names NAME ('*' for any; repeatable). On loopback the "
+        "server answers only localhost, 127.0.0.1 and [::1] (a web page cannot reach it by DNS rebinding); "
+        "bound beyond, any name unless some are given",
+    )
     parser.add_argument("--cors", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN ('*' for any; repeatable)")
     parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default torch fp32)")
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
@@ -166,9 +172,32 @@ def _serve_config(args: argparse.Namespace, threads: int) -> ServeConfig:
         shutdown_grace_s=args.shutdown_grace,
         on_long_input=args.on_long_input,
         cors_origins=list(args.cors),
+        allowed_hosts=allowed_hosts(args.host, args.allow_host),
         torch_threads=threads,
         default_side=args.default_side or DEFAULT_SIDE,
         token_ids=args.token_ids,
+    )
+
+
+def allowed_hosts(bind: str, extra: list[str]) -> list[str]:
+    """Host names the server answers to: the loopback names and ``extra``; any name when bound beyond
+    loopback and none is given."""
+    from m3e.serving.hosts import ANY_HOST, LOOPBACK_HOSTS, is_loopback
+
+    if not is_loopback(bind) and not extra:
+        return [ANY_HOST]
+    return [*LOOPBACK_HOSTS, *extra]
+
+
+def exposure_warning(bind: str, api_key: str | None) -> str | None:
+    """The startup warning for a server others can reach without a key, else None."""
+    from m3e.serving.hosts import is_loopback
+
+    if is_loopback(bind) or api_key:
+        return None
+    return (
+        f"m3e serve: warning: listening on {bind} without --api-key: anyone who can reach this port can use "
+        "the server (set --api-key KEY or $M3E_API_KEY, or bind 127.0.0.1)"
     )
 
 
@@ -183,6 +212,9 @@ def _sides_line(model: EmbeddingModel, config: ServeConfig) -> str:
 
 def _announce(models: dict[str, EmbeddingModel], config: ServeConfig, args: argparse.Namespace) -> None:
     """What is served and where, on stderr, before the server starts."""
+    warning = exposure_warning(args.host, config.api_key)
+    if warning:
+        print(warning, file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
     for public, model in models.items():
         print(

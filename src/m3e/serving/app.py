@@ -39,6 +39,7 @@ from m3e.serving import openapi
 from m3e.serving.batcher import Batcher, EmbeddingBackend, QueueFull, ShuttingDown
 from m3e.serving.body import ClientGone, discard_body, read_body, wait_for_disconnect
 from m3e.serving.errors import SERVER_ERROR, ApiError, bad_request
+from m3e.serving.hosts import LOOPBACK_HOSTS, HostAllowList
 from m3e.serving.metrics import Metrics
 from m3e.serving.openai_tokens import CL100K_MAX_TOKEN, TOKEN_IDS, OpenAITokenDecoder, TokenIds
 from m3e.serving.schemas import (
@@ -90,6 +91,8 @@ class ServeConfig:
     shutdown_grace_s: float = 30.0  # in-flight requests still waiting this long into a shutdown: 503
     on_long_input: OnLongInput = "truncate"
     cors_origins: list[str] = field(default_factory=list)
+    # Host names answered (m3e.serving.hosts): the loopback names by default, "*" for any.
+    allowed_hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_HOSTS))
     torch_threads: int | None = None
     warmup: bool = True
     # The side of texts sent with no input_type / prompt_name / model suffix (m3e.serving.sides).
@@ -114,6 +117,7 @@ def create_app(models: Mapping[str, EmbeddingModel], config: ServeConfig | None 
     app.state.begin_shutdown = service.begin_shutdown
     app.state.shutdown_grace_s = config.shutdown_grace_s
     _add_cors(app, config.cors_origins)
+    app.add_middleware(HostAllowList, allowed=config.allowed_hosts)  # outside CORS: refused before anything
     _add_error_handlers(app, service)
     _add_embedding_routes(app, service)
     _add_model_routes(app, service)
@@ -319,6 +323,7 @@ class EmbeddingService:
         if self.draining:
             raise _shutting_down()
         self.check_key(request)
+        check_json_body(request)
         try:
             raw = await read_body(request.receive, _headers(request), self.config.max_request_bytes, self.config.body_timeout_s)
         finally:
@@ -488,6 +493,20 @@ def check_api_key(request: Request, api_key: str | None) -> None:
         )
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
         raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+def check_json_body(request: Request) -> None:
+    """415 unless the body is declared JSON. A browser page may send a text/plain body to any site without
+    asking first (no CORS preflight); an application/json one it may not."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        shown = f"'{media_type}'" if media_type else "none"
+        raise ApiError(
+            415,
+            f"The request body must be JSON, sent with 'Content-Type: application/json' (this one: {shown}).",
+            param=None,
+            code="unsupported_media_type",
+        )
 
 
 def _headers(request: Request) -> dict[str, str]:

@@ -152,7 +152,9 @@ EMBEDDING_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("Invalid request: the message names the parameter."),
     **UNAUTHORIZED,
     404: _error("Unknown model."),
+    408: _error("The body did not arrive within the server's time limit (the connection is closed)."),
     413: _error("The body is larger than the server's limit."),
+    415: _error("The body is not declared as JSON (Content-Type: application/json)."),
     429: _error("The server is overloaded.", {"Retry-After": "Seconds until the queued work is done."}),
     500: _error("An error inside the server."),
     501: _error("Token ids cannot be decoded on this server (tiktoken or its cl100k_base file missing)."),
@@ -191,6 +193,7 @@ def install_openapi(app: FastAPI, limits: SchemaLimits) -> None:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             _drop_validation_errors(schema)
+            _add_host_refusal(schema)
             _add_request_body(schema, limits)
             _add_bearer_auth(schema)
             app.openapi_schema = schema
@@ -207,6 +210,17 @@ def _drop_validation_errors(schema: dict[str, Any]) -> None:
     components = schema.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
+
+
+def _add_host_refusal(schema: dict[str, Any]) -> None:
+    """Every path answers 403 to a Host name it does not answer to (m3e.serving.hosts)."""
+    refusal = {
+        "description": "The Host header names no host this server answers to.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            operation["responses"].setdefault("403", refusal)
 
 
 def _add_request_body(schema: dict[str, Any], limits: SchemaLimits) -> None:
