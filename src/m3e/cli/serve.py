@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from m3e.backends import BACKENDS
@@ -28,12 +29,17 @@ def _cores() -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "models", nargs="*", metavar="MODEL",
-        help="model directories or hub ids, served under their own names (none: the default model)",
+        "models", nargs="*", metavar="MODEL[=NAME]",
+        help="model directories or hub ids ('default': the default model), served under their own names or "
+        "NAME (none given: the default model)",
     )
     parser.add_argument(
         "--name", action="append", default=[], metavar="NAME=MODEL",
         help="serve MODEL under the public name NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--alias", action="append", default=[], metavar="ALIAS=NAME",
+        help="another name for a served model, e.g. --alias m3e-base=default (repeatable; listed by /v1/models)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -87,15 +93,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"], help="server log level")
 
 
+# The word that names the default model wherever a model is named (MODEL, --name NAME=MODEL, --alias).
+DEFAULT_MODEL = "default"
+
+
 def _model_specs(args: argparse.Namespace) -> list[tuple[str | None, str | None]]:
-    """(public name or None, model path or None) in serving order; the first is the default."""
-    specs: list[tuple[str | None, str | None]] = [(None, m) for m in args.models]
+    """(public name or None, model path or None: the default model) in serving order; the first is the
+    default of requests that name no model."""
+    specs = [_positional_spec(item) for item in args.models]
     for item in args.name:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise M3EError(f"--name expects NAME=MODEL, got {item!r}")
-        specs.append((name, path))
+        specs.append((name, _model_path(path)))
     return specs or [(None, None)]
+
+
+def _positional_spec(item: str) -> tuple[str | None, str | None]:
+    """MODEL or MODEL=NAME (an existing path with '=' in it is a path)."""
+    path, sep, name = item.rpartition("=")
+    if sep and path and name and not Path(item).exists():
+        return name, _model_path(path)
+    return None, _model_path(item)
+
+
+def _model_path(spec: str) -> str | None:
+    return None if spec == DEFAULT_MODEL else spec
+
+
+def _aliases(args: argparse.Namespace, served: list[str], default_name: str | None) -> dict[str, str]:
+    """--alias ALIAS=NAME as alias -> served name; NAME 'default' is the default model's served name."""
+    aliases: dict[str, str] = {}
+    for item in args.alias:
+        alias, sep, target = item.partition("=")
+        if not sep or not alias or not target:
+            raise M3EError(f"--alias expects ALIAS=NAME, got {item!r}")
+        if target == DEFAULT_MODEL and target not in served:
+            if default_name is None:
+                raise M3EError(f"--alias {item}: the default model is not served")
+            target = default_name
+        if target not in served:
+            raise M3EError(f"--alias {item}: no served model is named {target!r} (served: {', '.join(served)})")
+        if alias in served or alias in aliases:
+            raise M3EError(f"--alias {item}: {alias!r} is already a name")
+        aliases[alias] = target
+    return aliases
 
 
 def _check_limits(args: argparse.Namespace) -> None:
@@ -118,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
 
     threads = args.threads or _cores()
     _set_inference_threads(threads)
-    models = _load_models(args)
-    config = _serve_config(args, threads)
+    models, default_name = _load_models(args)
+    config = _serve_config(args, threads, _aliases(args, list(models), default_name))
     app = create_app(models, config)
     _announce(models, config, args)
     level = args.log_level or ("info" if args.verbose else "warning")
@@ -142,21 +184,25 @@ def _set_inference_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _load_models(args: argparse.Namespace) -> dict[str, EmbeddingModel]:
-    """The models to serve by public name, in serving order (the first is the default)."""
+def _load_models(args: argparse.Namespace) -> tuple[dict[str, EmbeddingModel], str | None]:
+    """The models to serve by public name, in serving order (the first is the default), and the public name
+    of the default model when it is one of them."""
     from m3e.loading import load_model
 
     models: dict[str, EmbeddingModel] = {}
+    default_name: str | None = None
     for name, path in _model_specs(args):
         model = load_model(path, device=args.device, backend=args.backend, max_length=args.max_length)
         public = name or model.name
         if public in models:
-            raise M3EError(f"two models are named {public!r}; give one another name with --name NAME=MODEL")
+            raise M3EError(f"two models are named {public!r}; give one another name with MODEL=NAME")
         models[public] = model
-    return models
+        if path is None and default_name is None:
+            default_name = public
+    return models, default_name
 
 
-def _serve_config(args: argparse.Namespace, threads: int) -> ServeConfig:
+def _serve_config(args: argparse.Namespace, threads: int, aliases: dict[str, str] | None = None) -> ServeConfig:
     from m3e.serving import ServeConfig
     from m3e.serving.sides import DEFAULT_SIDE
 
@@ -173,6 +219,7 @@ def _serve_config(args: argparse.Namespace, threads: int) -> ServeConfig:
         on_long_input=args.on_long_input,
         cors_origins=list(args.cors),
         allowed_hosts=allowed_hosts(args.host, args.allow_host),
+        aliases=dict(aliases or {}),
         torch_threads=threads,
         default_side=args.default_side or DEFAULT_SIDE,
         token_ids=args.token_ids,
@@ -217,8 +264,10 @@ def _announce(models: dict[str, EmbeddingModel], config: ServeConfig, args: argp
         print(warning, file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
     for public, model in models.items():
+        aliases = [alias for alias, target in config.aliases.items() if target == public]
+        also = f", also as {', '.join(aliases)}" if aliases else ""
         print(
-            f"m3e serve: {public} (dim {model.dim}, max length {model.max_length}, backend {args.backend}; "
+            f"m3e serve: {public}{also} (dim {model.dim}, max length {model.max_length}, backend {args.backend}; "
             f"{_sides_line(model, config)})",
             file=sys.stderr,
         )

@@ -91,6 +91,8 @@ class ServeConfig:
     shutdown_grace_s: float = 30.0  # in-flight requests still waiting this long into a shutdown: 503
     on_long_input: OnLongInput = "truncate"
     cors_origins: list[str] = field(default_factory=list)
+    # Other names of served models: alias -> served name (also listed by /v1/models).
+    aliases: dict[str, str] = field(default_factory=dict)
     # Host names answered (m3e.serving.hosts): the loopback names by default, "*" for any.
     allowed_hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_HOSTS))
     torch_threads: int | None = None
@@ -141,6 +143,11 @@ def _checked_config(models: Mapping[str, EmbeddingModel], config: ServeConfig | 
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise M3EError(f"{name} must be > 0, not {value!r}")
+    for alias, target in config.aliases.items():
+        if alias in models:
+            raise M3EError(f"alias {alias!r} is already the name of a served model")
+        if target not in models:
+            raise M3EError(f"alias {alias!r} names {target!r}, which is not served (served: {', '.join(models)})")
     return config
 
 
@@ -251,6 +258,8 @@ class EmbeddingService:
         self.config = config
         self.served = {name: ServedModel(name, m, config.default_side) for name, m in models.items()}
         self.default_name = next(iter(self.served))
+        # Every name a request may use: the served names, then the aliases.
+        self.names = {**self.served, **{alias: self.served[target] for alias, target in config.aliases.items()}}
         self.created = int(time.time())
         self.metrics = Metrics()
         self.openai_tokens = OpenAITokenDecoder()
@@ -344,14 +353,14 @@ class EmbeddingService:
         """The model the request names (or the default) and the side after a ``:`` in its name, if any,
         checked against the request's ``dimensions``."""
         name = req.model or self.default_name
-        model, suffix = self.served.get(name), None
+        model, suffix = self.names.get(name), None
         if model is None and ":" in name:
             base, _, suffix = name.rpartition(":")
-            model = self.served.get(base)
+            model = self.names.get(base)
         if model is None:
             raise ApiError(
                 404,
-                f"The model `{name}` does not exist. Served models: {', '.join(self.served)} "
+                f"The model `{name}` does not exist. Served models: {', '.join(self.names)} "
                 "(each also as NAME:query and NAME:document).",
                 param="model",
                 code="model_not_found",
@@ -432,14 +441,14 @@ class EmbeddingService:
         except ApiError as exc:
             return self.error_response(exc, "models")
         self.metrics.count_request("models", 200)
-        details = {name: self.model_details(name) for name in self.served}
-        return JSONResponse(render_models(list(self.served), self.created, details=details))
+        details = {name: self.model_details(name) for name in self.names}
+        return JSONResponse(render_models(list(self.names), self.created, details=details))
 
     async def get_model(self, request: Request, model: str) -> Response:
         try:
             self.check_key(request)
             name = model
-            if name not in self.served:
+            if name not in self.names:
                 raise ApiError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
         except ApiError as exc:
             return self.error_response(exc, "models")
@@ -447,15 +456,21 @@ class EmbeddingService:
         return JSONResponse(render_model(name, self.created, details=self.model_details(name)))
 
     def model_details(self, name: str) -> dict[str, object]:
-        """m3e's fields of a served model: size, prompts and how a request picks its side."""
-        served = self.served[name]
-        return {
+        """m3e's fields of a served name: size, prompts, how a request picks its side, and its aliases (or,
+        for an alias, the model it names)."""
+        served = self.names[name]
+        details: dict[str, object] = {
             "dimensions": served.dim,
             "max_length": served.max_length,
             "prompts": dict(served.model.prompts),
             "default_side": served.default_side,
             "input_types": list(INPUT_TYPES),
         }
+        if name == served.name:
+            details["aliases"] = [alias for alias, target in self.config.aliases.items() if target == name]
+        else:
+            details["alias_of"] = served.name
+        return details
 
     # ------------------------------------------------------------------ GET /health, GET /metrics
     async def health(self) -> Response:

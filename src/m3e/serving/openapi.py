@@ -113,6 +113,8 @@ class ModelObject(BaseModel):
     prompts: dict[str, str] | None = None
     default_side: Literal["query", "document", "none"] | None = None
     input_types: list[str] | None = None
+    aliases: list[str] | None = Field(None, description="Other names of this model (on a served model).")
+    alias_of: str | None = Field(None, description="The served model this name stands for (on an alias).")
 
 
 class ModelList(BaseModel):
