@@ -12,6 +12,8 @@ from m3e.backends import artefacts
 from m3e.cli import main
 from tests.conftest import MIXED_TEXTS
 
+pytestmark = pytest.mark.slow  # ONNX exports and int8 builds
+
 # Mixed Chinese / English, short queries and longer passages.
 FIDELITY_TEXTS = [t for t in MIXED_TEXTS if t.strip()] + [
     "如何申请汽车保险的理赔？",

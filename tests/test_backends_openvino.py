@@ -15,6 +15,8 @@ from m3e.cli import main
 from tests.conftest import MIXED_TEXTS
 from tests.test_backends_int8 import FIDELITY_TEXTS, _cos
 
+pytestmark = pytest.mark.slow  # OpenVINO exports and compilations
+
 
 def test_openvino_keeps_cosine_on_minilm(minilm_dir: Path, m3e_home: Path) -> None:
     model = m3e.load(str(minilm_dir))

@@ -12,6 +12,8 @@ import pytest
 from m3e.cli import main
 from tests.eval_helpers import smoke_data, write_toy_tasks
 
+pytestmark = pytest.mark.slow  # full mteb runs through the CLI
+
 
 @pytest.fixture(scope="module")
 def smoke_run(tiny_st_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:

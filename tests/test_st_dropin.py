@@ -18,6 +18,8 @@ import m3e
 from m3e.quantization import quantize_embeddings
 from tests.conftest import MIXED_TEXTS
 
+pytestmark = pytest.mark.slow  # every snippet on two models and two libraries
+
 SENTENCES = [t for t in MIXED_TEXTS if t.strip()]
 
 SNIPPETS: dict[str, dict[str, Any]] = {

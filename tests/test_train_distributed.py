@@ -20,7 +20,7 @@ N = ["股票", "广州", "汽车", "stock market fell", "句子表示", "读书"
 SCORES = [0.9, 0.1, 0.5, 0.7, 0.3, 0.2, 0.8, 0.4]
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]  # slow: two gloo processes
 
 
 def _losses():

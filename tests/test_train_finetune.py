@@ -21,7 +21,7 @@ from tests.waiting import wait_until
 WORDS = "天气 很好 我们 公园 北京 上海 城市 旅游 吃饭 喝茶 咖啡 读书 写字 模型 向量 检索 问题 答案 保险 医疗 汽车 房屋 价格".split()
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]  # slow: training runs, several in subprocesses
 
 
 def _pairs(path: Path, n: int, seed: int = 0, neg: bool = False) -> Path:
