@@ -41,7 +41,12 @@ def _healthy(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_st_model_dir: Path) -> Iterator[str]:
+def stderr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve") / "stderr.txt"
+
+
+@pytest.fixture(scope="module")
+def served(tiny_st_model_dir: Path, stderr: Path) -> Iterator[str]:
     """The README's second command, with the tiny model standing in for /models/bge."""
     port = _free_port()
     command = [
@@ -54,16 +59,16 @@ def served(tiny_st_model_dir: Path) -> Iterator[str]:
         KEY,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "m3e.cli", *command, "--port", str(port), "--threads", "1"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with stderr.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "m3e.cli", *command, "--port", str(port), "--threads", "1"],
+            env=env,
+            stderr=log,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: proc.poll() is not None or _healthy(url), "m3e serve to become ready", timeout=120)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert proc.poll() is None, stderr.read_text()
         yield url
     finally:
         proc.terminate()
@@ -104,6 +109,16 @@ def test_an_alias_embeds_with_its_model(served: str, default_model: Any) -> None
         assert resp.status_code == 200 and resp.json()["model"] == name
         got = np.array([resp.json()["data"][0]["embedding"]], dtype=np.float32)
         assert float(np.abs(got - expected).max()) <= 1e-5
+
+
+def test_the_startup_and_access_logs(served: str, stderr: Path) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    httpx.post(served + "/v1/embeddings", json={"model": "bge", "input": "x"}, headers=auth)
+    log = stderr.read_text()
+    assert "m3e serve: m3e, also as m3e-base (dim 384" in log
+    assert "texts with no side: query ('query: ')" in log
+    assert "warning" not in log  # bound to loopback
+    assert re.search(r'"POST /v1/embeddings HTTP/1\.1" 200 \d+ model=bge texts=1 tokens=3 ms=', log), log
 
 
 def _serve_snippets() -> list[str]:

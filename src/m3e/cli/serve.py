@@ -90,6 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM / Ctrl-C, requests in flight may finish for this long, then get 503 (default 30)",
     )
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: $M3E_NUM_THREADS or the physical cores)")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text",
+        help="access log lines (one per request, on stderr): Common Log Format with model, texts, tokens and ms "
+        "(text, the default) or one JSON object per line (json)",
+    )
+    parser.add_argument("--no-access-log", action="store_true", help="write no line per request")
     parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"], help="server log level")
 
 
@@ -163,11 +169,25 @@ def run(args: argparse.Namespace) -> int:
     models, default_name = _load_models(args)
     config = _serve_config(args, threads, _aliases(args, list(models), default_name))
     app = create_app(models, config)
+    _configure_access_log(enabled=not args.no_access_log)
     _announce(models, config, args)
     level = args.log_level or ("info" if args.verbose else "warning")
     run_server(app, args.host, args.port, log_level=level)
     print("m3e serve: stopped", file=sys.stderr)
     return 0
+
+
+def _configure_access_log(enabled: bool) -> None:
+    """The access log's lines, as they are, on stderr (its own handler: the CLI's log level is for the rest)."""
+    from m3e.serving.access_log import ACCESS_LOGGER
+
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.propagate = False
+    access.setLevel(logging.INFO if enabled else logging.WARNING)
+    if enabled and not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
 
 
 def _require_serve_extra() -> None:
@@ -220,6 +240,7 @@ def _serve_config(args: argparse.Namespace, threads: int, aliases: dict[str, str
         cors_origins=list(args.cors),
         allowed_hosts=allowed_hosts(args.host, args.allow_host),
         aliases=dict(aliases or {}),
+        log_format=args.log_format,
         torch_threads=threads,
         default_side=args.default_side or DEFAULT_SIDE,
         token_ids=args.token_ids,

@@ -36,6 +36,7 @@ from starlette.requests import Request
 
 from m3e.errors import M3EError
 from m3e.serving import openapi
+from m3e.serving.access_log import LOG_FORMATS, AccessLog, LogFormat, access_record
 from m3e.serving.batcher import Batcher, EmbeddingBackend, QueueFull, ShuttingDown
 from m3e.serving.body import ClientGone, discard_body, read_body, wait_for_disconnect
 from m3e.serving.errors import SERVER_ERROR, ApiError, bad_request
@@ -93,6 +94,8 @@ class ServeConfig:
     cors_origins: list[str] = field(default_factory=list)
     # Other names of served models: alias -> served name (also listed by /v1/models).
     aliases: dict[str, str] = field(default_factory=dict)
+    # The access log's lines (m3e.serving.access_log): the Common Log Format and fields, or JSON.
+    log_format: LogFormat = "text"
     # Host names answered (m3e.serving.hosts): the loopback names by default, "*" for any.
     allowed_hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_HOSTS))
     torch_threads: int | None = None
@@ -120,6 +123,7 @@ def create_app(models: Mapping[str, EmbeddingModel], config: ServeConfig | None 
     app.state.shutdown_grace_s = config.shutdown_grace_s
     _add_cors(app, config.cors_origins)
     app.add_middleware(HostAllowList, allowed=config.allowed_hosts)  # outside CORS: refused before anything
+    app.add_middleware(AccessLog, log_format=config.log_format)  # outermost: every request has its line
     _add_error_handlers(app, service)
     _add_embedding_routes(app, service)
     _add_model_routes(app, service)
@@ -143,6 +147,8 @@ def _checked_config(models: Mapping[str, EmbeddingModel], config: ServeConfig | 
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise M3EError(f"{name} must be > 0, not {value!r}")
+    if config.log_format not in LOG_FORMATS:
+        raise M3EError(f"log_format must be one of {LOG_FORMATS}, not {config.log_format!r}")
     for alias, target in config.aliases.items():
         if alias in models:
             raise M3EError(f"alias {alias!r} is already the name of a served model")
@@ -339,12 +345,14 @@ class EmbeddingService:
             request.scope["m3e.body_read"] = True  # to its end, or as far as an answer that closes the connection
         req = parse_embedding_request(parse_json(raw))
         del raw
+        logged = access_record(request.scope)
+        logged.model, logged.texts = req.model or self.default_name, req.count
         model, suffix = self.resolve_model(req)
         prompt = model.prompt_for(SideChoice(req.input_type, req.prompt_name, suffix))
         inputs = await self._tokenize(model, prompt, req)
+        tokens = logged.tokens = sum(len(x) for x in inputs.ids)
         pooled = await self._result(request, self._submit(model.name, inputs))
         vectors = finish_vectors(pooled, req.dimensions, model.dim)
-        tokens = sum(len(x) for x in inputs.ids)
         body = render_embeddings(vectors, req.encoding_format, req.model or model.name, tokens)
         self._count_embedded(model.name, inputs, tokens, time.perf_counter() - start)
         return Response(body, media_type="application/json", headers={TRUNCATED_HEADER: str(inputs.truncated)})

@@ -53,7 +53,7 @@ def _config(app: ASGIApp, host: str, port: int, log_level: str = "warning") -> u
         host=host,
         port=port,
         log_level=log_level,
-        access_log=log_level in ("debug", "info"),
+        access_log=False,  # m3e.serving.access_log writes one line per request instead
         timeout_graceful_shutdown=max(GRACEFUL_SHUTDOWN_S, math.ceil(grace) + 5),
         lifespan="on",
     )
