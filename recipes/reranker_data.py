@@ -3,7 +3,7 @@ benchmark measures (insurance question -> answer, idiom explanation -> idiom, ne
 query with hard negatives mined by the default embedding model (ranks 3-49: near misses, not the positive's
 duplicates at the top). Deterministic: queries are taken in sha1 order.
 
-    python recipes/reranker_data.py OUT_DIR      # writes OUT_DIR/<name>.pairs.jsonl, then OUT_DIR/<name>.jsonl
+    python recipes/reranker_data.py OUT_DIR      # OUT_DIR/pairs/<name>.jsonl (the sample), OUT_DIR/<name>.jsonl (groups)
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def sample(name: str, n: int, out: Path) -> Path:
             if record["text_pos"] not in group["pos"]:
                 group["pos"].append(record["text_pos"])
     keys = sorted(seen, key=lambda q: hashlib.sha1(q.encode("utf-8")).hexdigest())[:n]
-    path = out / f"{name}.pairs.jsonl"
+    path = out / "pairs" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(seen[k], ensure_ascii=False) + "\n" for k in keys), encoding="utf-8")
     return path
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from m3e.errors import M3EError, ModelNotFoundError
 from m3e.st_format import ST_CONFIG_FILE, STModules, read_dense_layers, read_json, read_st_modules
@@ -103,12 +103,7 @@ def load_model(
         name=model_id or _display_name(model_dir),
         long_text=long_text,
     )
-    model.source_dir = model_dir
-    if device is not None:
-        model.to(device)
-    if backend != "torch":
-        model.set_backend(backend)
-    return model
+    return _placed(model, model_dir, device, backend)
 
 
 def load_bge_m3(
@@ -194,12 +189,20 @@ def load_reranker(
         name=model_id or _display_name(model_dir),
         max_windows=max_windows,
     )
-    reranker.source_dir = model_dir
+    return _placed(reranker, model_dir, device, backend)
+
+
+_Loaded = TypeVar("_Loaded", "EmbeddingModel", "Reranker")
+
+
+def _placed(model: _Loaded, model_dir: Path, device: str | None, backend: str) -> _Loaded:
+    """The loaded model, told where it came from, on ``device``, running on ``backend``."""
+    model.source_dir = model_dir
     if device is not None:
-        reranker.to(device)
+        model.to(device)
     if backend != "torch":
-        reranker.set_backend(backend)
-    return reranker
+        model.set_backend(backend)
+    return model
 
 
 def read_cross_encoder_config(model_dir: Path) -> dict[str, Any]:

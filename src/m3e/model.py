@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from m3e.atomic import building_dir
-from m3e.backends import BACKENDS
+from m3e.backends import BACKENDS, runner_for
 from m3e.backends.base import Runner, StreamingRunner
 from m3e.dense import Dense
 from m3e.errors import M3EError
@@ -139,29 +139,8 @@ class EmbeddingModel(nn.Module):
     def set_backend(self, backend: str) -> EmbeddingModel:
         """Switch the inference backend: ``torch`` (fp32), ``bf16`` (CPU autocast), ``int8`` (ONNX Runtime) or
         ``openvino`` (OpenVINO; bf16 on CPUs with AMX / AVX512_BF16, fp32 elsewhere)."""
-        if backend not in BACKENDS:
-            raise M3EError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        self._runner = None
-        if backend == "int8":
-            from m3e.backends import make_int8_runner
-
-            self._runner = make_int8_runner(self)
-        elif backend == "openvino":
-            from m3e.backends import make_openvino_runner
-
-            self._runner = make_openvino_runner(self)
-        elif backend == "bf16" and self.device.type == "cpu":
-            from m3e.backends import bf16_native
-
-            if not bf16_native():
-                logger.warning(
-                    "this CPU has no native bf16 (AVX512_BF16 or AMX): bf16 is emulated and slower than fp32 "
-                    "here; use backend='int8' for speed"
-                )
-        if self.device.type == "cpu":
-            from m3e.backends.threads import limit_torch_threads
-
-            limit_torch_threads()
+        self._runner, self.backend = None, "torch"  # a failed switch leaves the model on torch
+        self._runner = runner_for(self, backend)
         self.backend = backend
         return self
 

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from m3e.atomic import building_dir
-from m3e.backends import BACKENDS
+from m3e.backends import runner_for
 from m3e.backends.base import Runner
 from m3e.errors import M3EError
 from m3e.length_sorting import length_sorted_batches
@@ -127,21 +127,8 @@ class Reranker(nn.Module):
     # ------------------------------------------------------------------ backends
     def set_backend(self, backend: str) -> Reranker:
         """``torch`` (fp32), ``bf16`` (CPU autocast), ``int8`` (ONNX Runtime) or ``openvino``."""
-        if backend not in BACKENDS:
-            raise M3EError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        self._runner = None
-        if backend == "int8":
-            from m3e.backends import make_int8_runner
-
-            self._runner = make_int8_runner(self)
-        elif backend == "openvino":
-            from m3e.backends import make_openvino_runner
-
-            self._runner = make_openvino_runner(self)
-        if self.device.type == "cpu":
-            from m3e.backends.threads import limit_torch_threads
-
-            limit_torch_threads()
+        self._runner, self.backend = None, "torch"  # a failed switch leaves the reranker on torch
+        self._runner = runner_for(self, backend)
         self.backend = backend
         return self
 

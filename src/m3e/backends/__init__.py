@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from m3e.backends.threads import inference_threads, physical_cores
+from m3e.errors import M3EError
 
 if TYPE_CHECKING:
     from m3e.backends.base import ModelParts, Runner
@@ -30,12 +31,38 @@ __all__ = [
     "make_int8_runner",
     "make_openvino_runner",
     "physical_cores",
+    "runner_for",
     "runner_for_artefact",
 ]
 
 # Every backend m3e.load / encode / eval / serve accept, and those built once into an artefact (m3e export).
 BACKENDS = ("torch", "bf16", "int8", "openvino")
 ARTEFACT_BACKENDS = ("int8", "openvino")
+
+
+def runner_for(model: ModelParts, backend: str) -> Runner | None:
+    """What ``model.set_backend(backend)`` runs its transformer with: a runner for ``int8`` / ``openvino`` (built
+    or found once per weights), None for ``torch`` / ``bf16`` (torch itself, bf16 by autocast). Also limits
+    torch's threads to the physical cores on CPU."""
+    import logging
+
+    if backend not in BACKENDS:
+        raise M3EError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    runner = None
+    if backend == "int8":
+        runner = make_int8_runner(model)
+    elif backend == "openvino":
+        runner = make_openvino_runner(model)
+    elif backend == "bf16" and model.device.type == "cpu" and not bf16_native():
+        logging.getLogger(__name__).warning(
+            "this CPU has no native bf16 (AVX512_BF16 or AMX): bf16 is emulated and slower than fp32 here; use "
+            "backend='int8' for speed"
+        )
+    if model.device.type == "cpu":
+        from m3e.backends.threads import limit_torch_threads
+
+        limit_torch_threads()
+    return runner
 
 
 def make_int8_runner(model: ModelParts) -> Runner:

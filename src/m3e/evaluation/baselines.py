@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from m3e.errors import M3EError
-from m3e.evaluation.mteb_adapter import show_progress, side_of, texts_of
+from m3e.evaluation.mteb_adapter import corpus_texts, show_progress, side_of, texts_of
 from m3e.extras import require
 
 if TYPE_CHECKING:
@@ -172,9 +172,7 @@ class BM25Search:
     def index(self, corpus: Any, **kwargs: Any) -> None:
         from rank_bm25 import BM25Okapi
 
-        self._ids = [str(x) for x in corpus["id"]]
-        titles = corpus["title"] if "title" in corpus.column_names else [""] * len(self._ids)
-        docs = [f"{t} {x}".strip() if t else x for t, x in zip(titles, corpus["text"], strict=True)]
+        self._ids, docs = corpus_texts(corpus)
         tokenized = [tokenize_zh(d) or ["\x00"] for d in docs]  # rank-bm25 divides by document length
         self._bm25 = BM25Okapi(tokenized, k1=self.k1, b=self.b)
 

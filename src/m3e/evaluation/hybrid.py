@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from m3e.errors import M3EError
+from m3e.evaluation.mteb_adapter import corpus_texts
 from m3e.fusion import Fusion, fuse
 from m3e.lexical import BM25, BM25Params, lexical_terms
 
@@ -27,13 +28,6 @@ if TYPE_CHECKING:
 
 # Candidates each side contributes to the fusion; the index searches the same depth (m3e.index).
 DEFAULT_DEPTH = 50
-
-
-def _texts(corpus: Any) -> tuple[list[str], list[str]]:
-    ids = [str(x) for x in corpus["id"]]
-    titles = corpus["title"] if "title" in corpus.column_names else [""] * len(ids)
-    texts = [f"{t} {x}".strip() if t else str(x) for t, x in zip(titles, corpus["text"], strict=True)]
-    return ids, texts
 
 
 def _top(scores: NDArray[np.float64], ids: list[str], depth: int, candidates: list[int] | None) -> dict[str, float]:
@@ -69,7 +63,7 @@ class SparseSearch:
         return lexical_terms(text, self.params.segmenter, stop_words=self.params.stop_words)
 
     def index(self, corpus: Any, **kwargs: Any) -> None:
-        self._ids, texts = _texts(corpus)
+        self._ids, texts = corpus_texts(corpus)
         self._bm25 = BM25(self.params).fit([self.terms(t) for t in texts])
 
     def sparse_scores(self, query: str) -> NDArray[np.float64]:
@@ -110,7 +104,7 @@ class HybridSearch(SparseSearch):
 
     def index(self, corpus: Any, **kwargs: Any) -> None:
         super().index(corpus)
-        _, texts = _texts(corpus)
+        _, texts = corpus_texts(corpus)
         self._vectors = np.asarray(self.embedder.encode_documents(texts, batch_size=self.batch_size,
                                                                   show_progress=False), dtype=np.float32)
 

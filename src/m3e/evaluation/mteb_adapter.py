@@ -191,3 +191,12 @@ class MtebEncoder:
 def for_mteb(model: EmbeddingModel) -> MtebEncoder:
     """``model`` as an mteb encoder: ``mteb.evaluate(for_mteb(model), tasks)``."""
     return MtebEncoder(model)
+
+
+def corpus_texts(corpus: Any) -> tuple[list[str], list[str]]:
+    """The ids and the texts (title, a space, the text; as mteb's own dense retrieval joins them) of an mteb
+    retrieval corpus."""
+    ids = [str(x) for x in corpus["id"]]
+    titles = corpus["title"] if "title" in corpus.column_names else [""] * len(ids)
+    texts = [f"{t} {x}".strip() if t else str(x) for t, x in zip(titles, corpus["text"], strict=True)]
+    return ids, texts

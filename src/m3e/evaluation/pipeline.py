@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from m3e.errors import M3EError
+from m3e.evaluation.mteb_adapter import corpus_texts
 
 if TYPE_CHECKING:
     from mteb.models import ModelMeta
@@ -47,9 +48,7 @@ class RetrieveThenRerank:
         return meta.model_copy(update={"name": f"{meta.name}+rerank"})
 
     def index(self, corpus: Any, **kwargs: Any) -> None:
-        self._ids = [str(x) for x in corpus["id"]]
-        titles = corpus["title"] if "title" in corpus.column_names else [""] * len(self._ids)
-        self._texts = [f"{t} {x}".strip() if t else str(x) for t, x in zip(titles, corpus["text"], strict=True)]
+        self._ids, self._texts = corpus_texts(corpus)
         self._vectors = np.asarray(self.embedder.encode_documents(self._texts, batch_size=self.batch_size))
 
     def search(
