@@ -218,3 +218,24 @@ def test_cli_bad_candidates_name_file_and_line(bert_dir: Path, tmp_path: Path,
     assert code == 2 and "no records" in err
     code, _, err = _cli(capsys, "rerank", str(bert_dir), "query only")
     assert code == 2 and "at least one document" in err
+
+
+def test_bundle_writes_fp16_weights_and_a_card(bert_dir: Path, tmp_path: Path) -> None:
+    from m3e.default_reranker import bundle
+
+    results = {
+        "models": [{"label": "default"}, {"label": "default+rerank"}],
+        "results": [
+            {"model": "default", "task": "ToyRetrieval", "task_type": "Retrieval", "score": 0.5},
+            {"model": "default+rerank", "task": "ToyRetrieval", "task_type": "Retrieval", "score": 0.6},
+            {"model": "default", "task": "ToyClassification", "task_type": "Classification", "score": 0.7},
+        ],
+    }
+    (tmp_path / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    out = bundle(bert_dir, tmp_path / "bundled", eval_results=tmp_path / "results.json")
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "| ToyRetrieval | 50.00 | 60.00 |" in card and "ToyClassification" not in card
+    assert "## Data and licenses" in card and "GPL-3.0" in card
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["dtype"] == "float32"
+    np.testing.assert_allclose(CrossEncoder(str(out), device="cpu").predict(PAIRS),
+                               m3e.load_reranker(str(bert_dir)).predict(PAIRS), atol=2e-3)
