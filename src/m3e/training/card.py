@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from m3e.model_card import ModelCard, python_block, table
+
 if TYPE_CHECKING:
     from m3e.training.task import RunFacts
 
@@ -26,30 +28,22 @@ def model_card(
     max_length: int | None = None,
     pooling: str | None = None,
 ) -> str:
-    lines = [
-        f"# {name}",
-        "",
-        f"A sentence-transformers model fine-tuned with m3e from `{base_model}`.",
-        "",
-        "```python",
+    """The card of a fine-tuned embedding model: how to use it, data, training, scores before and after."""
+    card = ModelCard(name, f"A sentence-transformers model fine-tuned with m3e from `{base_model}`.")
+    card.section("Use", python_block(
         "import m3e  # or: from sentence_transformers import SentenceTransformer",
         "model = m3e.load('PATH')",
         "vectors = model.encode(['你好', 'hello'])",
-        "```",
-        "",
-        *_datasets_table(datasets),
-    ]
-    lines += ["", "## Training", "", f"- loss: {loss}", f"- steps: {steps} ({train_seconds:.0f} s)"]
+    ))
+    card.section("Training data", _datasets_table(datasets))
+    training = [f"- loss: {loss}", f"- steps: {steps} ({train_seconds:.0f} s)"]
     if dim is not None:
-        lines.append(f"- dimension {dim}, max length {max_length} tokens, pooling {pooling}")
-    lines.append(f"- hyper-parameters: `{json.dumps(hyper, ensure_ascii=False, sort_keys=True)}`")
-    if scores:
-        # the split matters: a dev-split score must not read as the test suite's
-        lines += ["", f"## Scores ({scored_on}, main score)", "", "| task | before | after |", "|---|---:|---:|"]
-        for task, pair in scores.items():
-            b, a = pair.get("before"), pair.get("after")
-            lines.append(f"| {task} | {_fmt(b)} | {_fmt(a)} |")
-    return "\n".join(lines) + "\n"
+        training.append(f"- dimension {dim}, max length {max_length} tokens, pooling {pooling}")
+    training.append(f"- hyper-parameters: `{json.dumps(hyper, ensure_ascii=False, sort_keys=True)}`")
+    card.section("Training", training)
+    if scores:  # the split matters: a dev-split score must not read as the test suite's
+        card.section(f"Scores ({scored_on}, main score)", _before_after(scores, "task"))
+    return card.render()
 
 
 def reranker_card(
@@ -63,41 +57,37 @@ def reranker_card(
     max_length: int,
 ) -> str:
     """The card of a fine-tuned reranker: how to use it, what it started from, data, training, scores."""
-    lines = [
-        f"# {facts.name}",
-        "",
-        f"A cross-encoder reranker fine-tuned with m3e from `{facts.base_model}`, starting from {origin}.",
-        "",
-        "```python",
+    card = ModelCard(
+        facts.name, f"A cross-encoder reranker fine-tuned with m3e from `{facts.base_model}`, starting from {origin}."
+    )
+    card.section("Use", python_block(
         "import m3e  # or: from sentence_transformers import CrossEncoder; CrossEncoder('PATH')",
         "reranker = m3e.load_reranker('PATH')",
         "reranker.rank('车险理赔需要什么材料？', ['理赔需要保单和事故证明。', '今天天气很好'])",
-        "```",
-        "",
-        *_datasets_table(datasets),
-        "",
-        "## Training",
-        "",
-        f"- loss: {'; '.join(losses)}",
-    ]
+    ))
+    card.section("Training data", _datasets_table(datasets))
+    training = [f"- loss: {'; '.join(losses)}"]
     if teacher:
-        lines.append(f"- teacher: {teacher}, its scores cached beside the data")
-    lines += [
+        training.append(f"- teacher: {teacher}, its scores cached beside the data")
+    training += [
         f"- steps: {facts.steps} ({facts.seconds:.0f} s)",
         f"- {arch} sequence classification, one logit (sigmoid activation), max length {max_length} tokens",
         f"- hyper-parameters: `{json.dumps(facts.hyper, ensure_ascii=False, sort_keys=True)}`",
     ]
+    card.section("Training", training)
     if facts.scores:
-        lines += ["", f"## Scores ({facts.scored_on})", "", "| metric | before | after |", "|---|---:|---:|"]
-        lines += [f"| {m} | {_fmt(p.get('before'))} | {_fmt(p.get('after'))} |" for m, p in facts.scores.items()]
-    return "\n".join(lines) + "\n"
+        card.section(f"Scores ({facts.scored_on})", _before_after(facts.scores, "metric"))
+    return card.render()
 
 
 def _datasets_table(datasets: list[dict[str, Any]]) -> list[str]:
-    lines = ["## Training data", "", "| dataset | type | records | weight |", "|---|---|---:|---:|"]
-    for d in datasets:
-        lines.append(f"| {d['name']} | {d['type']} | {d['records']} | {d.get('weight', 1.0):g} |")
-    return lines
+    rows = [(d["name"], d["type"], d["records"], f"{d.get('weight', 1.0):g}") for d in datasets]
+    return table(["dataset", "type", "records", "weight"], rows, numeric_from=2)
+
+
+def _before_after(scores: dict[str, dict[str, float | None]], what: str) -> list[str]:
+    rows = [(name, _fmt(pair.get("before")), _fmt(pair.get("after"))) for name, pair in scores.items()]
+    return table([what, "before", "after"], rows)
 
 
 def _fmt(x: float | None) -> str:
