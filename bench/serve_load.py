@@ -60,7 +60,10 @@ _EN = (
     "laptop with a long battery life for reading and writing papers the stock market fell sharply after "
     "the announcement while investors waited for more news about interest rates"
 ).split()
-_ZH = "今天天气很好我们去公园散步吧向量检索模型把句子表示成向量用余弦相似度比较保险理赔需要哪些材料北京和上海是中国最大的城市学生想买一台笔记本电脑"
+_ZH = (
+    "今天天气很好我们去公园散步吧向量检索模型把句子表示成向量用余弦相似度比较"
+    "保险理赔需要哪些材料北京和上海是中国最大的城市学生想买一台笔记本电脑"
+)
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
@@ -161,7 +164,11 @@ class Level:
         if not ok.size:
             return {}
         p50, p99 = float(np.percentile(ok, 50)), float(np.percentile(ok, 99))
-        return {"ok_p50_ms": round(p50, 1), "ok_p99_ms": round(p99, 1), "ok_p99_over_p50": round(p99 / p50, 2)}
+        return {
+            "ok_p50_ms": round(p50, 1),
+            "ok_p99_ms": round(p99, 1),
+            "ok_p99_over_p50": round(p99 / p50, 2),
+        }
 
     def retry_after_accuracy(self) -> dict[str, Any]:
         """Each 429's Retry-After over its real wait: the time until every request admitted before it
@@ -184,7 +191,9 @@ class Level:
 
 
 def _body(model: str, text: str) -> bytes:
-    return json.dumps({"model": model, "input": text, "encoding_format": "base64"}, ensure_ascii=False).encode()
+    return json.dumps(
+        {"model": model, "input": text, "encoding_format": "base64"}, ensure_ascii=False
+    ).encode()
 
 
 def _check(level: Level, data: bytes, expected: np.ndarray) -> None:
@@ -221,7 +230,9 @@ async def closed_loop(
             level.sent += 1
             t0 = time.perf_counter()
             try:
-                status, _, data = await asyncio.wait_for(conn.request("POST", path, _body(model, texts[k])), 60)
+                status, _, data = await asyncio.wait_for(
+                    conn.request("POST", path, _body(model, texts[k])), 60
+                )
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
                 level.lost += 1
                 conn.close()
@@ -268,7 +279,9 @@ async def open_loop(
                 opened += 1
         t0 = time.perf_counter()
         try:
-            status, headers, _ = await asyncio.wait_for(conn.request("POST", path, _body(model, texts[k])), 120)
+            status, headers, _ = await asyncio.wait_for(
+                conn.request("POST", path, _body(model, texts[k])), 120
+            )
             t1 = time.perf_counter()
             level.latencies.append(t1 - t0)
             level.status[status] = level.status.get(status, 0) + 1
@@ -390,13 +403,22 @@ def infinity_venv(venv: Path, version: str) -> Path:
     site = Path(
         subprocess.run(
             [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     )
     ours = Path(sysconfig.get_paths()["purelib"])
     for entry in [*ours.glob("torch"), *ours.glob("torchgen"), *ours.glob("torch-*.dist-info")]:
         shutil.copytree(entry, site / entry.name, symlinks=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", f"infinity-emb[server,torch]=={version}"]
+    pip = [
+        str(venv / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        f"infinity-emb[server,torch]=={version}",
+    ]
     done = subprocess.run(pip, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"pip install infinity-emb failed: {done.stderr.strip()[-2000:]}")
@@ -422,10 +444,24 @@ def start_infinity(model_dir: str, name: str, args: argparse.Namespace) -> Serve
     command = infinity_venv(args.infinity_venv, args.infinity_version)
     served_dir = infinity_model_dir(model_dir, args.infinity_venv / "model")
     port = _free_port()
-    cmd = [str(command), "v2", "--model-id", str(served_dir), "--served-model-name", name, "--port", str(port)]
+    cmd = [
+        str(command),
+        "v2",
+        "--model-id",
+        str(served_dir),
+        "--served-model-name",
+        name,
+        "--port",
+        str(port),
+    ]
     cmd += ["--host", "127.0.0.1", "--engine", "torch", "--device", "cpu", "--dtype", "float32"]
     cmd += ["--batch-size", "64", "--no-compile"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+        "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+    }
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     _wait_ready(proc, port, "/health", "infinity_emb")
     return Server(f"infinity-emb {args.infinity_version}", proc, port, name, "/embeddings")
@@ -437,11 +473,17 @@ def start_infinity(model_dir: str, name: str, args: argparse.Namespace) -> Serve
 def load_levels(server: Server, texts: list[str], ref: np.ndarray, args: argparse.Namespace) -> list[Level]:
     """1, 16 and 64 clients in a closed loop, then an open loop at twice the 64-client throughput."""
     levels: list[Level] = []
-    plan = [(1, 150, min(args.level_seconds, 15.0)), (16, len(texts), args.level_seconds), (64, len(texts), args.level_seconds)]
+    plan = [
+        (1, 150, min(args.level_seconds, 15.0)),
+        (16, len(texts), args.level_seconds),
+        (64, len(texts), args.level_seconds),
+    ]
     for concurrency, n, seconds in plan:
         before = asyncio.run(_metric_sums("127.0.0.1", server.port)) if server.metrics else (0.0, 0.0)
         level = asyncio.run(
-            closed_loop("127.0.0.1", server.port, server.model, texts, ref, concurrency, n, seconds, server.path)
+            closed_loop(
+                "127.0.0.1", server.port, server.model, texts, ref, concurrency, n, seconds, server.path
+            )
         )
         after = asyncio.run(_metric_sums("127.0.0.1", server.port)) if server.metrics else (0.0, 0.0)
         level.batch_mean = (after[0] - before[0]) / max(after[1] - before[1], 1)
@@ -449,7 +491,9 @@ def load_levels(server: Server, texts: list[str], ref: np.ndarray, args: argpars
         print(server.label, json.dumps(level.row()), flush=True)
     rate = 2 * levels[-1].ok / levels[-1].seconds
     sat = asyncio.run(
-        open_loop("127.0.0.1", server.port, server.model, texts, rate, args.saturation_seconds, 256, server.path)
+        open_loop(
+            "127.0.0.1", server.port, server.model, texts, rate, args.saturation_seconds, 256, server.path
+        )
     )
     levels.append(sat)
     print(server.label, json.dumps(sat.row()), flush=True)
@@ -458,7 +502,9 @@ def load_levels(server: Server, texts: list[str], ref: np.ndarray, args: argpars
     return levels
 
 
-def measure(start: Callable[[], Server], texts: list[str], ref: np.ndarray, args: argparse.Namespace) -> tuple[Server, list[Level], int]:
+def measure(
+    start: Callable[[], Server], texts: list[str], ref: np.ndarray, args: argparse.Namespace
+) -> tuple[Server, list[Level], int]:
     server = start()
     try:
         levels = load_levels(server, texts, ref, args)
@@ -489,17 +535,31 @@ def comparison(ours: list[Level], theirs: list[Level]) -> list[dict[str, Any]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="model directory (default: m3e's default model)")
     parser.add_argument("--texts", type=int, default=1500, help="distinct texts (default 1500)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads, servers and offline")
-    parser.add_argument("--max-queue", type=int, default=None, help="m3e's queue limit in texts (default: the server's)")
-    parser.add_argument("--level-seconds", type=float, default=20.0, help="time cap per closed-loop level")
-    parser.add_argument("--saturation-seconds", type=float, default=12.0, help="length of the 2x open-loop run")
-    parser.add_argument("--server-arg", action="append", default=[], help="extra argument for m3e serve (repeatable)")
-    parser.add_argument("--no-infinity", dest="infinity", action="store_false", help="measure m3e serve alone")
     parser.add_argument(
-        "--infinity-venv", type=Path, default=Path.home() / ".cache" / "m3e" / "bench" / "infinity-venv",
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads, servers and offline"
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=None, help="m3e's queue limit in texts (default: the server's)"
+    )
+    parser.add_argument("--level-seconds", type=float, default=20.0, help="time cap per closed-loop level")
+    parser.add_argument(
+        "--saturation-seconds", type=float, default=12.0, help="length of the 2x open-loop run"
+    )
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="extra argument for m3e serve (repeatable)"
+    )
+    parser.add_argument(
+        "--no-infinity", dest="infinity", action="store_false", help="measure m3e serve alone"
+    )
+    parser.add_argument(
+        "--infinity-venv",
+        type=Path,
+        default=Path.home() / ".cache" / "m3e" / "bench" / "infinity-venv",
         help="where infinity-emb is installed (created if missing)",
     )
     parser.add_argument("--infinity-version", default="0.0.78", help="infinity-emb version (default 0.0.78)")
@@ -517,9 +577,13 @@ def main() -> int:
     name = model.name
     texts = make_texts(args.texts)
     tokens = [len(x) for x in model.tokenize(texts)]
-    print(f"model {name} ({model_dir}), {len(texts)} texts, mean {np.mean(tokens):.1f} tokens (max {max(tokens)}), "
-          f"{args.threads} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
-          f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"model {name} ({model_dir}), {len(texts)} texts, "
+        f"mean {np.mean(tokens):.1f} tokens (max {max(tokens)}), "
+        f"{args.threads} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+        f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     offline_before, ref = offline(model, texts)  # no prompt: what both servers embed
     print(f"offline encode: {offline_before:.1f} texts/s", flush=True)
     del model
@@ -543,13 +607,18 @@ def main() -> int:
     print(f"m3e 64 clients / offline: {top / offline_tput:.2f} ({top:.1f} vs {offline_tput:.1f} texts/s)")
     sat = ours[-1].row()
     five = sum(v for k, v in ours[-1].status.items() if k >= 500)
-    print(f"m3e 2x saturation: {sat['status']} 5xx={five} lost={ours[-1].lost}; answered p50 {sat.get('ok_p50_ms')} ms, "
-          f"p99 {sat.get('ok_p99_ms')} ms (p99/p50 {sat.get('ok_p99_over_p50')}); Retry-After / real wait: median "
-          f"{sat.get('retry_after_over_real_wait_median')}, within ±50%: {sat.get('retry_after_within_50pct')}")
+    print(
+        f"m3e 2x saturation: {sat['status']} 5xx={five} lost={ours[-1].lost}; "
+        f"answered p50 {sat.get('ok_p50_ms')} ms, p99 {sat.get('ok_p99_ms')} ms "
+        f"(p99/p50 {sat.get('ok_p99_over_p50')}); Retry-After / real wait: median "
+        f"{sat.get('retry_after_over_real_wait_median')}, within ±50%: {sat.get('retry_after_within_50pct')}"
+    )
     ratios = comparison(ours, theirs) if theirs else []
     for r in ratios:
-        print(f"m3e / infinity, {r['level']}: throughput x{r['throughput_ratio']}, p50 x{r['p50_ratio']}, "
-              f"p99 x{r['p99_ratio']}")
+        print(
+            f"m3e / infinity, {r['level']}: throughput x{r['throughput_ratio']}, p50 x{r['p50_ratio']}, "
+            f"p99 x{r['p99_ratio']}"
+        )
     if args.json:
         out = {
             "model": name,

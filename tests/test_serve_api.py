@@ -64,7 +64,9 @@ def client(server: ServerThread):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def _assert_error(resp: Any, status: int, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def _assert_error(
+    resp: Any, status: int, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"].startswith("application/json")
     body = resp.json()
@@ -121,7 +123,9 @@ def test_openai_client_text_inputs_match_encode(client: Any, models: dict[str, A
 
 
 @pytest.mark.parametrize("fmt", ["float", None])
-def test_openai_client_token_id_inputs_match_encode(client: Any, models: dict[str, Any], fmt: str | None) -> None:
+def test_openai_client_token_id_inputs_match_encode(
+    client: Any, models: dict[str, Any], fmt: str | None
+) -> None:
     kw = {"encoding_format": fmt} if fmt else {}
     tok = models["tiny"].tokenizer
     content = [tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
@@ -146,7 +150,9 @@ def test_dimensions_truncate_and_renormalise(client: Any, models: dict[str, Any]
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
-def test_model_field_selects_the_model_and_models_are_listed(client: Any, server: ServerThread, models: dict[str, Any]) -> None:
+def test_model_field_selects_the_model_and_models_are_listed(
+    client: Any, server: ServerThread, models: dict[str, Any]
+) -> None:
     resp = client.embeddings.create(model="tiny-cls", input=TEXTS[:2], encoding_format="float")
     assert resp.model == "tiny-cls"
     for d, e in zip(resp.data, models["tiny-cls"].encode(TEXTS[:2]), strict=True):
@@ -157,12 +163,17 @@ def test_model_field_selects_the_model_and_models_are_listed(client: Any, server
         body = httpx.get(server.url + path).json()
         assert body["object"] == "list"
         assert [(m["id"], m["object"], m["owned_by"]) for m in body["data"]] == [
-            ("tiny", "model", "m3e"), ("tiny-cls", "model", "m3e")
+            ("tiny", "model", "m3e"),
+            ("tiny-cls", "model", "m3e"),
         ]
 
 
-def test_raw_base64_is_little_endian_float32_and_plain_path_works(server: ServerThread, models: dict[str, Any]) -> None:
-    resp = httpx.post(server.url + "/embeddings", json={"model": "tiny", "input": TEXTS[:3], "encoding_format": "base64"})
+def test_raw_base64_is_little_endian_float32_and_plain_path_works(
+    server: ServerThread, models: dict[str, Any]
+) -> None:
+    resp = httpx.post(
+        server.url + "/embeddings", json={"model": "tiny", "input": TEXTS[:3], "encoding_format": "base64"}
+    )
     assert resp.status_code == 200
     assert resp.headers["x-m3e-truncated"] == "0"
     body = resp.json()
@@ -219,19 +230,26 @@ def test_long_inputs_are_truncated_and_reported(server: ServerThread, models: di
         (["not", "an", "object"], None, None),
     ],
 )
-def test_bad_requests_are_400_with_openai_body(server: ServerThread, body: Any, param: str | None, code: str | None) -> None:
+def test_bad_requests_are_400_with_openai_body(
+    server: ServerThread, body: Any, param: str | None, code: str | None
+) -> None:
     err = _assert_error(httpx.post(server.url + "/v1/embeddings", json=body), 400, param, code)
     assert err["type"] == "invalid_request_error"
 
 
 def test_invalid_json_is_400(server: ServerThread) -> None:
-    resp = httpx.post(server.url + "/v1/embeddings", content=b'{"input": "x"', headers={"content-type": "application/json"})
+    resp = httpx.post(
+        server.url + "/v1/embeddings", content=b'{"input": "x"', headers={"content-type": "application/json"}
+    )
     _assert_error(resp, 400, None)
 
 
 def test_unknown_model_is_404(server: ServerThread, client: Any) -> None:
     err = _assert_error(
-        httpx.post(server.url + "/v1/embeddings", json={"model": "gpt-x", "input": "x"}), 404, "model", "model_not_found"
+        httpx.post(server.url + "/v1/embeddings", json={"model": "gpt-x", "input": "x"}),
+        404,
+        "model",
+        "model_not_found",
     )
     assert "gpt-x" in err["message"]
     with pytest.raises(openai.NotFoundError):
@@ -244,20 +262,29 @@ def test_unknown_model_is_404(server: ServerThread, client: Any) -> None:
 def test_api_key_is_required_when_set(strict_server: ServerThread) -> None:
     url = strict_server.url + "/v1/embeddings"
     _assert_error(httpx.post(url, json={"input": "x"}), 401, None, "invalid_api_key")
-    _assert_error(httpx.post(url, json={"input": "x"}, headers={"Authorization": "Bearer wrong"}), 401, None, "invalid_api_key")
+    _assert_error(
+        httpx.post(url, json={"input": "x"}, headers={"Authorization": "Bearer wrong"}),
+        401,
+        None,
+        "invalid_api_key",
+    )
     _assert_error(httpx.get(strict_server.url + "/v1/models"), 401, None, "invalid_api_key")
     ok = httpx.post(url, json={"input": "x"}, headers={"Authorization": "Bearer sekret"})
     assert ok.status_code == 200
     keyed = openai.OpenAI(base_url=strict_server.url + "/v1", api_key="sekret", max_retries=0)
     assert len(keyed.embeddings.create(model="tiny", input=["a", "b"]).data) == 2
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=strict_server.url + "/v1", api_key="bad", max_retries=0).embeddings.create(model="tiny", input="a")
+        openai.OpenAI(base_url=strict_server.url + "/v1", api_key="bad", max_retries=0).embeddings.create(
+            model="tiny", input="a"
+        )
     assert httpx.get(strict_server.url + "/health").status_code == 200  # probes need no key
 
 
 def test_body_too_large_is_413(strict_server: ServerThread) -> None:
     headers = {"Authorization": "Bearer sekret"}
-    resp = httpx.post(strict_server.url + "/v1/embeddings", json={"input": ["hello world"] * 400}, headers=headers)
+    resp = httpx.post(
+        strict_server.url + "/v1/embeddings", json={"input": ["hello world"] * 400}, headers=headers
+    )
     _assert_error(resp, 413, None, "request_too_large")
 
     def chunks():  # no Content-Length: the limit holds while streaming too
@@ -265,7 +292,9 @@ def test_body_too_large_is_413(strict_server: ServerThread) -> None:
             yield b" " * 1000
 
     resp = httpx.post(
-        strict_server.url + "/v1/embeddings", content=chunks(), headers={**headers, "content-type": "application/json"}
+        strict_server.url + "/v1/embeddings",
+        content=chunks(),
+        headers={**headers, "content-type": "application/json"},
     )
     _assert_error(resp, 413, None, "request_too_large")
 
@@ -273,9 +302,16 @@ def test_body_too_large_is_413(strict_server: ServerThread) -> None:
 def test_reject_mode_refuses_long_inputs(strict_server: ServerThread) -> None:
     headers = {"Authorization": "Bearer sekret"}
     url = strict_server.url + "/v1/embeddings"
-    err = _assert_error(httpx.post(url, json={"input": ["ok", "城市旅游" * 40]}, headers=headers), 400, "input", "context_length_exceeded")
+    err = _assert_error(
+        httpx.post(url, json={"input": ["ok", "城市旅游" * 40]}, headers=headers),
+        400,
+        "input",
+        "context_length_exceeded",
+    )
     assert "input[1]" in err["message"]
-    _assert_error(httpx.post(url, json={"input": [[5] * 100]}, headers=headers), 400, "input", "context_length_exceeded")
+    _assert_error(
+        httpx.post(url, json={"input": [[5] * 100]}, headers=headers), 400, "input", "context_length_exceeded"
+    )
 
 
 def test_cors_preflight_and_exposed_headers(strict_server: ServerThread) -> None:
@@ -322,7 +358,9 @@ def test_full_queue_is_429_with_retry_after(models: dict[str, Any]) -> None:
         answers: dict[str, Any] = {}
 
         def post(key: str, texts: list[str]) -> threading.Thread:
-            t = threading.Thread(target=lambda: answers.setdefault(key, httpx.post(url, json={"input": texts}, timeout=60)))
+            t = threading.Thread(
+                target=lambda: answers.setdefault(key, httpx.post(url, json={"input": texts}, timeout=60))
+            )
             t.start()
             return t
 
@@ -337,7 +375,9 @@ def test_full_queue_is_429_with_retry_after(models: dict[str, Any]) -> None:
             assert int(resp.headers["retry-after"]) >= 1
             assert "overloaded" in err["message"]
             with pytest.raises(openai.RateLimitError):
-                openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0).embeddings.create(model="tiny", input=["e", "f"])
+                openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0).embeddings.create(
+                    model="tiny", input=["e", "f"]
+                )
         finally:
             gated.gate.set()
             busy.join(60)
@@ -352,7 +392,9 @@ def test_full_queue_is_429_with_retry_after(models: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------- concurrency, health, metrics
 
 
-def test_32_concurrent_clients_get_their_own_results_in_order(server: ServerThread, models: dict[str, Any]) -> None:
+def test_32_concurrent_clients_get_their_own_results_in_order(
+    server: ServerThread, models: dict[str, Any]
+) -> None:
     rng = np.random.default_rng(0)
     pool = [*TEXTS, "短", "a much longer English sentence about vector search and embeddings " * 3]
     requests = []
@@ -424,4 +466,10 @@ def test_error_body_is_plain_json(server: ServerThread) -> None:
 def test_openapi_schema_lists_the_routes(server: ServerThread) -> None:
     resp = httpx.get(server.url + "/openapi.json")
     assert resp.status_code == 200
-    assert set(resp.json()["paths"]) == {"/v1/embeddings", "/v1/models", "/v1/models/{model}", "/health", "/metrics"}
+    assert set(resp.json()["paths"]) == {
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/health",
+        "/metrics",
+    }

@@ -65,8 +65,18 @@ def _in_flight(url: str) -> int:
 def served(minilm_dir: Path, tiny_st_model_dir: Path):
     port = _free_port()
     proc = subprocess.Popen(
-        _m3e("serve", str(minilm_dir), "--name", f"tiny={tiny_st_model_dir}", "--port", str(port),
-             "--threads", "1", "--token-ids", "model"),
+        _m3e(
+            "serve",
+            str(minilm_dir),
+            "--name",
+            f"tiny={tiny_st_model_dir}",
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--token-ids",
+            "model",
+        ),
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -74,7 +84,9 @@ def served(minilm_dir: Path, tiny_st_model_dir: Path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until(lambda: proc.poll() is not None or _healthy(url), "m3e serve to become ready", timeout=120)
+        _wait_until(
+            lambda: proc.poll() is not None or _healthy(url), "m3e serve to become ready", timeout=120
+        )
     except BaseException:
         proc.kill()
         raise
@@ -121,7 +133,9 @@ def test_sigterm_finishes_the_request_in_flight(served: Any) -> None:
 
     def call() -> None:
         try:
-            result["resp"] = httpx.post(url + "/v1/embeddings", json={"model": "tiny", "input": texts}, timeout=120)
+            result["resp"] = httpx.post(
+                url + "/v1/embeddings", json={"model": "tiny", "input": texts}, timeout=120
+            )
         except Exception as exc:
             result["error"] = exc
 

@@ -98,9 +98,7 @@ def _metric(url: str, prefix: str) -> float:
     ],
 )
 def test_lone_surrogates_are_400_in_openai_body(server: ServerThread, body: str, param: str) -> None:
-    resp = httpx.post(
-        server.url + "/v1/embeddings", content=body, headers=JSON
-    )
+    resp = httpx.post(server.url + "/v1/embeddings", content=body, headers=JSON)
     err = _error(resp, 400)
     assert err["param"] == param and err["code"] == "invalid_value"
     assert "surrogate" in err["message"]
@@ -125,9 +123,7 @@ def test_an_unexpected_exception_is_a_500_in_openai_body(model: Any) -> None:
 
 def test_an_oversized_body_gets_its_413_not_a_reset(server: ServerThread) -> None:
     big = json.dumps({"input": ["hello world"] * 800_000}).encode()  # 12 MB against a 4000-byte limit
-    resp = httpx.post(
-        server.url + "/v1/embeddings", content=big, headers=JSON
-    )
+    resp = httpx.post(server.url + "/v1/embeddings", content=big, headers=JSON)
     err = _error(resp, 413)
     assert err["code"] == "request_too_large" and "4000" in err["message"]
     # The connection stays usable: the body was read to its end, not left in the socket.
@@ -180,7 +176,10 @@ def test_a_client_that_disconnects_is_no_server_error(model: Any) -> None:
         busy.start()
         assert gated.entered.wait(30)
         body = json.dumps({"input": ["left before the answer"] * 3}).encode()
-        head = f"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = (
+            "POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
         _send_and_leave(srv.url, head.encode() + body)
         _send_and_leave(srv.url, head.encode() + body[:10])  # in the middle of its body
         wait_until(

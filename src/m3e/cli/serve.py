@@ -29,74 +29,145 @@ def _cores() -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "models", nargs="*", metavar="MODEL[=NAME]",
+        "models",
+        nargs="*",
+        metavar="MODEL[=NAME]",
         help="model directories or hub ids ('default': the default model), served under their own names or "
         "NAME (none given: the default model)",
     )
     parser.add_argument(
-        "--name", action="append", default=[], metavar="NAME=MODEL",
+        "--name",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL",
         help="serve MODEL under the public name NAME (repeatable)",
     )
     parser.add_argument(
-        "--alias", action="append", default=[], metavar="ALIAS=NAME",
-        help="another name for a served model, e.g. --alias m3e-base=default (repeatable; listed by /v1/models)",
+        "--alias",
+        action="append",
+        default=[],
+        metavar="ALIAS=NAME",
+        help="another name for a served model, e.g. --alias m3e-base=default (repeatable; in /v1/models)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)"
+    )
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument(
-        "--api-key", default=os.environ.get("M3E_API_KEY"),
+        "--api-key",
+        default=os.environ.get("M3E_API_KEY"),
         help="require 'Authorization: Bearer KEY' (default: $M3E_API_KEY; none = open)",
     )
     parser.add_argument(
-        "--allow-host", action="append", default=[], metavar="NAME",
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="also answer requests whose Host header names NAME ('*' for any; repeatable). On loopback the "
         "server answers only localhost, 127.0.0.1 and [::1] (a web page cannot reach it by DNS rebinding); "
         "bound beyond, any name unless some are given",
     )
-    parser.add_argument("--cors", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN ('*' for any; repeatable)")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default torch fp32)")
+    parser.add_argument(
+        "--cors",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser calls from ORIGIN ('*' for any; repeatable)",
+    )
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="torch", help="inference backend (default torch fp32)"
+    )
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
-    parser.add_argument("--max-length", type=int, default=None, help="truncate inputs at N tokens (default: the model's maximum)")
     parser.add_argument(
-        "--on-long-input", choices=["truncate", "reject"], default="truncate",
-        help="inputs longer than the max length: truncate (reported in the X-M3E-Truncated header) or reject with 400",
+        "--max-length",
+        type=int,
+        default=None,
+        help="truncate inputs at N tokens (default: the model's maximum)",
     )
     parser.add_argument(
-        "--default-side", choices=["query", "document", "none"], default=None,
-        help="prompt for texts sent with no input_type, prompt_name or NAME:query / NAME:document model name: "
-        "the model's query prompt, its document prompt, or none (default query, measured best in docs/benchmarks.md)",
+        "--on-long-input",
+        choices=["truncate", "reject"],
+        default="truncate",
+        help="inputs longer than the max length: truncate (reported in the X-M3E-Truncated header) or "
+        "reject with 400",
     )
     parser.add_argument(
-        "--token-ids", choices=["openai", "model"], default="openai",
+        "--default-side",
+        choices=["query", "document", "none"],
+        default=None,
+        help="prompt for texts sent with no input_type, prompt_name or NAME:query / NAME:document model "
+        "name: the model's query prompt, its document prompt, or none (default query, measured best in "
+        "docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--token-ids",
+        choices=["openai", "model"],
+        default="openai",
         help="integer inputs are cl100k_base token ids, decoded to text as OpenAI and LangChain mean them "
         "(openai, the default), or the served model's own token ids (model)",
     )
-    parser.add_argument("--max-batch-tokens", type=int, default=8192, help="token budget of one forward pass (default 8192)")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="texts per forward pass at most (default 64)")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a text may wait for its batch to fill (default 5)")
-    parser.add_argument("--max-queue", type=int, default=4096, help="texts queued at most; beyond, 429 with Retry-After (default 4096)")
     parser.add_argument(
-        "--max-queue-seconds", type=float, default=5.0,
+        "--max-batch-tokens", type=int, default=8192, help="token budget of one forward pass (default 8192)"
+    )
+    parser.add_argument(
+        "--max-batch-size", type=int, default=64, help="texts per forward pass at most (default 64)"
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a text may wait for its batch to fill (default 5)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=4096,
+        help="texts queued at most; beyond, 429 with Retry-After (default 4096)",
+    )
+    parser.add_argument(
+        "--max-queue-seconds",
+        type=float,
+        default=5.0,
         help="429 with Retry-After when the queued work would take longer, estimated from the measured "
         "throughput (default 5)",
     )
-    parser.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024, help="request body limit; beyond, 413 (default 16 MiB)")
     parser.add_argument(
-        "--body-timeout", type=float, default=30.0, metavar="SECONDS",
+        "--max-request-bytes",
+        type=int,
+        default=16 * 1024 * 1024,
+        help="request body limit; beyond, 413 (default 16 MiB)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
         help="a request body not arrived by then is answered 408 and its connection closed (default 30)",
     )
     parser.add_argument(
-        "--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
         help="on SIGTERM / Ctrl-C, requests in flight may finish for this long, then get 503 (default 30)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="inference threads (default: $M3E_NUM_THREADS or the physical cores)")
     parser.add_argument(
-        "--log-format", choices=["text", "json"], default="text",
-        help="access log lines (one per request, on stderr): Common Log Format with model, texts, tokens and ms "
-        "(text, the default) or one JSON object per line (json)",
+        "--threads",
+        type=int,
+        default=None,
+        help="inference threads (default: $M3E_NUM_THREADS or the physical cores)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="access log lines (one per request, on stderr): Common Log Format with model, texts, tokens "
+        "and ms (text, the default) or one JSON object per line (json)",
     )
     parser.add_argument("--no-access-log", action="store_true", help="write no line per request")
-    parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"], help="server log level")
+    parser.add_argument(
+        "--log-level", default=None, choices=["debug", "info", "warning", "error"], help="server log level"
+    )
 
 
 # The word that names the default model wherever a model is named (MODEL, --name NAME=MODEL, --alias).
@@ -139,7 +210,9 @@ def _aliases(args: argparse.Namespace, served: list[str], default_name: str | No
                 raise M3EError(f"--alias {item}: the default model is not served")
             target = default_name
         if target not in served:
-            raise M3EError(f"--alias {item}: no served model is named {target!r} (served: {', '.join(served)})")
+            raise M3EError(
+                f"--alias {item}: no served model is named {target!r} (served: {', '.join(served)})"
+            )
         if alias in served or alias in aliases:
             raise M3EError(f"--alias {item}: {alias!r} is already a name")
         aliases[alias] = target
@@ -178,7 +251,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _configure_access_log(enabled: bool) -> None:
-    """The access log's lines, as they are, on stderr (its own handler: the CLI's log level is for the rest)."""
+    """The access log's lines, as they are, on stderr (its own handler; the CLI's log level is for the
+    rest)."""
     from m3e.serving.access_log import ACCESS_LOGGER
 
     access = logging.getLogger(ACCESS_LOGGER)
@@ -222,7 +296,9 @@ def _load_models(args: argparse.Namespace) -> tuple[dict[str, EmbeddingModel], s
     return models, default_name
 
 
-def _serve_config(args: argparse.Namespace, threads: int, aliases: dict[str, str] | None = None) -> ServeConfig:
+def _serve_config(
+    args: argparse.Namespace, threads: int, aliases: dict[str, str] | None = None
+) -> ServeConfig:
     from m3e.serving import ServeConfig
     from m3e.serving.sides import DEFAULT_SIDE
 
@@ -288,7 +364,8 @@ def _announce(models: dict[str, EmbeddingModel], config: ServeConfig, args: argp
         aliases = [alias for alias, target in config.aliases.items() if target == public]
         also = f", also as {', '.join(aliases)}" if aliases else ""
         print(
-            f"m3e serve: {public}{also} (dim {model.dim}, max length {model.max_length}, backend {args.backend}; "
+            f"m3e serve: {public}{also} (dim {model.dim}, max length {model.max_length}, "
+            f"backend {args.backend}; "
             f"{_sides_line(model, config)})",
             file=sys.stderr,
         )

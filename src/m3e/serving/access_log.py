@@ -1,8 +1,10 @@
 """One access-log line per request, on the ``m3e.access`` logger at INFO.
 
-The text format is the Common Log Format (what nginx and Apache write) followed by the embedding fields:
+The text format is the Common Log Format (what nginx and Apache write) followed by the embedding fields,
+on one line (cut in two here):
 
-    127.0.0.1 - - [06/Dec/2025:04:42:25 +0000] "POST /v1/embeddings HTTP/1.1" 200 1834 model=m3e texts=2 tokens=14 ms=12.3
+    127.0.0.1 - - [06/Dec/2025:04:42:25 +0000] "POST /v1/embeddings HTTP/1.1" 200 1834
+        model=m3e texts=2 tokens=14 ms=12.3
 
 ``json`` writes one JSON object per line with the same fields (``time``, ``client``, ``method``, ``path``,
 ``protocol``, ``status``, ``bytes``, ``model``, ``texts``, ``tokens``, ``ms``). Fields a request does not have

@@ -102,7 +102,7 @@ class ServeConfig:
     warmup: bool = True
     # The side of texts sent with no input_type / prompt_name / model suffix (m3e.serving.sides).
     default_side: Side = DEFAULT_SIDE
-    # Integer inputs: cl100k_base ids as OpenAI reads them, or the served model's own ids (m3e.serving.openai_tokens).
+    # Integer inputs: cl100k_base ids as OpenAI reads them, or the model's own (m3e.serving.openai_tokens).
     token_ids: TokenIds = "openai"
 
 
@@ -153,7 +153,9 @@ def _checked_config(models: Mapping[str, EmbeddingModel], config: ServeConfig | 
         if alias in models:
             raise M3EError(f"alias {alias!r} is already the name of a served model")
         if target not in models:
-            raise M3EError(f"alias {alias!r} names {target!r}, which is not served (served: {', '.join(models)})")
+            raise M3EError(
+                f"alias {alias!r} names {target!r}, which is not served (served: {', '.join(models)})"
+            )
     return config
 
 
@@ -224,7 +226,11 @@ def _add_embedding_routes(app: FastAPI, service: EmbeddingService) -> None:
 
 def _add_model_routes(app: FastAPI, service: EmbeddingService) -> None:
     app.add_api_route(
-        "/v1/models", service.list_models, methods=["GET"], summary="List models", responses=openapi.MODELS_RESPONSES
+        "/v1/models",
+        service.list_models,
+        methods=["GET"],
+        summary="List models",
+        responses=openapi.MODELS_RESPONSES,
     )
     app.add_api_route("/models", service.list_models, methods=["GET"], include_in_schema=False)
     app.add_api_route(
@@ -239,7 +245,11 @@ def _add_model_routes(app: FastAPI, service: EmbeddingService) -> None:
 
 def _add_health_route(app: FastAPI, service: EmbeddingService) -> None:
     app.add_api_route(
-        "/health", service.health, methods=["GET"], summary="Ready once warmed up", responses=openapi.HEALTH_RESPONSES
+        "/health",
+        service.health,
+        methods=["GET"],
+        summary="Ready once warmed up",
+        responses=openapi.HEALTH_RESPONSES,
     )
 
 
@@ -265,11 +275,16 @@ class EmbeddingService:
         self.served = {name: ServedModel(name, m, config.default_side) for name, m in models.items()}
         self.default_name = next(iter(self.served))
         # Every name a request may use: the served names, then the aliases.
-        self.names = {**self.served, **{alias: self.served[target] for alias, target in config.aliases.items()}}
+        self.names = {
+            **self.served,
+            **{alias: self.served[target] for alias, target in config.aliases.items()},
+        }
         self.created = int(time.time())
         self.metrics = Metrics()
         self.openai_tokens = OpenAITokenDecoder()
-        self.in_flight = 0  # requests inside the embeddings handler; the batcher waits for company only if > 1
+        self.in_flight = (
+            0  # requests inside the embeddings handler; the batcher waits for company only if > 1
+        )
         self.draining = False  # a shutdown has started: new requests get 503
         self._grace_over = asyncio.Event()  # set shutdown_grace_s into a shutdown: waiting requests get 503
         backends: dict[str, EmbeddingBackend] = {name: s.model for name, s in self.served.items()}
@@ -340,9 +355,13 @@ class EmbeddingService:
         self.check_key(request)
         check_json_body(request)
         try:
-            raw = await read_body(request.receive, _headers(request), self.config.max_request_bytes, self.config.body_timeout_s)
+            raw = await read_body(
+                request.receive, _headers(request), self.config.max_request_bytes, self.config.body_timeout_s
+            )
         finally:
-            request.scope["m3e.body_read"] = True  # to its end, or as far as an answer that closes the connection
+            request.scope["m3e.body_read"] = (
+                True  # to its end, or as far as an answer that closes the connection
+            )
         req = parse_embedding_request(parse_json(raw))
         del raw
         logged = access_record(request.scope)
@@ -355,7 +374,9 @@ class EmbeddingService:
         vectors = finish_vectors(pooled, req.dimensions, model.dim)
         body = render_embeddings(vectors, req.encoding_format, req.model or model.name, tokens)
         self._count_embedded(model.name, inputs, tokens, time.perf_counter() - start)
-        return Response(body, media_type="application/json", headers={TRUNCATED_HEADER: str(inputs.truncated)})
+        return Response(
+            body, media_type="application/json", headers={TRUNCATED_HEADER: str(inputs.truncated)}
+        )
 
     def resolve_model(self, req: EmbeddingRequest) -> tuple[ServedModel, str | None]:
         """The model the request names (or the default) and the side after a ``:`` in its name, if any,
@@ -375,14 +396,15 @@ class EmbeddingService:
             )
         if req.dimensions is not None and req.dimensions > model.dim:
             raise bad_request(
-                f"Invalid value for 'dimensions': {req.dimensions}. Model `{name}` has {model.dim} dimensions.",
+                f"Invalid value for 'dimensions': {req.dimensions}. "
+                f"Model `{name}` has {model.dim} dimensions.",
                 param="dimensions",
                 code="invalid_value",
             )
         return model, suffix
 
     async def _tokenize(self, model: ServedModel, prompt: Prompt, req: EmbeddingRequest) -> TokenizedInputs:
-        """The request's inputs as token ids; a big request is tokenized in a thread, not on the event loop."""
+        """The request's inputs as token ids; a big request is tokenized in a thread, off the event loop."""
         if model.read_cost(req.texts, req.token_ids) <= _INLINE_TOKENIZE_CHARS:
             return self._inputs(model, prompt, req)
         return await asyncio.to_thread(self._inputs, model, prompt, req)
@@ -457,7 +479,9 @@ class EmbeddingService:
             self.check_key(request)
             name = model
             if name not in self.names:
-                raise ApiError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+                raise ApiError(
+                    404, f"The model `{name}` does not exist.", param="model", code="model_not_found"
+                )
         except ApiError as exc:
             return self.error_response(exc, "models")
         self.metrics.count_request("models", 200)
@@ -499,7 +523,9 @@ class EmbeddingService:
 
     def error_response(self, exc: ApiError, endpoint: str) -> Response:
         self.metrics.count_request(endpoint, exc.status, exc.code or exc.type)
-        return Response(exc.json_bytes(), status_code=exc.status, media_type="application/json", headers=exc.headers)
+        return Response(
+            exc.json_bytes(), status_code=exc.status, media_type="application/json", headers=exc.headers
+        )
 
 
 def check_api_key(request: Request, api_key: str | None) -> None:
@@ -561,5 +587,8 @@ def _shutting_down() -> ApiError:
 
 def _internal_error(exc: Exception) -> ApiError:
     return ApiError(
-        500, f"The server had an error processing the request: {type(exc).__name__}.", type=SERVER_ERROR, param=None
+        500,
+        f"The server had an error processing the request: {type(exc).__name__}.",
+        type=SERVER_ERROR,
+        param=None,
     )

@@ -162,7 +162,14 @@ class Batcher:
         n = len(ids)
         fut: Future[np.ndarray] = Future()
         order = sorted(range(n), key=lambda i: -len(ids[i]))
-        job = Job((model, prompt_length), ids, fut, order, np.zeros((n, backend.dim), dtype=np.float32), time.monotonic())
+        job = Job(
+            (model, prompt_length),
+            ids,
+            fut,
+            order,
+            np.zeros((n, backend.dim), dtype=np.float32),
+            time.monotonic(),
+        )
         tokens = sum(len(x) for x in ids)
         with self._cv:
             if self._stopping:
@@ -363,7 +370,7 @@ class Batcher:
             self.metrics.queue_seconds_estimate.set(self.queued_seconds() or 0.0)
 
     def _run_round(self, lane: tuple[str, int], picked: list[tuple[Job, int]]) -> None:
-        """The round's texts in length-sorted batches, one forward each; jobs that failed meanwhile are skipped."""
+        """The round's texts in length-sorted batches, one forward each; jobs failed meanwhile are skipped."""
         lengths = [len(job.ids[i]) for job, i in picked]
         left = sum(lengths)
         for batch in split_batches(lengths, self.max_batch_size, self.max_batch_tokens):
@@ -379,7 +386,9 @@ class Batcher:
         ids = [job.ids[i] for job, i in items]
         start = time.perf_counter()
         try:
-            vectors = self.models[model_name].embed_token_ids(ids, normalize=False, prompt_length=prompt_length)
+            vectors = self.models[model_name].embed_token_ids(
+                ids, normalize=False, prompt_length=prompt_length
+            )
         except Exception as exc:
             logger.exception("forward pass failed")
             self._fail({id(job): job for job, _ in items}.values(), exc)

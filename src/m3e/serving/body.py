@@ -14,7 +14,7 @@ from starlette.types import Message, Receive
 
 from m3e.serving.errors import ApiError
 
-# Bytes of an oversized body read and dropped so that its client can read the 413; beyond, the connection closes.
+# Bytes of an oversized body read and dropped so its client can read the 413; beyond, the connection closes.
 DISCARD_LIMIT_BYTES = 256 * 1024 * 1024
 
 

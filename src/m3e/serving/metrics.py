@@ -19,33 +19,57 @@ class Metrics:
             "m3e_requests", "HTTP requests by endpoint and status code", ["endpoint", "status"], registry=r
         )
         self.errors = Counter(
-            "m3e_request_errors", "Requests answered with an error, by status and error code", ["status", "code"], registry=r
+            "m3e_request_errors",
+            "Requests answered with an error, by status and error code",
+            ["status", "code"],
+            registry=r,
         )
         self.in_flight = Gauge("m3e_requests_in_flight", "Embedding requests being handled", registry=r)
         self.queue_texts = Gauge("m3e_queue_depth", "Texts waiting for the model", registry=r)
-        self.queue_requests = Gauge("m3e_queue_requests", "Requests with texts waiting for the model", registry=r)
+        self.queue_requests = Gauge(
+            "m3e_queue_requests", "Requests with texts waiting for the model", registry=r
+        )
         self.queue_seconds_estimate = Gauge(
-            "m3e_queue_seconds_estimate", "Estimated time to finish the queued work (measured throughput)", registry=r
+            "m3e_queue_seconds_estimate",
+            "Estimated time to finish the queued work (measured throughput)",
+            registry=r,
         )
         self.texts = Counter("m3e_texts", "Texts embedded, by model", ["model"], registry=r)
-        self.tokens = Counter("m3e_tokens", "Tokens embedded (special tokens included), by model", ["model"], registry=r)
-        self.truncated = Counter("m3e_truncated_inputs", "Inputs truncated at the model's max length", ["model"], registry=r)
+        self.tokens = Counter(
+            "m3e_tokens", "Tokens embedded (special tokens included), by model", ["model"], registry=r
+        )
+        self.truncated = Counter(
+            "m3e_truncated_inputs", "Inputs truncated at the model's max length", ["model"], registry=r
+        )
         self.batch_size = Histogram(
             "m3e_batch_size", "Texts per forward pass", ["model"], buckets=_BATCH_BUCKETS, registry=r
         )
         self.batch_tokens = Histogram(
-            "m3e_batch_tokens", "Padded tokens per forward pass", ["model"], buckets=_TOKEN_BUCKETS, registry=r
+            "m3e_batch_tokens",
+            "Padded tokens per forward pass",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
         )
         self.forward_seconds = Histogram(
-            "m3e_forward_seconds", "Duration of one forward pass", ["model"], buckets=_LATENCY_BUCKETS, registry=r
+            "m3e_forward_seconds",
+            "Duration of one forward pass",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_seconds = Histogram(
-            "m3e_queue_wait_seconds", "Time from a request's arrival at the batcher to its first forward",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "m3e_queue_wait_seconds",
+            "Time from a request's arrival at the batcher to its first forward",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.latency = Histogram(
-            "m3e_request_latency_seconds", "Embedding request latency, end to end in the server", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "m3e_request_latency_seconds",
+            "Embedding request latency, end to end in the server",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.ready = Gauge("m3e_ready", "1 once the models are warmed up", registry=r)
 

@@ -69,7 +69,9 @@ def parse_embedding_request(obj: Any) -> EmbeddingRequest:
     model = _optional_string(obj, "model")
 
     if "input" not in obj or obj["input"] is None:
-        raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+        raise bad_request(
+            "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+        )
     texts, token_ids = _parse_input(obj["input"])
     fmt = _parse_encoding_format(obj.get("encoding_format"))
     dims = _parse_dimensions(obj.get("dimensions"))
@@ -138,7 +140,8 @@ def _check_input_array(value: Any) -> None:
         raise bad_request("'input' cannot be an empty array.", code="invalid_value")
     if len(value) > MAX_INPUTS:
         raise bad_request(
-            f"'input' has {len(value)} items; at most {MAX_INPUTS} are allowed per request.", code="invalid_value"
+            f"'input' has {len(value)} items; at most {MAX_INPUTS} are allowed per request.",
+            code="invalid_value",
         )
 
 
@@ -147,7 +150,9 @@ def _parse_texts(value: list[Any]) -> list[str]:
         if not isinstance(item, str):
             raise bad_request(f"input[{i}] is {_json_type(item)}; all items of a text array must be strings.")
         if item == "":
-            raise bad_request(f"input[{i}] is an empty string; empty strings cannot be embedded.", code="invalid_value")
+            raise bad_request(
+                f"input[{i}] is an empty string; empty strings cannot be embedded.", code="invalid_value"
+            )
         _check_encodable(item, "input", f"input[{i}]")
     return list(value)
 
@@ -161,8 +166,8 @@ def _check_encodable(text: str, param: str, where: str) -> None:
     found = _SURROGATE.search(text)
     if found is not None:
         raise bad_request(
-            f"{where} holds an unpaired surrogate (\\u{ord(found.group()):04x}) at character {found.start()}, "
-            "which is not valid Unicode text. Send the text as UTF-8.",
+            f"{where} holds an unpaired surrogate (\\u{ord(found.group()):04x}) at character "
+            f"{found.start()}, which is not valid Unicode text. Send the text as UTF-8.",
             param=param,
             code="invalid_value",
         )
@@ -242,7 +247,10 @@ def _render_vector(v: np.ndarray, fmt: str) -> str:
 
 
 def render_models(
-    names: Sequence[str], created: int, owner: str = "m3e", details: Mapping[str, Mapping[str, Any]] | None = None
+    names: Sequence[str],
+    created: int,
+    owner: str = "m3e",
+    details: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The body of ``GET /v1/models``; ``details``: extra fields of each model by name."""
     details = details or {}
@@ -252,8 +260,8 @@ def render_models(
 def render_model(
     name: str, created: int, owner: str = "m3e", details: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """OpenAI's model object (``GET /v1/models/{id}``), then m3e's own fields (``details``: dimensions, prompts,
-    sides, aliases); not a model card (:mod:`m3e.model_card`)."""
+    """OpenAI's model object (``GET /v1/models/{id}``), then m3e's own fields (``details``: dimensions,
+    prompts, sides, aliases); not a model card (:mod:`m3e.model_card`)."""
     return {"id": name, "object": "model", "created": created, "owned_by": owner, **(details or {})}
 
 
