@@ -282,9 +282,8 @@ class EmbeddingService:
         self.created = int(time.time())
         self.metrics = Metrics()
         self.openai_tokens = OpenAITokenDecoder()
-        self.in_flight = (
-            0  # requests inside the embeddings handler; the batcher waits for company only if > 1
-        )
+        # Requests inside the embeddings handler; the batcher waits for company only if > 1.
+        self.in_flight = 0
         self.draining = False  # a shutdown has started: new requests get 503
         self._grace_over = asyncio.Event()  # set shutdown_grace_s into a shutdown: waiting requests get 503
         backends: dict[str, EmbeddingBackend] = {name: s.model for name, s in self.served.items()}
@@ -350,20 +349,9 @@ class EmbeddingService:
             self.in_flight -= 1
 
     async def _embed(self, request: Request, start: float) -> Response:
-        if self.draining:
-            raise _shutting_down()
-        self.check_key(request)
-        check_json_body(request)
-        try:
-            raw = await read_body(
-                request.receive, _headers(request), self.config.max_request_bytes, self.config.body_timeout_s
-            )
-        finally:
-            request.scope["m3e.body_read"] = (
-                True  # to its end, or as far as an answer that closes the connection
-            )
-        req = parse_embedding_request(parse_json(raw))
-        del raw
+        """Admit, read, resolve the model and side, tokenize, wait for the batcher, answer."""
+        self._admit(request)
+        req = await self._read_request(request)
         logged = access_record(request.scope)
         logged.model, logged.texts = req.model or self.default_name, req.count
         model, suffix = self.resolve_model(req)
@@ -374,9 +362,26 @@ class EmbeddingService:
         vectors = finish_vectors(pooled, req.dimensions, model.dim)
         body = render_embeddings(vectors, req.encoding_format, req.model or model.name, tokens)
         self._count_embedded(model.name, inputs, tokens, time.perf_counter() - start)
-        return Response(
-            body, media_type="application/json", headers={TRUNCATED_HEADER: str(inputs.truncated)}
-        )
+        headers = {TRUNCATED_HEADER: str(inputs.truncated)}
+        return Response(body, media_type="application/json", headers=headers)
+
+    def _admit(self, request: Request) -> None:
+        """Refusals that need no body: a shutdown under way, a missing key, a body that is not JSON."""
+        if self.draining:
+            raise _shutting_down()
+        self.check_key(request)
+        check_json_body(request)
+
+    async def _read_request(self, request: Request) -> EmbeddingRequest:
+        config = self.config
+        try:
+            raw = await read_body(
+                request.receive, _headers(request), config.max_request_bytes, config.body_timeout_s
+            )
+        finally:
+            # Read to its end, or as far as an answer that closes the connection: nothing left to drain.
+            request.scope["m3e.body_read"] = True
+        return parse_embedding_request(parse_json(raw))
 
     def resolve_model(self, req: EmbeddingRequest) -> tuple[ServedModel, str | None]:
         """The model the request names (or the default) and the side after a ``:`` in its name, if any,
