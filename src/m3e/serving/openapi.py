@@ -7,11 +7,16 @@ name they refer to resolves when the schema is built.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from m3e.serving.schemas import MAX_INPUTS
@@ -187,7 +192,9 @@ class SchemaLimits:
 
 
 def install_openapi(app: FastAPI, limits: SchemaLimits) -> None:
-    """Build ``app``'s schema once, with the embeddings request body the handler validates by hand."""
+    """Build ``app``'s schema once, with the embeddings request body the handler validates by hand, and
+    the pages that show it (:func:`install_docs`)."""
+    install_docs(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -202,6 +209,58 @@ def install_openapi(app: FastAPI, limits: SchemaLimits) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema
+
+
+DOCS_ASSETS_PATH = "/docs-assets"
+
+
+def offline_docs_assets() -> Path | None:
+    """Swagger UI's and ReDoc's scripts as the PyPI package fastapi-offline (serve extra) ships them."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or spec.origin is None:
+        return None
+    static = Path(spec.origin).parent / "static"
+    return static if (static / "swagger-ui-bundle.js").is_file() else None
+
+
+def install_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` in place of FastAPI's own pages.
+
+    Their scripts come from this server when fastapi-offline is installed, so the pages render on a
+    machine without network; else from FastAPI's default CDN, as FastAPI's pages load them."""
+    app.router.routes[:] = [
+        r for r in app.router.routes if getattr(r, "path", None) not in ("/docs", "/redoc")
+    ]
+    assets = offline_docs_assets()
+    if assets is not None:
+        app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=assets), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    async def swagger_ui() -> HTMLResponse:
+        title = f"{app.title} - Swagger UI"
+        if assets is None:
+            return get_swagger_ui_html(openapi_url=openapi_url, title=title)
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=title,
+            swagger_js_url=f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_PATH}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_PATH}/favicon.png",
+        )
+
+    async def redoc() -> HTMLResponse:
+        title = f"{app.title} - ReDoc"
+        if assets is None:
+            return get_redoc_html(openapi_url=openapi_url, title=title)
+        return get_redoc_html(
+            openapi_url=openapi_url,
+            title=title,
+            redoc_js_url=f"{DOCS_ASSETS_PATH}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS_PATH}/favicon.png",
+        )
+
+    app.add_api_route("/docs", swagger_ui, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/redoc", redoc, methods=["GET"], include_in_schema=False)
 
 
 def _drop_validation_errors(schema: dict[str, Any]) -> None:
