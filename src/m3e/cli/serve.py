@@ -1,4 +1,5 @@
-"""`m3e serve`: an OpenAI-compatible /v1/embeddings server with dynamic batching."""
+"""`m3e serve`: an OpenAI-compatible /v1/embeddings server with dynamic batching; with --reranker, /v1/rerank
+(Cohere / Jina) and TEI's /rerank; with --index, /v1/search and the search page /search."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from m3e.extras import require
 
 if TYPE_CHECKING:
     from m3e.model import EmbeddingModel
+    from m3e.reranker import Reranker
     from m3e.serving import ServeConfig
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ALIAS=NAME",
         help="another name for a served model, e.g. --alias m3e-base=default (repeatable; in /v1/models)",
+    )
+    parser.add_argument(
+        "--reranker",
+        action="append",
+        default=[],
+        metavar="MODEL[=NAME]",
+        help="also serve this cross-encoder reranker ('default': the default reranker) on /v1/rerank and /rerank, "
+        "under its own name or NAME (repeatable; the first is the default; --alias names it too)",
+    )
+    parser.add_argument(
+        "--index",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="serve the index in DIR (from `m3e index build`) as NAME on /v1/search and the search page /search "
+        "(repeatable); it reloads when `m3e index add` commits",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)"
@@ -132,6 +150,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "throughput (default 5)",
     )
     parser.add_argument(
+        "--max-documents",
+        type=int,
+        default=1000,
+        help="documents one rerank request may send; beyond, 400 (default 1000)",
+    )
+    parser.add_argument(
         "--max-request-bytes",
         type=int,
         default=16 * 1024 * 1024,
@@ -198,8 +222,27 @@ def _model_path(spec: str) -> str | None:
     return None if spec == DEFAULT_MODEL else spec
 
 
+def _reranker_specs(args: argparse.Namespace) -> list[tuple[str | None, str | None]]:
+    """(public name or None, reranker path or None: the default reranker) in serving order."""
+    return [_positional_spec(item) for item in args.reranker]
+
+
+def _index_specs(args: argparse.Namespace) -> dict[str, str]:
+    """--index NAME=DIR as name -> directory."""
+    indexes: dict[str, str] = {}
+    for item in args.index:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise M3EError(f"--index expects NAME=DIR, got {item!r}")
+        if name in indexes:
+            raise M3EError(f"--index {item}: two indexes are named {name!r}")
+        indexes[name] = path
+    return indexes
+
+
 def _aliases(args: argparse.Namespace, served: list[str], default_name: str | None) -> dict[str, str]:
-    """--alias ALIAS=NAME as alias -> served name; NAME 'default' is the default model's served name."""
+    """--alias ALIAS=NAME as alias -> served name (a model's or a reranker's); NAME 'default' is the default
+    model's served name."""
     aliases: dict[str, str] = {}
     for item in args.alias:
         alias, sep, target = item.partition("=")
@@ -220,7 +263,14 @@ def _aliases(args: argparse.Namespace, served: list[str], default_name: str | No
 
 
 def _check_limits(args: argparse.Namespace) -> None:
-    for opt in ("max_batch_tokens", "max_batch_size", "max_queue", "max_request_bytes", "port"):
+    for opt in (
+        "max_batch_tokens",
+        "max_batch_size",
+        "max_queue",
+        "max_request_bytes",
+        "max_documents",
+        "port",
+    ):
         if getattr(args, opt) < (0 if opt == "port" else 1):
             raise M3EError(f"--{opt.replace('_', '-')} must be positive")
     if args.threads is not None and args.threads < 1:
@@ -239,11 +289,13 @@ def run(args: argparse.Namespace) -> int:
 
     threads = args.threads or _cores()
     _set_inference_threads(threads)
+    indexes = _index_specs(args)
     models, default_name = _load_models(args)
-    config = _serve_config(args, threads, _aliases(args, list(models), default_name))
-    app = create_app(models, config)
+    rerankers = _load_rerankers(args, models)
+    config = _serve_config(args, threads, _aliases(args, [*models, *rerankers], default_name))
+    app = create_app(models, config, rerankers=rerankers, indexes=indexes)
     _configure_access_log(enabled=not args.no_access_log)
-    _announce(models, config, args)
+    _announce(models, config, args, rerankers, indexes)
     level = args.log_level or ("info" if args.verbose else "warning")
     run_server(app, args.host, args.port, log_level=level)
     print("m3e serve: stopped", file=sys.stderr)
@@ -296,6 +348,20 @@ def _load_models(args: argparse.Namespace) -> tuple[dict[str, EmbeddingModel], s
     return models, default_name
 
 
+def _load_rerankers(args: argparse.Namespace, models: dict[str, EmbeddingModel]) -> dict[str, Reranker]:
+    """The rerankers to serve by public name, in serving order (the first is /v1/rerank's default)."""
+    from m3e.loading import load_reranker
+
+    rerankers: dict[str, Reranker] = {}
+    for name, path in _reranker_specs(args):
+        reranker = load_reranker(path, device=args.device, backend=args.backend)
+        public = name or reranker.name
+        if public in rerankers or public in models:
+            raise M3EError(f"two models are named {public!r}; give one another name with MODEL=NAME")
+        rerankers[public] = reranker
+    return rerankers
+
+
 def _serve_config(
     args: argparse.Namespace, threads: int, aliases: dict[str, str] | None = None
 ) -> ServeConfig:
@@ -320,6 +386,7 @@ def _serve_config(
         torch_threads=threads,
         default_side=args.default_side or DEFAULT_SIDE,
         token_ids=args.token_ids,
+        max_rerank_documents=args.max_documents,
     )
 
 
@@ -354,7 +421,13 @@ def _sides_line(model: EmbeddingModel, config: ServeConfig) -> str:
     return f"{prompts}; texts with no side: {config.default_side} ({default!r})"
 
 
-def _announce(models: dict[str, EmbeddingModel], config: ServeConfig, args: argparse.Namespace) -> None:
+def _announce(
+    models: dict[str, EmbeddingModel],
+    config: ServeConfig,
+    args: argparse.Namespace,
+    rerankers: dict[str, Reranker] | None = None,
+    indexes: dict[str, str] | None = None,
+) -> None:
     """What is served and where, on stderr, before the server starts."""
     warning = exposure_warning(args.host, config.api_key)
     if warning:
@@ -367,6 +440,19 @@ def _announce(models: dict[str, EmbeddingModel], config: ServeConfig, args: argp
             f"m3e serve: {public}{also} (dim {model.dim}, max length {model.max_length}, "
             f"backend {args.backend}; "
             f"{_sides_line(model, config)})",
+            file=sys.stderr,
+        )
+    for public, reranker in (rerankers or {}).items():
+        aliases = [alias for alias, target in config.aliases.items() if target == public]
+        also = f", also as {', '.join(aliases)}" if aliases else ""
+        print(
+            f"m3e serve: reranker {public}{also} (max length {reranker.max_length}, activation "
+            f"{reranker.activation}, backend {args.backend}) on /v1/rerank and /rerank",
+            file=sys.stderr,
+        )
+    for name, path in (indexes or {}).items():
+        print(
+            f"m3e serve: index {name} ({path}) on /v1/search; page http://{host}:{args.port}/search",
             file=sys.stderr,
         )
     print(

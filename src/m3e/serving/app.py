@@ -1,8 +1,10 @@
-"""The FastAPI application: OpenAI-compatible /v1/embeddings over the dynamic batcher.
+"""The FastAPI application: OpenAI-compatible /v1/embeddings over the dynamic batcher, reranking and search.
 
 Routes: ``POST /v1/embeddings`` and ``/embeddings``, ``GET /v1/models`` (``/models``,
 ``/v1/models/{id}``), ``GET /health`` (503 until warm-up is done), ``GET /metrics``
-(Prometheus). Every error, unknown routes and unexpected exceptions included, has OpenAI's body
+(Prometheus); with rerankers, ``POST /v1/rerank`` (Cohere / Jina; also ``/v2/rerank``, and ``/rerank``,
+which reads TEI's shape too: :mod:`m3e.serving.reranking`); with indexes, ``POST /v1/search``,
+``GET /v1/indexes`` and the search page ``GET /search`` (:mod:`m3e.serving.searching`). Every error, unknown routes and unexpected exceptions included, has OpenAI's body
 ``{"error": {"message", "type", "param", "code"}}``.
 
 Shutdown (SIGTERM, Ctrl-C, ``ServerThread.stop``): new requests get 503; requests in flight finish,
@@ -10,8 +12,11 @@ or get 503 when still waiting ``shutdown_grace_s`` later. A client that disconne
 texts out of the batcher and is counted as 499 (client closed request), not as a server error.
 
 :func:`create_app` builds the app in named steps: an :class:`EmbeddingService` holds what the
-handlers share (served models, batcher, metrics, settings) and answers each endpoint; the
-``_add_*`` functions put CORS, the error handlers and each route group on the app.
+handlers share (served models, batcher, metrics, settings), the steps every endpoint takes (the key, the JSON
+body, the batcher's answer, the error body: :meth:`EmbeddingService.answer`) and answers the embedding
+endpoints; :class:`~m3e.serving.reranking.RerankService` and :class:`~m3e.serving.searching.SearchService`
+answer theirs with the same steps. The ``_add_*`` functions put CORS, the error handlers and each route group
+on the app.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI
@@ -37,7 +43,7 @@ from starlette.requests import Request
 from m3e.errors import M3EError
 from m3e.serving import openapi
 from m3e.serving.access_log import LOG_FORMATS, AccessLog, LogFormat, access_record
-from m3e.serving.batcher import Batcher, EmbeddingBackend, QueueFull, ShuttingDown
+from m3e.serving.batcher import Backend, Batcher, QueueFull, ShuttingDown
 from m3e.serving.body import ClientGone, discard_body, read_body, wait_for_disconnect
 from m3e.serving.errors import SERVER_ERROR, ApiError, bad_request
 from m3e.serving.hosts import LOOPBACK_HOSTS, HostAllowList
@@ -60,11 +66,15 @@ from m3e.serving.served import (
     TokenizedInputs,
     warm_up,
 )
+from m3e.serving.served_reranker import ServedReranker
 from m3e.serving.sides import DEFAULT_SIDE, INPUT_TYPES, SIDES, Side, SideChoice
 from m3e.version import __version__
 
 if TYPE_CHECKING:
     from m3e.model import EmbeddingModel
+    from m3e.reranker import Reranker
+    from m3e.serving.reranking import RerankService
+    from m3e.serving.searching import SearchService
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +86,7 @@ _INLINE_TOKENIZE_CHARS = 4096
 _DRAIN_TIMEOUT_S = 60.0
 # nginx's status for a request whose client went away before the answer (no response is sent).
 CLIENT_CLOSED_REQUEST = 499
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -104,20 +115,42 @@ class ServeConfig:
     default_side: Side = DEFAULT_SIDE
     # Integer inputs: cl100k_base ids as OpenAI reads them, or the model's own (m3e.serving.openai_tokens).
     token_ids: TokenIds = "openai"
+    # Documents (or TEI texts) one rerank request may send.
+    max_rerank_documents: int = 1000
 
 
 # ---------------------------------------------------------------------- the app, step by step
 
 
-def create_app(models: Mapping[str, EmbeddingModel], config: ServeConfig | None = None) -> FastAPI:
-    """An ASGI app serving ``models`` (public name -> EmbeddingModel); the first is the default."""
-    config = _checked_config(models, config)
-    service = EmbeddingService(models, config)
-    app = FastAPI(title="m3e embeddings", version=__version__, lifespan=_batcher_lifespan(service.batcher))
+def create_app(
+    models: Mapping[str, EmbeddingModel],
+    config: ServeConfig | None = None,
+    *,
+    rerankers: Mapping[str, Reranker] | None = None,
+    indexes: Mapping[str, str | os.PathLike[str]] | None = None,
+) -> FastAPI:
+    """An ASGI app serving ``models`` (public name -> EmbeddingModel; the first is the default), ``rerankers``
+    (public name -> Reranker; the first is the default of /v1/rerank) and ``indexes`` (public name -> index
+    directory, searched with a served model when it built the index)."""
+    from m3e.serving.reranking import RerankService
+    from m3e.serving.searching import SearchService
+
+    rerankers = dict(rerankers or {})
+    config = _checked_config(models, config, rerankers)
+    service = EmbeddingService(models, config, rerankers)
+    reranking = RerankService(service)
+    searching = SearchService(service, reranking, indexes or {})
+    app = FastAPI(
+        title="m3e embeddings",
+        version=__version__,
+        lifespan=_lifespan(service.batcher, searching.close),
+    )
     app.state.batcher = service.batcher
     app.state.metrics = service.metrics
     app.state.served = service.served
     app.state.service = service
+    app.state.reranking = reranking
+    app.state.searching = searching
     # What m3e.serving.server calls when a shutdown starts, and how long it lets requests finish.
     app.state.begin_shutdown = service.begin_shutdown
     app.state.shutdown_grace_s = config.shutdown_grace_s
@@ -126,6 +159,8 @@ def create_app(models: Mapping[str, EmbeddingModel], config: ServeConfig | None 
     app.add_middleware(AccessLog, log_format=config.log_format)  # outermost: every request has its line
     _add_error_handlers(app, service)
     _add_embedding_routes(app, service)
+    _add_rerank_routes(app, reranking)
+    _add_search_routes(app, searching)
     _add_model_routes(app, service)
     _add_health_route(app, service)
     _add_metrics_route(app, service)
@@ -133,10 +168,15 @@ def create_app(models: Mapping[str, EmbeddingModel], config: ServeConfig | None 
     return app
 
 
-def _checked_config(models: Mapping[str, EmbeddingModel], config: ServeConfig | None) -> ServeConfig:
+def _checked_config(
+    models: Mapping[str, EmbeddingModel], config: ServeConfig | None, rerankers: Mapping[str, Reranker]
+) -> ServeConfig:
     if not models:
         raise M3EError("no model to serve")
     config = config or ServeConfig()
+    if config.max_rerank_documents < 1:
+        raise M3EError(f"max_rerank_documents must be >= 1, not {config.max_rerank_documents!r}")
+    _check_rerankers(models, rerankers)
     if config.on_long_input not in ON_LONG_INPUT:
         raise M3EError(f"on_long_input must be one of {ON_LONG_INPUT}, not {config.on_long_input!r}")
     if config.default_side not in SIDES:
@@ -149,23 +189,37 @@ def _checked_config(models: Mapping[str, EmbeddingModel], config: ServeConfig | 
             raise M3EError(f"{name} must be > 0, not {value!r}")
     if config.log_format not in LOG_FORMATS:
         raise M3EError(f"log_format must be one of {LOG_FORMATS}, not {config.log_format!r}")
+    served = [*models, *rerankers]
     for alias, target in config.aliases.items():
-        if alias in models:
+        if alias in served:
             raise M3EError(f"alias {alias!r} is already the name of a served model")
-        if target not in models:
+        if target not in served:
             raise M3EError(
-                f"alias {alias!r} names {target!r}, which is not served (served: {', '.join(models)})"
+                f"alias {alias!r} names {target!r}, which is not served (served: {', '.join(served)})"
             )
     return config
 
 
-def _batcher_lifespan(batcher: Batcher) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def _check_rerankers(models: Mapping[str, EmbeddingModel], rerankers: Mapping[str, Reranker]) -> None:
+    for name, reranker in rerankers.items():
+        if name in models:
+            raise M3EError(f"{name!r} names an embedding model and a reranker; give one another name")
+        if reranker.num_labels != 1:
+            raise M3EError(
+                f"reranker {name!r} has {reranker.num_labels} labels; the server ranks with one-label rerankers"
+            )
+
+
+def _lifespan(
+    batcher: Batcher, close: Callable[[], None]
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()  # warms up in the inference thread; /health says 503 until then
         yield
         # uvicorn has already let in-flight requests finish; drain anything left and stop.
         await asyncio.to_thread(batcher.stop, _DRAIN_TIMEOUT_S)
+        await asyncio.to_thread(close)
 
     return lifespan
 
@@ -224,6 +278,70 @@ def _add_embedding_routes(app: FastAPI, service: EmbeddingService) -> None:
     app.add_api_route("/embeddings", service.embeddings, methods=["POST"], include_in_schema=False)
 
 
+def _add_rerank_routes(app: FastAPI, reranking: RerankService) -> None:
+    """Cohere's and Jina's /v1/rerank (Cohere v2's /v2/rerank), and /rerank, which reads TEI's shape too;
+    in the schema only when a reranker is served."""
+    served = bool(reranking.served)
+    app.add_api_route(
+        "/v1/rerank",
+        reranking.rerank,
+        methods=["POST"],
+        summary="Rerank documents (Cohere / Jina)",
+        response_class=JSONResponse,
+        responses=openapi.RERANK_RESPONSES,
+        include_in_schema=served,
+    )
+    app.add_api_route(
+        "/v2/rerank",
+        reranking.rerank,
+        methods=["POST"],
+        summary="Rerank documents (Cohere v2)",
+        response_class=JSONResponse,
+        responses=openapi.RERANK_RESPONSES,
+        include_in_schema=served,
+    )
+    app.add_api_route(
+        "/rerank",
+        reranking.rerank,
+        methods=["POST"],
+        summary="Rerank texts (TEI's shape with 'texts'; Cohere's with 'documents')",
+        response_class=JSONResponse,
+        responses=openapi.TEI_RERANK_RESPONSES,
+        include_in_schema=served,
+    )
+
+
+def _add_search_routes(app: FastAPI, searching: SearchService) -> None:
+    """POST /v1/search, GET /v1/indexes and the search page; in the schema only when an index is served."""
+    served = bool(searching.indexes)
+    app.add_api_route(
+        "/v1/search",
+        searching.search,
+        methods=["POST"],
+        summary="Search a served index",
+        response_class=JSONResponse,
+        responses=openapi.SEARCH_RESPONSES,
+        include_in_schema=served,
+    )
+    app.add_api_route(
+        "/v1/indexes",
+        searching.list_indexes,
+        methods=["GET"],
+        summary="List served indexes",
+        responses=openapi.INDEXES_RESPONSES,
+        include_in_schema=served,
+    )
+    app.add_api_route(
+        "/search",
+        searching.page,
+        methods=["GET"],
+        summary="The search page",
+        response_class=Response,
+        responses=openapi.PAGE_RESPONSES,
+        include_in_schema=served,
+    )
+
+
 def _add_model_routes(app: FastAPI, service: EmbeddingService) -> None:
     app.add_api_route(
         "/v1/models",
@@ -268,25 +386,36 @@ def _add_metrics_route(app: FastAPI, service: EmbeddingService) -> None:
 
 
 class EmbeddingService:
-    """What the routes share (served models, batcher, metrics, settings) and one handler per endpoint."""
+    """What the routes share (served models and rerankers, batcher, metrics, settings), the steps of every
+    request (:meth:`answer`, :meth:`read_json`, :meth:`submit`, :meth:`wait_result`) and one handler per
+    embedding and model endpoint."""
 
-    def __init__(self, models: Mapping[str, EmbeddingModel], config: ServeConfig):
+    def __init__(
+        self,
+        models: Mapping[str, EmbeddingModel],
+        config: ServeConfig,
+        rerankers: Mapping[str, Reranker] | None = None,
+    ):
         self.config = config
         self.served = {name: ServedModel(name, m, config.default_side) for name, m in models.items()}
+        self.rerankers = {name: ServedReranker(name, r) for name, r in (rerankers or {}).items()}
         self.default_name = next(iter(self.served))
-        # Every name a request may use: the served names, then the aliases.
-        self.names = {
-            **self.served,
-            **{alias: self.served[target] for alias, target in config.aliases.items()},
+        # Every name a request may use: the served names, then the aliases (of embedders; of rerankers).
+        aliases = config.aliases.items()
+        self.names = {**self.served, **{a: self.served[t] for a, t in aliases if t in self.served}}
+        self.reranker_names = {
+            **self.rerankers,
+            **{a: self.rerankers[t] for a, t in aliases if t in self.rerankers},
         }
         self.created = int(time.time())
         self.metrics = Metrics()
         self.openai_tokens = OpenAITokenDecoder()
-        # Requests inside the embeddings handler; the batcher waits for company only if > 1.
+        # Requests inside a handler; the batcher waits for company only if > 1.
         self.in_flight = 0
         self.draining = False  # a shutdown has started: new requests get 503
         self._grace_over = asyncio.Event()  # set shutdown_grace_s into a shutdown: waiting requests get 503
-        backends: dict[str, EmbeddingBackend] = {name: s.model for name, s in self.served.items()}
+        backends: dict[str, Backend] = {name: s.model for name, s in self.served.items()}
+        backends.update(self.rerankers)
         self.batcher = Batcher(
             backends,
             max_batch_tokens=config.max_batch_tokens,
@@ -313,6 +442,8 @@ class EmbeddingService:
     def _warm_up(self) -> None:
         for name, (tokens, seconds) in warm_up(self.served.values()).items():
             self.batcher.seed_throughput(name, tokens, seconds)
+        for name, reranker in self.rerankers.items():
+            self.batcher.seed_throughput(name, *reranker.warm_up())
         if self.config.token_ids == "openai":
             try:
                 self.openai_tokens.load()
@@ -330,20 +461,27 @@ class EmbeddingService:
 
     # ------------------------------------------------------------------ POST /v1/embeddings
     async def embeddings(self, request: Request) -> Response:
+        return await self.answer(request, "embeddings", self._embed)
+
+    async def answer(
+        self, request: Request, endpoint: str, handle: Callable[[Request, float], Awaitable[Response]]
+    ) -> Response:
+        """Run a request's handler (given the request and its start time): a client that left is 499, an
+        ApiError its body (after reading what is left of the request), anything else 500."""
         start = time.perf_counter()
         self.metrics.in_flight.inc()
         self.in_flight += 1
         try:
-            return await self._embed(request, start)
+            return await handle(request, start)
         except ClientGone:
-            self.metrics.count_request("embeddings", CLIENT_CLOSED_REQUEST, "client_closed_request")
+            self.metrics.count_request(endpoint, CLIENT_CLOSED_REQUEST, "client_closed_request")
             return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it
         except ApiError as exc:
             await self._finish_reading(request, exc)
-            return self.error_response(exc, "embeddings")
+            return self.error_response(exc, endpoint)
         except Exception as exc:
-            logger.exception("embedding request failed")
-            return self.error_response(_internal_error(exc), "embeddings")
+            logger.exception("%s request failed", endpoint)
+            return self.error_response(_internal_error(exc), endpoint)
         finally:
             self.metrics.in_flight.dec()
             self.in_flight -= 1
@@ -358,7 +496,7 @@ class EmbeddingService:
         prompt = model.prompt_for(SideChoice(req.input_type, req.prompt_name, suffix))
         inputs = await self._tokenize(model, prompt, req)
         tokens = logged.tokens = sum(len(x) for x in inputs.ids)
-        pooled = await self._result(request, self._submit(model.name, inputs))
+        pooled = await self.wait_result(request, self._submit(model.name, inputs))
         vectors = finish_vectors(pooled, req.dimensions, model.dim)
         body = render_embeddings(vectors, req.encoding_format, req.model or model.name, tokens)
         self._count_embedded(model.name, inputs, tokens, time.perf_counter() - start)
@@ -373,6 +511,15 @@ class EmbeddingService:
         check_json_body(request)
 
     async def _read_request(self, request: Request) -> EmbeddingRequest:
+        return parse_embedding_request(await self.read_json(request))
+
+    async def admitted_json(self, request: Request) -> Any:
+        """The JSON body of a request that passes the refusals needing no body (:meth:`_admit`)."""
+        self._admit(request)
+        return await self.read_json(request)
+
+    async def read_json(self, request: Request) -> Any:
+        """The decoded JSON body, read within the size and time limits (after :meth:`_admit`)."""
         config = self.config
         try:
             raw = await read_body(
@@ -381,7 +528,7 @@ class EmbeddingService:
         finally:
             # Read to its end, or as far as an answer that closes the connection: nothing left to drain.
             request.scope["m3e.body_read"] = True
-        return parse_embedding_request(parse_json(raw))
+        return parse_json(raw)
 
     def resolve_model(self, req: EmbeddingRequest) -> tuple[ServedModel, str | None]:
         """The model the request names (or the default) and the side after a ``:`` in its name, if any,
@@ -425,17 +572,28 @@ class EmbeddingService:
         return model.tokenize_texts(texts, prompt, on_long)
 
     def _submit(self, model_name: str, inputs: TokenizedInputs) -> Future[np.ndarray]:
-        """Queue the inputs; a full queue is 429 with Retry-After, a stopping server 503."""
+        return self.submit(model_name, inputs.ids, inputs.prompt_length)
+
+    def submit(
+        self,
+        model_name: str,
+        ids: list[list[int]],
+        prompt_length: int = 0,
+        segments: list[list[int]] | None = None,
+    ) -> Future[np.ndarray]:
+        """Queue token ids (a reranker's pairs with their segment ids); a full queue is 429 with Retry-After,
+        a stopping server 503."""
         try:
-            return self.batcher.submit(model_name, inputs.ids, inputs.prompt_length)
+            return self.batcher.submit(model_name, ids, prompt_length, segments=segments)
         except QueueFull as exc:
             raise _overloaded(exc) from None
         except ShuttingDown:
             raise _shutting_down() from None
 
-    async def _result(self, request: Request, future: Future[np.ndarray]) -> np.ndarray:
-        """The pooled vectors; if the client disconnects first, or the shutdown's grace runs out, the job
-        leaves the batcher and this raises ClientGone or 503."""
+    async def wait_result(self, request: Request, future: Future[_T]) -> _T:
+        """The job's result (pooled vectors, a reranker's scores, a search's hits); if the client disconnects
+        first, or the shutdown's grace runs out, the job is cancelled (it leaves the batcher or the search
+        queue) and this raises ClientGone or 503."""
         result = asyncio.wrap_future(future)
         gone = asyncio.ensure_future(wait_for_disconnect(request.receive))
         over = asyncio.ensure_future(self._grace_over.wait())
@@ -476,14 +634,15 @@ class EmbeddingService:
         except ApiError as exc:
             return self.error_response(exc, "models")
         self.metrics.count_request("models", 200)
-        details = {name: self.model_details(name) for name in self.names}
-        return JSONResponse(render_models(list(self.names), self.created, details=details))
+        names = [*self.names, *self.reranker_names]
+        details = {name: self.model_details(name) for name in names}
+        return JSONResponse(render_models(names, self.created, details=details))
 
     async def get_model(self, request: Request, model: str) -> Response:
         try:
             self.check_key(request)
             name = model
-            if name not in self.names:
+            if name not in self.names and name not in self.reranker_names:
                 raise ApiError(
                     404, f"The model `{name}` does not exist.", param="model", code="model_not_found"
                 )
@@ -494,14 +653,31 @@ class EmbeddingService:
 
     def model_details(self, name: str) -> dict[str, object]:
         """m3e's fields of a served name: size, prompts, how a request picks its side, and its aliases (or,
-        for an alias, the model it names)."""
+        for an alias, the model it names); a reranker's say so (``type``)."""
+        if name in self.reranker_names:
+            return self._reranker_details(name)
         served = self.names[name]
         details: dict[str, object] = {
+            "type": "embedding",
             "dimensions": served.dim,
             "max_length": served.max_length,
             "prompts": dict(served.model.prompts),
             "default_side": served.default_side,
             "input_types": list(INPUT_TYPES),
+        }
+        if name == served.name:
+            details["aliases"] = [alias for alias, target in self.config.aliases.items() if target == name]
+        else:
+            details["alias_of"] = served.name
+        return details
+
+    def _reranker_details(self, name: str) -> dict[str, object]:
+        served = self.reranker_names[name]
+        details: dict[str, object] = {
+            "type": "reranker",
+            "max_length": served.max_length,
+            "max_windows": served.max_windows,
+            "activation": served.reranker.activation,
         }
         if name == served.name:
             details["aliases"] = [alias for alias, target in self.config.aliases.items() if target == name]
@@ -515,7 +691,10 @@ class EmbeddingService:
             return JSONResponse({"status": "loading"}, status_code=503)
         if self.batcher.warmup_error:
             return JSONResponse({"status": "error", "error": self.batcher.warmup_error}, status_code=503)
-        return JSONResponse({"status": "ok", "models": list(self.served)})
+        body: dict[str, object] = {"status": "ok", "models": list(self.served)}
+        if self.rerankers:
+            body["rerankers"] = list(self.rerankers)
+        return JSONResponse(body)
 
     async def prometheus_metrics(self) -> Response:
         data, content_type = self.metrics.render()

@@ -1,6 +1,8 @@
 """Dynamic batching: texts of concurrent requests share forward passes on one inference thread.
 
-A request becomes a *job*: its token-id lists, taken longest first (as ``encode`` does). One
+A request becomes a *job*: its token-id lists, taken longest first (as ``encode`` does). A lane's
+model is an embedder (a text's row is its pooled vector) or a reranker (a row is one (query, document
+window) pair's logits; its jobs carry each pair's segment ids too); both share the rounds below. One
 inference thread owns the model(s); on 2 cores one forward at a time, using all cores, is the
 fastest schedule, and it keeps the event loop free to parse and answer requests meanwhile.
 
@@ -32,10 +34,10 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -56,6 +58,22 @@ class EmbeddingBackend(Protocol):
     def embed_token_ids(
         self, batch: Sequence[Sequence[int]], normalize: bool = True, prompt_length: int = 0
     ) -> np.ndarray: ...
+
+
+@runtime_checkable
+class PairScorer(Protocol):
+    """What the batcher needs of a reranker (:class:`m3e.serving.served_reranker.ServedReranker` fits): one
+    row of raw scores per pair of token ids and segment ids."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def score_token_ids(
+        self, batch: Sequence[Sequence[int]], segments: Sequence[Sequence[int]]
+    ) -> np.ndarray: ...
+
+
+Backend = EmbeddingBackend | PairScorer
 
 
 class QueueFull(Exception):
@@ -107,6 +125,7 @@ class Job:
     done: int = 0
     started: bool = False
     failed: bool = field(default=False)
+    segments: list[list[int]] | None = None  # a reranker's pairs: the segment id of each token
 
     @property
     def remaining(self) -> int:
@@ -116,7 +135,7 @@ class Job:
 class Batcher:
     def __init__(
         self,
-        models: dict[str, EmbeddingBackend],
+        models: Mapping[str, Backend],
         *,
         max_batch_tokens: int = 8192,
         max_batch_size: int = 64,
@@ -156,9 +175,19 @@ class Batcher:
         self.load_hint: Callable[[], int] | None = None
 
     # ------------------------------------------------------------------ client side
-    def submit(self, model: str, ids: list[list[int]], prompt_length: int = 0) -> Future[np.ndarray]:
-        """Queue one request's token ids; the future gets the pooled [n, dim] vectors in order."""
+    def submit(
+        self,
+        model: str,
+        ids: list[list[int]],
+        prompt_length: int = 0,
+        *,
+        segments: list[list[int]] | None = None,
+    ) -> Future[np.ndarray]:
+        """Queue one request's token ids; the future gets the pooled [n, dim] vectors in order (for a reranker,
+        whose pairs come with their ``segments``, the [n, labels] raw scores)."""
         backend = self.models[model]
+        if (segments is not None) != isinstance(backend, PairScorer):
+            raise ValueError(f"{model!r}: segment ids go with a reranker's pairs, and only with them")
         n = len(ids)
         fut: Future[np.ndarray] = Future()
         order = sorted(range(n), key=lambda i: -len(ids[i]))
@@ -169,6 +198,7 @@ class Batcher:
             order,
             np.zeros((n, backend.dim), dtype=np.float32),
             time.monotonic(),
+            segments=segments,
         )
         tokens = sum(len(x) for x in ids)
         with self._cv:
@@ -382,19 +412,26 @@ class Batcher:
         self._running = None
 
     def _run_batch(self, lane: tuple[str, int], items: list[tuple[Job, int]]) -> None:
-        model_name, prompt_length = lane
+        model_name = lane[0]
         ids = [job.ids[i] for job, i in items]
         start = time.perf_counter()
         try:
-            vectors = self.models[model_name].embed_token_ids(
-                ids, normalize=False, prompt_length=prompt_length
-            )
+            vectors = self._forward(lane, items)
         except Exception as exc:
             logger.exception("forward pass failed")
             self._fail({id(job): job for job, _ in items}.values(), exc)
             return
         self._record_forward(model_name, ids, time.perf_counter() - start)
         _deliver(items, vectors)
+
+    def _forward(self, lane: tuple[str, int], items: list[tuple[Job, int]]) -> np.ndarray:
+        """One forward pass of the lane's model: pooled vectors, or a reranker's raw scores."""
+        model_name, prompt_length = lane
+        backend = self.models[model_name]
+        ids = [job.ids[i] for job, i in items]
+        if isinstance(backend, PairScorer):
+            return backend.score_token_ids(ids, [_segments(job)[i] for job, i in items])
+        return backend.embed_token_ids(ids, normalize=False, prompt_length=prompt_length)
 
     def _record_forward(self, model_name: str, ids: list[list[int]], seconds: float) -> None:
         """Throughput (for the queue's time estimates) and batch metrics of one forward pass."""
@@ -416,6 +453,12 @@ class Batcher:
             if not job.future.done():
                 with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
                     job.future.set_exception(exc)
+
+
+def _segments(job: Job) -> list[list[int]]:
+    if job.segments is None:  # submit() refuses a reranker's pairs without them
+        raise ValueError("a reranker's pairs need their segment ids")
+    return job.segments
 
 
 def _retry_after(queued_seconds: float | None) -> int:

@@ -24,7 +24,9 @@ class Metrics:
             ["status", "code"],
             registry=r,
         )
-        self.in_flight = Gauge("m3e_requests_in_flight", "Embedding requests being handled", registry=r)
+        self.in_flight = Gauge(
+            "m3e_requests_in_flight", "Requests being handled (embeddings, rerank, search)", registry=r
+        )
         self.queue_texts = Gauge("m3e_queue_depth", "Texts waiting for the model", registry=r)
         self.queue_requests = Gauge(
             "m3e_queue_requests", "Requests with texts waiting for the model", registry=r
@@ -71,6 +73,30 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.reranked = Counter(
+            "m3e_reranked_documents", "Documents scored by a reranker, by model", ["model"], registry=r
+        )
+        self.rerank_tokens = Counter(
+            "m3e_rerank_tokens",
+            "Tokens of the (query, document window) pairs scored, by model",
+            ["model"],
+            registry=r,
+        )
+        self.rerank_latency = Histogram(
+            "m3e_rerank_latency_seconds",
+            "Rerank request latency, end to end in the server",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.search_latency = Histogram(
+            "m3e_search_latency_seconds",
+            "Search request latency, end to end in the server, by index",
+            ["index"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.searches_queued = Gauge("m3e_search_queue", "Search requests waiting or running", registry=r)
         self.ready = Gauge("m3e_ready", "1 once the models are warmed up", registry=r)
 
     def render(self) -> tuple[bytes, str]:

@@ -113,6 +113,7 @@ class ModelObject(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    type: Literal["embedding", "reranker"] | None = Field(None, description="What the model does.")
     dimensions: int | None = None
     max_length: int | None = None
     prompts: dict[str, str] | None = None
@@ -120,6 +121,10 @@ class ModelObject(BaseModel):
     input_types: list[str] | None = None
     aliases: list[str] | None = Field(None, description="Other names of this model (on a served model).")
     alias_of: str | None = Field(None, description="The served model this name stands for (on an alias).")
+    max_windows: int | None = Field(None, description="A reranker's windows read per long document.")
+    activation: str | None = Field(
+        None, description="A reranker's score function: sigmoid, tanh or identity."
+    )
 
 
 class ModelList(BaseModel):
@@ -127,9 +132,107 @@ class ModelList(BaseModel):
     data: list[ModelObject]
 
 
+class RerankDocument(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    text: str
+
+
+class RerankRequestBody(BaseModel):
+    """``POST /v1/rerank``: Cohere's and Jina's request."""
+
+    model_config = ConfigDict(title="RerankRequest")
+
+    query: NonEmptyText
+    documents: list[str | RerankDocument] = Field(
+        min_length=1, description="Strings, or objects with 'text' (other fields are echoed back)."
+    )
+    model: str | None = Field(None, description="A served reranker or alias (default: the first served).")
+    top_n: Annotated[int, Field(ge=1)] | None = Field(None, description="Keep the best N (default: all).")
+    return_documents: bool | None = Field(None, description="Echo each document (default true; never on v2).")
+    rank_fields: list[str] | None = Field(None, description="Score these fields of object documents.")
+    max_chunks_per_doc: Annotated[int, Field(ge=1, le=64)] | None = Field(
+        None, description="Windows read per long document (default: the reranker's)."
+    )
+    max_tokens_per_doc: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Cut each document after this many tokens."
+    )
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: dict[str, Any] | None = None
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult]
+    meta: dict[str, Any]
+    usage: Usage
+
+
+class TeiRerankRequestBody(BaseModel):
+    """``POST /rerank`` with ``texts``: TEI's request (with ``documents`` it is Cohere's)."""
+
+    model_config = ConfigDict(title="TeiRerankRequest")
+
+    query: NonEmptyText
+    texts: list[str] = Field(min_length=1)
+    raw_scores: bool | None = Field(None, description="The logits instead of the activation's scores.")
+    return_text: bool | None = None
+    truncate: bool | None = Field(None, description="true: the first window only; else the best window.")
+    truncation_direction: Literal["Right", "right"] | None = None
+
+
+class TeiRank(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class SearchRequestBody(BaseModel):
+    """``POST /v1/search``."""
+
+    model_config = ConfigDict(title="SearchRequest")
+
+    query: NonEmptyText
+    index: str | None = Field(None, description="A served index (optional when one is served).")
+    k: Annotated[int, Field(ge=1, le=1000)] | None = Field(None, description="Results (default 10).")
+    mode: Literal["dense", "sparse", "hybrid"] | None = Field(None, description="Default: the index's.")
+    filter: dict[str, str | int | float | bool] | None = Field(None, description="Field -> value, all match.")
+    fusion: Literal["rrf", "weighted"] | None = None
+    dense_weight: Annotated[float, Field(ge=0, le=1)] | None = None
+    group: bool | None = Field(None, description="Documents (default) or chunks.")
+    rerank: bool | str | None = Field(None, description="A served reranker, or true for the first.")
+    candidates: Annotated[int, Field(ge=1, le=1000)] | None = Field(None, description="Default 50.")
+    colbert: bool | None = None
+
+
+class SearchResponse(BaseModel):
+    object: Literal["search"]
+    index: str
+    query: str
+    mode: str
+    terms: list[str] = Field(description="The query's words as the sparse side segments them.")
+    results: list[dict[str, Any]] = Field(description="As `m3e search --json` prints them.")
+
+
+class IndexObject(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: Literal["index"]
+
+
+class IndexList(BaseModel):
+    object: Literal["list"]
+    data: list[IndexObject]
+
+
 class Health(BaseModel):
     status: Literal["ok", "loading", "error"]
     models: list[str] | None = None
+    rerankers: list[str] | None = None
     error: str | None = None
 
 
@@ -166,6 +269,35 @@ EMBEDDING_RESPONSES: dict[int | str, dict[str, Any]] = {
     500: _error("An error inside the server."),
     501: _error("Token ids cannot be decoded on this server (tiktoken or its cl100k_base file missing)."),
     503: _error("The server is shutting down."),
+}
+_REQUEST_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("Invalid request: the message names the parameter."),
+    **UNAUTHORIZED,
+    408: _error("The body did not arrive within the server's time limit (the connection is closed)."),
+    413: _error("The body is larger than the server's limit."),
+    415: _error("The body is not declared as JSON (Content-Type: application/json)."),
+    429: _error("The server is overloaded.", {"Retry-After": "Seconds until the queued work is done."}),
+    500: _error("An error inside the server."),
+    503: _error("The server is shutting down."),
+}
+RERANK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": RerankResponse, "description": "The documents by score, best first."},
+    **_REQUEST_ERRORS,
+    404: _error("Unknown reranker, or none served."),
+}
+TEI_RERANK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": list[TeiRank], "description": "The texts by score, best first (TEI's shape)."},
+    **_REQUEST_ERRORS,
+    404: _error("Unknown reranker, or none served."),
+}
+SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": SearchResponse},
+    **_REQUEST_ERRORS,
+    404: _error("Unknown index or reranker."),
+}
+INDEXES_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": IndexList}, **UNAUTHORIZED}
+PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "The search page."}
 }
 MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": ModelList}, **UNAUTHORIZED}
 MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -204,6 +336,7 @@ def install_openapi(app: FastAPI, limits: SchemaLimits) -> None:
             _drop_validation_errors(schema)
             _add_host_refusal(schema)
             _add_request_body(schema, limits)
+            _add_other_request_bodies(schema)
             _add_bearer_auth(schema)
             app.openapi_schema = schema
         return app.openapi_schema
@@ -296,6 +429,31 @@ def _add_request_body(schema: dict[str, Any], limits: SchemaLimits) -> None:
     }
 
 
+# Hand-validated bodies of the other POST routes: path -> the model that describes it.
+_OTHER_BODIES: dict[str, type[BaseModel]] = {
+    "/v1/rerank": RerankRequestBody,
+    "/v2/rerank": RerankRequestBody,
+    "/rerank": TeiRerankRequestBody,
+    "/v1/search": SearchRequestBody,
+}
+
+
+def _add_other_request_bodies(schema: dict[str, Any]) -> None:
+    """The rerank and search bodies, for the routes in the schema (those of a server that serves them)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for path, model in _OTHER_BODIES.items():
+        if path not in schema["paths"]:
+            continue
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        name = str(body.get("title", model.__name__))
+        components[name] = body
+        schema["paths"][path]["post"]["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+        }
+
+
 def _set_limits(properties: dict[str, Any], limits: SchemaLimits) -> None:
     """The served models' bounds on token ids, dimensions and prompt names, into the generated schema."""
 
@@ -323,6 +481,6 @@ def _add_bearer_auth(schema: dict[str, Any]) -> None:
     """The API key, as OpenAI's clients send it (needed only when the server has one)."""
     schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
     schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "--api-key KEY of the server"}
-    for path in ("/v1/embeddings", "/v1/models", "/v1/models/{model}"):
-        for operation in schema["paths"][path].values():
+    for path in ("/v1/embeddings", "/v1/models", "/v1/models/{model}", *_OTHER_BODIES, "/v1/indexes"):
+        for operation in schema["paths"].get(path, {}).values():
             operation["security"] = [{}, {"bearer": []}]

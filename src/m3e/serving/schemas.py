@@ -84,9 +84,9 @@ def parse_embedding_request(obj: Any) -> EmbeddingRequest:
 def _optional_string(obj: dict[str, Any], key: str) -> str | None:
     value = obj.get(key)
     if value is not None and not isinstance(value, str):
-        raise bad_request(f"'{key}' must be a string, not {_json_type(value)}.", param=key)
+        raise bad_request(f"'{key}' must be a string, not {json_type(value)}.", param=key)
     if value is not None:
-        _check_encodable(value, key, f"'{key}'")
+        check_encodable(value, key, f"'{key}'")
     return value
 
 
@@ -117,7 +117,7 @@ def _parse_input(value: Any) -> tuple[list[str] | None, list[list[int]] | None]:
     if isinstance(value, str):
         if value == "":
             raise bad_request("'input' cannot be an empty string.", code="invalid_value")
-        _check_encodable(value, "input", "'input'")
+        check_encodable(value, "input", "'input'")
         return [value], None
     _check_input_array(value)
     first = value[0]
@@ -127,14 +127,14 @@ def _parse_input(value: Any) -> tuple[list[str] | None, list[list[int]] | None]:
         return None, [_parse_token_ids(value)]
     if isinstance(first, list):
         return None, _parse_token_id_arrays(value)
-    raise bad_request(f"input[0] is {_json_type(first)}; expected a string, a token id or a token-id array.")
+    raise bad_request(f"input[0] is {json_type(first)}; expected a string, a token id or a token-id array.")
 
 
 def _check_input_array(value: Any) -> None:
     if not isinstance(value, list):
         raise bad_request(
             f"'input' must be a string, an array of strings, an array of token ids or an array of "
-            f"token-id arrays, not {_json_type(value)}."
+            f"token-id arrays, not {json_type(value)}."
         )
     if not value:
         raise bad_request("'input' cannot be an empty array.", code="invalid_value")
@@ -148,12 +148,12 @@ def _check_input_array(value: Any) -> None:
 def _parse_texts(value: list[Any]) -> list[str]:
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise bad_request(f"input[{i}] is {_json_type(item)}; all items of a text array must be strings.")
+            raise bad_request(f"input[{i}] is {json_type(item)}; all items of a text array must be strings.")
         if item == "":
             raise bad_request(
                 f"input[{i}] is an empty string; empty strings cannot be embedded.", code="invalid_value"
             )
-        _check_encodable(item, "input", f"input[{i}]")
+        check_encodable(item, "input", f"input[{i}]")
     return list(value)
 
 
@@ -161,7 +161,7 @@ def _parse_texts(value: list[Any]) -> list[str]:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _check_encodable(text: str, param: str, where: str) -> None:
+def check_encodable(text: str, param: str, where: str) -> None:
     """400 for a lone surrogate (a JSON escape such as \\ud800 that encodes no character)."""
     found = _SURROGATE.search(text)
     if found is not None:
@@ -177,7 +177,7 @@ def _parse_token_ids(value: list[Any]) -> list[int]:
     """One token-id array (the whole input)."""
     for i, item in enumerate(value):
         if not _is_int(item):
-            raise bad_request(f"input[{i}] is {_json_type(item)}; a token-id array holds integers only.")
+            raise bad_request(f"input[{i}] is {json_type(item)}; a token-id array holds integers only.")
     return _ints(value)
 
 
@@ -185,17 +185,17 @@ def _parse_token_id_arrays(value: list[Any]) -> list[list[int]]:
     out: list[list[int]] = []
     for i, item in enumerate(value):
         if not isinstance(item, list):
-            raise bad_request(f"input[{i}] is {_json_type(item)}; all items must be token-id arrays.")
+            raise bad_request(f"input[{i}] is {json_type(item)}; all items must be token-id arrays.")
         if not item:
             raise bad_request(f"input[{i}] is an empty token-id array.", code="invalid_value")
         for j, tok in enumerate(item):
             if not _is_int(tok):
-                raise bad_request(f"input[{i}][{j}] is {_json_type(tok)}; token ids are integers.")
+                raise bad_request(f"input[{i}][{j}] is {json_type(tok)}; token ids are integers.")
         out.append(_ints(item))
     return out
 
 
-def _json_type(x: Any) -> str:
+def json_type(x: Any) -> str:
     if x is None:
         return "null"
     if isinstance(x, bool):
