@@ -340,3 +340,87 @@ def test_batcher_batches_pairs_across_requests_and_takes_turns_with_embeddings()
     assert any({x // 100 for x in b} >= {1, 2} for b in scorer.batches)  # two requests, one forward
     with pytest.raises(ValueError):
         batcher.submit("rr", [[1, 2]])  # a reranker's pairs need their segment ids
+
+
+# ---------------------------------------------------------------------- m3e serve
+
+
+def test_serve_flags_parse() -> None:
+    import argparse
+
+    from m3e.cli import serve
+    from m3e.errors import M3EError
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args(
+        ["--reranker", "default", "--reranker", "/models/bge-rr=bge", "--index", "kb=/data/kb"]
+    )
+    assert serve._reranker_specs(args) == [(None, None), ("bge", "/models/bge-rr")]
+    assert serve._index_specs(args) == {"kb": "/data/kb"}
+    assert serve._aliases(parser.parse_args(["--alias", "rerank=bge"]), ["m3e", "bge"], "m3e") == {
+        "rerank": "bge"
+    }
+    for bad in (["--index", "kb"], ["--index", "kb=a", "--index", "kb=b"]):
+        with pytest.raises(M3EError):
+            serve._index_specs(parser.parse_args(bad))
+
+
+@pytest.mark.slow
+def test_m3e_serve_with_a_reranker_and_an_index(
+    tiny_st_model_dir: Path, reranker_dir: Path, tmp_path: Path
+) -> None:
+    """The command line end to end: the embedder, a reranker under a name and an alias, an index."""
+    import os
+    import subprocess
+    import sys
+
+    from m3e.index import build_index
+    from tests.test_index_store import write_jsonl
+    from tests.test_serve_models import _free_port, _healthy
+    from tests.waiting import wait_until
+
+    model = m3e.load(str(tiny_st_model_dir))
+    docs = write_jsonl(tmp_path / "d.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(DOCS)])
+    build_index(docs, tmp_path / "kb", model, model_source=str(tiny_st_model_dir), progress=False)[0].close()
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "m3e.cli",
+        "serve",
+        str(tiny_st_model_dir),
+        "--reranker",
+        f"{reranker_dir}=rr",
+    ]
+    command += [
+        "--alias",
+        "rerank=rr",
+        "--index",
+        f"kb={tmp_path / 'kb'}",
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+    ]
+    log = tmp_path / "stderr.txt"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with log.open("w") as err:
+        proc = subprocess.Popen(command, env=env, stderr=err)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: proc.poll() is not None or _healthy(url), "m3e serve to become ready", timeout=120)
+        assert proc.poll() is None, log.read_text()
+        listed = {m["id"]: m.get("type") for m in httpx.get(url + "/v1/models").json()["data"]}
+        assert listed["rr"] == listed["rerank"] == "reranker"
+        ranked = httpx.post(
+            url + "/v1/rerank", json={"model": "rerank", "query": QUERY, "documents": DOCS}
+        ).json()
+        assert len(ranked["results"]) == len(DOCS)
+        found = httpx.post(url + "/v1/search", json={"query": "保险理赔", "rerank": "rr"}).json()
+        assert found["results"] and "rerank_score" in found["results"][0]
+        assert httpx.get(url + "/search").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert "reranker rr, also as rerank" in log.read_text() and "index kb" in log.read_text()

@@ -192,3 +192,9 @@ def test_an_index_built_by_another_model_brings_its_own(tiny_cls_model_dir: Path
     with ServerThread(app) as srv:
         resp = httpx.post(srv.url + "/v1/search", json={"query": "保险理赔", "mode": "dense"})
         assert resp.status_code == 200 and resp.json()["results"]
+
+
+def test_the_served_embedder_that_built_the_index_embeds_its_queries(tiny: Any, index_dir: Path) -> None:
+    app = create_app({"tiny": tiny}, ServeConfig(warmup=False), indexes={"kb": index_dir})
+    assert app.state.searching.indexes["kb"].index.model is tiny  # no second copy in memory
+    app.state.searching.close()
