@@ -212,6 +212,13 @@ def test_errors_name_their_param(server: ServerThread) -> None:
     _assert_error(plain, 415, None)
 
 
+def test_access_log_line(server: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="m3e.access"):
+        _post(server, "/v1/rerank", {"model": "rr-alias", "query": QUERY, "documents": DOCS})
+    line = next(r.getMessage() for r in caplog.records if "/v1/rerank" in r.getMessage())
+    assert '"POST /v1/rerank HTTP/1.1" 200' in line and "model=rr texts=5 tokens=" in line
+
+
 def test_models_health_metrics(server: ServerThread) -> None:
     listed = {m["id"]: m for m in httpx.get(server.url + "/v1/models", headers=AUTH).json()["data"]}
     assert listed["tiny"]["type"] == "embedding"

@@ -198,3 +198,18 @@ def test_the_served_embedder_that_built_the_index_embeds_its_queries(tiny: Any, 
     app = create_app({"tiny": tiny}, ServeConfig(warmup=False), indexes={"kb": index_dir})
     assert app.state.searching.indexes["kb"].index.model is tiny  # no second copy in memory
     app.state.searching.close()
+
+
+def test_searches_queued_beyond_the_time_limit_get_429() -> None:
+    from m3e.serving.errors import ApiError
+    from m3e.serving.searching import SearchQueue
+
+    queue = SearchQueue(max_seconds=1.0, max_pending=100)
+    queue.admit()
+    queue.admit()  # no duration measured yet: admitted
+    queue.done(0.4)
+    queue.admit()  # one ahead and this one: 2 x 0.4 s = 0.8 s, within the limit
+    with pytest.raises(ApiError) as refused:
+        queue.admit()  # 3 x 0.4 s = 1.2 s; the two ahead need 0.8 s
+    assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "1"
+    assert SearchQueue(max_seconds=None, max_pending=1).admit() is None  # an empty queue takes anything

@@ -80,10 +80,15 @@ class SearchQueue:
 
     def admit(self) -> None:
         with self._lock:
-            ahead = self._seconds_ahead()
-            over_time = self.max_seconds is not None and ahead is not None and ahead > self.max_seconds
+            mean = sum(self._recent) / len(self._recent) if self._recent else None
+            # This search waits for those ahead, then runs: at the recent mean duration each.
+            over_time = (
+                self.max_seconds is not None
+                and mean is not None
+                and (self.pending + 1) * mean > self.max_seconds
+            )
             if self.pending and (self.pending >= self.max_pending or over_time):
-                retry = int(min(3600, max(1, math.ceil(ahead or 1.0))))
+                retry = int(min(3600, max(1, math.ceil(self.pending * (mean or 0.0)))))
                 raise ApiError(
                     429,
                     f"The server is overloaded ({self.pending} searches queued). Retry after {retry} s.",
@@ -93,12 +98,6 @@ class SearchQueue:
                     headers={"Retry-After": str(retry)},
                 )
             self.pending += 1
-
-    def _seconds_ahead(self) -> float | None:
-        if not self._recent:
-            return None
-        # The searches ahead and this one, each at the recent mean duration.
-        return (self.pending + 1) * sum(self._recent) / len(self._recent)
 
     def done(self, seconds: float | None) -> None:
         with self._lock:
