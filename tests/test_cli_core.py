@@ -12,6 +12,8 @@ import pytest
 
 import m3e
 
+pytestmark = pytest.mark.slow  # the CLI in subprocesses on the default model
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 

@@ -17,6 +17,8 @@ from m3e.index import build_index
 from m3e.serving import ServeConfig, ServerThread, create_app
 from tests.test_index_store import write_jsonl
 
+pytestmark = pytest.mark.slow  # headless Chromium
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",

@@ -21,6 +21,8 @@ import pytest
 
 import m3e
 
+pytestmark = pytest.mark.slow  # m3e serve in subprocesses
+
 TEXTS = ["The weather is nice today.", "今天天气很好", "A man is playing a guitar on the stage.", "hello"]
 
 

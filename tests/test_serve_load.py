@@ -17,7 +17,7 @@ import pytest
 
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads RSS from /proc")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads RSS from /proc")]  # slow: an 8 MB request, a 10k-request soak
 
 MB = 1024 * 1024
 UNIT = "向量检索模型把句子表示成向量，用余弦相似度比较。The quick brown fox jumps. "

@@ -23,6 +23,8 @@ from m3e.errors import M3EError
 from m3e.serving.openai_tokens import write_tiktoken_cache
 from tests.waiting import wait_until
 
+pytestmark = pytest.mark.slow  # real m3e serve processes and the README's clients
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 KEY = "KEY"  # the README's
 

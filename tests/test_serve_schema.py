@@ -15,6 +15,8 @@ from m3e.serving import ServeConfig, ServerThread, create_app
 from m3e.serving.openapi import InputType
 from m3e.serving.sides import INPUT_TYPES
 
+pytestmark = pytest.mark.slow  # schemathesis over the whole schema
+
 
 @pytest.fixture(scope="module")
 def server(tiny_st_model_dir: Path):
