@@ -159,10 +159,10 @@ class Reranker(nn.Module):
         """Padded model inputs of (query, document) pairs, laid out as ``predict`` lays them out: one row per
         document window, or per pair with ``first_window_only`` (what training reads; nothing further of a long
         document is tokenized)."""
-        ids, types, _ = self._pair_windows(pairs, max_windows=1 if first_window_only else None)
-        return self._pad(ids, types)
+        ids, types, _ = self.pair_windows(pairs, max_windows=1 if first_window_only else None)
+        return self.pad_pairs(ids, types)
 
-    def _pair_windows(
+    def pair_windows(
         self, pairs: Sequence[tuple[str, str]], max_windows: int | None = None
     ) -> tuple[list[list[int]], list[list[int]], list[int]]:
         """Token ids and segment ids of every (query, document window), and the pair each window belongs to."""
@@ -199,7 +199,9 @@ class Reranker(nn.Module):
         return [list(x) for x in enc["input_ids"]]
 
     # ------------------------------------------------------------------ forward
-    def _pad(self, ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]]) -> dict[str, Tensor]:
+    def pad_pairs(self, ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]]) -> dict[str, Tensor]:
+        """The model's padded inputs for pairs laid out by :meth:`pair_windows` (segment ids only for models that
+        read them)."""
         width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(ids), width), 0 if pad is None else int(pad), dtype=torch.long)
@@ -230,7 +232,8 @@ class Reranker(nn.Module):
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         return self.logits(features)
 
-    def _activate(self, logits: Tensor, activation: str | None) -> Tensor:
+    def activate(self, logits: Tensor, activation: str | None = None) -> Tensor:
+        """Scores from raw logits: the model's activation, or ``activation`` (``identity`` keeps the logits)."""
         name = activation or self.activation
         if name == "sigmoid":
             return torch.sigmoid(logits)
@@ -265,14 +268,14 @@ class Reranker(nn.Module):
     ) -> NDArray[np.float32]:
         if not pairs:
             return np.zeros((0, self.num_labels), dtype=np.float32)
-        ids, types, owner = self._pair_windows(pairs)
+        ids, types, owner = self.pair_windows(pairs)
         window_scores = np.zeros((len(ids), self.num_labels), dtype=np.float32)
         batches = length_sorted_batches([len(x) for x in ids], max(1, batch_size))
         progress = progress_bar(len(ids), show, unit="pair", desc="rerank")
         with torch.inference_mode():
             for batch in batches:
-                logits = self.logits(self._pad([ids[i] for i in batch], [types[i] for i in batch]))
-                window_scores[batch] = self._activate(logits, activation).cpu().numpy()
+                logits = self.logits(self.pad_pairs([ids[i] for i in batch], [types[i] for i in batch]))
+                window_scores[batch] = self.activate(logits, activation).cpu().numpy()
                 progress.update(len(batch))
         progress.close()
         scores = np.full((len(pairs), self.num_labels), -np.inf, dtype=np.float32)

@@ -55,7 +55,7 @@ class ServedReranker:
     def windows(self, query: str, documents: Sequence[str], max_windows: int | None = None) -> PairWindows:
         """The windows of ``query`` with each document; ``max_windows`` (default the model's) per document."""
         pairs = [(query, d) for d in documents]
-        ids, segments, owner = self.reranker._pair_windows(pairs, max_windows=max_windows)
+        ids, segments, owner = self.reranker.pair_windows(pairs, max_windows=max_windows)
         return PairWindows(ids, segments, owner, len(pairs))
 
     def cut_documents(self, documents: Sequence[str], max_tokens: int) -> list[str]:
@@ -77,19 +77,11 @@ class ServedReranker:
     def pair_scores(self, windows: PairWindows, raw: np.ndarray, activation: str | None = None) -> np.ndarray:
         """Each pair's score from its windows' raw scores, as ``predict`` computes it: the activation
         (the model's, or ``identity`` for raw logits), then the best window."""
-        activated = self._activate(torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)), activation)
+        activated = self.reranker.activate(torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)), activation)
         per_window = activated.numpy()
         scores = np.full((windows.pairs, self.dim), -np.inf, dtype=np.float32)
         np.maximum.at(scores, np.asarray(windows.owner, dtype=np.int64), per_window)
         return scores[:, 0]
-
-    def _activate(self, logits: torch.Tensor, activation: str | None) -> torch.Tensor:
-        name = activation or self.reranker.activation
-        if name == "sigmoid":
-            return torch.sigmoid(logits)
-        if name == "tanh":
-            return torch.tanh(logits)
-        return logits
 
     # ------------------------------------------------------------------ the inference thread
     def score_token_ids(
@@ -97,7 +89,7 @@ class ServedReranker:
     ) -> np.ndarray:
         """Raw scores [n, labels] of padded pairs: one forward of the reranker."""
         with torch.inference_mode():
-            logits = self.reranker.logits(self.reranker._pad(batch, segments))
+            logits = self.reranker.logits(self.reranker.pad_pairs(batch, segments))
         return logits.float().cpu().numpy()
 
     def warm_up(self) -> tuple[int, float]:
