@@ -25,7 +25,7 @@ from m3e.serving.rerank_schemas import RerankRequest, parse_rerank_request, rend
 from m3e.serving.served_reranker import ServedReranker
 
 if TYPE_CHECKING:
-    from m3e.serving.app import EmbeddingService
+    from m3e.serving.service import EmbeddingService
 
 # Requests with fewer characters are made into windows on the event loop; bigger ones in a thread.
 _INLINE_TOKENIZE_CHARS = 4096

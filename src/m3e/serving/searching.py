@@ -41,9 +41,9 @@ if TYPE_CHECKING:
     import os
 
     from m3e.index import Hit
-    from m3e.serving.app import EmbeddingService
     from m3e.serving.reranking import RerankService
     from m3e.serving.served_reranker import ServedReranker
+    from m3e.serving.service import EmbeddingService
 
 logger = logging.getLogger(__name__)
 
