@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from m3e.serving.errors import bad_request
-from m3e.serving.schemas import check_encodable, json_type
+from m3e.serving.schemas import check_encodable, json_type, required_query
 from m3e.serving.served_reranker import MAX_WINDOWS_PER_DOCUMENT
 
 RerankShape = Literal["cohere", "cohere_v2", "tei"]
@@ -62,7 +62,7 @@ def rerank_shape(obj: Any, path: str) -> RerankShape:
 
 def parse_rerank_request(obj: dict[str, Any], shape: RerankShape, max_documents: int) -> RerankRequest:
     """Validate a decoded JSON body of ``shape``; raises ApiError(400) naming the bad parameter."""
-    query = _query(obj)
+    query = required_query(obj)
     if shape == "tei":
         return _parse_tei(obj, query, max_documents)
     return _parse_cohere(obj, query, shape, max_documents)
@@ -135,20 +135,6 @@ def _parse_tei(obj: dict[str, Any], query: str, max_documents: int) -> RerankReq
         max_windows=1 if truncate else None,
         raw_scores=bool(_optional(obj, "raw_scores", bool)),
     )
-
-
-def _query(obj: dict[str, Any]) -> str:
-    query = obj.get("query")
-    if query is None:
-        raise bad_request(
-            "Missing required parameter: 'query'.", param="query", code="missing_required_parameter"
-        )
-    if not isinstance(query, str):
-        raise bad_request(f"'query' must be a string, not {json_type(query)}.", param="query")
-    if not query.strip():
-        raise bad_request("'query' cannot be empty.", param="query", code="invalid_value")
-    check_encodable(query, "query", "'query'")
-    return query
 
 
 def _array(obj: dict[str, Any], key: str, max_items: int) -> list[Any]:

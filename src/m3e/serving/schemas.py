@@ -266,3 +266,18 @@ def render_model(
 
 
 __getattr__ = renamed_attributes(__name__, {"model_card": "render_model"}, globals())
+
+
+def required_query(obj: dict[str, Any]) -> str:
+    """The request's "query": a non-empty, encodable string (rerank and search requests)."""
+    query = obj.get("query")
+    if query is None:
+        raise bad_request(
+            "Missing required parameter: 'query'.", param="query", code="missing_required_parameter"
+        )
+    if not isinstance(query, str):
+        raise bad_request(f"'query' must be a string, not {json_type(query)}.", param="query")
+    if not query.strip():
+        raise bad_request("'query' cannot be empty.", param="query", code="invalid_value")
+    check_encodable(query, "query", "'query'")
+    return query

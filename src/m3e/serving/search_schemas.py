@@ -18,7 +18,7 @@ from typing import Any
 from m3e.fusion import DEFAULT_DENSE_WEIGHT, DEFAULT_FUSION, FUSIONS, RRF_K, Fusion
 from m3e.index import MODES
 from m3e.serving.errors import ApiError, bad_request
-from m3e.serving.schemas import check_encodable, json_type
+from m3e.serving.schemas import check_encodable, json_type, required_query
 
 MAX_K = 1000
 MAX_CANDIDATES = 1000
@@ -44,16 +44,7 @@ def parse_search_request(obj: Any) -> SearchRequest:
     """Validate a decoded JSON body; raises ApiError(400) naming the bad parameter."""
     if not isinstance(obj, dict):
         raise bad_request("The request body must be a JSON object.", param=None)
-    query = obj.get("query")
-    if query is None:
-        raise bad_request(
-            "Missing required parameter: 'query'.", param="query", code="missing_required_parameter"
-        )
-    if not isinstance(query, str):
-        raise bad_request(f"'query' must be a string, not {json_type(query)}.", param="query")
-    if not query.strip():
-        raise bad_request("'query' cannot be empty.", param="query", code="invalid_value")
-    check_encodable(query, "query", "'query'")
+    query = required_query(obj)
     return SearchRequest(
         index=_string(obj, "index"),
         query=query,
