@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from m3e.cli._common import add_model_options, load_model_from_args
+from m3e.cli.remote import add_server_options, remote_model
 from m3e.errors import M3EError
 
 
@@ -18,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["txt", "jsonl"], default=None, help="input format (default: from the suffix)")
     parser.add_argument("-o", "--output", default=None, help="output .npy or .jsonl file (default: JSON lines on stdout)")
     add_model_options(parser)
+    add_server_options(parser)
     parser.add_argument("--batch-size", type=int, default=None, help="texts per batch (default: 32; 16 for int8)")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="cap padded tokens per batch")
     side = parser.add_mutually_exclusive_group()
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if output is not None and output.suffix.lower() not in (".npy", ".jsonl"):
         raise M3EError(f"--output must end in .npy or .jsonl, not {output.suffix or 'nothing'}")
 
-    model = load_model_from_args(args)
+    model = remote_model(args) if args.server else load_model_from_args(args)
     show = args.progress if args.progress is not None else (len(texts) >= 1000 and sys.stderr.isatty())
     kwargs = {
         "batch_size": args.batch_size,
