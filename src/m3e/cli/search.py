@@ -11,12 +11,14 @@ import argparse
 import json
 from typing import Any
 
+from m3e.cli.remote import add_server_options
 from m3e.errors import M3EError
 from m3e.fusion import DEFAULT_DENSE_WEIGHT, DEFAULT_FUSION, FUSIONS, RRF_K, Fusion
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("index", help="index directory (from `m3e index build`)")
+    parser.add_argument("index", help="index directory (from `m3e index build`); with --server, the name of an index "
+                        "the server serves (`m3e serve --index NAME=DIR`)")
     parser.add_argument("query", nargs="+", help="the query text")
     parser.add_argument("-k", "--top-k", dest="k", type=int, default=10,
                         help="number of results (default: 10)")
@@ -47,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "reranker)")
     parser.add_argument("--candidates", type=int, default=50, metavar="N",
                         help="chunks the reranker or --colbert sees (default 50)")
+    add_server_options(parser)
 
 
 def parse_filters(items: list[str]) -> dict[str, str]:
@@ -65,10 +68,18 @@ def snippet(text: str, width: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from m3e.cli.index import open_index
-
     query = " ".join(args.query)
     filters = parse_filters(args.filters)
+    if args.server:
+        from m3e.cli.remote import search_remote
+
+        return print_results(search_remote(args, query, filters), args)
+    return print_results(search_local(args, query, filters), args)
+
+
+def search_local(args: argparse.Namespace, query: str, filters: dict[str, str]) -> list[dict[str, Any]]:
+    from m3e.cli.index import open_index
+
     fusion = Fusion(args.fusion, dense_weight=args.dense_weight, rrf_k=RRF_K)
     reranker = None
     if args.rerank is not None:
@@ -88,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             documents = index.search(query, k=args.k, group=True, **options)
             records = [d.to_dict() for d in documents]
+    return records
+
+
+def print_results(records: list[dict[str, Any]], args: argparse.Namespace) -> int:
     if args.json:
         for rank, record in enumerate(records, start=1):
             print(json.dumps({"rank": rank, **record}, ensure_ascii=False))

@@ -6,12 +6,14 @@ import argparse
 import unicodedata
 
 from m3e.cli._common import add_model_options, load_model_from_args
+from m3e.cli.remote import add_server_options, remote_model
 from m3e.errors import M3EError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="+", help="two or more texts")
     add_model_options(parser)
+    add_server_options(parser)
     parser.add_argument("--query", default=None, metavar="TEXT",
                         help="rank the texts against this query (query prompt applied) instead of a matrix")
 
@@ -37,7 +39,7 @@ def _pad(text: str, width: int) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.query is None and len(args.texts) < 2:
         raise M3EError("give at least two texts")
-    model = load_model_from_args(args)
+    model = remote_model(args) if args.server else load_model_from_args(args)
     if args.query is not None:
         q = model.encode_queries([args.query])
         d = model.encode_documents(args.texts)
