@@ -46,7 +46,7 @@ def test_encode_stdin_and_jsonl(tiny_st_model_dir, tmp_path):
     res = run_cli("encode", "-m", str(tiny_st_model_dir), stdin="第一行\n\nsecond line\n".encode())
     assert res.returncode == 0, res.stderr.decode()
     rows = [json.loads(line) for line in res.stdout.decode().splitlines()]
-    assert [r["text"] for r in rows] == ["第一行", "second line"]
+    assert [r["text"] for r in rows] == ["第一行", "", "second line"]  # a blank line is an empty text: rows stay aligned
     assert len(rows[0]["embedding"]) == 32
 
     src = tmp_path / "in.jsonl"

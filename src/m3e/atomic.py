@@ -76,6 +76,29 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that wants a file name (numpy, pyarrow, a stream of
+    chunks); when the block ends without error the file is given plain modes, fsynced and renamed over
+    ``path``. On any error the temporary file is removed and ``path`` is left as it was, so "written" is only
+    ever said of a complete file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, FILE_MODE)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def replace_dir(new: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
     """Swap directory ``new`` into ``target``; the old one is removed only after the swap."""
     new, target = Path(new), Path(target)

@@ -1,13 +1,21 @@
-"""Errors that m3e reports to a person: one clear line, no traceback on the CLI."""
+"""Errors that m3e reports to a person: one clear line, no traceback on the CLI.
+
+Two kinds, two exit statuses: bad input (the person can fix the file or the option) exits 2; a fault while
+writing (disk full, permission denied, a file too large) exits 1 and says what was and was not written.
+"""
 
 from __future__ import annotations
+
+import errno
 
 
 class M3EError(Exception):
     """A user-facing error: bad input, a missing model or file, an unsupported option.
 
-    The CLI prints ``m3e <command>: error: <message>`` and exits with status 2.
+    The CLI prints ``m3e <command>: error: <message>`` and exits with ``exit_status`` (2).
     """
+
+    exit_status = 2
 
 
 class InputError(M3EError, ValueError):
@@ -22,5 +30,28 @@ class InputError(M3EError, ValueError):
         self.line = line
 
 
+class FaultError(M3EError):
+    """A write that failed for a reason outside the input (no space, no permission, ...). The message says
+    what was written and what was not; the CLI exits with status 1."""
+
+    exit_status = 1
+
+
 class ModelNotFoundError(M3EError, FileNotFoundError):
     """A model name or path that cannot be resolved to a model directory."""
+
+
+_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: what failed, on which file (``No space left on device: /data/out.npy``)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in _SPACE and "space" not in reason.lower():
+        reason = f"no space to write ({reason})"
+    where = exc.filename if exc.filename is not None else None
+    return f"{reason}: {where}" if where else reason
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _SPACE

@@ -12,13 +12,14 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
-from m3e.errors import M3EError
+from m3e.errors import M3EError, describe_os_error
 
 # name -> (module under m3e.cli, one-line description). Order is the order of `m3e --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "encode": ("encode", "Embed texts (arguments, stdin, .txt or .jsonl) to .npy or .jsonl"),
+    "encode": ("encode", "Embed texts (arguments, stdin, .txt, .jsonl, .csv, .parquet) to .npy, .jsonl or .parquet, row for row"),
     "similarity": ("similarity", "Print the cosine similarity matrix of a few texts"),
     "info": ("info", "Describe a model: architecture, dim, max length, pooling, prompts, size"),
     "data": ("data", "Fetch the pinned offline corpora and build benchmark tasks and training pairs"),
@@ -74,17 +75,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except M3EError as exc:
-        if args.verbose or os.environ.get("M3E_TRACEBACK"):
-            raise
         code = getattr(exc, "exit_code", None)  # a run stopped on request is not an error
-        print(f"m3e {args.command}: {'' if code else 'error: '}{exc}", file=sys.stderr)
-        return code or 2
+        return _report(args, exc, str(exc), code or exc.exit_status, error=not code)
     except KeyboardInterrupt:
         print(f"m3e {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # `m3e encode ... | head` closes the pipe early; that is not an error.
         return 0
+    except OSError as exc:  # a fault no command turned into a FaultError: still one line, status 1
+        return _report(args, exc, describe_os_error(exc), 1)
+    except MemoryError as exc:
+        return _report(args, exc, "out of memory", 1)
+
+
+def _report(args: argparse.Namespace, exc: BaseException, message: str, status: int, error: bool = True) -> int:
+    """The one line of an error (``-v``: after its traceback); M3E_TRACEBACK=1 raises it instead."""
+    if os.environ.get("M3E_TRACEBACK"):
+        raise exc
+    if args.verbose:
+        traceback.print_exception(exc)
+    print(f"m3e {args.command}: {'error: ' if error else ''}{message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from m3e.backends import BACKENDS
+from m3e.errors import FaultError, describe_os_error
+from m3e.textio import TEXT_FORMATS
 
 if TYPE_CHECKING:
     from m3e.model import EmbeddingModel
@@ -32,3 +35,20 @@ def load_model_from_args(args: argparse.Namespace) -> EmbeddingModel:
         max_length=args.max_length,
         pooling=args.pooling,
     )
+
+
+def add_io_options(parser: argparse.ArgumentParser, text_field: str = "text") -> None:
+    """How to read an input file: its format, encoding, text field and id field."""
+    parser.add_argument("--format", choices=TEXT_FORMATS, default=None, help="input format (default: from the suffix)")
+    parser.add_argument("--field", default=text_field,
+                        help=f"the .jsonl / .csv / .parquet field that holds the text (default: {text_field})")
+    parser.add_argument("--id-field", default=None,
+                        help="a field every record must have, carried to the output as its id")
+    parser.add_argument("--encoding", default="utf-8",
+                        help="text encoding of a .txt / .jsonl / .csv input (default: utf-8; e.g. gb18030)")
+
+
+def write_fault(exc: OSError, output: Path, existed: bool) -> FaultError:
+    """The one line for a failed atomic write of ``output``: why, and that nothing of it was written."""
+    before = "left as it was" if existed else "not created"
+    return FaultError(f"{describe_os_error(exc)}; nothing written: {output} {before}")
