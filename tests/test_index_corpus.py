@@ -84,7 +84,7 @@ def test_csv_reader_custom_fields_and_errors(tmp_path):
     p.write_text('doc,body,topic\nx1,"多行\n文本",保险\nx2,第二条,医疗\n', encoding="utf-8")
     docs = list(CorpusReader(p, id_field="doc", text_field="body"))
     assert [(d.id, d.text, d.metadata, d.line) for d in docs] == [
-        ("x1", "多行\n文本", {"topic": "保险"}, 3), ("x2", "第二条", {"topic": "医疗"}, 4)]
+        ("x1", "多行\n文本", {"topic": "保险"}, 2), ("x2", "第二条", {"topic": "医疗"}, 4)]  # a row's first line
     bad = tmp_path / "bad.csv"
     bad.write_text("id,text\na,ok\nb,too,many\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"bad\.csv:3: more values"):

@@ -339,8 +339,8 @@ def strict_csv_rows(lines: LineReader, name: str, *, delimiter: str = ",",
                 continue
             if len(values) != len(header):
                 more = "more" if len(values) > len(header) else "fewer"
-                raise InputError(f"{len(values)} values, {more} than the header's {len(header)} columns "
-                                 "(a stray delimiter or quote?)", path=name, line=start)
+                raise InputError(f"{more} values than header columns ({len(values)}, not {len(header)}; a stray "
+                                 "delimiter or quote?)", path=name, line=start)
             yield start, dict(zip(header, values, strict=True))
     finally:
         csv.field_size_limit(previous)

@@ -1,9 +1,12 @@
 """`m3e index build|add|update|delete|info`: build and maintain a semantic-search index.
 
-    m3e index build CORPUS --model M --out INDEX   # .txt/.jsonl/.csv/.parquet; resumes if interrupted
+    m3e index build CORPUS --model M --out INDEX   # .txt/.jsonl/.csv/.parquet; --resume after a kill or Ctrl-C
     m3e index add INDEX CORPUS [--upsert]           # all or nothing
     m3e index update INDEX CORPUS                   # add, replacing documents with the same id
-    m3e index delete INDEX --id ID [--id ID ...]    # or --ids-file FILE (one id per line)
+    m3e index delete INDEX --id ID [--id ID ...]    # or --ids-file FILE (one id per line); all must exist
+
+A failure says what was kept: a failed new build removes what it created; a failed add, update or delete
+leaves the index as it was (index.json is the commit point) and the message says how many documents it holds.
     m3e index info INDEX [--json]
 """
 
@@ -16,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m3e.cli._common import add_model_options
-from m3e.errors import M3EError
+from m3e.errors import FaultError, M3EError, describe_os_error
 from m3e.index.engines import ENGINES
+from m3e.index.index import BuildFailed
 
 if TYPE_CHECKING:
     from m3e.index import CorpusReader, Index
@@ -31,6 +35,7 @@ def _corpus_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default="text", help="record field holding the text (default: text)")
     p.add_argument("--metadata-fields", default=None,
                    help="comma-separated fields to keep as metadata (default: every other field)")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the corpus (default: utf-8)")
     p.add_argument("--batch-chunks", type=int, default=256, help="chunks encoded and written per batch")
     progress = p.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -57,14 +62,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="bm25 (default): keep each chunk's words beside its vector, for sparse and hybrid "
                        "search; none: vectors only")
     build.add_argument("--engine", default="lancedb", choices=ENGINES,
-                       help="lancedb: embedded in INDEX (default); qdrant: a Qdrant server/cluster by --url")
+                       help="lancedb: embedded in INDEX (default); qdrant: a Qdrant server/cluster by --url; "
+                            "pgvector: a PostgreSQL table by --url")
     build.add_argument("--url", default=None,
                        help="qdrant: server URL (e.g. http://localhost:6333; key from $QDRANT_API_KEY) "
-                            "or a directory for Qdrant's local mode")
-    build.add_argument("--collection", default=None, help="qdrant collection name (default: INDEX's name)")
+                            "or a directory for Qdrant's local mode; pgvector: postgresql://user@host:5432/db "
+                            "(password from $PGPASSWORD or ~/.pgpass)")
+    build.add_argument("--collection", default=None,
+                       help="qdrant collection / pgvector table name (default: INDEX's name)")
     build.add_argument("--ann", default="auto", choices=["auto", "none", "ivf"],
                        help="lancedb: build an IVF index after the build (auto: from 50k chunks on)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    build.add_argument("--resume", action="store_true",
+                       help="continue an unfinished build at --out (killed or interrupted) with the same corpus")
 
     for name, help_text in (("add", "add documents to an index (all or nothing)"),
                             ("update", "add documents, replacing those whose id is already indexed")):
@@ -80,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     delete.add_argument("index", help="index directory")
     delete.add_argument("--id", dest="ids", action="append", default=[], help="document id (repeatable)")
     delete.add_argument("--ids-file", default=None, help="file with one document id per line")
+    delete.add_argument("--missing-ok", action="store_true",
+                        help="delete the ids that are in the index and only warn about the others "
+                             "(default: an unknown id is an error and nothing is deleted)")
 
     info = sub.add_parser("info", help="describe an index: model, engine, counts, state")
     info.add_argument("index", help="index directory")
@@ -93,7 +106,7 @@ def _reader(args: argparse.Namespace) -> CorpusReader:
     if args.metadata_fields:
         fields = [f.strip() for f in args.metadata_fields.split(",") if f.strip()]
     return CorpusReader(args.corpus, id_field=args.id_field, text_field=args.text_field,
-                        metadata_fields=fields, fmt=args.fmt)
+                        metadata_fields=fields, fmt=args.fmt, encoding=args.encoding)
 
 
 def model_source(name: str | None) -> str:
@@ -119,12 +132,26 @@ def _build(args: argparse.Namespace) -> int:
             pooling = "cls"  # BGE-M3's dense side, also for a copy without sentence-transformers files
     model = load_model(args.model, device=args.device, backend=args.backend, max_length=args.max_length,
                        pooling=pooling, query_prompt=args.query_prompt, document_prompt=args.document_prompt)
-    index, report = build_index(
-        reader, args.out, model, model_source=model_source(args.model), overwrite=args.overwrite,
-        batch_chunks=args.batch_chunks, progress=args.progress, engine=args.engine, url=args.url,
-        collection=args.collection, chunk_size=args.chunk_size, overlap=args.overlap, chunk_unit=args.chunk_unit,
-        sparse=None if args.sparse == "none" else args.sparse, ann=args.ann,
-    )
+    resuming = _stored(args.out).endswith(" documents stored")
+    try:
+        index, report = build_index(
+            reader, args.out, model, model_source=model_source(args.model), overwrite=args.overwrite,
+            resume=args.resume, batch_chunks=args.batch_chunks, progress=args.progress, engine=args.engine,
+            url=args.url, collection=args.collection, chunk_size=args.chunk_size, overlap=args.overlap,
+            chunk_unit=args.chunk_unit, sparse=None if args.sparse == "none" else args.sparse, ann=args.ann,
+        )
+    except KeyboardInterrupt:
+        print(f"m3e index: interrupted; {_stored(args.out)} in {args.out}: rerun with --resume to continue",
+              file=sys.stderr)
+        return 130
+    except BuildFailed:
+        raise
+    except (M3EError, OSError) as exc:
+        if not (args.resume and resuming):
+            raise
+        # a resumed build that failed: what it had stored before is kept
+        raise _kept(exc, f"{args.out} keeps the unfinished build ({_stored(args.out)}; --resume continues "
+                         "it, --overwrite starts again)") from exc
     state = index.meta["state"]
     resumed = f", {report.skipped_docs} already stored before resuming" if report.skipped_docs else ""
     print(f"built {args.out}: {state['docs']} documents, {state['chunks']} chunks "
@@ -150,12 +177,39 @@ def open_index(index_dir: str, model_name: str | None) -> Index:
     return Index.open(index_dir, model=model)
 
 
+def _stored(index_dir: str) -> str:
+    """How many documents the index on disk holds (its committed state), for messages after a failure."""
+    from m3e.index.meta import read_index_meta
+
+    try:
+        state = read_index_meta(index_dir)["state"]
+    except M3EError:
+        return "nothing stored"
+    if state.get("status") == "building":
+        return f"{state.get('docs_done', 0)} documents stored"
+    return f"{state.get('docs', 0)} documents"
+
+
+def _kept(exc: BaseException, kept: str) -> M3EError:
+    """The error of a failed write, with what the index on disk holds now (read back, so it is true)."""
+    if isinstance(exc, M3EError):
+        exc.args = (f"{exc}; {kept}",)
+        return exc
+    assert isinstance(exc, OSError)
+    return FaultError(f"{describe_os_error(exc)}; {kept}")
+
+
 def _add(args: argparse.Namespace, upsert: bool) -> int:
     reader = _reader(args)
-    with open_index(args.index, args.model) as index:
-        report = index.add_corpus(reader, upsert=upsert, batch_chunks=args.batch_chunks,
-                                  progress=args.progress)
-        state = index.meta["state"]
+    try:
+        with open_index(args.index, args.model) as index:
+            report = index.add_corpus(reader, upsert=upsert, batch_chunks=args.batch_chunks,
+                                      progress=args.progress)
+            state = index.meta["state"]
+    except (M3EError, OSError) as exc:
+        if isinstance(exc, M3EError) and not (Path(args.index) / "index.json").exists():
+            raise
+        raise _kept(exc, f"nothing was added: {args.index} holds {_stored(args.index)}") from exc
     replaced = f", {report.replaced_docs} replaced" if upsert else ""
     print(f"added {report.docs} documents ({report.chunks} chunks{replaced}); "
           f"{args.index} now holds {state['docs']} documents, {state['chunks']} chunks")
@@ -165,18 +219,21 @@ def _add(args: argparse.Namespace, upsert: bool) -> int:
 def _delete(args: argparse.Namespace) -> int:
     ids = list(args.ids)
     if args.ids_file:
-        try:
-            lines = Path(args.ids_file).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise M3EError(f"cannot read {args.ids_file}: {exc.strerror or exc}") from exc
-        ids += [x.strip() for x in lines if x.strip()]
+        from m3e.textio import RecordReader
+
+        ids += [r.text.strip() for r in RecordReader(args.ids_file, fmt="txt", blank="skip", max_chars=None)]
     if not ids:
         raise M3EError("give the documents to delete with --id ID or --ids-file FILE")
     from m3e.index import Index
 
-    with Index.open(args.index) as index:
-        removed, missing = index.delete(ids)
-        state = index.meta["state"]
+    try:
+        with Index.open(args.index) as index:
+            removed, missing = index.delete(ids, missing_ok=args.missing_ok)
+            state = index.meta["state"]
+    except (M3EError, OSError) as exc:
+        if isinstance(exc, M3EError) and not (Path(args.index) / "index.json").exists():
+            raise
+        raise _kept(exc, f"{args.index} holds {_stored(args.index)}") from exc
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         print(f"not in the index ({len(missing)}): {shown}", file=sys.stderr)
@@ -202,10 +259,10 @@ def _info_lines(index_dir: str, meta: dict[str, Any]) -> list[str]:
     if engine["name"] == "lancedb":
         where = engine.get("path", "")
     else:
-        where = f"{engine.get('url')} / {engine.get('collection')}"
+        where = f"{engine.get('url')} / {engine.get('collection') or engine.get('table')}"
     resume = ""
     if state["status"] == "building":
-        resume = f" ({state.get('docs_done', 0)} documents stored; rerun build to resume)"
+        resume = f" ({state.get('docs_done', 0)} documents stored; `m3e index build --resume` continues it)"
     sparse = meta.get("sparse")
     words = "none (dense search only)"
     if sparse:

@@ -1,14 +1,14 @@
 """Stream documents (id, text, metadata) from .txt, .jsonl, .csv or .parquet files.
 
 Readers yield one document at a time, so building an index over a corpus of any size
-keeps only the current batch in memory. A broken record raises :class:`InputError` naming
-the file and line (row number for .parquet). Each reader also reports how far through the
-file it is, for the progress line's ETA.
+keeps only the current batch in memory. They are m3e.textio's strict readers: a broken record
+(bad encoding with its byte offset, invalid JSON, a CSV quote left open, a missing id) raises
+:class:`InputError` naming the file and line (row number for .parquet), and a corpus without
+records is an error. Each reader also reports how far through the file it is, for the ETA.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -17,6 +17,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from m3e.errors import InputError, M3EError
+from m3e.textio import (
+    CSV_FIELD_LIMIT,
+    MAX_JSON_LINE_BYTES,
+    LineReader,
+    check_encoding,
+    open_parquet,
+    parquet_rows,
+    record_id,
+    strict_csv_rows,
+)
 
 FORMATS = ("txt", "jsonl", "csv", "parquet")
 
@@ -58,8 +68,10 @@ class CorpusReader:
         text_field: str = "text",
         metadata_fields: Sequence[str] | None = None,
         fmt: str | None = None,
+        encoding: str = "utf-8",
     ):
         self.path = Path(path)
+        self.encoding = check_encoding(encoding)
         if self.path.is_dir():
             raise M3EError(f"{self.path} is a directory, expected a corpus file")
         if not self.path.exists():
@@ -83,78 +95,62 @@ class CorpusReader:
 
     def __iter__(self) -> Iterator[Document]:
         readers = {"txt": self._txt, "jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}
-        yield from readers[self.format]()
+        count = 0
+        for doc in readers[self.format]():
+            count += 1
+            yield doc
+        if count == 0:
+            raise InputError("no records", path=str(self.path))
         self._fraction = 1.0
 
     # ------------------------------------------------------------------ formats
-    def _lines(self, handle: BinaryIO) -> Iterator[tuple[int, str]]:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise self._error(f"not valid UTF-8 (byte {exc.start})", number) from exc
-            if number == 1:
-                line = line.removeprefix("\ufeff")
-            self._fraction = handle.tell() / self._size
-            yield number, line.rstrip("\r\n")
+    def _lines(self, handle: BinaryIO, **kw: Any) -> LineReader:
+        return LineReader(handle, str(self.path), encoding=self.encoding, **kw)
+
+    def _progress(self, lines: LineReader) -> None:
+        self._fraction = min(lines.offset / self._size, 1.0)
 
     def _txt(self) -> Iterator[Document]:
         with self.path.open("rb") as handle:
-            for number, line in self._lines(handle):
-                if line.strip():
-                    yield Document(str(number), line, {}, number)
+            lines = self._lines(handle)
+            for line in lines:
+                self._progress(lines)
+                if line.text.strip():
+                    yield Document(str(line.number), line.text, {}, line.number)
 
     def _jsonl(self) -> Iterator[Document]:
         with self.path.open("rb") as handle:
-            for number, line in self._lines(handle):
-                if not line.strip():
+            lines = self._lines(handle, max_bytes=MAX_JSON_LINE_BYTES)
+            for line in lines:
+                self._progress(lines)
+                if not line.text.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.text)
                 except json.JSONDecodeError as exc:
-                    raise InputError(f"invalid JSON ({exc.msg})", path=str(self.path), line=number) from exc
+                    raise self._error(f"invalid JSON ({exc.msg} at column {exc.colno})", line.number) from None
                 if not isinstance(record, dict):
-                    raise InputError("expected a JSON object", path=str(self.path), line=number)
-                yield self._document(record, number)
+                    raise self._error("expected a JSON object", line.number)
+                yield self._document(record, line.number)
 
     def _csv(self) -> Iterator[Document]:
         delimiter = "\t" if self.path.suffix.lower() == ".tsv" else ","
-        with self.path.open("rb") as raw:
-            import io
-
-            # The byte handle gives progress; the text wrapper does the decoding.
-            text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-            reader = csv.DictReader(text, delimiter=delimiter)
-            try:
-                for record in reader:
-                    self._fraction = raw.tell() / self._size
-                    if None in record:
-                        raise self._error("more values than header columns", reader.line_num)
-                    yield self._document(record, reader.line_num)
-            except UnicodeDecodeError as exc:
-                raise InputError(f"not valid UTF-8 (byte {exc.start})", path=str(self.path),
-                                 line=reader.line_num + 1) from exc
-            except csv.Error as exc:
-                raise InputError(f"bad CSV ({exc})", path=str(self.path), line=reader.line_num) from exc
+        with self.path.open("rb") as handle:
+            lines = self._lines(handle, keep_ends=True, max_bytes=4 * CSV_FIELD_LIMIT)
+            for number, record in strict_csv_rows(lines, str(self.path), delimiter=delimiter):
+                self._progress(lines)
+                yield self._document(dict(record), number)
 
     def _parquet(self) -> Iterator[Document]:
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(self.path)
-        except Exception as exc:  # pyarrow raises several types for a broken file
-            raise M3EError(f"{self.path}: not a readable parquet file ({exc})") from exc
+        pf = open_parquet(self.path)
         total = max(pf.metadata.num_rows, 1)
         names = pf.schema_arrow.names
         for name in (self.id_field, self.text_field):
             if name not in names:
                 raise InputError(f"no column {name!r} (columns: {', '.join(names)})", path=str(self.path))
-        row = 0
-        for batch in pf.iter_batches(batch_size=1024):
-            for record in batch.to_pylist():
-                row += 1
-                self._fraction = row / total
-                yield self._document(record, row)
+        for row, record in parquet_rows(pf, str(self.path)):
+            self._fraction = row / total
+            yield self._document(record, row)
 
     # ------------------------------------------------------------------ records
     def _error(self, message: str, line: int) -> InputError:
@@ -174,17 +170,7 @@ class CorpusReader:
         return text
 
     def _id_of(self, record: dict[str, Any], line: int) -> str:
-        if self.id_field not in record:
-            raise self._error(f"no id field {self.id_field!r} (fields: {', '.join(map(str, record))}; "
-                              "use --id-field)", line)
-        raw_id = record[self.id_field]
-        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-            kind = type(raw_id).__name__
-            raise self._error(f"id field {self.id_field!r} is {kind}, expected a string or integer", line)
-        doc_id = str(raw_id)
-        if not doc_id.strip():
-            raise self._error(f"empty id in field {self.id_field!r}", line)
-        return doc_id
+        return record_id(record, self.id_field, str(self.path), line)
 
     def _metadata_of(self, record: dict[str, Any], line: int) -> dict[str, Any]:
         keep = self.metadata_fields

@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from m3e.errors import InputError, M3EError
+from m3e.errors import InputError, M3EError, describe_os_error
 from m3e.fusion import Fusion, fuse
 from m3e.index.chunking import Chunk, check_chunking, chunk_document, chunk_document_by_tokens
 from m3e.index.corpus import CorpusReader, Document
@@ -229,6 +229,16 @@ class Index:
         write_meta(self.path, meta)  # the commit point
         self.meta = meta
 
+    def _rollback(self, committed: dict[str, Any]) -> None:
+        """Drop uncommitted writes; a rollback that fails too (the disk is still full) is logged, not raised,
+        so the error the caller sees is the first one. index.json still names the committed version, which
+        readers use and the next write rolls back to."""
+        try:
+            self.store.rollback(committed)
+        except Exception:
+            logger.warning("%s: the rollback after a failed write failed too; the next write retries it", self.path,
+                           exc_info=True)
+
     def _housekeeping(self) -> None:
         """Compact and prune after a commit, then commit the compacted state.
 
@@ -325,7 +335,7 @@ class Index:
                 bar.update(done + report.docs, self.meta["state"]["chunks"], reader.fraction)
         except BaseException:
             # Keep the checkpointed batches for a resume; drop the half-written one.
-            self.store.rollback(self.meta["state"].get("engine") or {})
+            self._rollback(self.meta["state"].get("engine") or {})
             raise
         finally:
             bar.close()
@@ -355,7 +365,7 @@ class Index:
                 bar.update(report.docs, report.chunks, fraction() if fraction else 0.0)
             self._commit()
         except BaseException:
-            self.store.rollback(committed)
+            self._rollback(committed)
             raise
         finally:
             bar.close()
@@ -373,23 +383,28 @@ class Index:
         return self.add(reader, upsert=upsert, source=str(reader.path), batch_chunks=batch_chunks,
                         progress=progress, fraction=lambda: reader.fraction)
 
-    def delete(self, doc_ids: Sequence[str]) -> tuple[int, list[str]]:
-        """Delete documents by id, all or nothing; returns (chunks removed, ids not found)."""
+    def delete(self, doc_ids: Sequence[str], *, missing_ok: bool = True) -> tuple[int, list[str]]:
+        """Delete documents by id, all or nothing; returns (chunks removed, ids not found). With
+        ``missing_ok=False`` an id that is not in the index is an error and nothing is deleted."""
         self._require_ready()
         with _WriteLock(self.path):
-            return self._delete_locked(doc_ids)
+            return self._delete_locked(doc_ids, missing_ok)
 
-    def _delete_locked(self, doc_ids: Sequence[str]) -> tuple[int, list[str]]:
+    def _delete_locked(self, doc_ids: Sequence[str], missing_ok: bool) -> tuple[int, list[str]]:
         self.meta = read_index_meta(self.path)
         committed = self.meta["state"].get("engine") or {}
         self.store.begin(committed)
         try:
             found = self.store.existing_docs(list(doc_ids))
             missing = [d for d in doc_ids if d not in found]
+            if missing and not missing_ok:
+                shown = ", ".join(repr(d) for d in missing[:5]) + (" ..." if len(missing) > 5 else "")
+                raise M3EError(f"{len(missing)} of the ids are not in {self.path}: {shown}; nothing deleted "
+                               "(--missing-ok deletes the others)")
             removed = self.store.delete_docs(sorted(found)) if found else 0
             self._commit()
         except BaseException:
-            self.store.rollback(committed)
+            self._rollback(committed)
             raise
         self._housekeeping()
         return removed, missing
@@ -650,6 +665,13 @@ def _engine_config(
     """The ``engine`` entry of a new index's metadata."""
     if engine == "lancedb":
         return {"name": engine, "path": "lance", "ann": ann, "sparse": sparse}
+    if engine == "pgvector":
+        from m3e.index.pgvector_store import check_url, table_name
+
+        if not url:
+            raise M3EError("--engine pgvector needs --url (postgresql://user@host:5432/database)")
+        check_url(url)
+        return {"name": engine, "url": url, "table": table_name(collection or path.name or "m3e"), "sparse": sparse}
     if not url:
         raise M3EError("--engine qdrant needs --url (http://host:6333, or a directory for local mode)")
     return {"name": engine, "url": url, "collection": collection or path.name or "m3e", "sparse": sparse}
@@ -662,19 +684,59 @@ def build_index(
     *,
     model_source: str | None = None,
     overwrite: bool = False,
+    resume: bool | None = None,
     batch_chunks: int = DEFAULT_BATCH_CHUNKS,
     progress: bool | None = None,
     **create_kw: Any,
 ) -> tuple[Index, WriteReport]:
-    """Build ``out`` from ``corpus``, or resume its unfinished build."""
+    """Build ``out`` from ``corpus``, or resume its unfinished build (``resume`` None: whenever there is one;
+    False: an unfinished build is an error; True: resume one if there is one).
+
+    A new build that fails with an error removes what it created (the directory, or the index files in a
+    directory that held none), so the next attempt starts clean; one stopped by Ctrl-C, or killed, keeps
+    its stored batches for a resume. A resumed build that fails keeps what was stored before.
+    """
     reader = corpus if isinstance(corpus, CorpusReader) else CorpusReader(corpus)
     out = Path(out)
     if (out / META_NAME).exists() and not overwrite:
         meta = read_index_meta(out)
         if meta["state"]["status"] != "building":
             raise M3EError(f"{out} already holds a built index; use `m3e index add` or --overwrite")
+        if resume is False:
+            raise M3EError(f"{out} holds an unfinished build ({meta['state'].get('docs_done', 0)} documents "
+                           "stored): --resume continues it, --overwrite starts again")
         index = Index.open(out, model=model)
         logger.info("resuming the build of %s after %s documents", out, meta["state"].get("docs_done", 0))
-    else:
-        index = Index.create(out, model, model_source=model_source, overwrite=overwrite, **create_kw)
-    return index, index.build_from(reader, batch_chunks=batch_chunks, progress=progress)
+        return index, index.build_from(reader, batch_chunks=batch_chunks, progress=progress)
+    created_dir = not out.exists()
+    index = Index.create(out, model, model_source=model_source, overwrite=overwrite, **create_kw)
+    try:
+        return index, index.build_from(reader, batch_chunks=batch_chunks, progress=progress)
+    except Exception as exc:
+        index.close()
+        _remove_new_index(out, created_dir)
+        note = f"{out} was removed" if created_dir else f"the index files in {out} were removed"
+        raise BuildFailed(exc, f"the failed build was not kept: {note}") from exc
+
+
+class BuildFailed(M3EError):
+    """A new index build failed and what it created was removed; ``cause`` is the original error (its exit
+    status is kept: 2 for bad input, 1 for a fault)."""
+
+    def __init__(self, cause: BaseException, removed: str) -> None:
+        reason = describe_os_error(cause) if isinstance(cause, OSError) else str(cause)
+        super().__init__(f"{reason}; {removed}")
+        self.cause = cause
+        self.exit_status = cause.exit_status if isinstance(cause, M3EError) else 1
+
+
+def _remove_new_index(path: Path, created_dir: bool) -> None:
+    if created_dir:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in (META_NAME, "lance", ".lock"):
+        target = path / name
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
