@@ -13,7 +13,7 @@ from typing import Any
 from m3e.errors import M3EError
 from m3e.index.store import VectorStore
 
-ENGINES = ("lancedb", "qdrant")
+ENGINES = ("lancedb", "qdrant", "pgvector")
 
 
 def check_engine(name: str) -> None:
@@ -33,4 +33,8 @@ def open_store(config: dict[str, Any], index_dir: str | Path, *, dim: int, creat
         from m3e.index.qdrant_store import QdrantStore
 
         return QdrantStore(index_dir, config, dim=dim, create=create)
+    if name == "pgvector":
+        from m3e.index.pgvector_store import PgVectorStore
+
+        return PgVectorStore(index_dir, config, dim=dim, create=create, committed=committed)
     raise M3EError(f"unknown index engine {name!r}; known: {', '.join(ENGINES)}")
