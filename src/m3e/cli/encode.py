@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from m3e.cli._common import add_io_options, add_model_options, load_model_from_args, write_fault
+from m3e.cli.remote import add_server_options, remote_model
 from m3e.errors import InputError, M3EError
 from m3e.textio import MAX_RECORD_CHARS, RecordReader, TextRecord
 
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"characters of a text read at most (default {MAX_RECORD_CHARS}; the model itself "
                              "reads about max_length x 16 in truncate mode)")
     add_model_options(parser)
+    add_server_options(parser)
     parser.add_argument("--batch-size", type=int, default=None, help="texts per batch (default: 32; 16 for int8)")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="cap padded tokens per batch")
     side = parser.add_mutually_exclusive_group()
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         reader = RecordReader(args.input, fmt=args.format, field=args.field, id_field=args.id_field, keep=keep,
                               encoding=args.encoding, max_chars=args.max_chars)
         records = reader
-    model = load_model_from_args(args)
+    model = remote_model(args) if args.server else load_model_from_args(args)
     show = False if args.quiet else args.progress
     progress = EncodeProgress(show, reader)
     if output is None:

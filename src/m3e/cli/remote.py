@@ -20,15 +20,18 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from m3e.errors import M3EError
 
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
+
+    from m3e.model import EmbeddingModel
 
 # Texts per request: well under the server's 2048 (schemas.MAX_INPUTS), small enough that a progress bar moves.
 REQUEST_TEXTS = 256
@@ -98,7 +101,7 @@ class ServerClient:
     def _refused(self, request: urllib.request.Request, exc: urllib.error.HTTPError) -> M3EError:
         """The server's own message (OpenAI's error body) and status; 5xx and 401/403 name what to check."""
         message = _error_message(exc.read())
-        where = f"{self.url}{urllib.request.urlparse(request.full_url).path}"
+        where = f"{self.url}{urllib.parse.urlparse(request.full_url).path}"
         if exc.code in (401, 403):
             hint = " (set --api-key or $M3E_API_KEY)" if not self.api_key else " (check --api-key / $M3E_API_KEY)"
             return M3EError(f"the server at {where} refused the request ({exc.code}): {message}{hint}")
@@ -132,8 +135,21 @@ class RemoteModel:
     def __init__(self, client: ServerClient, model: str | None = None):
         self.client = client
         self.model = model
-        self.dim = 0  # known after the first answer
+        self._dim: int | None = None
         self.name = model or client.url
+
+    @property
+    def dim(self) -> int:
+        """The served model's dimension (GET /v1/models, once; then what the answers say)."""
+        if self._dim is None:
+            listed = self.client.get("/v1/models").get("data") or []
+            names = [str(m.get("id")) for m in listed]
+            chosen = next((m for m in listed if self.model is None or m.get("id") == self.model), None)
+            if chosen is None or "dimensions" not in chosen:
+                raise M3EError(f"the server at {self.client.url} serves no model {self.model!r} "
+                               f"(served: {', '.join(names) or 'none'})")
+            self._dim = int(chosen["dimensions"])
+        return self._dim
 
     def encode(self, texts: Sequence[str], *, prompt: str | None = None, **options: Any) -> NDArray[np.float32]:
         if prompt is not None:
@@ -173,7 +189,7 @@ class RemoteModel:
         if not parts:
             return np.zeros((0, self.dim), dtype=np.float32)
         vectors = np.concatenate(parts)
-        self.dim = int(vectors.shape[1])
+        self._dim = int(vectors.shape[1])
         return vectors
 
 
@@ -221,9 +237,10 @@ class _Progress:
             self.bar.close()
 
 
-def remote_model(args: argparse.Namespace) -> RemoteModel:
+def remote_model(args: argparse.Namespace) -> EmbeddingModel:
     """The model a command's --server / --api-key / -m name; the options that only a local model has are
-    refused rather than ignored."""
+    refused rather than ignored. Typed as the local model it stands in for: the commands call only the
+    methods :class:`RemoteModel` has."""
     local_only = [flag for flag, value in (("--device", getattr(args, "device", None)),
                                            ("--max-length", getattr(args, "max_length", None)),
                                            ("--pooling", getattr(args, "pooling", None))) if value is not None]
@@ -231,7 +248,7 @@ def remote_model(args: argparse.Namespace) -> RemoteModel:
         local_only.append("--backend")
     if local_only:
         raise M3EError(f"{', '.join(local_only)} choose how a local model runs; with --server the server decides")
-    return RemoteModel(ServerClient(args.server, args.api_key), args.model)
+    return cast("EmbeddingModel", RemoteModel(ServerClient(args.server, args.api_key), args.model))
 
 
 def search_remote(args: argparse.Namespace, query: str, filters: dict[str, str]) -> list[dict[str, Any]]:
