@@ -355,11 +355,11 @@ def _csv_problem(message: str, field_limit: int) -> str:
     return f"bad CSV ({message})"
 
 
-def open_parquet(path: Path) -> Any:
+def open_parquet(path: Path, extra: str = "index") -> Any:
     """A ``pyarrow.parquet.ParquetFile``, or an error naming the file when pyarrow cannot read it."""
     from m3e.extras import require
 
-    pq = require("pyarrow.parquet", purpose="reading .parquet", extra="index", package="pyarrow")
+    pq = require("pyarrow.parquet", purpose="reading .parquet", extra=extra, package="pyarrow")
     try:
         return pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a file that is not parquet

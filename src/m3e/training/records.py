@@ -1,22 +1,29 @@
 """Training records: detection of pair / triplet / scored-pair / distill records from their columns.
 
 A source is a .jsonl/.json/.csv/.tsv/.parquet file, a directory of them (one dataset per file, the M3E recipe),
-a Hugging Face ``datasets`` object or a list of dicts. A record with a missing or empty field raises
-:class:`m3e.errors.InputError` naming the file and line (or row).
+a Hugging Face ``datasets`` object or a list of dicts. Files are read by m3e.textio's strict readers: text that
+is not UTF-8 (with its byte offset), invalid JSON, a CSV quote left open, a broken parquet file and a record
+with a missing or empty field raise :class:`m3e.errors.InputError` naming the file and line (or row).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from m3e.errors import InputError, M3EError
-from m3e.extras import require
+from m3e.textio import (
+    CSV_FIELD_LIMIT,
+    MAX_JSON_LINE_BYTES,
+    LineReader,
+    open_parquet,
+    parquet_rows,
+    strict_csv_rows,
+)
 
 RECORD_TYPES = ("pair", "triplet", "scored", "distill")
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -178,29 +185,44 @@ def make_record(row: Mapping[str, Any], schema: Schema, where: tuple[str, int | 
 
 # ---------------------------------------------------------------------------------------------- readers
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    with _open(path) as fh:
+        for line in LineReader(fh, str(path), max_bytes=MAX_JSON_LINE_BYTES):
+            if not line.text.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.text)
             except json.JSONDecodeError as exc:
-                raise InputError(f"invalid JSON: {exc.msg}", path=str(path), line=lineno) from None
+                raise InputError(f"invalid JSON: {exc.msg}", path=str(path), line=line.number) from None
             if not isinstance(obj, dict):
-                raise InputError("each line must be a JSON object", path=str(path), line=lineno)
-            yield lineno, obj
+                raise InputError("each line must be a JSON object", path=str(path), line=line.number)
+            yield line.number, obj
+
+
+def _open(path: Path) -> IO[bytes]:
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise M3EError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if not stripped.startswith("["):  # JSON lines with a .json name
+    with _open(path) as fh:
+        head = fh.read(4096)
+    if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):  # JSON lines with a .json name
         yield from _iter_jsonl(path)
         return
+    raw = path.read_bytes()  # one JSON array is parsed whole
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"not valid UTF-8 at byte {exc.start} of the file", path=str(path), line=line) from None
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON: {exc.msg}", path=str(path), line=exc.lineno) from None
+    if not isinstance(rows, list):
+        raise InputError("expected a JSON array of objects", path=str(path))
     for i, obj in enumerate(rows, 1):
         if not isinstance(obj, dict):
             raise InputError(f"item {i} must be a JSON object", path=str(path))
@@ -209,17 +231,15 @@ def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     delimiter = "\t" if path.suffix == ".tsv" else ","
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        for row in reader:
-            # line_num is the physical line where this row ended (the header is line 1).
-            yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
+    with _open(path) as fh:
+        lines = LineReader(fh, str(path), keep_ends=True, max_bytes=4 * CSV_FIELD_LIMIT)
+        for number, row in strict_csv_rows(lines, str(path), delimiter=delimiter):
+            # number: the line where the row starts (the header is line 1)
+            yield number, {k: (v if v != "" else None) for k, v in row.items()}
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    pq = require("pyarrow.parquet", purpose="reading .parquet", extra="train", package="pyarrow")
-    table = pq.read_table(path)
-    yield from enumerate(table.to_pylist(), 1)
+    yield from parquet_rows(open_parquet(path, extra="train"), str(path))
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
