@@ -232,7 +232,7 @@ class PgVectorStore:
         columns = ("chunk_id, doc_id, chunk, start_char, end_char, text, metadata, fields, n_terms, tsv, "
                    "embedding, gen")
         c = self.conn
-        c.execute(self._q(f"CREATE TEMP TABLE IF NOT EXISTS m3e_staging (LIKE {{t}} INCLUDING DEFAULTS) "
+        c.execute(self._q("CREATE TEMP TABLE IF NOT EXISTS m3e_staging (LIKE {t} INCLUDING DEFAULTS) "
                           "ON COMMIT DELETE ROWS"))
         with c.cursor() as cur, cur.copy(self._q(f"COPY m3e_staging ({columns}) FROM STDIN")) as copy:
             for row, vector in zip(rows, vectors, strict=True):
