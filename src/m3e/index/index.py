@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +89,20 @@ class _WriteLock:
         if self.handle is not None:
             self.handle.close()  # closing releases the lock
             self.handle = None
+
+
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def engine_os_error(exc: BaseException, path: Path) -> BaseException:
+    """An engine's I/O failure as the OSError it is: LanceDB reports a full disk as
+    ``RuntimeError("lance error: LanceError(IO): File too large (os error 27), ...")``; the CLI turns an
+    OSError into one line with exit status 1. Any other exception is returned as it is."""
+    found = _OS_ERROR.search(str(exc)) if isinstance(exc, RuntimeError) else None
+    if found is None:
+        return exc
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number), str(path))
 
 
 def _now() -> str:
@@ -333,10 +348,13 @@ class Index:
                 self._write_batch(batch, upsert=False, source=str(reader.path), report=report)
                 self._commit(docs_done=done + report.docs)
                 bar.update(done + report.docs, self.meta["state"]["chunks"], reader.fraction)
-        except BaseException:
+        except BaseException as exc:
             # Keep the checkpointed batches for a resume; drop the half-written one.
             self._rollback(self.meta["state"].get("engine") or {})
-            raise
+            fault = engine_os_error(exc, self.path)
+            if fault is exc:
+                raise
+            raise fault from exc
         finally:
             bar.close()
         self.store.finish_build()
@@ -364,9 +382,12 @@ class Index:
                 self._write_batch(batch, upsert=upsert, source=source, report=report)
                 bar.update(report.docs, report.chunks, fraction() if fraction else 0.0)
             self._commit()
-        except BaseException:
+        except BaseException as exc:
             self._rollback(committed)
-            raise
+            fault = engine_os_error(exc, self.path)
+            if fault is exc:
+                raise
+            raise fault from exc
         finally:
             bar.close()
         self._housekeeping()
@@ -403,9 +424,12 @@ class Index:
                                "(--missing-ok deletes the others)")
             removed = self.store.delete_docs(sorted(found)) if found else 0
             self._commit()
-        except BaseException:
+        except BaseException as exc:
             self._rollback(committed)
-            raise
+            fault = engine_os_error(exc, self.path)
+            if fault is exc:
+                raise
+            raise fault from exc
         self._housekeeping()
         return removed, missing
 
