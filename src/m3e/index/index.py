@@ -361,6 +361,33 @@ class Index:
         self._commit(status="ready", corpus=None, docs_done=None)
         return report
 
+    def build_from_encoded(self, batches: Iterable[tuple[Sequence[Row], np.ndarray]], *,
+                           progress: bool | None = None) -> WriteReport:
+        """Fill a new index with chunks encoded elsewhere (m3e.distributed: the parts a Ray cluster wrote, as
+        rows and their vectors), committing after each batch, then finish it as :meth:`build_from` does."""
+        state = self.meta["state"]
+        if state["status"] != "building" or state.get("docs_done") or state.get("chunks"):
+            raise M3EError(f"{self.path}: encoded chunks are loaded into a new, empty index")
+        with _WriteLock(self.path):
+            self.store.begin(state.get("engine") or {})
+            report = WriteReport()
+            bar = IndexProgress(progress, label="loaded")
+            try:
+                for rows, vectors in batches:
+                    self.store.add(rows, vectors)
+                    report.docs += sum(1 for r in rows if r.chunk == 0)
+                    report.chunks += len(rows)
+                    self._commit(docs_done=report.docs)
+                    bar.update(report.docs, self.meta["state"]["chunks"], 0.0)
+            except BaseException:
+                self._rollback(self.meta["state"].get("engine") or {})
+                raise
+            finally:
+                bar.close()
+            self.store.finish_build()
+            self._commit(status="ready", corpus=None, docs_done=None)
+        return report
+
     def add(self, docs: Iterable[Document], *, upsert: bool = False, source: str = "<documents>",
             batch_chunks: int = DEFAULT_BATCH_CHUNKS, progress: bool | None = None,
             fraction: Callable[[], float] | None = None) -> WriteReport:
