@@ -76,6 +76,8 @@ def served(minilm_dir: Path, tiny_st_model_dir: Path):
             str(port),
             "--threads",
             "1",
+            "--backend",  # vectors compared with m3e.load()'s to 1e-5: torch, not auto's fast path
+            "torch",
             "--token-ids",
             "model",
         ),

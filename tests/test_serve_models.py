@@ -59,6 +59,8 @@ def served(tiny_st_model_dir: Path, stderr: Path) -> Iterator[str]:
         "m3e-base=default",
         "--api-key",
         KEY,
+        "--backend",  # the vectors are compared with m3e.load()'s to 1e-5: torch, not auto's fast path
+        "torch",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with stderr.open("w") as log:

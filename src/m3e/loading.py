@@ -49,7 +49,8 @@ def load_model(
     such as ``moka-ai/m3e-base``, or ``None`` for the project's default model.
     ``pooling`` overrides the checkpoint's pooling (mean, cls, max, first_last_mean,
     last_weighted, ...); ``max_length`` lowers the truncation length; ``backend`` is
-    ``torch`` (fp32), ``bf16``, ``int8`` or ``openvino``.
+    ``torch`` (fp32, the default: vectors equal to sentence-transformers'), ``bf16``, ``int8``, ``openvino``,
+    ``openvino-int8`` or ``auto`` (the fastest for this CPU and what is installed; ``m3e.backends.selection``).
     """
     from m3e.pooling import canonical_pooling
     from m3e.registry import defaults_for

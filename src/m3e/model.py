@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from m3e.atomic import building_dir
-from m3e.backends import BACKENDS, runner_for
+from m3e.backends import BACKENDS, resolve_backend, runner_for
 from m3e.backends.base import Runner, StreamingRunner
 from m3e.dense import Dense
 from m3e.errors import M3EError
@@ -137,9 +137,12 @@ class EmbeddingModel(nn.Module):
 
     # ------------------------------------------------------------------ backends
     def set_backend(self, backend: str) -> EmbeddingModel:
-        """Switch the inference backend: ``torch`` (fp32), ``bf16`` (CPU autocast), ``int8`` (ONNX Runtime) or
-        ``openvino`` (OpenVINO; bf16 on CPUs with AMX / AVX512_BF16, fp32 elsewhere)."""
+        """Switch the inference backend: ``torch`` (fp32), ``bf16`` (CPU autocast), ``int8`` (ONNX Runtime),
+        ``openvino`` (OpenVINO; bf16 on CPUs with AMX / AVX512_BF16, fp32 elsewhere), ``openvino-int8`` (NNCF
+        static int8 in OpenVINO) or ``auto`` (the one chosen for this CPU, installed engines and model;
+        ``backend`` then names the choice)."""
         self._runner, self.backend = None, "torch"  # a failed switch leaves the model on torch
+        backend = resolve_backend(self, backend)
         self._runner = runner_for(self, backend)
         self.backend = backend
         return self

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from m3e.atomic import building_dir
-from m3e.backends import runner_for
+from m3e.backends import resolve_backend, runner_for
 from m3e.backends.base import Runner
 from m3e.errors import M3EError
 from m3e.length_sorting import length_sorted_batches
@@ -126,8 +126,9 @@ class Reranker(nn.Module):
 
     # ------------------------------------------------------------------ backends
     def set_backend(self, backend: str) -> Reranker:
-        """``torch`` (fp32), ``bf16`` (CPU autocast), ``int8`` (ONNX Runtime) or ``openvino``."""
+        """``torch`` (fp32), ``bf16`` (CPU autocast), ``int8`` (ONNX Runtime), ``openvino`` or ``auto``."""
         self._runner, self.backend = None, "torch"  # a failed switch leaves the reranker on torch
+        backend = resolve_backend(self, backend)
         self._runner = runner_for(self, backend)
         self.backend = backend
         return self

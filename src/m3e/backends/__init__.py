@@ -8,6 +8,11 @@ See docs/design.md for why ONNX Runtime and not torch's dynamic quantisation.
 
 ``openvino`` compiles the fp32 export with OpenVINO, which computes in bf16 on CPUs with AMX or
 AVX512_BF16 and in fp32 elsewhere (artefact ``MODEL/m3e-openvino/`` or the cache's ``openvino/``).
+
+``openvino-int8`` is that export statically quantised by NNCF (calibrated on offline texts, layers whose
+quantisation would cost cosine to fp32 kept in float; ``m3e.backends.openvino_int8``).
+
+``auto`` (``m3e.backends.selection``) picks one of these from the CPU, the installed engines and the model.
 """
 
 from __future__ import annotations
@@ -24,20 +29,35 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ARTEFACT_BACKENDS",
+    "AUTO",
     "BACKENDS",
+    "BACKEND_CHOICES",
     "bf16_native",
     "export_artefact",
     "inference_threads",
     "make_int8_runner",
     "make_openvino_runner",
     "physical_cores",
+    "resolve_backend",
     "runner_for",
     "runner_for_artefact",
 ]
 
-# Every backend m3e.load / encode / eval / serve accept, and those built once into an artefact (m3e export).
-BACKENDS = ("torch", "bf16", "int8", "openvino")
-ARTEFACT_BACKENDS = ("int8", "openvino")
+# Every backend a model runs on, and those built once into an artefact (m3e export).
+BACKENDS = ("torch", "bf16", "int8", "openvino", "openvino-int8")
+ARTEFACT_BACKENDS = ("int8", "openvino", "openvino-int8")
+AUTO = "auto"
+# What m3e.load / encode / eval / serve / index accept: a backend, or auto (the choice for this CPU and model).
+BACKEND_CHOICES = (AUTO, *BACKENDS)
+
+
+def resolve_backend(model: ModelParts, backend: str) -> str:
+    """``backend``, or for ``auto`` the backend chosen for ``model`` here (logged in one line with the reason)."""
+    if backend == AUTO:
+        from m3e.backends.selection import resolve
+
+        return resolve(model, backend)
+    return backend
 
 
 def runner_for(model: ModelParts, backend: str) -> Runner | None:
@@ -53,6 +73,10 @@ def runner_for(model: ModelParts, backend: str) -> Runner | None:
         runner = make_int8_runner(model)
     elif backend == "openvino":
         runner = make_openvino_runner(model)
+    elif backend == "openvino-int8":
+        from m3e.backends.openvino_int8 import load_openvino_int8_runner
+
+        runner = load_openvino_int8_runner(model)
     elif backend == "bf16" and model.device.type == "cpu" and not bf16_native():
         logging.getLogger(__name__).warning(
             "this CPU has no native bf16 (AVX512_BF16 or AMX): bf16 is emulated and slower than fp32 here; use "
@@ -91,6 +115,11 @@ def export_artefact(
 
         require_onnxruntime()
         return artefacts.export_artefact(model, out, force=force, kind=kind, write_graph=write_int8_graph)
+    if kind == "openvino-int8":
+        from m3e.backends.openvino_int8 import require_nncf, write_int8_ir
+
+        require_nncf()
+        return artefacts.export_artefact(model, out, force=force, kind=kind, write_graph=write_int8_ir)
     from m3e.backends.openvino import require_openvino
 
     require_openvino()
@@ -99,12 +128,12 @@ def export_artefact(
 
 def runner_for_artefact(kind: str, directory: Path) -> Runner:
     """A runner over the artefact in ``directory`` as it is (no fingerprint check: the caller built it)."""
-    from m3e.backends.artefacts import ONNX_NAME
+    from m3e.backends.artefacts import ONNX_NAME, graph_file
 
-    if kind == "openvino":
+    if kind in ("openvino", "openvino-int8"):
         from m3e.backends.openvino import OpenVinoRunner
 
-        return OpenVinoRunner(directory / ONNX_NAME)
+        return OpenVinoRunner(directory / graph_file(kind))
     from m3e.backends.onnx_int8 import OnnxRunner
 
     return OnnxRunner(directory / ONNX_NAME)

@@ -66,11 +66,21 @@ QUANT_SETTINGS: dict[str, Any] = {
 }
 # The openvino artefact: the plain export; OpenVINO picks the precision when it compiles it.
 OPENVINO_SETTINGS: dict[str, Any] = {"graph": "plain", "precision": "fp32 weights"}
+# The openvino-int8 artefact: NNCF static int8 in OpenVINO's own format (m3e.backends.openvino_int8).
+OPENVINO_INT8_SETTINGS: dict[str, Any] = {"graph": "nncf", "precision": "static int8", "min_cosine": 0.995}
 # kind -> (directory next to the model, cache sub-directory, settings in the fingerprint)
 KINDS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "int8": ("m3e-int8", "int8", QUANT_SETTINGS),
     "openvino": ("m3e-openvino", "openvino", OPENVINO_SETTINGS),
+    "openvino-int8": ("m3e-openvino-int8", "openvino-int8", OPENVINO_INT8_SETTINGS),
 }
+# The graph file of a kind whose graph is not ONNX.
+GRAPH_FILES = {"openvino-int8": "model.xml"}
+
+
+def graph_file(kind: str) -> str:
+    """The file in a ``kind`` artefact that holds its graph."""
+    return GRAPH_FILES.get(kind, ONNX_NAME)
 
 
 # ---------------------------------------------------------------------------- fingerprint
@@ -120,7 +130,9 @@ def read_artefact_meta(directory: Path) -> dict[str, Any] | None:
         meta = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not (directory / ONNX_NAME).is_file():
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return None
+    if not (directory / graph_file(str(meta.get("kind", "int8")))).is_file():
         return None
     return meta
 
@@ -229,7 +241,7 @@ def build_artefact(
     target = Path(target)
     with building_dir(target, durable=True, swap=_swap_in) as tmp:
         started = time.perf_counter()
-        fields = write_graph(model, tmp, tmp / ONNX_NAME)
+        fields = write_graph(model, tmp, tmp / graph_file(kind))
         meta = _meta(model, fp, kind, fields, started)
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return target
@@ -241,7 +253,8 @@ def _meta(model: ModelParts, fp: str, kind: str, fields: dict[str, Any], started
     from m3e.version import __version__
 
     versions = {"m3e": __version__}
-    for package in ("torch", "onnxruntime" if kind == "int8" else "openvino"):
+    engines = {"int8": ("onnxruntime",), "openvino-int8": ("openvino", "nncf")}.get(kind, ("openvino",))
+    for package in ("torch", *engines):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
     return {

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from m3e.backends import BACKENDS
+from m3e.backends import AUTO, BACKEND_CHOICES
 from m3e.errors import FaultError, describe_os_error
 from m3e.textio import TEXT_FORMATS
 
@@ -14,15 +14,21 @@ if TYPE_CHECKING:
     from m3e.model import EmbeddingModel
 
 
-def add_model_options(parser: argparse.ArgumentParser, positional: bool = False) -> None:
+def add_model_options(parser: argparse.ArgumentParser, positional: bool = False, backend: str = AUTO) -> None:
     if positional:
         parser.add_argument("model", nargs="?", default=None, help="model directory or hub id (default: m3e's default model)")
     else:
         parser.add_argument("-m", "--model", default=None, help="model directory or hub id (default: m3e's default model)")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS, help="inference backend (default: torch fp32)")
+    parser.add_argument("--backend", default=backend, choices=BACKEND_CHOICES, help=backend_help(backend))
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--max-length", type=int, default=None, help="truncate inputs at this many tokens (at most the model's maximum)")
     parser.add_argument("--pooling", default=None, help="override pooling: mean, cls, max, first_last_mean, last_weighted, ...")
+
+
+def backend_help(default: str) -> str:
+    if default == AUTO:
+        return "inference backend (default: auto, the fastest for this CPU and the installed engines; `m3e info --backends`)"
+    return f"inference backend (default: {default}; auto: the fastest for this CPU, `m3e info --backends`)"
 
 
 def load_model_from_args(args: argparse.Namespace) -> EmbeddingModel:

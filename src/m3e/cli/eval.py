@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from m3e.backends import BACKENDS
+from m3e.backends import AUTO, BACKEND_CHOICES
 from m3e.errors import M3EError
 from m3e.evaluation.suites import SUITES  # light: mteb is imported only when a suite is built
 from m3e.fusion import DEFAULT_DENSE_WEIGHT, DEFAULT_FUSION, FUSIONS, Fusion
@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output directory (default: ./m3e-eval/<suite>-<UTC time>)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="built data directory holding tasks/ (default: m3e data's)")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch",
-                        help="inference backend for m3e models")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default=AUTO,
+                        help="inference backend for m3e models (default: auto, the fastest for this CPU)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N",
                         help="encoding batch size (default 32)")
     parser.add_argument("--device", help="torch device for m3e models (default: the loader's choice)")
@@ -80,7 +80,7 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--tasks", *(_task_names(args.tasks) or [])]
     if args.data_dir:
         parts += ["--data-dir", args.data_dir]
-    if args.backend != "torch":
+    if args.backend != AUTO:
         parts += ["--backend", args.backend]
     if args.batch_size != 32:
         parts += ["--batch-size", str(args.batch_size)]

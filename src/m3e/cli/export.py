@@ -37,13 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from m3e.backends import export_artefact, runner_for_artefact
-    from m3e.backends.artefacts import ONNX_NAME
     from m3e.loading import load_model
 
     model = load_model(args.model)
     started = time.perf_counter()
     target = export_artefact(model, args.out, force=args.force, kind=args.backend)
-    size = (target / ONNX_NAME).stat().st_size / 2**20
+    size = sum(f.stat().st_size for f in target.iterdir() if f.is_file()) / 2**20
     print(f"wrote {target} ({size:.1f} MiB, {time.perf_counter() - started:.1f}s)", file=sys.stderr)
     if args.check:
         import numpy as np

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from m3e.backends import BACKENDS
+    from m3e.backends import BACKEND_CHOICES
 
     parser.add_argument("model", help="reranker directory or hub id (a CrossEncoder or sequence-classification model)")
     parser.add_argument("query", nargs="?", default=None, help="the query (needed unless -i gives groups)")
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSON lines of groups {query, documents} or of candidates with a text field; - for stdin")
     parser.add_argument("-k", "--top-k", dest="top_k", type=int, default=None, help="keep the best K of each ranking")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS, help="inference backend (default: torch fp32)")
+    parser.add_argument("--backend", default="torch", choices=BACKEND_CHOICES, help="inference backend (default: torch fp32)")
     parser.add_argument("--device", default=None, help="torch device (default: cpu)")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per (query, document window)")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (default: 32)")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from m3e.backends import BACKENDS
+from m3e.backends import AUTO, BACKEND_CHOICES
 from m3e.errors import M3EError
 from m3e.extras import require
 
@@ -93,7 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow browser calls from ORIGIN ('*' for any; repeatable)",
     )
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="torch", help="inference backend (default torch fp32)"
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default=AUTO,
+        help="inference backend (default auto: the fastest for this CPU and the installed engines)",
     )
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
     parser.add_argument(
@@ -438,7 +441,7 @@ def _announce(
         also = f", also as {', '.join(aliases)}" if aliases else ""
         print(
             f"m3e serve: {public}{also} (dim {model.dim}, max length {model.max_length}, "
-            f"backend {args.backend}; "
+            f"backend {model.backend}; "
             f"{_sides_line(model, config)})",
             file=sys.stderr,
         )
@@ -447,7 +450,7 @@ def _announce(
         also = f", also as {', '.join(aliases)}" if aliases else ""
         print(
             f"m3e serve: reranker {public}{also} (max length {reranker.max_length}, activation "
-            f"{reranker.activation}, backend {args.backend}) on /v1/rerank and /rerank",
+            f"{reranker.activation}, backend {reranker.backend}) on /v1/rerank and /rerank",
             file=sys.stderr,
         )
     for name, path in (indexes or {}).items():

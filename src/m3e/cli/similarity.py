@@ -12,7 +12,7 @@ from m3e.errors import M3EError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="+", help="two or more texts")
-    add_model_options(parser)
+    add_model_options(parser, backend="torch")  # a few texts: not worth compiling an engine for
     add_server_options(parser)
     parser.add_argument("--query", default=None, metavar="TEXT",
                         help="rank the texts against this query (query prompt applied) instead of a matrix")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, Union
 
-from m3e.backends import BACKENDS
+from m3e.backends import BACKEND_CHOICES
 from m3e.deprecation import renamed_attributes
 from m3e.errors import M3EError
 from m3e.evaluation.mteb_adapter import MtebEncoder, for_mteb
@@ -115,7 +115,7 @@ def _spec_for(raw: str, fusion: Fusion) -> ModelSpec:
         name, mode = head, tail
     backend = None
     head, sep, tail = name.rpartition("@")
-    if sep and tail in BACKENDS and not Path(name).exists():
+    if sep and tail in BACKEND_CHOICES and not Path(name).exists():
         name, backend = head, tail
     low = name.lower()
     suffix = f"@{backend}" if backend else ""
@@ -248,7 +248,7 @@ def _load_m3e_model(spec: ModelSpec, backend: str, device: str | None) -> Embedd
         "max_length": model.max_length,
         "pooling": model.pooling,
         "prompts": dict(model.prompts),
-        "backend": backend,
+        "backend": model.backend,  # auto: what it chose
         "parameters": model.num_parameters(),
     }
     if spec.source is None:

@@ -1,0 +1,196 @@
+"""The openvino-int8 backend: the fp32 export statically quantised by NNCF, compiled by OpenVINO.
+
+Static int8 (weights and activations, scales fixed by calibration) runs the matrix products on the CPU's int8
+units (AMX-INT8, VNNI) with no per-call quantisation of activations; OpenVINO computes the layers left out in
+bf16 where the CPU has it. Calibration reads texts m3e's offline data has for training (``<cache>/data/train/``:
+never a benchmark task's texts), or the short mixed Chinese / English file bundled beside this module when that
+data is not built.
+
+Accuracy-aware: after each quantisation the vectors of held-out texts are compared with fp32 (cosine of the
+pooled last hidden state); below :data:`MIN_COSINE` the next, more conservative scope is tried (the
+attention products kept in float, then every feed-forward output projection too, then the first and last
+layers), so the artefact that is kept is the
+fastest one that holds the target. Its ``meta.json`` records which scope and the cosines measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from m3e.backends import artefacts
+from m3e.backends.openvino import OpenVinoRunner, keep_signal_stack
+from m3e.errors import M3EError
+from m3e.extras import require
+from m3e.paths import cache_root
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from m3e.backends.base import ModelParts
+
+logger = logging.getLogger(__name__)
+
+KIND = "openvino-int8"
+MIN_COSINE = 0.995
+CALIBRATION_TEXTS = 160
+HELD_OUT_TEXTS = 64
+BATCH = 8
+# Training files of `m3e data build` read for calibration (fields text / text_pos / text_neg): short zh / en
+# sentences, questions and passages, headlines and articles.
+_TRAIN_FILES = ("hsk_zh_en", "insuranceqa_qa", "news_headline", "snli_triplets", "idiom_explanation")
+_BUNDLED = Path(__file__).with_name("calibration.txt")
+# Scopes kept out of quantisation, tried in order (OpenVINO node-name patterns; {first} / {last} are layer numbers).
+# Measured on the default model (docs/benchmarks.md): quantising the attention products (query x key, weights x
+# value) alone took the worst held-out text to cosine 0.79, the feed-forward output projections (outliers after
+# GELU) next; with both kept in float every text stayed above 0.997.
+SCOPES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("attention products", (r".*attention/self/MatMul.*",)),
+    ("attention products, feed-forward outputs", (r".*attention/self/MatMul.*", r".*layer\.\d+/output/dense/MatMul")),
+    ("attention products, feed-forward outputs, first and last layers", (
+        r".*attention/self/MatMul.*", r".*layer\.\d+/output/dense/MatMul", r".*layer\.{first}/.*", r".*layer\.{last}/.*",
+    )),
+)
+
+
+def calibration_texts(limit: int = CALIBRATION_TEXTS + HELD_OUT_TEXTS, seed: int = 0) -> tuple[list[str], str]:
+    """Texts to calibrate on and check with, and where they came from."""
+    train = cache_root() / "data" / "train"
+    texts: list[str] = []
+    for name in _TRAIN_FILES:
+        path = train / f"{name}.jsonl"
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8") as fh:
+            for _, line in zip(range(400), fh, strict=False):
+                row = json.loads(line)
+                texts += [row[k] for k in ("text", "text_pos", "text_neg") if isinstance(row.get(k), str)]
+    source = str(train)
+    if len(texts) < limit:
+        texts = [t for t in _BUNDLED.read_text(encoding="utf-8").splitlines() if t.strip()]
+        source = "bundled calibration texts"
+    rng = random.Random(seed)
+    rng.shuffle(texts)
+    return texts[:limit], source
+
+
+def write_int8_ir(model: ModelParts, work: Path, out: Path) -> dict[str, Any]:
+    """Export, quantise (trying :data:`SCOPES` in order) and save the OpenVINO IR at ``out``."""
+    import nncf
+    import numpy as np
+    import openvino as ov
+
+    tokenize = getattr(model, "tokenize_batch", None)
+    if tokenize is None or model.artefact_output != artefacts.OUTPUT:
+        raise M3EError("the openvino-int8 backend is for embedding models; use openvino for a reranker")
+    artefacts.export_fp32_onnx(model, work / "fp32.onnx")
+    core = ov.Core()
+    fp32 = core.read_model(str(work / "fp32.onnx"))
+    names = [port.get_any_name() for port in fp32.inputs]
+    texts, source = calibration_texts()
+    # sorted by length within calibration and check sets: batches pad little, like the encode loop's
+    held_out = min(HELD_OUT_TEXTS, len(texts) // 3)  # the bundled file has 58 texts
+    calibrate, check = texts[:-held_out], texts[-held_out:]
+
+    def batches(items: list[str]) -> list[dict[str, np.ndarray]]:
+        items = sorted(items, key=len)
+        out_batches = []
+        for i in range(0, len(items), BATCH):
+            features = tokenize(items[i : i + BATCH])
+            out_batches.append({n: features[n].numpy().astype(np.int64) for n in names})
+        return out_batches
+
+    calibration, checks = batches(calibrate), batches(check)
+    reference = _pooled_outputs(core, fp32, checks, model, precision="f32")
+    layers = int(getattr(model.transformer.config, "num_hidden_layers", 1) or 1)
+    tried: list[dict[str, Any]] = []
+    best: tuple[float, Any, str] | None = None
+    for label, patterns in SCOPES:
+        scope = [p.format(first=0, last=layers - 1) for p in patterns]
+        with keep_signal_stack(), _quiet("nncf"):
+            quantized = nncf.quantize(
+                fp32,
+                nncf.Dataset(calibration),
+                model_type=nncf.ModelType.TRANSFORMER,
+                preset=nncf.QuantizationPreset.MIXED,
+                subset_size=len(calibration),
+                ignored_scope=nncf.IgnoredScope(patterns=scope, validate=False) if scope else None,
+            )
+        vectors = _pooled_outputs(core, quantized, checks, model)
+        cosines = (vectors * reference).sum(axis=1)
+        result = {"scope": label, "min_cosine": round(float(cosines.min()), 5),
+                  "mean_cosine": round(float(cosines.mean()), 5)}
+        tried.append(result)
+        logger.info("openvino-int8 with %s kept in float: cosine to fp32 min %.4f", label, cosines.min())
+        if best is None or cosines.min() > best[0]:
+            best = (float(cosines.min()), quantized, label)
+        if cosines.min() >= MIN_COSINE:
+            break
+    assert best is not None
+    if best[0] < MIN_COSINE:
+        logger.warning("openvino-int8: no scope reached cosine %.3f (best %.4f, %s)", MIN_COSINE, best[0], best[2])
+    ov.save_model(best[1], str(out), compress_to_fp16=False)
+    for extra in work.glob("fp32.onnx*"):
+        extra.unlink()
+    return {
+        "engine": "openvino",
+        "graph": "nncf static int8",
+        "file": out.name,
+        "quantization": {"method": "static", "preset": "mixed", "model_type": "transformer",
+                         "float_scope": best[2], "calibration": f"{len(calibrate)} texts from {source}",
+                         "check": f"{len(check)} held-out texts", "min_cosine_target": MIN_COSINE},
+        "tried": tried,
+    }
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """NNCF reports every quantiser it places and draws progress bars on its own logger."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _pooled_outputs(
+    core: Any, graph: Any, batches: list[dict[str, np.ndarray]], model: ModelParts, precision: str | None = None
+) -> np.ndarray:
+    """Unit vectors of the check texts: the model's pooling over the graph's last hidden state."""
+    import numpy as np
+    import torch
+
+    from m3e.pooling import pool
+
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    with keep_signal_stack():
+        request = core.compile_model(graph, "CPU", config).create_infer_request()
+    rows = []
+    mode = str(getattr(model, "pooling", "mean"))
+    for feeds in batches:
+        hidden = torch.from_numpy(next(iter(request.infer(feeds).values())).copy())
+        mask = torch.from_numpy(feeds["attention_mask"])
+        rows.append(pool(mode, hidden, mask, None, 0).numpy())
+    vectors = np.concatenate(rows)
+    unit: np.ndarray = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return unit
+
+
+def load_openvino_int8_runner(model: ModelParts) -> OpenVinoRunner:
+    require_nncf()
+    directory = artefacts.artefact_for(model, KIND, write_int8_ir)
+    return OpenVinoRunner(directory / artefacts.graph_file(KIND))
+
+
+def require_nncf() -> None:
+    require("openvino", purpose="the openvino-int8 backend", extra="fast")
+    require("nncf", purpose="the openvino-int8 backend", extra="fast")

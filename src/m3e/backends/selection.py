@@ -1,0 +1,198 @@
+"""``backend="auto"``: which backend runs a model, from what is installed, what the CPU has and the workload.
+
+The decision is :func:`choose_backend`, a pure function of three values (:class:`CpuFeatures`, the installed
+engines, :class:`Workload`), so every rule can be checked with made-up CPUs and installs; :func:`detect_cpu` and
+:func:`installed_engines` read the real ones (``/proc/cpuinfo``, importable packages). The preference orders
+follow the measurements in docs/benchmarks.md:
+
+- AMX (Sapphire Rapids and later): OpenVINO in bf16 (the AMX-BF16 tiles run the matrix products as fast as
+  AMX-INT8 does, and static int8 must keep its sensitive products in float, so it measured no faster), then
+  static int8 in OpenVINO, then ONNX Runtime int8.
+- AVX512_BF16 without AMX, AVX-512 VNNI / AVX-VNNI: static int8 in OpenVINO (``openvino-int8``: VNNI int8 dot
+  products, sensitive products kept in float, cosine to fp32 >= 0.995; 1.24x OpenVINO bf16 measured on an AMD
+  EPYC with AVX512_BF16), then OpenVINO, then ONNX Runtime int8.
+- AVX2 without VNNI: ONNX Runtime int8 (1.3-1.8x fp32 measured), then the OpenVINO ones.
+- ARM: OpenVINO, then ONNX Runtime int8 (not measured on ARM here).
+- Anything else, a GPU, a pooling that reads every layer, or a model so small that the engine's fixed cost
+  (export, compilation) is never paid back: torch fp32.
+
+``m3e.load`` keeps ``backend="torch"`` as its default: its vectors are sentence-transformers' to 1e-5, the
+drop-in contract. The command line (``m3e encode / serve / index / eval``) defaults to ``auto``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import platform
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from m3e.backends.base import ModelParts
+
+logger = logging.getLogger(__name__)
+
+AUTO = "auto"
+# Below this many transformer parameters the forward pass takes well under a millisecond per text in torch,
+# and exporting + compiling an engine (seconds) would never be paid back by a one-off command.
+TINY_MODEL_PARAMETERS = 1_000_000
+# What each backend needs importable.
+REQUIRES: dict[str, tuple[str, ...]] = {
+    "openvino-int8": ("openvino", "nncf", "onnx"),
+    "openvino": ("openvino", "onnx"),
+    "int8": ("onnxruntime", "onnx"),
+}
+_ENGINES = ("openvino", "nncf", "onnxruntime", "onnx")
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU as far as backend choice is concerned: its architecture and its /proc/cpuinfo flags."""
+
+    arch: str
+    flags: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def family(self) -> str:
+        """The feature level that decides: ``amx``, ``avx512_bf16``, ``vnni``, ``avx2``, ``arm`` or ``other``."""
+        if self.arch in ("aarch64", "arm64") or self.arch.startswith("arm"):
+            return "arm"
+        if self.flags & {"amx_int8", "amx_bf16"}:
+            return "amx"
+        if "avx512_bf16" in self.flags:
+            return "avx512_bf16"
+        if self.flags & {"avx512_vnni", "avx_vnni"}:
+            return "vnni"
+        if "avx2" in self.flags:
+            return "avx2"
+        return "other"
+
+    @classmethod
+    def from_cpuinfo(cls, text: str, arch: str) -> CpuFeatures:
+        """Parse the first processor's ``flags`` (x86) or ``Features`` (ARM) line of /proc/cpuinfo."""
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return cls(arch=arch, flags=frozenset(value.split()))
+        return cls(arch=arch)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is run: where, how big a model, and whether a backend's exported graph can compute it."""
+
+    device: str = "cpu"
+    parameters: int = 0
+    # Poolings that read every layer's hidden states need torch: the engines export the last one only.
+    all_hidden_states: bool = False
+    # A cross-encoder's graph takes pairs: static int8 is calibrated on single texts, so it is left out.
+    pairs: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    reason: str
+    # True when a fast backend would run here but its packages are missing (worth a warning)
+    fallback: bool = False
+
+    def __str__(self) -> str:
+        return f"backend auto -> {self.backend}: {self.reason}"
+
+
+_ORDER = {
+    "amx": ("openvino", "openvino-int8", "int8"),
+    "avx512_bf16": ("openvino-int8", "openvino", "int8"),
+    "vnni": ("openvino-int8", "int8", "openvino"),
+    "avx2": ("int8", "openvino-int8", "openvino"),
+    "arm": ("openvino", "int8"),
+    "other": (),
+}
+_WHY = {
+    "amx": "AMX: bf16 matrix units as fast as its int8 ones",
+    "avx512_bf16": "AVX512_BF16 and VNNI",
+    "vnni": "VNNI int8 dot products",
+    "avx2": "AVX2 without VNNI",
+    "arm": "ARM",
+    "other": "no AVX2",
+}
+_WHAT = {
+    "openvino-int8": "static int8 in OpenVINO, sensitive layers in bf16/fp32",
+    "openvino": "OpenVINO, bf16 where the CPU has it",
+    "int8": "ONNX Runtime, int8 weights",
+}
+
+
+def choose_backend(cpu: CpuFeatures, installed: frozenset[str], workload: Workload) -> Choice:
+    """The backend ``auto`` runs ``workload`` on, and why (one line)."""
+    if workload.device != "cpu":
+        return Choice("torch", f"device {workload.device}: torch")
+    if workload.all_hidden_states:
+        return Choice("torch", "the pooling reads every layer's hidden states, which only torch returns")
+    if 0 < workload.parameters < TINY_MODEL_PARAMETERS:
+        return Choice(
+            "torch", f"{workload.parameters:,} parameters: too small to pay back exporting an engine"
+        )
+    order = _ORDER[cpu.family]
+    if workload.pairs:
+        order = tuple(b for b in order if b != "openvino-int8")
+    for backend in order:
+        missing = [m for m in REQUIRES[backend] if m not in installed]
+        if not missing:
+            return Choice(backend, f"{cpu.arch} CPU with {_WHY[cpu.family]}: {_WHAT[backend]}")
+    if not order:
+        return Choice("torch", f"{cpu.arch} CPU with {_WHY[cpu.family]}: torch fp32")
+    best = order[0]
+    need = " ".join(m for m in REQUIRES[best] if m not in installed)
+    return Choice(
+        "torch", f"no fast backend installed ({best} needs {need}): torch fp32; pip install 'm3e[fast]'", True
+    )
+
+
+# ---------------------------------------------------------------------------- the real inputs
+@lru_cache(maxsize=1)
+def detect_cpu() -> CpuFeatures:
+    arch = platform.machine().lower()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            text = fh.read(1 << 16)  # the first processor's block is enough
+    except OSError:
+        text = ""
+    return CpuFeatures.from_cpuinfo(text, arch)
+
+
+def installed_engines() -> frozenset[str]:
+    """The inference packages importable here (found, not imported: importing OpenVINO costs a second)."""
+    return frozenset(name for name in _ENGINES if importlib.util.find_spec(name) is not None)
+
+
+def workload_of(model: ModelParts) -> Workload:
+    from m3e.pooling import NEEDS_HIDDEN_STATES
+
+    pooling = getattr(model, "pooling", None)
+    parameters = sum(p.numel() for p in model.transformer.parameters())
+    return Workload(
+        device=model.device.type,
+        parameters=int(parameters),
+        all_hidden_states=pooling in NEEDS_HIDDEN_STATES,
+        pairs=model.artefact_output != "last_hidden_state",
+    )
+
+
+def auto_choice(model: ModelParts) -> Choice:
+    """What ``auto`` picks for ``model`` on this machine with what is installed here."""
+    return choose_backend(detect_cpu(), installed_engines(), workload_of(model))
+
+
+def resolve(model: ModelParts, backend: str) -> str:
+    """``backend`` itself, or for ``auto`` the choice for this model, logged in one line."""
+    if backend != AUTO:
+        return backend
+    choice = auto_choice(model)
+    if choice.fallback:
+        logger.warning("%s", choice)
+    else:
+        logger.info("%s", choice)
+    return choice.backend

@@ -1,0 +1,158 @@
+"""backend="auto": the choice as a pure function of CPU, installed engines and workload; real encodes through it;
+the openvino-int8 backend it may pick (NNCF static int8 held to cosine >= 0.995)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import m3e
+from m3e.backends import BACKEND_CHOICES, artefacts
+from m3e.backends.selection import (
+    TINY_MODEL_PARAMETERS,
+    CpuFeatures,
+    Workload,
+    auto_choice,
+    choose_backend,
+    workload_of,
+)
+from m3e.cli import main
+from tests.test_backends_int8 import FIDELITY_TEXTS, _cos
+
+ALL = frozenset({"openvino", "nncf", "onnxruntime", "onnx"})
+BASE = Workload(parameters=20_000_000)
+# The first processor's block of /proc/cpuinfo, cut to what matters, on four x86 generations and an ARM server.
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+EPYC_ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16\n"
+CASCADE_LAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+EPYC_ZEN3 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+GRAVITON = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes sha2 asimddp sve bf16 i8mm\n"
+OLD = "processor\t: 0\nflags\t\t: fpu sse2 sse4_2 avx\n"
+
+
+def cpu(text: str, arch: str = "x86_64") -> CpuFeatures:
+    return CpuFeatures.from_cpuinfo(text, arch)
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "arch", "family", "installed", "expected"),
+    [
+        (SAPPHIRE_RAPIDS, "x86_64", "amx", ALL, "openvino"),
+        (SAPPHIRE_RAPIDS, "x86_64", "amx", frozenset({"openvino", "onnx"}), "openvino"),
+        (SAPPHIRE_RAPIDS, "x86_64", "amx", frozenset({"onnxruntime", "onnx"}), "int8"),
+        (EPYC_ZEN4, "x86_64", "avx512_bf16", ALL, "openvino-int8"),
+        (EPYC_ZEN4, "x86_64", "avx512_bf16", frozenset({"openvino", "onnx", "onnxruntime"}), "openvino"),
+        (CASCADE_LAKE, "x86_64", "vnni", ALL, "openvino-int8"),
+        (CASCADE_LAKE, "x86_64", "vnni", frozenset({"openvino", "onnx", "onnxruntime"}), "int8"),
+        (EPYC_ZEN3, "x86_64", "avx2", ALL, "int8"),
+        (EPYC_ZEN3, "x86_64", "avx2", frozenset({"openvino", "nncf", "onnx"}), "openvino-int8"),
+        (GRAVITON, "aarch64", "arm", ALL, "openvino"),
+        (GRAVITON, "aarch64", "arm", frozenset({"onnxruntime", "onnx"}), "int8"),
+        (OLD, "x86_64", "other", ALL, "torch"),
+    ],
+)
+def test_auto_picks_by_cpu_and_installed_engines(
+    cpuinfo: str, arch: str, family: str, installed: frozenset[str], expected: str
+) -> None:
+    features = cpu(cpuinfo, arch)
+    assert features.family == family
+    choice = choose_backend(features, installed, BASE)
+    assert choice.backend == expected, choice
+    assert choice.backend in BACKEND_CHOICES and choice.reason
+    assert not choice.fallback
+
+
+def test_nothing_fast_installed_falls_back_to_torch_saying_what_to_install() -> None:
+    choice = choose_backend(cpu(SAPPHIRE_RAPIDS), frozenset(), BASE)
+    assert choice.backend == "torch" and choice.fallback
+    assert "m3e[fast]" in choice.reason and "openvino" in choice.reason
+    # an engine half-installed (openvino without onnx, which exports the graph) is not a backend
+    assert choose_backend(cpu(SAPPHIRE_RAPIDS), frozenset({"openvino"}), BASE).backend == "torch"
+
+
+def test_workload_decides_before_the_cpu() -> None:
+    amx = cpu(SAPPHIRE_RAPIDS)
+    assert choose_backend(amx, ALL, Workload(device="cuda", parameters=10**8)).backend == "torch"
+    assert choose_backend(amx, ALL, Workload(parameters=10**7, all_hidden_states=True)).backend == "torch"
+    tiny = choose_backend(amx, ALL, Workload(parameters=TINY_MODEL_PARAMETERS - 1))
+    assert tiny.backend == "torch" and not tiny.fallback
+    assert choose_backend(amx, ALL, Workload(parameters=TINY_MODEL_PARAMETERS)).backend == "openvino"
+    # a cross-encoder is never given the text-calibrated static int8
+    zen4 = cpu(EPYC_ZEN4)
+    assert choose_backend(zen4, ALL, Workload(parameters=10**7, pairs=True)).backend == "openvino"
+    # the same inputs, the same answer: nothing else is read
+    assert choose_backend(zen4, ALL, BASE) == choose_backend(cpu(EPYC_ZEN4), frozenset(ALL), BASE)
+
+
+def test_cpuinfo_without_flags_is_other() -> None:
+    assert CpuFeatures.from_cpuinfo("", "x86_64").family == "other"
+    assert CpuFeatures.from_cpuinfo("", "arm64").family == "arm"
+
+
+def test_the_workload_of_a_real_model(tiny_st_model_dir: Path) -> None:
+    model = m3e.load(str(tiny_st_model_dir))
+    work = workload_of(model)
+    assert work.device == "cpu" and not work.pairs and not work.all_hidden_states
+    assert work.parameters == sum(p.numel() for p in model.transformer.parameters())
+    # the tiny test model is below the threshold: auto keeps torch and its exact vectors
+    auto = m3e.load(str(tiny_st_model_dir), backend="auto")
+    assert auto.backend == "torch" and auto._runner is None
+    np.testing.assert_allclose(auto.encode(FIDELITY_TEXTS[:5]), model.encode(FIDELITY_TEXTS[:5]), atol=1e-6)
+
+
+def test_info_backends_and_the_log_line(
+    tiny_st_model_dir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert main(["info", str(tiny_st_model_dir), "--backends", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backend"] == "torch"  # info itself builds nothing
+    assert info["backends"]["auto"] == "torch" and "parameters" in info["backends"]["why"]
+    assert info["backends"]["cpu"].startswith(("x86_64", "aarch64", "arm"))
+    with caplog.at_level(logging.INFO, logger="m3e.backends.selection"):
+        m3e.load(str(tiny_st_model_dir), backend="auto")
+    lines = [r.getMessage() for r in caplog.records if r.name == "m3e.backends.selection"]
+    assert len(lines) == 1 and lines[0].startswith("backend auto -> torch: ")
+
+
+TOLERANCE = {"openvino": 0.999, "openvino-int8": 0.995, "int8": 0.97, "bf16": 0.999}
+
+
+@pytest.mark.slow  # exports (and on some CPUs quantises) MiniLM
+def test_auto_encodes_like_torch_within_its_backends_tolerance(minilm_dir: Path, m3e_home: Path) -> None:
+    reference = m3e.load(str(minilm_dir)).encode(FIDELITY_TEXTS)
+    model = m3e.load(str(minilm_dir), backend="auto")
+    assert model.backend == auto_choice(model).backend != "auto"
+    vectors = model.encode(FIDELITY_TEXTS)
+    if model.backend == "torch":
+        np.testing.assert_allclose(vectors, reference, atol=1e-5)
+    else:
+        assert _cos(reference, vectors).min() >= TOLERANCE[model.backend], model.backend
+
+
+@pytest.mark.slow  # NNCF calibrates and quantises MiniLM up to three times
+def test_openvino_int8_holds_cosine_and_is_cached(minilm_dir: Path, m3e_home: Path, tmp_path: Path) -> None:
+    reference = m3e.load(str(minilm_dir)).encode(FIDELITY_TEXTS)
+    model = m3e.load(str(minilm_dir), backend="openvino-int8")
+    assert model.backend == "openvino-int8"
+    assert _cos(reference, model.encode(FIDELITY_TEXTS)).min() >= 0.995
+    (built,) = list((m3e_home / "openvino-int8").glob("*/meta.json"))
+    meta = artefacts.read_artefact_meta(built.parent)
+    assert meta is not None and meta["kind"] == "openvino-int8" and meta["file"] == "model.xml"
+    assert "nncf" in meta["versions"]
+    # an empty cache root: calibrated on the bundled texts, never on benchmark ones
+    assert "bundled" in meta["quantization"]["calibration"]
+    assert meta["tried"][-1]["min_cosine"] >= 0.995
+    assert meta["quantization"]["float_scope"] == meta["tried"][-1]["scope"]
+    # found again by fingerprint: a second load does not quantise again
+    before = built.stat().st_mtime_ns
+    again = m3e.load(str(minilm_dir), backend="openvino-int8")
+    assert built.stat().st_mtime_ns == before
+    np.testing.assert_allclose(again.encode(FIDELITY_TEXTS[:4]), model.encode(FIDELITY_TEXTS[:4]), atol=1e-5)
+    # m3e export writes it next to a model as well
+    out = tmp_path / "exported"
+    assert main(["export", str(minilm_dir), "--backend", "openvino-int8", "--out", str(out), "--no-check"]) == 0
+    assert (out / "model.xml").is_file() and (out / "model.bin").is_file()
