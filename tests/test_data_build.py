@@ -14,9 +14,11 @@ import pytest
 from m3e.data import build as builder
 from m3e.data import sources
 from m3e.data import teacher as teachers
-from m3e.data.distill import MAX_CHARS, POOLS
+from m3e.data.distill import POOLS
+from m3e.data.skill_tasks import SKILL_TASKS
 from m3e.data.task_builders import SIZES, TASKS, bundled_smoke, eval_texts
 from m3e.data.text import normalise
+from m3e.data.training import TRAIN
 from m3e.errors import M3EError
 
 _SPEC = importlib.util.spec_from_file_location("m3e_synthetic", Path(__file__).parent / "fixtures/data/synthetic.py")
@@ -60,8 +62,9 @@ def _files(directory: Path) -> dict[str, bytes]:
 def test_two_builds_are_byte_identical(two_builds: tuple[Path, Path]) -> None:
     a, b = (_files(d) for d in two_builds)
     assert a.keys() == b.keys()
-    assert len([k for k in a if k.startswith("tasks/")]) == 2 * len(TASKS)  # too few headlines for a dev split
-    assert len([k for k in a if k.startswith("train/")]) == 10
+    # full + smoke of each offline task (too few headlines for a dev split) and the skills suite's tasks
+    assert len([k for k in a if k.startswith("tasks/")]) == 2 * len(TASKS) + len(SKILL_TASKS)
+    assert len([k for k in a if k.startswith("train/")]) == len(TRAIN)
     assert len([k for k in a if k.startswith("distill/")]) == len(POOLS)
     assert "manifest.json" in a
     for name in a:
@@ -88,7 +91,7 @@ def test_no_evaluation_text_in_training_records(two_builds: tuple[Path, Path]) -
         assert len(texts) == entry["texts"] <= POOLS[name].cap and entry["side"] in ("query", "document")
         assert len({normalise(t) for t in texts}) == len(texts), name  # de-duplicated
         for text in texts:
-            assert normalise(text) not in excluded and len(text) <= MAX_CHARS, (name, text)
+            assert normalise(text) not in excluded and len(text) <= POOLS[name].max_chars, (name, text)
     assert sum(e["texts"] for e in manifest["distill"].values()) > 200
     assert sum(e["dropped_excluded"] for e in manifest["distill"].values()) > 0
     # The synthetic sources overlap on purpose (eval questions in the zh-en pairs, idioms in the

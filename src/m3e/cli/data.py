@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build = sub.add_parser("build", help="build the benchmark tasks and the training pairs")
     build.add_argument("--out", default=None, help="output directory (default: <root>/data)")
     build.add_argument("--root", default=None, help="cache root with the fetched sources")
-    build.add_argument("--profile", choices=["all", "full", "smoke", "dev"], default="all",
+    build.add_argument("--profile", choices=["all", "full", "smoke", "dev", "skills"], default="all",
                        help="task profiles to build (default: all); training pairs come with full/all; "
                        "dev: the held-out dev splits for choosing training settings")
     build.add_argument("--no-train", action="store_true", help="build only the benchmark tasks")

@@ -21,6 +21,7 @@ from m3e.data import sources
 from m3e.data.corpora import Inputs
 from m3e.data.distill import POOLS, PoolSpec, finish_pool
 from m3e.data.paths import data_dir, distill_path, task_path, train_path
+from m3e.data.skill_tasks import SKILL_TASKS
 from m3e.data.task_builders import (
     BUNDLED_SMOKE,
     CLASS_PER_LABEL,
@@ -44,8 +45,10 @@ from m3e.errors import M3EError
 
 logger = logging.getLogger(__name__)
 
-BUILDER_VERSION = 3  # 2: bylines, photo credits and dash-led subtitles are no headlines; 3: dev splits
-PROFILES = ("full", "smoke", "dev")  # dev: held-out splits for choosing settings, for the tasks that have one
+BUILDER_VERSION = 4  # 2: bylines, photo credits and dash-led subtitles are no headlines; 3: dev splits; 4: skills
+# dev: held-out splits for choosing settings, for the tasks that have one; skills: the skills suite's tasks
+PROFILES = ("full", "smoke", "dev", "skills")
+ALL_TASKS: dict[str, TaskSpec] = {**TASKS, **SKILL_TASKS}
 MANIFEST = "manifest.json"
 TASK_HEADER = ("type", "languages", "main_score", "sources", "license")  # what the manifest repeats of a task
 
@@ -119,7 +122,7 @@ def build(
     """Build task files for ``profiles`` (and training files when ``train``); return the manifest."""
     chosen = tuple(p for p in PROFILES if p in set(profiles))
     if not chosen and not train:
-        raise M3EError("nothing to build: give a profile (full, smoke, dev) or training")
+        raise M3EError("nothing to build: give a profile (full, smoke, dev, skills) or training")
     data = Path(out) if out is not None else data_dir(root)
     file_caps = {name: (caps or {}).get(name, spec.cap) for name, spec in TRAIN.items()}
     start = time.perf_counter()
@@ -154,12 +157,12 @@ def _start_manifest(data: Path, caps: dict[str, int]) -> dict[str, Any]:
 
 def _build_tasks(run: _Build, profiles: tuple[str, ...], *, train: bool) -> None:
     # Training must avoid every test and dev text, so it needs the full and dev profiles built.
-    need_full = "full" in profiles or train
     need_dev = "dev" in profiles or train
-    for name, spec in TASKS.items():
+    for name, spec in ALL_TASKS.items():
         if not train and all(name not in _profile_tasks(p) for p in profiles):
             continue  # no profile asked for has this task (a dev-only build, a task without a dev split)
         started = time.perf_counter()
+        need_full = ("skills" if name in SKILL_TASKS else "full") in profiles or train
         _build_task(run, spec, profiles, need_full=need_full, need_dev=need_dev)
         logger.info("%s built in %.1fs", name, time.perf_counter() - started)
 
@@ -196,6 +199,8 @@ def _test_profiles(run: _Build, spec: TaskSpec, profiles: tuple[str, ...], *, ne
     run.full_tasks[spec.name] = full
     run.used_sources.update(spec.sources)
     built: dict[str, Task] = {}
+    if spec.name in SKILL_TASKS:  # one profile: the held-out set itself
+        return {"skills": full} if "skills" in profiles else {}
     if "full" in profiles:
         built["full"] = full
     if "smoke" in profiles:
@@ -285,7 +290,7 @@ def _build_training_file(run: _Build, spec: TrainSpec, exclusion: Exclusion, cap
 
 def _build_pool(run: _Build, spec: PoolSpec, exclusion: Exclusion) -> dict[str, Any]:
     """Write ``distill/<name>.jsonl``; return its manifest entry."""
-    texts, excluded = finish_pool(spec.build(run.inputs), exclusion, spec.cap, spec.name)
+    texts, excluded = finish_pool(spec.build(run.inputs), exclusion, spec.cap, spec.name, spec.max_chars)
     run.used_sources.add(spec.source)
     source = sources.get_source(spec.source)
     path = distill_path(run.data, spec.name)
@@ -329,14 +334,17 @@ def _bundled_source_record(name: str, root: Path | str | None) -> dict[str, Any]
 
 
 def _profile_tasks(profile: str) -> list[str]:
-    """The tasks a profile has: every task, or for ``dev`` those with a dev split."""
+    """The tasks a profile has: the skills suite's for ``skills``, else every offline task (for ``dev``
+    those with a dev split)."""
+    if profile == "skills":
+        return list(SKILL_TASKS)
     return [name for name, spec in TASKS.items() if profile != "dev" or spec.dev is not None]
 
 
 def sources_for(profile: str, root: Path | str | None = None) -> list[str]:
     """The short ids of the sources a profile's tasks need. The smoke profile skips sources it ships a
     sample of."""
-    needed = {s for name in _profile_tasks(profile) for s in TASKS[name].sources}
+    needed = {s for name in _profile_tasks(profile) for s in ALL_TASKS[name].sources}
     if profile == "smoke":
         needed -= {s for s in BUNDLED_SMOKE.values() if not sources.is_ready(s, root)}
     return sorted(sources.get_source(s).id for s in needed)

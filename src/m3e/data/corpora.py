@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from m3e.data import sources
+from m3e.data import broad, sources
 from m3e.data.text import squash
 from m3e.errors import M3EError
 
@@ -480,3 +480,43 @@ class Inputs:
         if split not in self._snli:
             self._snli[split] = read_snli(self.files("snli"), split)
         return self._snli[split]
+
+    # The broader sources (m3e.data.broad).
+
+    @cached_property
+    def laws(self) -> list[broad.LawArticle]:
+        return broad.read_laws(self.files("laws"))
+
+    @cached_property
+    def help_zh(self) -> dict[str, broad.HelpPage]:
+        return broad.read_help_pages(self.files("office_help_zh"), "zh-CN")
+
+    @cached_property
+    def help_en(self) -> dict[str, broad.HelpPage]:
+        return broad.read_help_pages(self.files("office_help_en"), "en-US")
+
+    @cached_property
+    def help_translations(self) -> list[tuple[str, str]]:
+        """(zh, en) LibreOffice help paragraphs with the same page and id."""
+        return broad.help_translations(self.help_zh, self.help_en)
+
+    @cached_property
+    def blender_ui(self) -> list[tuple[str, str]]:
+        """(en, zh) interface messages of Blender."""
+        return broad.read_blender_ui(self.files("blender_ui"))
+
+    @cached_property
+    def calibre_ui(self) -> list[tuple[str, str]]:
+        return broad.read_calibre_ui(self.files("calibre_ui"))
+
+    @cached_property
+    def jupyter_ui(self) -> list[tuple[str, str]]:
+        return broad.read_jupyter_ui(self.files("jupyter_ui"))
+
+    @cached_property
+    def python_docs(self) -> broad.PythonDocs:
+        return broad.read_python_docs(self.files("python_docs"))
+
+    @cached_property
+    def fortunes_en(self) -> list[str]:
+        return broad.read_fortunes_en(self.files("fortunes_en"))

