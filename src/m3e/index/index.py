@@ -18,6 +18,7 @@ returns chunks or, with ``group=True``, documents. Its arguments and results (``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -105,6 +106,19 @@ def engine_os_error(exc: BaseException, path: Path) -> BaseException:
     return OSError(number, os.strerror(number), str(path))
 
 
+@contextlib.contextmanager
+def damaged_data(path: Path) -> Iterator[None]:
+    """An engine that cannot read the index's files (truncated, overwritten, half copied) as one line naming
+    the index, not a Rust traceback: the committed index.json points at data that is not there as written."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "lance error" not in str(exc):
+            raise
+        first = str(exc).strip().splitlines()[0].split(", /")[0]
+        raise M3EError(f"{path}: the index data cannot be read ({first}); rebuild the index or restore a copy") from exc
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -181,7 +195,8 @@ class Index:
         path = Path(path)
         meta = read_index_meta(path)
         committed = meta["state"].get("engine")
-        store = open_store(meta["engine"], path, dim=meta["model"]["dim"], committed=committed)
+        with damaged_data(path):
+            store = open_store(meta["engine"], path, dim=meta["model"]["dim"], committed=committed)
         dense_model, _ = _split_model(model)
         if dense_model is not None:
             check_model(meta["model"], dense_model, path)
@@ -508,7 +523,8 @@ class Index:
         if rescoring and candidates < 1:
             raise M3EError(f"candidates must be at least 1, not {candidates}")
         want = k * CHUNKS_PER_DOCUMENT if group else k
-        hits = self._retrieve(query, max(want, candidates) if rescoring else want, filters, resolved, fusion)
+        with damaged_data(self.path):
+            hits = self._retrieve(query, max(want, candidates) if rescoring else want, filters, resolved, fusion)
         if colbert:
             hits = self._colbert_rescored(_text_query(query, "ColBERT re-scoring"), hits)
         if rerank is not None:
