@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from m3e.cli._common import add_io_options, add_model_options, load_model_from_args, write_fault
+from m3e.cli.ray_commands import add_ray_options, run_encode_ray
 from m3e.cli.remote import add_server_options, remote_model
 from m3e.errors import InputError, M3EError
 from m3e.textio import MAX_RECORD_CHARS, RecordReader, TextRecord
@@ -48,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "reads about max_length x 16 in truncate mode)")
     add_model_options(parser)
     add_server_options(parser)
+    add_ray_options(parser)
     parser.add_argument("--batch-size", type=int, default=None, help="texts per batch (default: 32; 16 for int8)")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="cap padded tokens per batch")
     side = parser.add_mutually_exclusive_group()
@@ -65,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray is not None:  # --input is a glob of files, --output a directory of parquet parts
+        return run_encode_ray(args)
     if args.texts and args.input:
         raise M3EError("give texts as arguments or --input, not both")
     if args.batch_size is not None and args.batch_size < 1:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m3e.cli._common import add_model_options
+from m3e.cli.ray_commands import add_ray_options, run_index_build_ray
 from m3e.errors import FaultError, M3EError, describe_os_error
 from m3e.index.engines import ENGINES
 from m3e.index.index import BuildFailed
@@ -75,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     build.add_argument("--resume", action="store_true",
                        help="continue an unfinished build at --out (killed or interrupted) with the same corpus")
+    add_ray_options(build, index=True)
 
     for name, help_text in (("add", "add documents to an index (all or nothing)"),
                             ("update", "add documents, replacing those whose id is already indexed")):
@@ -123,6 +125,8 @@ def _build(args: argparse.Namespace) -> int:
     from m3e.index import build_index
     from m3e.loading import load_model
 
+    if args.ray is not None:  # CORPUS is a glob of files, encoded on a Ray cluster
+        return run_index_build_ray(args)
     reader = _reader(args)
     pooling = args.pooling
     if pooling is None and args.model is not None and Path(args.model).is_dir():
