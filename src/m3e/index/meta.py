@@ -33,8 +33,10 @@ def read_index_meta(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise M3EError(f"no such index: {index_dir}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or not UTF-8 (a damaged or foreign file)
         raise M3EError(f"{path}: unreadable index metadata ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise M3EError(f"{path}: unreadable index metadata (not a JSON object)")
     if meta.get("format") != FORMAT:
         raise M3EError(f"{path}: index format {meta.get('format')!r} is not supported (expected {FORMAT})")
     return meta
