@@ -24,7 +24,8 @@ TRAINING_FLAGS = [
     "--weight-decay", "--max-length", "--loss", "--temperature", "--symmetric", "--negatives", "--group-size",
     "--teacher", "--teacher-temperature", "--strategy",
     "--lora-r", "--lora-alpha", "--gradient-checkpointing", "--bf16", "--no-shuffle", "--allow-duplicates",
-    "--no-prompts", "--seed", "--weight", "--save-steps", "--keep-checkpoints", "--resume", "--device",
+    "--no-prompts", "--seed", "--weight", "--save-dtype", "--save-steps", "--keep-checkpoints", "--checkpoint-dir",
+    "--keep-checkpoint-dir", "--resume", "--device",
     "--progress", "--no-progress",
 ]
 
@@ -50,7 +51,8 @@ def test_finetune_flags_default_to_the_config():
     given = finetune_cli.options_from_args(args)
     assert TrainConfig.from_dict(given) == TrainConfig()
     exposed = {opt.name for opt in train_options() if opt.cli}
-    unset = {"weights", "progress", "max_steps", "mini_batch", "lr", "max_length", "teacher", "teacher_temperature"}
+    unset = {"weights", "progress", "max_steps", "mini_batch", "lr", "max_length", "teacher", "teacher_temperature",
+             "checkpoint_dir"}
     assert set(given) == exposed - unset
 
 

@@ -138,4 +138,4 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step(tiny_st_model_dir, t
     for r in range(2):
         seen = json.loads((tmp_path / f"stop{r}.json").read_text())
         assert seen["steps"] == 3 and "SIGTERM after step 3 of 4" in seen["outcome"], (r, seen)
-    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip() == "step-00000003"
+    assert (tmp_path / "run.checkpoints" / "checkpoints" / "LATEST").read_text().strip() == "step-00000003"

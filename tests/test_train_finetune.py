@@ -62,13 +62,105 @@ def test_finetuner_one_liner(tiny_st_model_dir, tmp_path):
     ours = m3e.load(str(out)).encode(["天气很好", "hello"])
     ref = SentenceTransformer(str(out), device="cpu").encode(["天气很好", "hello"], normalize_embeddings=True)
     assert abs(ours - ref).max() < 1e-5
-    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert ckpts == ["LATEST", "step-00000004", "step-00000006"]
-    m3e.load(str(out / "checkpoints" / "step-00000004" / "model"))  # every checkpoint is a loadable model
+    # the output is the model alone: no checkpoints in it or beside it after a successful run, fp16 weights
+    assert {p.name for p in out.iterdir()} == _MODEL_FILES
+    assert not (tmp_path / "out.checkpoints").exists()
+    assert _weight_dtypes(out) == {"F16"}
     assert result.model is tuner.model
-    # the same output again without --resume is refused
-    with pytest.raises(m3e.M3EError, match="--resume"):
+    # the same output again is refused, with or without --resume (there is nothing to resume)
+    with pytest.raises(m3e.M3EError, match="already holds a finished model; choose another --output"):
         tuner.run(epochs=1, output_dir=out, batch_size=8, progress=False)
+    with pytest.raises(m3e.M3EError, match="no checkpoint to resume from"):
+        tuner.run(epochs=1, output_dir=out, batch_size=8, progress=False, resume=True)
+
+
+# What `--output DIR` holds after a run: the sentence-transformers model, its card and the loss curve.
+_MODEL_FILES = {
+    "1_Pooling", "README.md", "config.json", "config_sentence_transformers.json", "loss.csv", "loss.png",
+    "model.safetensors", "modules.json", "sentence_bert_config.json", "tokenizer.json", "tokenizer_config.json",
+}
+
+
+def _weight_dtypes(model_dir: Path) -> set[str]:
+    """The dtypes of the tensors in model.safetensors, from its header."""
+    raw = (model_dir / "model.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+def test_checkpoint_dir_kept_on_request_and_fp32(tiny_st_model_dir, tmp_path):
+    """--checkpoint-dir and --keep-checkpoint-dir: the checkpoints stay where asked (each a loadable model), the
+    output is still the model alone; --save-dtype fp32 stores fp32; a resume of the finished run trains nothing."""
+    data = _pairs(tmp_path / "pairs.jsonl", 48)
+    out, kept = tmp_path / "model", tmp_path / "scratch" / "ckpts"
+    args = ["finetune", str(tiny_st_model_dir), str(data), "-o", str(out), "--batch-size", "8", "--save-steps", "4",
+            "--checkpoint-dir", str(kept), "--keep-checkpoint-dir", "--save-dtype", "fp32", "--no-progress"]
+    assert main(args) == 0
+    assert {p.name for p in out.iterdir()} == _MODEL_FILES and _weight_dtypes(out) == {"F32"}
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["LATEST", "step-00000004", "step-00000006"]
+    m3e.load(str(kept / "checkpoints" / "step-00000004" / "model"))  # every checkpoint is a loadable model
+    before = m3e.load(str(out)).encode(["天气很好"])
+    assert main([*args, "--resume"]) == 0  # from the last step's checkpoint: zero steps, the same model
+    assert abs(m3e.load(str(out)).encode(["天气很好"]) - before).max() == 0
+
+
+def test_the_fp16_model_encodes_as_the_fp32_one(tiny_st_model_dir, tmp_path):
+    """The default fp16 save changes the vectors by no more than fp16 rounding of the weights does."""
+    data = _pairs(tmp_path / "pairs.jsonl", 32)
+    for dtype in ("fp16", "fp32"):
+        m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(
+            output_dir=tmp_path / dtype, batch_size=8, progress=False, save_dtype=dtype
+        )
+    texts = ["天气很好", "北京上海城市旅游", "hello"]
+    half, full = (m3e.load(str(tmp_path / d)).encode(texts) for d in ("fp16", "fp32"))
+    assert 0 < abs(half - full).max() < 5e-3
+    assert (half * full).sum(axis=1).min() > 0.9999  # cosine of each text's two vectors
+    size = {d: (tmp_path / d / "model.safetensors").stat().st_size for d in ("fp16", "fp32")}
+    assert size["fp16"] < 0.6 * size["fp32"]
+
+
+def test_the_card_records_data_settings_and_the_loss(tiny_st_model_dir, tmp_path):
+    data = _pairs(tmp_path / "pairs.jsonl", 32)
+    m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(
+        output_dir=tmp_path / "o", batch_size=8, progress=False, lr=2e-4
+    )
+    card = (tmp_path / "o" / "README.md").read_text(encoding="utf-8")
+    assert f"| pairs | pair | {data.resolve().as_posix()} | 32 | 1 |" in card
+    assert '"lr": 0.0002' in card and '"save_dtype": "fp16"' in card and '"batch_size": 8' in card
+    assert "checkpoint_dir" not in card  # where the run kept its state is not a setting of the model
+    rows = (tmp_path / "o" / "loss.csv").read_text().splitlines()[1:]
+    first, last = float(rows[0].split(",")[3]), float(rows[-1].split(",")[3])
+    assert f"training loss {first:.4f} at the first step, {last:.4f} at the last" in card
+
+
+def test_a_run_of_the_earlier_layout_resumes(tiny_st_model_dir, tmp_path, monkeypatch):
+    """Checkpoints written inside the output (OUTPUT/checkpoints, the layout before OUTPUT.checkpoints) are
+    found by --resume, and removed once the run has finished."""
+    import m3e.training.trainer as trainer_mod
+
+    data = _pairs(tmp_path / "pairs.jsonl", 40)
+    out = tmp_path / "old"
+    real = trainer_mod.forward_backward
+
+    def crash_on_fourth(*args, _n=[0], **kwargs):  # noqa: B006 (a call counter)
+        _n[0] += 1
+        if _n[0] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "forward_backward", crash_on_fourth)
+    opts = {"batch_size": 8, "save_steps": 2, "progress": False}
+    with pytest.raises(KeyboardInterrupt):
+        m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(
+            output_dir=out, checkpoint_dir=str(out), **opts
+        )
+    assert (out / "checkpoints" / "LATEST").read_text().strip() == "step-00000002"
+    monkeypatch.setattr(trainer_mod, "forward_backward", real)
+    result = m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(
+        output_dir=out, resume=True, **opts
+    )
+    assert result.resumed_from == 2 and result.steps == 5
+    assert {p.name for p in out.iterdir()} == _MODEL_FILES
 
 
 def test_resume_continues_exactly(tiny_st_model_dir, tmp_path, monkeypatch):
@@ -125,7 +217,7 @@ def test_sigterm_checkpoints_the_step_it_is_in(tiny_st_model_dir, tmp_path, monk
         m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(epochs=1, output_dir=tmp_path / "b", **opts)
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is ours only while the loop runs
-    assert (tmp_path / "b" / "checkpoints" / "LATEST").read_text().strip() == "step-00000005"
+    assert (tmp_path / "b.checkpoints" / "checkpoints" / "LATEST").read_text().strip() == "step-00000005"
     assert not (tmp_path / "b" / "modules.json").exists()
 
     monkeypatch.setattr(trainer_mod, "forward_backward", real)
@@ -155,7 +247,7 @@ def test_a_second_signal_stops_at_once(tiny_st_model_dir, tmp_path, monkeypatch)
         m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(
             epochs=1, output_dir=tmp_path / "r", batch_size=8, save_steps=100, progress=False
         )
-    assert calls["n"] == 2 and not (tmp_path / "r" / "checkpoints").exists()
+    assert calls["n"] == 2 and not (tmp_path / "r.checkpoints").exists()
     assert signal.getsignal(signal.SIGINT) is before
 
 
@@ -202,7 +294,8 @@ def test_strategies_lora_and_bitfit(tiny_st_model_dir, tmp_path):
         )
         tuned = _state(out)
         assert tuned.keys() == base.keys()  # LoRA merged: a plain model
-        changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+        # saved in fp16 (the default): an untrained weight is the starting one rounded to fp16
+        changed = {k for k in base if not torch.equal(base[k].half().float(), tuned[k])}
         assert changed, strategy
         if strategy == "bitfit":
             assert all(k.endswith("bias") for k in changed)
@@ -269,7 +362,7 @@ def _logged_steps(out: Path) -> list[int]:
 def test_kill9_then_resume(tiny_st_model_dir, tmp_path):
     cmd, env, out = _cli_run(tiny_st_model_dir, tmp_path, save_steps=2)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latest = out / "checkpoints" / "LATEST"
+    latest = out.with_name(out.name + ".checkpoints") / "checkpoints" / "LATEST"
     wait_until(lambda: latest.exists() or proc.poll() is not None, "the first checkpoint", timeout=180)
     time.sleep(0.3)  # not a wait: the kill should land somewhere in later steps or the next checkpoint write
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
@@ -299,7 +392,7 @@ def test_cli_sigterm_exits_143_with_a_checkpoint(tiny_st_model_dir, tmp_path):
     rest = proc.stderr.read()
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM, "".join(lines) + rest
     assert "stopped by SIGTERM after step" in rest and "--resume" in rest and "error" not in rest
-    stopped_at = int((out / "checkpoints" / "LATEST").read_text().strip().split("-")[1])
+    stopped_at = int((out.with_name(out.name + ".checkpoints") / "checkpoints" / "LATEST").read_text().strip().split("-")[1])
     assert 4 <= stopped_at < 40 and not (out / "modules.json").exists()  # the stop wrote it
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and f"(step {stopped_at} of 40)" in done.stderr, done.stderr[-2000:]

@@ -46,7 +46,7 @@ def add_training_options(parser: argparse.ArgumentParser, recipe: bool = False) 
 
 def _add_run_options(group: _ArgumentGroup) -> None:
     group.add_argument("--resume", action="store_true",
-                       help="continue from the last checkpoint in the output directory")
+                       help="continue from the last checkpoint (in OUTPUT.checkpoints or --checkpoint-dir)")
     group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
@@ -104,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", nargs="+",
                         help=".jsonl/.csv/.parquet files or directories (one dataset per file)")
     parser.add_argument("-o", "--output", required=True,
-                        help="output directory (the model, checkpoints, loss curve)")
+                        help="directory of the final model alone (with its card and loss curve); checkpoints go to "
+                        "OUTPUT.checkpoints or --checkpoint-dir")
     add_option_flag(parser, train_option("record_type"))
     add_training_options(parser)
 
@@ -164,6 +165,7 @@ def report(result: FineTuneResult | RerankResult) -> int:
     if os.environ.get("RANK", "0") != "0":  # torchrun: the main process reports
         return 0
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
-    print(f"trained {result.steps} steps in {result.train_seconds:.0f} s{loss}; model saved to {result.output}",
-          file=sys.stderr)
+    size = sum(p.stat().st_size for p in result.output.rglob("*") if p.is_file()) / 1e6
+    print(f"trained {result.steps} steps in {result.train_seconds:.0f} s{loss}; model saved to {result.output} "
+          f"({size:.1f} MB)", file=sys.stderr)
     return 0

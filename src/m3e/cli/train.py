@@ -10,7 +10,8 @@ from m3e.cli.finetune import add_training_options, eval_options, options_from_ar
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True,
                         help="recipe file: model, datasets with weights, loss, hyper-parameters")
-    parser.add_argument("-o", "--output", default=None, help="run directory (default: the recipe's 'output')")
+    parser.add_argument("-o", "--output", default=None, help="the final model's directory (default: the recipe's 'output'); checkpoints go to "
+                        "OUTPUT.checkpoints or --checkpoint-dir")
     add_training_options(parser, recipe=True)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m3e.model_card import ModelCard, python_block, table
 
 if TYPE_CHECKING:
+    from m3e.training.records import TrainingDataset
     from m3e.training.task import RunFacts
 
 
@@ -24,6 +26,7 @@ def model_card(
     train_seconds: float,
     scores: dict[str, dict[str, float | None]] | None = None,
     scored_on: str = "offline suite",
+    losses: tuple[float, float] | None = None,
     dim: int | None = None,
     max_length: int | None = None,
     pooling: str | None = None,
@@ -36,7 +39,7 @@ def model_card(
         "vectors = model.encode(['你好', 'hello'])",
     ))
     card.section("Training data", _datasets_table(datasets))
-    training = [f"- loss: {loss}", f"- steps: {steps} ({train_seconds:.0f} s)"]
+    training = [f"- loss: {loss}", f"- steps: {steps} ({train_seconds:.0f} s)", *_curve_lines(losses)]
     if dim is not None:
         training.append(f"- dimension {dim}, max length {max_length} tokens, pooling {pooling}")
     training.append(f"- hyper-parameters: `{json.dumps(hyper, ensure_ascii=False, sort_keys=True)}`")
@@ -71,6 +74,7 @@ def reranker_card(
         training.append(f"- teacher: {teacher}, its scores cached beside the data")
     training += [
         f"- steps: {facts.steps} ({facts.seconds:.0f} s)",
+        *_curve_lines(facts.losses),
         f"- {arch} sequence classification, one logit (sigmoid activation), max length {max_length} tokens",
         f"- hyper-parameters: `{json.dumps(facts.hyper, ensure_ascii=False, sort_keys=True)}`",
     ]
@@ -80,9 +84,29 @@ def reranker_card(
     return card.render()
 
 
+def dataset_rows(datasets: Sequence[TrainingDataset]) -> list[dict[str, Any]]:
+    """What a card says of each training dataset: name, record type, records, weight and the file it came
+    from (as written from the working directory)."""
+    return [{"name": d.name, "type": d.type, "records": len(d), "weight": d.weight,
+             "source": display_name(d.source) if d.source else ""} for d in datasets]
+
+
 def _datasets_table(datasets: list[dict[str, Any]]) -> list[str]:
+    rows: list[tuple[Any, ...]]
+    if any(d.get("source") for d in datasets):
+        rows = [(d["name"], d["type"], d.get("source") or "-", d["records"], f"{d.get('weight', 1.0):g}")
+                for d in datasets]
+        return table(["dataset", "type", "file", "records", "weight"], rows, numeric_from=3)
     rows = [(d["name"], d["type"], d["records"], f"{d.get('weight', 1.0):g}") for d in datasets]
     return table(["dataset", "type", "records", "weight"], rows, numeric_from=2)
+
+
+def _curve_lines(losses: tuple[float, float] | None) -> list[str]:
+    """The loss at the start and the end, and where the whole curve is (written beside the card)."""
+    if losses is None:
+        return []
+    return [f"- training loss {losses[0]:.4f} at the first step, {losses[1]:.4f} at the last "
+            "(every step: `loss.csv`, `loss.png` beside this card)"]
 
 
 def _before_after(scores: dict[str, dict[str, float | None]], what: str) -> list[str]:

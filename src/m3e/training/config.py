@@ -35,6 +35,7 @@ DEFAULT_EVAL_SPLIT = 0.05  # the share of its queries a reranker's run holds out
 DISTILL_LOSSES = ("mse", "cosine")
 STRATEGIES = ("full", "lora", "bitfit")
 SAVE_DTYPES = ("fp32", "fp16", "bf16")  # what EmbeddingModel.save can store
+EVAL_BEFORE = "eval-before.json"  # the starting model's scores, beside the checkpoints: a resume reuses them
 
 
 def about(
@@ -67,7 +68,9 @@ class TrainConfig:
     model: str | None = option(
         None, cli=False, help="what the run starts from (path or name; None = the default model)"
     )
-    output: str = option("m3e-finetuned", cli=False, help="run directory: the model, checkpoints, loss curve")
+    output: str = option(
+        "m3e-finetuned", cli=False, help="the final model's directory (with its card and loss curve), nothing else"
+    )
     task: str = option(
         "embed", choices=TASKS,
         help="what to train: an embedding model, or a cross-encoder reranker (default {default})",
@@ -147,12 +150,21 @@ class TrainConfig:
         flag="--weight", metavar="NAME=W",
         help="dataset weight: passes per epoch for dataset NAME (file stem); repeatable",
     ))
-    save_dtype: str | None = option(
-        None, cli=False, choices=SAVE_DTYPES,
-        help="the final model's weights on disk: fp16 | bf16 halve its size (None: fp32)",
+    save_dtype: str | None = option(  # None: fp32, as before the default was fp16
+        "fp16", choices=SAVE_DTYPES,
+        help="the final model's weights on disk (default {default}: half of fp32's size; m3e and "
+        "sentence-transformers compute in fp32 after loading either)",
     )
     save_steps: int = option(200, help="checkpoint every N steps (default {default})")
-    keep_checkpoints: int = option(2, help="how many checkpoints to keep (default {default})")
+    keep_checkpoints: int = option(2, help="how many checkpoints to keep while training (default {default})")
+    checkpoint_dir: str | None = option(
+        None, metavar="DIR",
+        help="where the checkpoints and the resume state go (default: OUTPUT.checkpoints beside the model)",
+    )
+    keep_checkpoint_dir: bool = option(
+        False, help="keep the checkpoint directory after a successful run (default: removed once the final "
+        "model is saved; a stopped or failed run keeps it for --resume)",
+    )
     log_steps: int = option(1, cli=False, help="a loss-curve row every N steps")
     progress: bool | None = option(  # None: a bar when stderr is a terminal
         None, help="always show a progress bar",
@@ -177,6 +189,14 @@ class TrainConfig:
     def applying(self) -> dict[str, Any]:
         """The options that apply to this config's task, as set (a model card's hyper-parameters)."""
         return {opt.name: getattr(self, opt.name) for opt in train_options() if self.task in opt.tasks}
+
+    def checkpoint_path(self) -> Path:
+        """Where this run's checkpoints and resume state live: ``checkpoint_dir``, or ``OUTPUT.checkpoints``
+        beside the output, so that the output holds the final model alone."""
+        if self.checkpoint_dir is not None:
+            return Path(self.checkpoint_dir).expanduser()
+        output = Path(self.output).expanduser()
+        return output.with_name(output.name + ".checkpoints")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

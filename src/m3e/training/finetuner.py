@@ -16,7 +16,7 @@ from typing import Any
 
 from m3e.atomic import write_atomic
 from m3e.errors import M3EError
-from m3e.training.config import TrainConfig
+from m3e.training.config import EVAL_BEFORE, TrainConfig
 from m3e.training.records import TrainingDataset, load_datasets
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class FineTuner:
         trainer = Trainer(self.model, self.datasets, config)
         evaluation = _Evaluation(eval_suite or "offline", eval_tasks, eval_data_dir)
         want_eval = (eval_suite is not None or bool(eval_tasks)) and trainer.dist.is_main
-        run_dir = Path(config.output).expanduser()
+        run_dir = config.checkpoint_path()  # the scores before training are kept with the checkpoints
         before = self._scores_before(evaluation, run_dir, resume) if want_eval else {}
         result = trainer.train(resume=resume)
         scores: dict[str, dict[str, float | None]] = {}
@@ -102,8 +102,8 @@ class FineTuner:
         )
 
     def _scores_before(self, evaluation: _Evaluation, run_dir: Path, resume: bool) -> dict[str, float | None]:
-        """The starting model's scores, kept in the run directory: a resumed run does not score it again."""
-        saved = run_dir / "eval-before.json"
+        """The starting model's scores, kept beside the checkpoints: a resumed run does not score it again."""
+        saved = run_dir / EVAL_BEFORE
         key = {"suite": evaluation.suite, "tasks": sorted(evaluation.tasks or [])}
         cached = json.loads(saved.read_text(encoding="utf-8")) if resume and saved.is_file() else {}
         if cached.get("key") == key:

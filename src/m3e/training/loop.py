@@ -7,6 +7,7 @@ seed: the run continues as if it had never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -24,7 +25,7 @@ from m3e.training import checkpoints as ckpt
 from m3e.training import distributed as dist_
 from m3e.training.batch_plan import PlannedBatch, batch_rng
 from m3e.training.card import display_name
-from m3e.training.config import TrainConfig, lr_lambda, resolve_defaults
+from m3e.training.config import EVAL_BEFORE, TrainConfig, lr_lambda, resolve_defaults
 from m3e.training.curves import write_csv, write_png
 from m3e.training.records import TrainingDataset
 from m3e.training.stopping import StopRequest, TrainingStopped, signal_name
@@ -39,7 +40,7 @@ from m3e.training.strategies import (
 from m3e.training.task import RunFacts, StepLoss, TrainableModel, TrainingTask
 
 # Options a card leaves out: where the run started and ended are said elsewhere, the rest are not settings.
-_NOT_HYPER = ("model", "output", "progress", "weights", "task")
+_NOT_HYPER = ("model", "output", "progress", "weights", "task", "checkpoint_dir", "keep_checkpoint_dir")
 
 
 @dataclass
@@ -96,7 +97,9 @@ class TrainingLoop:
             raise M3EError(f"a {task.name} run was given a config for task {config.task}")
         self.task = task
         self.config = resolve_defaults(config, task.num_parameters())
-        self.output = Path(self.config.output).expanduser()
+        self.output = Path(self.config.output).expanduser()  # the final model, its card and loss curve
+        self.checkpoints = self.config.checkpoint_path()  # checkpoints/ and the resume state
+        self.history: list[dict[str, Any]] = []  # the loss curve, once trained
         self.dist = dist_.init_from_env()
         self._apply_weights()
         self._saved_max_length = int(task.model.max_length)
@@ -237,11 +240,16 @@ class TrainingLoop:
             raise M3EError(
                 f"batch size {cfg.batch_size} must be divisible by the {self.dist.world_size} processes"
             )
-        existing = ckpt.latest_checkpoint(self.output)
+        existing = self._existing_checkpoint(resume)
         if existing is not None and not resume:
             raise M3EError(
-                f"{self.output} already has checkpoints; pass --resume to continue, or choose another --output"
+                f"{self.checkpoints} already has checkpoints of a run into {self.output}; pass --resume to "
+                "continue, or choose another --output"
             )
+        if existing is None and (self.output / "modules.json").is_file():
+            reason = (f" and {self.checkpoints} no checkpoint to resume from (a successful run removes them "
+                      "unless --keep-checkpoint-dir)" if resume else "; choose another --output, or delete it")
+            raise M3EError(f"{self.output} already holds a finished model{reason}")
         torch.manual_seed(cfg.seed)  # dropout and LoRA initialisation; a resume restores the saved state below
         self._prepare_model()
         opt, sched, total, _warmup = self._optimizer()
@@ -249,13 +257,24 @@ class TrainingLoop:
         if resume and existing is not None:
             self._resume(run, existing)
         elif resume and self.dist.is_main:
-            print(f"no checkpoint in {self.output}; starting from step 0", file=sys.stderr)
+            print(f"no checkpoint in {self.checkpoints}; starting from step 0", file=sys.stderr)
         if self.dist.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
         run.show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         run.bar = _bar(total, run.step, run.show_bar and self.dist.is_main)
         run.started = time.perf_counter()
         return run
+
+    def _existing_checkpoint(self, resume: bool) -> Path | None:
+        """The newest checkpoint of this run; on resume, also one of the earlier layout (``OUTPUT/checkpoints``),
+        which then stays the checkpoint directory of the run."""
+        found = ckpt.latest_checkpoint(self.checkpoints)
+        if found is None and resume:
+            legacy = ckpt.latest_checkpoint(self.output)
+            if legacy is not None:
+                self.checkpoints = self.output
+                return legacy
+        return found
 
     def _resume(self, run: _Run, checkpoint: Path) -> None:
         state = self._restore(checkpoint, run.opt, run.sched)
@@ -312,7 +331,7 @@ class TrainingLoop:
             self._checkpoint(run, *pos)
             run.last_saved = run.step
         if signum and run.step < run.total:
-            saved = self.output / ckpt.CHECKPOINTS / ckpt.step_name(run.step)
+            saved = self.checkpoints / ckpt.CHECKPOINTS / ckpt.step_name(run.step)
             raise TrainingStopped(
                 f"stopped by {signal_name(signum)} after step {run.step} of {run.total}; checkpoint saved in "
                 f"{saved}: run the same command with --resume to continue",
@@ -320,14 +339,19 @@ class TrainingLoop:
             )
 
     def _finish(self, run: _Run) -> TrainResult:
-        """The last checkpoint, then the final model (with its card and loss curve) in the run directory."""
+        """The final model (with its card and loss curve) in the output directory; then the checkpoints are
+        removed, or (--keep-checkpoint-dir) kept with one of the last step."""
         elapsed = run.elapsed()
-        if run.last_saved != run.step:
+        self.history = run.history
+        keep = self.config.keep_checkpoint_dir
+        if keep and run.last_saved != run.step:
             self._checkpoint(run, run.epoch, run.next_batch)
         self.model.eval()
         self.model.max_length = self._saved_max_length
         if self.dist.is_main:
             self._save_final(run.step, elapsed, run.history)
+            if not keep:
+                self._remove_checkpoints()
         dist_.barrier()
         final_loss = run.history[-1]["loss"] if run.history else None
         return TrainResult(
@@ -347,7 +371,10 @@ class TrainingLoop:
         if self.dist.is_main:
             state = self._state(run, epoch, next_batch)
             with self._inference_max_length():
-                ckpt.save_checkpoint(self.output, run.step, self.model, state, keep=self.config.keep_checkpoints)
+                ckpt.save_checkpoint(
+                    self.checkpoints, run.step, self.model, state, keep=self.config.keep_checkpoints
+                )
+            self.output.mkdir(parents=True, exist_ok=True)
             write_csv(run.history, self.output / "loss.csv")
             write_png(run.history, self.output / "loss.png")
         dist_.barrier()
@@ -362,8 +389,18 @@ class TrainingLoop:
         facts = RunFacts(
             name=self.output.name, base_model=display_name(self.config.model), hyper=hyper, steps=steps,
             seconds=seconds, scores=scores, scored_on=scored_on,
+            losses=(self.history[0]["loss"], self.history[-1]["loss"]) if self.history else None,
         )
         return self.task.card(facts)
+
+    def _remove_checkpoints(self) -> None:
+        """What the run wrote beside the model: its checkpoints and resume state (the directory too, when that
+        leaves it empty; a --checkpoint-dir holding other files keeps them)."""
+        shutil.rmtree(self.checkpoints / ckpt.CHECKPOINTS, ignore_errors=True)
+        (self.checkpoints / EVAL_BEFORE).unlink(missing_ok=True)
+        if self.checkpoints != self.output:
+            with contextlib.suppress(OSError):  # not empty, or already gone
+                self.checkpoints.rmdir()
 
     def _save_final(self, steps: int, seconds: float, history: list[dict[str, Any]]) -> None:
         write_csv(history, self.output / "loss.csv")

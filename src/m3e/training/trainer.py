@@ -16,7 +16,7 @@ import torch
 
 from m3e.errors import M3EError
 from m3e.training.batch_plan import PlannedBatch, build_columns, plan_epoch
-from m3e.training.card import display_name, model_card
+from m3e.training.card import dataset_rows, display_name, model_card
 from m3e.training.config import TrainConfig
 from m3e.training.distributed import DistInfo
 from m3e.training.gradcache import forward_backward
@@ -108,13 +108,14 @@ class EmbeddingTask:
         return model_card(
             name=facts.name,
             base_model=facts.base_model,
-            datasets=[{"name": d.name, "type": d.type, "records": len(d), "weight": d.weight} for d in self.datasets],
+            datasets=dataset_rows(self.datasets),
             loss="; ".join(losses),
             hyper=facts.hyper,
             steps=facts.steps,
             train_seconds=facts.seconds,
             scores=facts.scores,
             scored_on=facts.scored_on,
+            losses=facts.losses,
             dim=self.model.dim,
             max_length=self.model.max_length,
             pooling=self.model.pooling,

@@ -16,7 +16,7 @@ from typing import Any
 
 from m3e.atomic import write_atomic
 from m3e.reranker import Reranker
-from m3e.training.config import TrainConfig
+from m3e.training.config import EVAL_BEFORE, TrainConfig
 from m3e.training.finetuner import format_side_by_side
 from m3e.training.loop import TrainingLoop, save_model_into
 from m3e.training.records import TrainingDataset, load_datasets
@@ -93,7 +93,7 @@ class RerankFineTuner:
         task = RerankTask(self.model, datasets, config, teacher=teacher, origin=self.origin,
                           evaluated_on=held_out.source if held_out else None)
         loop = TrainingLoop(task, config)
-        run_dir = Path(config.output).expanduser()
+        run_dir = config.checkpoint_path()  # the scores before training are kept with the checkpoints
         evaluate = held_out is not None and loop.dist.is_main
         before = self._scores_before(held_out, run_dir, resume) if evaluate and held_out else {}
         result = loop.train(resume=resume)
@@ -121,8 +121,8 @@ class RerankFineTuner:
         return self.datasets, None, teacher
 
     def _scores_before(self, held_out: HeldOut, run_dir: Path, resume: bool) -> dict[str, float]:
-        """The starting model's scores, kept in the run directory: a resumed run does not score it again."""
-        saved = run_dir / "eval-before.json"
+        """The starting model's scores, kept beside the checkpoints: a resumed run does not score it again."""
+        saved = run_dir / EVAL_BEFORE
         key = {"held_out": held_out.source}
         cached = json.loads(saved.read_text(encoding="utf-8")) if resume and saved.is_file() else {}
         if cached.get("key") == key:

@@ -22,7 +22,7 @@ from m3e.errors import M3EError
 from m3e.reranker import Reranker
 from m3e.training import distributed as dist_
 from m3e.training.batch_plan import PlannedBatch, plan_epoch
-from m3e.training.card import reranker_card
+from m3e.training.card import dataset_rows, reranker_card
 from m3e.training.config import TrainConfig
 from m3e.training.distributed import DistInfo
 from m3e.training.rerank.groups import Group, RerankDataset, build_groups
@@ -124,7 +124,7 @@ class RerankTask:
         return reranker_card(
             facts,
             origin=self.origin,
-            datasets=[{"name": d.name, "type": d.type, "records": len(d), "weight": d.weight} for d in self.datasets],
+            datasets=dataset_rows(self.datasets),
             losses=sorted({loss.describe() for loss in self._losses.values()}),
             teacher=f"{self.teacher.name} ({self.teacher.kind})" if self.teacher else None,
             arch=str(self.model.transformer.config.model_type),
