@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import chromadb
@@ -94,3 +97,61 @@ def test_a_path_or_a_loaded_model_is_stored_so_that_it_loads_again(tiny_st_model
         monkeypatch.chdir("/")
         assert M3EEmbeddingFunction.build_from_config(config).model.source_dir == tiny_st_model_dir.resolve()
         monkeypatch.chdir(tmp_path)
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+
+
+@pytest.mark.slow
+def test_a_persistent_collection_reopens_in_a_process_that_never_imported_m3e(tiny_st_model_dir, tmp_path):
+    """Chroma looks the stored name "m3e" up in its registry; m3e-chroma.pth (installed into site-packages)
+    registers m3e's function there when chromadb's registry module is imported, so nothing has to import m3e
+    first. The reopened collection embeds queries with the same model and prompts."""
+    import m3e
+
+    db = str(tmp_path / "db")
+    created = _python(
+        "import chromadb\n"
+        "from m3e.integrations.chroma import M3EEmbeddingFunction\n"
+        f"client = chromadb.PersistentClient(path={db!r})\n"
+        f"ef = M3EEmbeddingFunction({str(tiny_st_model_dir)!r})\n"
+        "col = client.create_collection('docs', embedding_function=ef)\n"
+        "col.add(ids=['a', 'b', 'c'], documents=['今天天气很好', '保险理赔需要哪些材料？', 'stock market fell'])\n"
+    )
+    assert created.returncode == 0, created.stderr[-2000:]
+    reopened = _python(
+        "import json, sys\n"
+        "import chromadb\n"
+        f"client = chromadb.PersistentClient(path={db!r})\n"
+        "col = client.get_collection('docs')\n"  # no embedding_function: rebuilt from the stored config
+        "found = col.query(query_texts=['保险理赔需要哪些材料？'], n_results=1, include=['distances'])\n"
+        "ef = col.configuration['embedding_function']\n"  # what Chroma rebuilt from the stored name and config
+        "print(json.dumps({'ids': found['ids'], 'ef': type(ef).__module__ + '.' + type(ef).__name__,\n"
+        "                  'query': [float(x) for x in ef.embed_query(['理赔'])[0]]}))\n"
+    )
+    assert reopened.returncode == 0, reopened.stderr[-2000:]
+    answer = json.loads(reopened.stdout.strip().splitlines()[-1])
+    assert answer["ids"] == [["b"]]
+    assert answer["ef"] == "m3e.integrations.chroma.M3EEmbeddingFunction"
+    expected = m3e.load(str(tiny_st_model_dir)).encode_queries(["理赔"])[0]
+    np.testing.assert_allclose(np.array(answer["query"]), expected, atol=1e-5)
+
+
+def test_the_start_up_hook_imports_nothing_until_chroma_is_imported() -> None:
+    """The .pth line (the file setup.py installs) only adds an import hook: a Python that never imports
+    chromadb never imports m3e either; importing chromadb's registry registers "m3e"."""
+    from m3e.integrations import chroma_autoload
+
+    pth = Path(chroma_autoload.__file__).with_name("m3e-chroma.pth")
+    assert pth.read_text(encoding="utf-8") == chroma_autoload.PTH_LINE  # what setup.py installs
+    plain = _python("import sys; print(sorted(m for m in sys.modules if m.startswith(('m3e', 'chromadb'))))")
+    assert plain.returncode == 0 and plain.stdout.strip() == "[]", plain.stdout + plain.stderr
+    registered = _python(
+        "import sys\n"
+        "from chromadb.utils.embedding_functions import known_embedding_functions\n"
+        "print(known_embedding_functions['m3e'].__module__, 'torch' in sys.modules)\n"
+    )
+    assert registered.returncode == 0, registered.stderr[-2000:]
+    assert registered.stdout.split() == ["m3e.integrations.chroma", "False"]  # no model, no torch yet
