@@ -7,6 +7,8 @@ writing (disk full, permission denied, a file too large) exits 1 and says what w
 from __future__ import annotations
 
 import errno
+import os
+import re
 
 
 class M3EError(Exception):
@@ -55,3 +57,21 @@ def describe_os_error(exc: OSError) -> str:
 
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _SPACE
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)|os error (\d+)")
+
+
+def as_os_error(exc: BaseException, filename: str | None = None) -> OSError | None:
+    """``exc`` as the OSError it stands for, or None. Libraries written in Rust report a full disk in their own
+    exception types with the errno in the text: safetensors' ``SafetensorError("... File too large (os error
+    27)")``, LanceDB's ``RuntimeError("lance error: LanceError(IO): ... (os error 28)")``."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, M3EError):
+        return None
+    found = _OS_ERROR.search(str(exc))
+    if found is None:
+        return None
+    number = int(found.group(1) or found.group(2))
+    return OSError(number, os.strerror(number), filename)

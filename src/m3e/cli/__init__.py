@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from m3e.errors import M3EError, describe_os_error
+from m3e.errors import M3EError, as_os_error, describe_os_error
 
 # name -> (module under m3e.cli, one-line description). Order is the order of `m3e --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -88,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(args, exc, describe_os_error(exc), 1)
     except MemoryError as exc:
         return _report(args, exc, "out of memory", 1)
+    except Exception as exc:  # a library's own type for an I/O error ("... (os error 28)"); else a bug: raised
+        fault = as_os_error(exc)
+        if fault is None:
+            raise
+        return _report(args, exc, describe_os_error(fault), 1)
 
 
 def _report(args: argparse.Namespace, exc: BaseException, message: str, status: int, error: bool = True) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from m3e.errors import InputError, M3EError, describe_os_error
+from m3e.errors import InputError, M3EError, as_os_error, describe_os_error
 from m3e.fusion import Fusion, fuse
 from m3e.index.chunking import Chunk, check_chunking, chunk_document, chunk_document_by_tokens
 from m3e.index.corpus import CorpusReader, Document
@@ -92,18 +91,12 @@ class _WriteLock:
             self.handle = None
 
 
-_OS_ERROR = re.compile(r"os error (\d+)")
-
-
 def engine_os_error(exc: BaseException, path: Path) -> BaseException:
-    """An engine's I/O failure as the OSError it is: LanceDB reports a full disk as
-    ``RuntimeError("lance error: LanceError(IO): File too large (os error 27), ...")``; the CLI turns an
-    OSError into one line with exit status 1. Any other exception is returned as it is."""
-    found = _OS_ERROR.search(str(exc)) if isinstance(exc, RuntimeError) else None
-    if found is None:
+    """An engine's I/O failure as the OSError it is (the CLI turns an OSError into one line with exit status
+    1); any other exception as it is."""
+    if not isinstance(exc, RuntimeError):
         return exc
-    number = int(found.group(1))
-    return OSError(number, os.strerror(number), str(path))
+    return as_os_error(exc, str(path)) or exc
 
 
 @contextlib.contextmanager
@@ -772,18 +765,27 @@ def build_index(
         if resume is False:
             raise M3EError(f"{out} holds an unfinished build ({meta['state'].get('docs_done', 0)} documents "
                            "stored): --resume continues it, --overwrite starts again")
-        index = Index.open(out, model=model)
+        resumed = Index.open(out, model=model)
         logger.info("resuming the build of %s after %s documents", out, meta["state"].get("docs_done", 0))
-        return index, index.build_from(reader, batch_chunks=batch_chunks, progress=progress)
+        return resumed, resumed.build_from(reader, batch_chunks=batch_chunks, progress=progress)
     created_dir = not out.exists()
-    index = Index.create(out, model, model_source=model_source, overwrite=overwrite, **create_kw)
+    ours = created_dir or overwrite or not any(out.iterdir())  # what is in ``out`` after a failure is ours
+    index: Index | None = None
     try:
+        index = Index.create(out, model, model_source=model_source, overwrite=overwrite, **create_kw)
         return index, index.build_from(reader, batch_chunks=batch_chunks, progress=progress)
     except Exception as exc:
-        index.close()
+        fault = engine_os_error(exc, out)
+        if index is not None:
+            index.close()
+        touched = out.exists() if created_dir else ((out / META_NAME).exists() or (out / "lance").exists())
+        if not (ours and touched):  # refused before anything was written (a bad option), or not ours to remove
+            if fault is exc:
+                raise
+            raise fault from exc
         _remove_new_index(out, created_dir)
         note = f"{out} was removed" if created_dir else f"the index files in {out} were removed"
-        raise BuildFailed(exc, f"the failed build was not kept: {note}") from exc
+        raise BuildFailed(fault, f"the failed build was not kept: {note}") from exc
 
 
 class BuildFailed(M3EError):

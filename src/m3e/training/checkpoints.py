@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from m3e.atomic import building_dir, sha256_file, write_atomic
-from m3e.errors import FaultError, M3EError, describe_os_error
+from m3e.errors import FaultError, M3EError, as_os_error, describe_os_error
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -55,10 +55,13 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, state: dict[str, Any],
             record = {"step": step, "sha256": file_hashes(tmp)}
             (tmp / COMPLETE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         write_atomic(root / "LATEST", final.name + "\n")
-    except OSError as exc:
+    except Exception as exc:
+        fault = as_os_error(exc, str(final))
+        if fault is None:
+            raise
         kept = list_checkpoints(run_dir)
         last = f"the newest saved checkpoint is {kept[-1]}" if kept else "no checkpoint was saved before"
-        raise FaultError(f"{describe_os_error(exc)}: checkpoint {final.name} was not written; {last}") from exc
+        raise FaultError(f"{describe_os_error(fault)}: checkpoint {final.name} was not written; {last}") from exc
     _prune(root, keep, final)
     return final
 
