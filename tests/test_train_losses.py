@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from m3e.errors import M3EError
 from m3e.training.losses import (
@@ -150,3 +151,41 @@ def test_same_values_as_sentence_transformers_models(tiny_st_model_dir):
         ref = STCoSENT(st)([feats(q), feats(p)], scores).item()
         got = CoSENTLoss(0.05)([embed(ours, q), embed(ours, p)], scores).item()
         assert got == pytest.approx(ref, rel=1e-4)
+
+
+def test_matryoshka_averages_the_base_loss_over_the_cut_vectors() -> None:
+    from m3e.training.losses import MatryoshkaLoss, SoftmaxLoss, make_loss
+
+    torch.manual_seed(3)
+    q, p = torch.randn(6, 32), torch.randn(6, 32)
+    loss = make_loss("pair", matryoshka_dims=(8, 16, 64))  # 64 > dim: left out
+    assert isinstance(loss, MatryoshkaLoss) and loss.dims == (64, 16, 8)
+    base = SoftmaxLoss()
+    cut = [base([F.normalize(q[:, :d], dim=-1), F.normalize(p[:, :d], dim=-1)]) for d in (16, 8)]
+    expected = (base([q, p]) + sum(cut)) / 3
+    assert torch.allclose(loss([q, p]), expected, atol=1e-6)
+
+
+def test_matryoshka_distillation_follows_the_teachers_in_batch_similarities() -> None:
+    from m3e.training.losses import make_loss
+
+    torch.manual_seed(4)
+    teacher = torch.randn(8, 32)
+    loss = make_loss("distill", distill="cosine", matryoshka_dims=(16,))
+    same = F.normalize(teacher, dim=-1)
+    assert float(loss._relational(same, teacher)) == pytest.approx(0.0, abs=1e-6)  # same relations: nothing to learn
+    student = torch.randn(8, 32, requires_grad=True)
+    value = loss([student], teacher)
+    value.backward()
+    assert float(loss._relational(F.normalize(student[:, :16], dim=-1), teacher)) > 0.01
+    assert student.grad is not None and float(student.grad[:, :16].abs().sum()) > 0
+
+
+def test_matryoshka_dims_are_parsed_and_checked() -> None:
+    from m3e.training.losses import matryoshka_dims
+
+    assert matryoshka_dims("256, 128,64") == (256, 128, 64) == matryoshka_dims([256, 128, 64])
+    assert matryoshka_dims(None) == ()
+    for bad in ("256,x", "0"):
+        with pytest.raises(M3EError, match="matryoshka dims"):
+            matryoshka_dims(bad)

@@ -113,6 +113,10 @@ class TrainConfig:
         0.0, cli=False, tasks=("embed",),
         help="cosine distillation: weight of the in-batch softmax against teacher vectors",
     )
+    matryoshka_dims: str | None = option(
+        None, tasks=("embed",), metavar="DIMS",
+        help="also train these leading dimensions as embeddings of their own, e.g. 256,128,64 (Matryoshka)",
+    )
     num_negatives: int = option(
         1, flag="--negatives", tasks=("embed",), help="hard negatives per query for triplets (default {default})"
     )

@@ -181,12 +181,81 @@ class CosineDistillLoss(EmbeddingLoss):
 
 
 
+@dataclass
+class MatryoshkaLoss(EmbeddingLoss):
+    """``base`` on the full vectors plus, for each of ``dims``, a term on the vectors cut to their first d
+    dimensions and renormalised, averaged: the prefixes become usable embeddings of their own
+    (``encode(dimensions=d)``, the server's ``dimensions``). Pair and triplet losses are applied to the cut
+    vectors as they are (sentence-transformers' MatryoshkaLoss); for distillation the cut student cannot be
+    compared with the teacher's vector (the teacher's prefixes are not trained to mean anything), so the cut
+    term asks the cut student's in-batch similarities to follow the teacher's full ones (a softmax over each
+    row, KL divergence), the relations that retrieval at that size needs.
+    """
+
+    base: EmbeddingLoss
+    dims: tuple[int, ...]
+    temperature: float = DEFAULT_TEMPERATURE
+    name = "matryoshka"
+
+    def __call__(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        full = embeddings[0].shape[-1]
+        dims = [d for d in self.dims if d < full]
+        loss = self.base(embeddings, labels)
+        for d in dims:
+            cut = [F.normalize(e[..., :d].float(), dim=-1) for e in embeddings]
+            if isinstance(self.base, (CosineDistillLoss, MSEDistillLoss)):
+                loss = loss + self._relational(cut[0], labels)
+            else:
+                loss = loss + self.base(cut, labels)
+        return loss / (1 + len(dims))
+
+    def _relational(self, student: Tensor, teacher: Tensor | None) -> Tensor:
+        if teacher is None:
+            raise M3EError("distillation needs teacher vectors")
+        n = student.shape[0]
+        if n < 2:
+            return student.sum() * 0.0
+        t = F.normalize(teacher.float().to(student.device), dim=-1)
+        off = ~torch.eye(n, dtype=torch.bool, device=student.device)  # self-similarity says nothing
+        s_logits = (student @ student.T / self.temperature)[off].view(n, n - 1)
+        t_logits = (t @ t.T / self.temperature)[off].view(n, n - 1)
+        return F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
+                        reduction="batchmean")
+
+    def describe(self) -> str:
+        return f"{self.base.describe()}, Matryoshka over the first {', '.join(map(str, self.dims))} dimensions"
+
+
+def matryoshka_dims(spec: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...]:
+    """``"256,128,64"`` or ``[256, 128, 64]`` -> (256, 128, 64); None -> ()."""
+    if spec is None or spec == "":
+        return ()
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    try:
+        dims = tuple(int(str(p).strip()) for p in parts if str(p).strip())
+    except ValueError:
+        raise M3EError(f"matryoshka dims must be integers like 256,128,64, not {spec!r}") from None
+    if any(d <= 0 for d in dims):
+        raise M3EError(f"matryoshka dims must be positive, not {spec!r}")
+    return dims
+
+
 def make_loss(
     record_type: str, name: str = "softmax", temperature: float = DEFAULT_TEMPERATURE, symmetric: bool = False,
-    *, distill: str = "mse", distill_contrast: float = 0.0,
+    *, distill: str = "mse", distill_contrast: float = 0.0, matryoshka_dims: tuple[int, ...] = (),
 ) -> EmbeddingLoss:
     """The loss for one dataset's record type: contrastive ``name`` for pairs/triplets, CoSENT, and ``distill``
-    (mse | cosine, with ``distill_contrast`` x in-batch softmax) for teacher vectors."""
+    (mse | cosine, with ``distill_contrast`` x in-batch softmax) for teacher vectors; with ``matryoshka_dims``,
+    wrapped so that those prefixes of the vectors are trained too."""
+    base = _base_loss(record_type, name, temperature, symmetric, distill=distill, distill_contrast=distill_contrast)
+    if matryoshka_dims and record_type in ("pair", "triplet", "distill"):
+        return MatryoshkaLoss(base, tuple(sorted(set(matryoshka_dims), reverse=True)), temperature)
+    return base
+
+
+def _base_loss(
+    record_type: str, name: str, temperature: float, symmetric: bool, *, distill: str, distill_contrast: float
+) -> EmbeddingLoss:
     if record_type in ("pair", "triplet"):
         if name == "softmax":
             return SoftmaxLoss(temperature, symmetric)

@@ -21,7 +21,7 @@ from m3e.training.config import TrainConfig
 from m3e.training.distributed import DistInfo
 from m3e.training.gradcache import forward_backward
 from m3e.training.loop import TrainingLoop, TrainResult, save_model_into
-from m3e.training.losses import EmbeddingLoss, make_loss
+from m3e.training.losses import EmbeddingLoss, make_loss, matryoshka_dims
 from m3e.training.records import TrainingDataset
 from m3e.training.task import RunFacts, StepLoss
 
@@ -79,7 +79,8 @@ class EmbeddingTask:
         if ds.type not in self._losses:
             cfg = self.config
             self._losses[ds.type] = make_loss(ds.type, cfg.loss, cfg.temperature, cfg.symmetric,
-                                              distill=cfg.distill_loss, distill_contrast=cfg.distill_contrast)
+                                              distill=cfg.distill_loss, distill_contrast=cfg.distill_contrast,
+                                              matryoshka_dims=matryoshka_dims(cfg.matryoshka_dims))
         return self._losses[ds.type]
 
     def _prompts(self, ds: TrainingDataset, n_columns: int) -> list[str]:
