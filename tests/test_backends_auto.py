@@ -156,3 +156,24 @@ def test_openvino_int8_holds_cosine_and_is_cached(minilm_dir: Path, m3e_home: Pa
     out = tmp_path / "exported"
     assert main(["export", str(minilm_dir), "--backend", "openvino-int8", "--out", str(out), "--no-check"]) == 0
     assert (out / "model.xml").is_file() and (out / "model.bin").is_file()
+
+
+@pytest.mark.slow  # an OpenVINO export and three compilations
+def test_a_single_short_text_runs_on_the_one_thread_request(tiny_copy: Path, m3e_home: Path) -> None:
+    from m3e.backends.openvino import SINGLE_TEXT_TOKENS, OpenVinoRunner
+
+    model = m3e.load(str(tiny_copy), backend="openvino")
+    runner = OpenVinoRunner(model._runner.path, threads=2, precision="f32")
+    model.use_runner("openvino", runner)
+    reference = m3e.load(str(tiny_copy)).encode(FIDELITY_TEXTS[:6])
+    batch = model.encode(FIDELITY_TEXTS[:6])
+    assert runner._single is None  # a batch: the request with every thread
+    alone = np.stack([model.encode(t) for t in FIDELITY_TEXTS[:6]])
+    assert runner._single is not None
+    np.testing.assert_allclose(alone, batch, atol=1e-5)
+    np.testing.assert_allclose(alone, reference, atol=1e-4)
+    long_text = "保险" * SINGLE_TEXT_TOKENS * 2
+    before = runner._single
+    np.testing.assert_allclose(model.encode(long_text), m3e.load(str(tiny_copy)).encode(long_text), atol=1e-4)
+    assert runner._single is before
+    assert OpenVinoRunner(runner.path, threads=1)._single_request() is not None  # one thread: its own request

@@ -7,8 +7,9 @@ weight-only int8 in OpenVINO itself, with vectors at cosine >= 0.999 to fp32. Th
 the plain export (``MODEL/m3e-openvino/`` from ``m3e export MODEL --backend openvino``, else
 ``<cache>/openvino/<fingerprint>/``); compiling it takes about a second.
 
-Two compilations serve two shapes of work. One batch (a single query, a server's small batch)
-runs on the latency compilation: one request using every thread. Several batches run on the
+Three compilations serve three shapes of work. A single short text runs on a one-thread latency
+request (threading one query's small matrix products costs more than it saves). One batch (a
+server's small batch) runs on the latency compilation: one request using every thread. Several batches run on the
 throughput compilation: OpenVINO splits the threads into streams (two streams of one thread on
 two cores) and the batches are in flight together. For a model this small, per-layer threading
 overhead is a large share of a forward pass, so streams gain 1.2-1.5x in texts/s on short
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
     from m3e.backends.base import ModelParts
 
 KIND = "openvino"
+# A single text of at most this many tokens runs on a one-thread request: for a 384-wide model, splitting each
+# small matrix product over two threads cost more than it saved (p50 3.5-7.7 ms on one thread against 4.9-13.9 ms
+# on two, interleaved, on a shared 2-core machine; docs/benchmarks.md).
+SINGLE_TEXT_TOKENS = 64
 
 
 class OpenVinoRunner:
@@ -69,6 +74,7 @@ class OpenVinoRunner:
         self._lock = threading.RLock()
         self._streams = streams  # None: OpenVINO's throughput choice for this CPU and thread count
         self._queue: Any = None  # the throughput compilation's requests, built on first use
+        self._single: Any = None  # the one-thread request for a single short text, built on first use
 
     @property
     def streams(self) -> int:
@@ -80,10 +86,23 @@ class OpenVinoRunner:
     def __call__(self, features: dict[str, Tensor]) -> Tensor:
         import torch
 
+        rows, width = features["input_ids"].shape[:2]
         with self._lock:
-            result = self._request.infer(_feeds(features, self.input_names))
+            request = self._single_request() if rows == 1 and width <= SINGLE_TEXT_TOKENS else self._request
+            result = request.infer(_feeds(features, self.input_names))
             hidden = next(iter(result.values())).copy()  # the request reuses its output buffer
         return torch.from_numpy(hidden)
+
+    def _single_request(self) -> Any:
+        """The request a single short text runs on: a latency compilation on one thread (the same request as a
+        batch's when the runner has one thread anyway)."""
+        if self.threads == 1:
+            return self._request
+        if self._single is None:
+            config = {**self._config, "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"}
+            with keep_signal_stack():
+                self._single = self._core.compile_model(self._model, "CPU", config).create_infer_request()
+        return self._single
 
     def run_many(self, batches: list[dict[str, Tensor]]) -> list[Tensor]:
         """Last hidden states of several batches, in order, computed ``streams`` at a time."""
