@@ -371,6 +371,9 @@ def encode_shards(
     if actors is None:
         actors = max(1, int(ray.cluster_resources().get("CPU", 1) // max(1, spec.threads)))
     actors = max(1, min(actors, len(pending)))
+    # Every actor loads its model before shards are dealt: they spread over the nodes, and a slow start on one
+    # node does not leave the whole run to another.
+    ray.data.DataContext.get_current().wait_for_min_actors_s = 600
     items = ray.data.from_items([{"shard": str(s)} for s in pending], override_num_blocks=len(pending))
     done = items.map_batches(ShardEncoder, fn_constructor_kwargs={"spec": spec, "out_dir": str(out_dir)},
                              batch_size=1, batch_format="numpy", compute=_pool(actors), num_cpus=spec.threads)
