@@ -20,23 +20,26 @@ settings); it imports nothing from m3e at module level.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from importlib.abc import MetaPathFinder
-from importlib.machinery import ModuleSpec
-from types import ModuleType
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (re, enum) into every process
+if TYPE_CHECKING:  # names for the annotations only
+    from collections.abc import Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
 TARGET = "chromadb.utils.embedding_functions"  # the module that holds Chroma's registry
 
 # What the .pth file holds: one line, run by site.py at start-up (lines that start with "import" are executed).
+# It finds this file on sys.path itself and runs it with compile + exec: importlib.util or runpy would import
+# more modules into every Python process than the whole hook costs.
 PTH_LINE = (
-    "import importlib.util, os, runpy; s = importlib.util.find_spec('m3e'); "
-    "p = s and s.submodule_search_locations and os.path.join(list(s.submodule_search_locations)[0], "
-    "'integrations', 'chroma_autoload.py'); p and os.path.isfile(p) and "
-    "runpy.run_path(p, run_name='m3e_chroma_autoload')['install']()\n"
+    "import os, sys; p = next((c for c in (os.path.join(d, 'm3e', 'integrations', 'chroma_autoload.py') "
+    "for d in sys.path if d) if os.path.isfile(c)), None); g = {'__name__': 'm3e_chroma_autoload'}; "
+    "p and exec(compile(open(p, encoding='utf-8').read(), p, 'exec'), g) is None and g['install']()\n"
 )
 
 
-class RegisterAfterChroma(MetaPathFinder):
+class RegisterAfterChroma:  # a meta path finder by its find_spec (importlib.abc would cost start-up time)
     """Finds nothing itself: it lets the other finders find Chroma's registry module, and has that module's
     loader register m3e right after executing it."""
 
@@ -61,7 +64,7 @@ class RegisterAfterChroma(MetaPathFinder):
 
 
 def _spec_from_the_others(
-    me: MetaPathFinder, fullname: str, path: Sequence[str] | None, target: ModuleType | None
+    me: RegisterAfterChroma, fullname: str, path: Sequence[str] | None, target: ModuleType | None
 ) -> ModuleSpec | None:
     for finder in list(sys.meta_path):
         if finder is me or not hasattr(finder, "find_spec"):
