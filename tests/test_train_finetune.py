@@ -88,7 +88,7 @@ def _weight_dtypes(model_dir: Path) -> set[str]:
     return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
 
 
-def test_checkpoint_dir_kept_on_request_and_fp32(tiny_st_model_dir, tmp_path):
+def test_checkpoint_dir_kept_on_request_and_fp32(tiny_st_model_dir, tmp_path, capsys):
     """--checkpoint-dir and --keep-checkpoint-dir: the checkpoints stay where asked (each a loadable model), the
     output is still the model alone; --save-dtype fp32 stores fp32; a resume of the finished run trains nothing."""
     data = _pairs(tmp_path / "pairs.jsonl", 48)
@@ -96,6 +96,8 @@ def test_checkpoint_dir_kept_on_request_and_fp32(tiny_st_model_dir, tmp_path):
     args = ["finetune", str(tiny_st_model_dir), str(data), "-o", str(out), "--batch-size", "8", "--save-steps", "4",
             "--checkpoint-dir", str(kept), "--keep-checkpoint-dir", "--save-dtype", "fp32", "--no-progress"]
     assert main(args) == 0
+    steps = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert len(steps) == 6 and all(", about " in line and " left" in line for line in steps[:-1])  # an ETA
     assert {p.name for p in out.iterdir()} == _MODEL_FILES and _weight_dtypes(out) == {"F32"}
     assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["LATEST", "step-00000004", "step-00000006"]
     m3e.load(str(kept / "checkpoints" / "step-00000004" / "model"))  # every checkpoint is a loadable model

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from m3e.errors import M3EError, ModelNotFoundError
-from m3e.st_format import ST_CONFIG_FILE, STModules, read_dense_layers, read_json, read_st_modules
+from m3e.st_format import ST_CONFIG_FILE, STModules, read_dense_layers, read_json, read_st_modules  # no torch
 
 if TYPE_CHECKING:
     from m3e.bge_m3 import BGEM3Model

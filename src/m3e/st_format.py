@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m3e.dense import Dense
 from m3e.errors import M3EError
-from m3e.pooling import pooling_from_st_config, st_pooling_config
 from m3e.version import __version__
 
+# Reading and writing the configuration files needs no torch: Dense (a torch module) and the pooling helpers
+# (whose module computes with torch) are imported where a layer is built or a pooling config is read.
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from m3e.dense import Dense
 
 MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "config_sentence_transformers.json"
@@ -83,6 +85,8 @@ def read_st_modules(model_dir: Path) -> STModules | None:
             out.transformer_path = sub
             _read_transformer_config(model_dir / sub, out)
         elif kind == "Pooling":
+            from m3e.pooling import pooling_from_st_config
+
             out.pooling, out.include_prompt = pooling_from_st_config(read_json(model_dir / sub / "config.json"))
         elif kind == "Dense":
             out.dense_paths.append(sub)
@@ -115,6 +119,8 @@ def _read_transformer_config(directory: Path, out: STModules) -> None:
 def read_dense_layers(model_dir: Path, paths: Sequence[str]) -> list[Dense]:
     """The Dense modules at ``paths`` (relative to ``model_dir``), weights loaded, in eval mode."""
     import torch
+
+    from m3e.dense import Dense
 
     layers = []
     for sub in paths:
@@ -182,6 +188,8 @@ def write_st_modules(out: Path, spec: STModules, *, hidden_size: int, dense: Seq
     add("Transformer", "")
     write_json(out / "sentence_bert_config.json", {"max_seq_length": spec.max_seq_length, "do_lower_case": spec.do_lower_case})
     add("Pooling", "1_Pooling")
+    from m3e.pooling import st_pooling_config
+
     write_json(out / "1_Pooling" / "config.json", st_pooling_config(spec.pooling, hidden_size, spec.include_prompt))
     for layer in dense:
         sub = f"{len(modules)}_Dense"

@@ -19,15 +19,14 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from m3e.errors import M3EError
 
 if TYPE_CHECKING:
+    import urllib.request
+
     import numpy as np
     from numpy.typing import NDArray
 
@@ -67,9 +66,13 @@ class ServerClient:
         self.timeout = timeout
 
     def get(self, path: str) -> Any:
+        import urllib.request  # here, not at the top: a command that loads a model locally never needs it
+
         return self._send(urllib.request.Request(self.url + path, headers=self._headers()))
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
+        import urllib.request
+
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         headers = {**self._headers(), "Content-Type": "application/json"}
         return self._send(urllib.request.Request(self.url + path, data=data, headers=headers, method="POST"))
@@ -81,6 +84,9 @@ class ServerClient:
         return headers
 
     def _send(self, request: urllib.request.Request) -> Any:
+        import urllib.error
+        import urllib.request
+
         for attempt in range(RETRIES_WHEN_BUSY + 1):
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -100,6 +106,8 @@ class ServerClient:
 
     def _refused(self, request: urllib.request.Request, exc: urllib.error.HTTPError) -> M3EError:
         """The server's own message (OpenAI's error body) and status; 5xx and 401/403 name what to check."""
+        import urllib.parse
+
         message = _error_message(exc.read())
         where = f"{self.url}{urllib.parse.urlparse(request.full_url).path}"
         if exc.code in (401, 403):

@@ -319,7 +319,7 @@ class TrainingLoop:
         run.bar.update(1)
         run.bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{ex_rate:.1f}", refresh=False)
         if not run.show_bar and self.dist.is_main and (step % max(1, total // 10) == 0 or step == total):
-            line = f"step {step}/{total}  loss {loss:.4f}  {ex_rate:.1f} examples/s"
+            line = f"step {step}/{total}  loss {loss:.4f}  {ex_rate:.1f} examples/s{_time_left(run)}"
             print(line, file=sys.stderr, flush=True)
 
     def _checkpoint_or_stop(self, run: _Run, plan_length: int, stop_request: StopRequest) -> None:
@@ -430,6 +430,16 @@ def save_model_into(model: TrainableModel, out: Path, card: str, dtype: str | No
             target.unlink()
         os.replace(entry, target)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _time_left(run: _Run) -> str:
+    """``, about 12 min left`` from this process's pace so far (steps before a resume are not timed here)."""
+    done_here = run.step - (run.resumed_from or 0)
+    left = run.total - run.step
+    if done_here <= 0 or left <= 0:
+        return ""
+    seconds = (time.perf_counter() - run.started) / done_here * left
+    return f", about {seconds:.0f} s left" if seconds < 90 else f", about {seconds / 60:.0f} min left"
 
 
 class _NoBar:
