@@ -119,7 +119,7 @@ def _parse_input(value: Any) -> tuple[list[str] | None, list[list[int]] | None]:
             raise bad_request("'input' cannot be an empty string.", code="invalid_value")
         check_encodable(value, "input", "'input'")
         return [value], None
-    _check_input_array(value)
+    _check_input_array(value, flat_ids=bool(value) and _is_int(value[0]))
     first = value[0]
     if isinstance(first, str):
         return _parse_texts(value), None
@@ -130,7 +130,9 @@ def _parse_input(value: Any) -> tuple[list[str] | None, list[list[int]] | None]:
     raise bad_request(f"input[0] is {json_type(first)}; expected a string, a token id or a token-id array.")
 
 
-def _check_input_array(value: Any) -> None:
+def _check_input_array(value: Any, flat_ids: bool = False) -> None:
+    """An array of inputs within MAX_INPUTS; a flat token-id array is one input, whose ids are bounded as the
+    ids of each array in the nested form are (by the body size, and only the first max-length ids are read)."""
     if not isinstance(value, list):
         raise bad_request(
             f"'input' must be a string, an array of strings, an array of token ids or an array of "
@@ -138,7 +140,7 @@ def _check_input_array(value: Any) -> None:
         )
     if not value:
         raise bad_request("'input' cannot be an empty array.", code="invalid_value")
-    if len(value) > MAX_INPUTS:
+    if len(value) > MAX_INPUTS and not flat_ids:
         raise bad_request(
             f"'input' has {len(value)} items; at most {MAX_INPUTS} are allowed per request.",
             code="invalid_value",
