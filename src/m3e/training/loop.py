@@ -8,6 +8,7 @@ seed: the run continues as if it had never stopped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sys
@@ -101,6 +102,7 @@ class TrainingLoop:
         self.checkpoints = self.config.checkpoint_path()  # checkpoints/ and the resume state
         self.history: list[dict[str, Any]] = []  # the loss curve, once trained
         self.dist = dist_.init_from_env()
+        self._plan_sha: str | None = None
         self._apply_weights()
         self._saved_max_length = int(task.model.max_length)
 
@@ -146,9 +148,20 @@ class TrainingLoop:
             "shuffle": cfg.shuffle,
             "no_duplicates": cfg.no_duplicates,
             "strategy": cfg.strategy,
-            "world_size": self.dist.world_size,
+            # The batches, not the number of processes: a run may resume on another world size (more or fewer
+            # nodes) when every epoch plans the same batches (no short last batch dropped for equal slices).
+            "plan": self._plan_digest(),
             **self.task.fingerprint(),
         }
+
+    def _plan_digest(self) -> str:
+        if self._plan_sha is None:
+            digest = hashlib.sha1()
+            for epoch in range(self.config.epochs):
+                for batch in self._plan(epoch):
+                    digest.update(repr((batch.dataset, batch.indices)).encode("ascii"))
+            self._plan_sha = digest.hexdigest()
+        return self._plan_sha
 
     def _plan(self, epoch: int) -> list[PlannedBatch]:
         return self.task.plan(self.config, epoch, drop_last=self.dist.enabled)  # equal slices per process
@@ -180,6 +193,8 @@ class TrainingLoop:
     def _restore(self, checkpoint: Path, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
         state = ckpt.load_state(checkpoint)
         fp = self._fingerprint()
+        if "world_size" in (state.get("fingerprint") or {}):  # written before the plan was fingerprinted
+            fp = {k: v for k, v in fp.items() if k != "plan"} | {"world_size": self.dist.world_size}
         if state.get("fingerprint") != fp:
             raise M3EError(
                 f"{checkpoint} was written for other data or settings ({state.get('fingerprint')} vs {fp}); "
