@@ -294,7 +294,7 @@ class Index:
             yield batch
 
     def _write_batch(self, batch: list[tuple[Document, list[Chunk]]], upsert: bool, source: str,
-                     report: WriteReport) -> None:
+                     report: WriteReport, building: bool = False) -> None:
         ids = [doc.id for doc, _ in batch]
         seen: dict[str, Document] = {}
         for doc, _ in batch:
@@ -306,6 +306,9 @@ class Index:
         if existing:
             if not upsert:
                 first = next(doc for doc, _ in batch if doc.id in existing)
+                if building:  # stored by this build: an earlier record of the same corpus has this id
+                    raise InputError(f"duplicate document id {first.id!r} (an earlier record has it)", path=source,
+                                     line=first.line)
                 raise InputError(f"document id {first.id!r} is already in the index (use `m3e index update` "
                                  "or --upsert to replace it)", path=source, line=first.line)
             report.deleted_chunks += self.store.delete_docs(sorted(existing))
@@ -353,7 +356,7 @@ class Index:
 
         try:
             for batch in self._batches(pending(), batch_chunks):
-                self._write_batch(batch, upsert=False, source=str(reader.path), report=report)
+                self._write_batch(batch, upsert=False, source=str(reader.path), report=report, building=True)
                 self._commit(docs_done=done + report.docs)
                 bar.update(done + report.docs, self.meta["state"]["chunks"], reader.fraction)
         except BaseException as exc:
