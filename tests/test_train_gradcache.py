@@ -78,3 +78,17 @@ def test_bf16_and_gradient_checkpointing(tiny_st_model_dir):
     bf16 = forward_backward(model, [Q, P], None, SoftmaxLoss(), bf16=True)
     assert bf16 == pytest.approx(ref, rel=0.05)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad and p.grad is not None)
+
+
+def test_bf16_batches_are_padded_to_a_few_widths_without_changing_embeddings(tiny_st_model_dir):
+    from m3e.training.gradcache import WIDTH_BUCKETS, pad_to_bucket
+
+    model = m3e.load(str(tiny_st_model_dir))
+    texts = ["a short one", "一个稍微长一点的句子，有更多的词"]
+    features = model.tokenize_batch(texts)
+    padded = pad_to_bucket(features, model.pad_token_id)
+    assert padded["input_ids"].shape[1] in WIDTH_BUCKETS and padded["input_ids"].shape[1] >= features["input_ids"].shape[1]
+    assert int(padded["attention_mask"].sum()) == int(features["attention_mask"].sum())  # only masked padding
+    with torch.no_grad():
+        plain, wide = model(features), model(padded)
+    assert torch.allclose(plain, wide, atol=1e-5)

@@ -21,10 +21,30 @@ from torch import Tensor
 from m3e.training.distributed import gather_no_grad, gather_with_grad
 from m3e.training.losses import EmbeddingLoss
 
+# Sequence widths a batch is padded up to under bf16: CPU kernels are chosen (and cached) per shape, and a new
+# shape on every step made bf16 steps several times slower than a few repeated ones.
+WIDTH_BUCKETS = (16, 32, 64, 96, 128, 192, 256, 384, 512)
+
+
+def pad_to_bucket(features: dict[str, Tensor], pad_token_id: int) -> dict[str, Tensor]:
+    """``features`` padded (masked) up to the next of WIDTH_BUCKETS; wider batches are left as they are."""
+    width = features["input_ids"].shape[1]
+    target = next((b for b in WIDTH_BUCKETS if b >= width), width)
+    if target == width:
+        return features
+    extra = target - width
+    out = {}
+    for key, value in features.items():
+        fill = pad_token_id if key == "input_ids" else 0
+        out[key] = F.pad(value, (0, extra), value=fill)
+    return out
+
 
 def embed(model: Any, texts: Sequence[str], prompt: str = "", bf16: bool = False) -> Tensor:
     """Embeddings with a graph: the model's forward (pooled, Dense), normalised if the model normalises."""
     features = {k: v.to(model.device) for k, v in model.tokenize_batch(list(texts), prompt).items()}
+    if bf16:
+        features = pad_to_bucket(features, model.pad_token_id)
     ctx = torch.autocast(device_type=model.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with ctx:
         out = model(features, model.prompt_length(prompt))
