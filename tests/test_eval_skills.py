@@ -48,5 +48,5 @@ def test_report_merges_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "| en long | 50.00 | 25.00 (50%) | - |" in table
     assert main([str(offline), str(skills), "--reference", "teacher"]) == 0
     assert capsys.readouterr().out.strip() == table
-    with pytest.raises(M3EError, match="not a readable m3e eval results.json"):
+    with pytest.raises(M3EError, match=r"not a readable m3e eval results\.json"):
         skill_report([tmp_path / "missing.json"])
