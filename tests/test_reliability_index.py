@@ -26,7 +26,7 @@ def _build(corpus, out, model, *extra):
 
 
 @pytest.mark.parametrize(("name", "content", "message"), [
-    ("dup.jsonl", "".join(json.dumps(r) + "\n" for r in _docs(20) + [{"id": "d3", "text": "again"}]),
+    ("dup.jsonl", "".join(json.dumps(r) + "\n" for r in [*_docs(20), {"id": "d3", "text": "again"}]),
      "dup.jsonl:21: duplicate document id 'd3' (an earlier record has it)"),
     ("open.csv", 'id,text\n1,ok\n2,"never closed\n3,swallowed\n', "open.csv:3: a quoted field starting in this row"),
     ("empty.jsonl", "\n", "empty.jsonl: no records"),
