@@ -1,18 +1,20 @@
 """m3e against its peers' best configurations on this CPU, each engine in its own process and virtualenv.
 
-    .venv/bin/python bench/peers.py [--quick] [--peers st,st-onnx,st-openvino,infinity,fastembed]
+    .venv/bin/python bench/peers.py [--quick] [--peers st-openvino,st5-onnx,st5-openvino,infinity,fastembed]
                                     [--m3e auto,torch,openvino,openvino-int8,int8] [--threads 2] [--json out.json]
 
 1. One virtualenv per peer under ``~/.cache/m3e/bench/peers/<name>`` (created once; this interpreter's CPU torch
-   is copied in, so pip keeps it instead of downloading a CUDA build): sentence-transformers (torch, and its
-   onnx / openvino extras), infinity-emb (optimum), fastembed. A peer that cannot be installed is reported and
+   is copied in, so pip keeps it instead of downloading a CUDA build): sentence-transformers 6.3 (torch, its
+   openvino extra), sentence-transformers 5.7 (its onnx and openvino extras: 6.x's onnx extra cannot be
+   installed), infinity-emb (optimum), fastembed. A peer that cannot be installed is reported and
    left out; the run goes on.
 2. Each engine exports the model the peer's own documented way (sentence-transformers' ``backend=``,
    ``export_dynamic_quantized_onnx_model``; static qint8 through optimum-intel's quantizer as
    ``export_static_quantized_openvino_model`` does, calibrated on texts of m3e's offline training data, never on
    the benchmark texts), in a persistent worker process (``bench/peers_worker.py``).
 3. Rounds: warm-up rounds, then measured rounds, the engines' order rotated each round. Per engine and round:
-   256 short mixed queries (HSK sentences, Chinese and English) and 64 news passages of 200-400 characters,
+   256 short mixed queries (HSK sentences, Chinese and English) and 64 passages of 200-400 characters (news
+   paragraphs and the retrieval tasks' articles and insurance answers),
    batch 32, texts/s; one text at a time, seconds each. Ratios are to sentence-transformers torch fp32 in the
    same round (median over rounds); single-text p50 likewise; cosine min of every vector to its torch fp32 one.
 4. Prints the table and the CPU's flags (docs/benchmarks.md keeps the runs).
@@ -43,16 +45,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 WORKER = Path(__file__).with_name("peers_worker.py")
-ST = "sentence-transformers==6.2.0"
+# sentence-transformers 6.x for torch and OpenVINO; its ONNX extra cannot be installed (optimum-onnx pins
+# transformers < 4.58, sentence-transformers 6 needs >= 5), so the ONNX and static-qint8 exports run on 5.7, the last
+# release whose extras install.
+ST6, ST5 = "6.3.0", "5.7.0"
 # venv name -> (requirements, copy this interpreter's torch into it)
 VENVS: dict[str, tuple[list[str], bool]] = {
-    "st": ([ST], True),
-    "st-onnx": ([ST.replace("==", "[onnx]==")], True),
-    "st-openvino": ([ST.replace("==", "[openvino]=="), "datasets"], True),
+    "st": ([f"sentence-transformers=={ST6}"], True),
+    "st-openvino": ([f"sentence-transformers[openvino]=={ST6}"], True),
+    "st5-onnx": ([f"sentence-transformers[onnx]=={ST5}"], True),
+    "st5-openvino": ([f"sentence-transformers[openvino]=={ST5}", "datasets"], True),
     "infinity": (["infinity-emb[optimum]==0.0.78"], True),
     "fastembed": (["fastembed==0.9.1"], False),
 }
-REFERENCE = "sentence-transformers, torch fp32"
+REFERENCE = f"sentence-transformers {ST6}, torch fp32"
 
 
 @dataclass
@@ -66,13 +72,15 @@ class EngineSpec:
 
 def engines(peers: list[str], m3e_backends: list[str], qconfig: str) -> list[EngineSpec]:
     out = [EngineSpec(REFERENCE, "st", "st", "torch")]
-    if "st-onnx" in peers:
-        out += [EngineSpec("sentence-transformers, ONNX", "st-onnx", "st", "onnx"),
-                EngineSpec(f"sentence-transformers, ONNX qint8 ({qconfig})", "st-onnx", "st", "onnx-qint8",
-                           {"qconfig": qconfig})]
     if "st-openvino" in peers:
-        out += [EngineSpec("sentence-transformers, OpenVINO", "st-openvino", "st", "openvino"),
-                EngineSpec("sentence-transformers, OpenVINO static qint8", "st-openvino", "st", "openvino-qint8")]
+        out.append(EngineSpec(f"sentence-transformers {ST6}, OpenVINO", "st-openvino", "st", "openvino"))
+    if "st5-onnx" in peers:
+        out += [EngineSpec(f"sentence-transformers {ST5}, ONNX", "st5-onnx", "st", "onnx"),
+                EngineSpec(f"sentence-transformers {ST5}, ONNX qint8 ({qconfig})", "st5-onnx", "st", "onnx-qint8",
+                           {"qconfig": qconfig})]
+    if "st5-openvino" in peers:
+        out.append(EngineSpec(f"sentence-transformers {ST5}, OpenVINO static qint8", "st5-openvino", "st",
+                              "openvino-qint8"))
     if "infinity" in peers:
         out.append(EngineSpec("infinity-emb, optimum", "infinity", "infinity", "optimum"))
     if "fastembed" in peers:
@@ -103,7 +111,8 @@ def venv_python(root: Path, name: str) -> Path:
     done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *requirements],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"pip install {' '.join(requirements)} failed: {done.stderr.strip()[-600:]}")
+        said = [line for line in done.stderr.splitlines() if line.startswith("ERROR") or "depends on" in line]
+        raise RuntimeError(f"pip install {' '.join(requirements)} failed: {' / '.join(said)[:600]}")
     marker.touch()
     return python
 
@@ -152,7 +161,11 @@ def bench_texts(n_queries: int, n_passages: int) -> tuple[list[str], list[str]]:
     pairs = json.loads((data_dir() / "tasks" / "HSKBitextMining" / "full.json").read_text(encoding="utf-8"))["pairs"]
     pool = [p["sentence1"] for p in pairs] + [p["sentence2"] for p in pairs]
     with open(data_dir() / "distill" / "news_paragraphs.jsonl", encoding="utf-8") as fh:
-        paragraphs = [json.loads(line)["text"] for _, line in zip(range(5000), fh, strict=False)]
+        paragraphs = [json.loads(line)["text"] for line in fh]
+    # the retrieval tasks' documents too: the news paragraphs hold only ~40 of 200-400 characters
+    for task in ("NewsHeadlineRetrieval", "InsuranceQARetrieval"):
+        corpus = json.loads((data_dir() / "tasks" / task / "full.json").read_text(encoding="utf-8"))
+        paragraphs += [doc["text"] for doc in corpus["corpus"]]
     queries = [rng.choice(pool) for _ in range(n_queries)]
     passages = [p for p in paragraphs if 200 <= len(p) <= 400][:n_passages]
     return queries, passages
@@ -222,9 +235,16 @@ def main() -> None:
 
     workers: list[Worker] = []
     skipped: dict[str, str] = {}
+    failed_venvs: dict[str, str] = {}
     for spec in specs:
         try:
-            python = Path(sys.executable) if spec.venv is None else venv_python(venvs, spec.venv)
+            if spec.venv in failed_venvs:
+                raise RuntimeError(failed_venvs[spec.venv])
+            try:
+                python = Path(sys.executable) if spec.venv is None else venv_python(venvs, spec.venv)
+            except (RuntimeError, subprocess.CalledProcessError) as exc:
+                failed_venvs[str(spec.venv)] = str(exc)
+                raise
             worker = Worker(spec, python, args.work / f"{spec.name.replace(' ', '_').replace(',', '')}.log",
                             args.threads)
             started = time.perf_counter()

@@ -101,10 +101,9 @@ def _openvino_static_qint8(st: Any, out: Path, calibration: list[str]) -> None:
     )
     target = out / "openvino"
     target.mkdir(exist_ok=True)
+    saved = next((out / "openvino_qint8_tmp").rglob("openvino_model.xml")).parent  # optimum-intel's layout varies
     for suffix in ("xml", "bin"):
-        (out / "openvino_qint8_tmp" / f"openvino_model.{suffix}").rename(
-            target / f"openvino_model_qint8_quantized.{suffix}"
-        )
+        (saved / f"openvino_model.{suffix}").rename(target / f"openvino_model_qint8_quantized.{suffix}")
 
 
 class FastEmbed(Engine):
