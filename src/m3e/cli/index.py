@@ -71,8 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(password from $PGPASSWORD or ~/.pgpass)")
     build.add_argument("--collection", default=None,
                        help="qdrant collection / pgvector table name (default: INDEX's name)")
-    build.add_argument("--ann", default="auto", choices=["auto", "none", "ivf"],
-                       help="lancedb: build an IVF index after the build (auto: from 50k chunks on)")
+    build.add_argument("--ann", default="auto", choices=["auto", "none", "ivf", "hnsw-sq", "ivf-pq"],
+                       help="lancedb: the vector index built after the build (auto: none below 50k chunks, "
+                            "IVF-HNSW-SQ up to 5M, IVF-PQ beyond; docs/scaling.md)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     build.add_argument("--resume", action="store_true",
                        help="continue an unfinished build at --out (killed or interrupted) with the same corpus")

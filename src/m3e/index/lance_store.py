@@ -45,6 +45,12 @@ TABLE = "chunks"
 FIELD_PREFIX = "f_"
 # Below this many chunks exact search is fast enough (tens of ms) and needs no index.
 ANN_MIN_ROWS = 50_000
+# The ANN indexes `--ann` can ask for; "auto" picks by size (ann_kind). bench/scale.py measures each one's
+# recall@10 and latency against exact search (docs/scaling.md).
+ANN_KINDS = ("auto", "none", "ivf", "hnsw-sq", "ivf-pq")
+# From this many chunks IVF-PQ (vectors compressed 32x, rescored in float32) takes over from IVF-HNSW-SQ.
+PQ_MIN_ROWS = 5_000_000
+_INDEX_TYPES = {"IvfFlat": "ivf", "IvfHnswSq": "hnsw-sq", "IvfPq": "ivf-pq"}  # lancedb's index_type names
 _COLUMNS = ["chunk_id", "doc_id", "chunk", "start", "end", "text", "metadata", "_distance"]
 _SPARSE_COLUMNS = [*_COLUMNS[:-1], "_score"]
 TERMS = "terms"
@@ -64,7 +70,7 @@ class LanceStore:
         self.dim = int(dim)
         self.config = config
         self.sparse = bool(config.get("sparse"))
-        self._has_ann: bool | None = None
+        self._ann: str | None = None  # the vector index this table has ("none" when it has none); None: not looked up
         self.path = Path(index_dir) / config.get("path", "lance")
         self.db: DBConnection = lancedb.connect(str(self.path))
         self.table: Table
@@ -120,7 +126,7 @@ class LanceStore:
         return {"version": int(self.table.version)}
 
     def begin(self, committed: dict[str, Any]) -> None:
-        self._has_ann = None
+        self._ann = None
         self.table.checkout_latest()
         version = committed.get("version")
         if version is not None and int(self.table.version) != int(version):
@@ -198,15 +204,23 @@ class LanceStore:
     def finish_build(self) -> None:
         n = self.count()
         self.maintain()
-        ann = self.config.get("ann", "auto")
-        if ann == "none" or (ann == "auto" and n < int(self.config.get("ann_min_rows", ANN_MIN_ROWS))):
+        kind = ann_kind(self.config.get("ann", "auto"), n, int(self.config.get("ann_min_rows", ANN_MIN_ROWS)))
+        if kind == "none":
             return
-        from lancedb.index import IvfFlat
+        from lancedb.index import HnswSq, IvfFlat, IvfPq
 
         partitions = int(self.config.get("partitions") or max(1, round(math.sqrt(n))))
-        self.table.create_index("vector", config=IvfFlat(distance_type="cosine", num_partitions=partitions),
-                                replace=True)
-        self._has_ann = True
+        config: Any
+        if kind == "ivf":
+            config = IvfFlat(distance_type="cosine", num_partitions=partitions)
+        elif kind == "hnsw-sq":
+            # One HNSW graph per partition; partitions of about a million vectors keep the graphs searchable.
+            config = HnswSq(distance_type="cosine", num_partitions=max(1, round(n / 1_000_000)))
+        else:
+            sub_vectors = self.dim // 8 if self.dim % 8 == 0 else self.dim // 4 if self.dim % 4 == 0 else 1
+            config = IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors)
+        self.table.create_index("vector", config=config, replace=True)
+        self._ann = kind
 
     # ------------------------------------------------------------------ reads
     def search(self, vector: np.ndarray, k: int, filters: dict[str, str] | None = None) -> list[Hit]:
@@ -214,10 +228,15 @@ class LanceStore:
         found = self.table.search(np.asarray(vector, dtype=np.float32))
         vector_query = cast("LanceVectorQueryBuilder", found)
         query = vector_query.distance_type("cosine")
-        if self._has_ann is None:
-            self._has_ann = any(i.index_type != "FTS" for i in self.table.list_indices())
-        if self._has_ann:
+        if self._ann is None:
+            types = [i.index_type for i in self.table.list_indices() if i.index_type != "FTS"]
+            self._ann = _INDEX_TYPES.get(types[0], "ivf") if types else "none"
+        if self._ann in ("ivf", "ivf-pq"):
             query = query.nprobes(int(self.config.get("nprobes", 32)))
+        if self._ann == "ivf-pq":  # PQ's distances are approximate: the best k x refine_factor are rescored exactly
+            query = query.refine_factor(int(self.config.get("refine_factor", 10)))
+        elif self._ann == "hnsw-sq":
+            query = query.ef(max(int(self.config.get("ef", 100)), k))
         if filters:
             query = query.where(self._where(filters), prefilter=True)
         table = query.select(_COLUMNS).limit(k).to_arrow()
@@ -255,6 +274,18 @@ class LanceStore:
 
     def close(self) -> None:
         del self.table  # lancedb tables hold no handle to release; a closed store cannot be used again
+
+
+def ann_kind(ann: str, n: int, min_rows: int = ANN_MIN_ROWS) -> str:
+    """The vector index a table of ``n`` chunks gets for ``--ann``: exact search (none) below ``min_rows``,
+    IVF-HNSW-SQ up to PQ_MIN_ROWS (recall near exact search, a byte per dimension in memory), IVF-PQ beyond."""
+    if ann not in ANN_KINDS:
+        raise M3EError(f"unknown ANN index {ann!r}; choose one of {', '.join(ANN_KINDS)}")
+    if ann != "auto":
+        return ann
+    if n < min_rows:
+        return "none"
+    return "hnsw-sq" if n < PQ_MIN_ROWS else "ivf-pq"
 
 
 def _hit(rec: dict[str, Any], score: float, **scores: float) -> Hit:
