@@ -166,3 +166,16 @@ def test_truncated_or_bit_flipped_parquet_is_an_error_or_the_right_rows(tmp_path
             assert "bad.parquet" in str(exc)
         else:  # a flip that parquet cannot see (in a value) changes a value, never the number of rows
             assert len(got) == len(texts)
+
+
+def test_training_files_name_the_line_and_byte_of_a_bad_encoding_and_a_broken_parquet(tmp_path):
+    from m3e.training.records import load_file
+
+    bad = _write(tmp_path, "t.jsonl", b'{"text": "a", "text_pos": "b"}\n{"text": "caf\xe9", "text_pos": "b"}\n')
+    with pytest.raises(InputError, match=r"t\.jsonl:2: not valid UTF-8 at byte 44 of the file \(training files"):
+        load_file(bad)
+    broken = _write(tmp_path, "t.parquet", b"PAR1 not really PAR1")
+    with pytest.raises(InputError, match=r"t\.parquet: not a readable parquet file"):
+        load_file(broken)
+    with pytest.raises(InputError, match=r"e\.csv: no records"):
+        load_file(_write(tmp_path, "e.csv", b"text,text_pos\n"))

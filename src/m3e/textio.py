@@ -74,13 +74,15 @@ class LineReader:
     """
 
     def __init__(self, stream: IO[bytes], name: str, *, encoding: str = "utf-8", max_chars: int | None = None,
-                 max_bytes: int | None = None, keep_ends: bool = False) -> None:
+                 max_bytes: int | None = None, keep_ends: bool = False,
+                 hint: str = "choose the encoding with --encoding") -> None:
         self.stream = stream
         self.name = name
         self.encoding = check_encoding(encoding)
         self.max_chars = max_chars
         self.max_bytes = max_bytes
         self.keep_ends = keep_ends
+        self.hint = hint  # what to do about a byte that does not decode
         self.offset = 0
         self.number = 0
         self._decoder = codecs.getincrementaldecoder(self.encoding)
@@ -98,8 +100,8 @@ class LineReader:
             return decoder.decode(raw, final=final)
         except UnicodeDecodeError as exc:
             at = self.offset - pending + exc.start
-            raise InputError(f"not valid {_encoding_label(self.encoding)} at byte {at} of the file "
-                             "(choose the encoding with --encoding)", path=self.name, line=self.number) from None
+            raise InputError(f"not valid {_encoding_label(self.encoding)} at byte {at} of the file ({self.hint})",
+                             path=self.name, line=self.number) from None
 
     def read_line(self) -> Line | None:
         raw = self.stream.readline(_BLOCK)

@@ -186,7 +186,7 @@ def make_record(row: Mapping[str, Any], schema: Schema, where: tuple[str, int | 
 # ---------------------------------------------------------------------------------------------- readers
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with _open(path) as fh:
-        for line in LineReader(fh, str(path), max_bytes=MAX_JSON_LINE_BYTES):
+        for line in LineReader(fh, str(path), max_bytes=MAX_JSON_LINE_BYTES, hint=_UTF8_ONLY):
             if not line.text.strip():
                 continue
             try:
@@ -196,6 +196,9 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not isinstance(obj, dict):
                 raise InputError("each line must be a JSON object", path=str(path), line=line.number)
             yield line.number, obj
+
+
+_UTF8_ONLY = "training files are read as UTF-8: convert it, e.g. iconv -f GB18030 -t UTF-8"
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -216,7 +219,8 @@ def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise InputError(f"not valid UTF-8 at byte {exc.start} of the file", path=str(path), line=line) from None
+        raise InputError(f"not valid UTF-8 at byte {exc.start} of the file ({_UTF8_ONLY})", path=str(path),
+                         line=line) from None
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -232,7 +236,7 @@ def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     delimiter = "\t" if path.suffix == ".tsv" else ","
     with _open(path) as fh:
-        lines = LineReader(fh, str(path), keep_ends=True, max_bytes=4 * CSV_FIELD_LIMIT)
+        lines = LineReader(fh, str(path), keep_ends=True, max_bytes=4 * CSV_FIELD_LIMIT, hint=_UTF8_ONLY)
         for number, row in strict_csv_rows(lines, str(path), delimiter=delimiter):
             # number: the line where the row starts (the header is line 1)
             yield number, {k: (v if v != "" else None) for k, v in row.items()}
