@@ -21,7 +21,8 @@ from m3e.training.recipe import config_from_recipe
 
 TRAINING_FLAGS = [
     "--task", "--epochs", "--max-steps", "--batch-size", "--mini-batch", "--lr", "--warmup-ratio", "--scheduler",
-    "--weight-decay", "--max-length", "--loss", "--temperature", "--symmetric", "--negatives", "--group-size",
+    "--weight-decay", "--max-length", "--loss", "--temperature", "--symmetric", "--matryoshka-dims", "--negatives",
+    "--group-size",
     "--teacher", "--teacher-temperature", "--strategy",
     "--lora-r", "--lora-alpha", "--gradient-checkpointing", "--bf16", "--no-shuffle", "--allow-duplicates",
     "--no-prompts", "--seed", "--weight", "--save-dtype", "--save-steps", "--keep-checkpoints", "--checkpoint-dir",
@@ -52,7 +53,7 @@ def test_finetune_flags_default_to_the_config():
     assert TrainConfig.from_dict(given) == TrainConfig()
     exposed = {opt.name for opt in train_options() if opt.cli}
     unset = {"weights", "progress", "max_steps", "mini_batch", "lr", "max_length", "teacher", "teacher_temperature",
-             "checkpoint_dir"}
+             "checkpoint_dir", "matryoshka_dims"}
     assert set(given) == exposed - unset
 
 
