@@ -183,6 +183,13 @@ def test_local_only_options_are_refused_with_server(server: str, capsys: pytest.
         assert code == 2 and words in err, err
 
 
+def test_empty_texts_are_refused_before_sending(server: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in.txt").write_text("第一行\n\n第三行\n", encoding="utf-8")
+    code, out, err = _run(["encode", "--server", server, "--api-key", KEY, "-i", str(tmp_path / "in.txt")], capsys)
+    assert code == 2 and out == "" and "1 empty text(s)" in err and "without --server" in err, err
+
+
 def test_an_unknown_index_is_the_servers_message(server: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["search", "--server", server, "--api-key", KEY, "nope", "q"], capsys)
     assert code == 2 and "404" in err and "not served" in err, err

@@ -180,6 +180,10 @@ class RemoteModel:
 
         _check_options(options)
         texts = list(texts)
+        empty = sum(1 for t in texts if t == "")
+        if empty:  # the server refuses them (as OpenAI's API does), naming only a position in its request
+            raise M3EError(f"{empty} empty text(s): a server embeds no empty text (as OpenAI's API); drop the "
+                           "blank lines or encode without --server")
         parts: list[NDArray[np.float32]] = []
         bar = _Progress(len(texts), bool(options.get("show_progress")))
         for start in range(0, len(texts), REQUEST_TEXTS):
