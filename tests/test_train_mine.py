@@ -78,3 +78,20 @@ def test_window_is_respected(tiny_st_model_dir):
             # ranks 3..7 of the similarity order (a small tolerance for faiss vs numpy rounding on ties)
             assert ranked[7] - 1e-5 <= s <= ranked[3] + 1e-5
     assert stats.random_fill == 0
+
+
+def test_mine_progress_and_quiet(tiny_st_model_dir, tmp_path, capsys):
+    """--progress: a bar with rate and ETA over the encoded texts; -q: nothing but the output file."""
+    rows = [{"query": f"问题{i}天气", "pos": [f"答案{i}公园"]} for i in range(24)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "mined.jsonl"
+    args = ["mine", str(tiny_st_model_dir), str(data), "--output", str(out), "--rank-window", "1-10",
+            "--negatives", "2"]
+    assert main([*args, "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "encode" in err and "text/s" in err and "<" in err and "negatives" in err  # tqdm's "elapsed<left"
+    out.unlink()
+    assert main([*args, "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == "" and len(out.read_text(encoding="utf-8").splitlines()) == 24

@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default=None)
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="progress bars with ETA while encoding (default: when stderr is a terminal and there "
+                            "are 2048 texts or more)")
+    shown.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    shown.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary line")
 
 
 def _corpus(paths: list[str]) -> list[str]:
@@ -60,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
     rows, stats = mine_hard_negatives(
         model, records, corpus=_corpus(args.corpus), window=window, num_negatives=args.negatives,
         seed=args.seed, batch_size=args.batch_size, random_fill=args.random_fill,
+        show_progress=False if args.quiet else args.progress,
     )
     out = write_jsonl(rows, args.output)
+    if args.quiet:
+        return 0
     print(
         f"{stats.queries} queries, {stats.corpus} passages: {stats.negatives} negatives "
         f"({stats.mined} queries from the window {window[0]}-{window[1]}, "
