@@ -112,3 +112,10 @@ def test_pruning_clears_what_a_killed_save_left(tmp_path: Path):
         (root / name / "model").mkdir(parents=True)
     _prune(root, keep=2, current=root / "step-00000002")
     assert sorted(p.name for p in root.iterdir()) == ["step-00000001", "step-00000002"]
+
+
+def test_a_recipe_keeps_its_checkpoint_directory_unless_it_says_not_to():
+    """A recipe is rerun with --resume (make default-model): its finished stages keep their checkpoints."""
+    assert TrainConfig().keep_checkpoint_dir is False  # m3e finetune: the output alone
+    assert config_from_recipe({"train": {}}).keep_checkpoint_dir is True
+    assert config_from_recipe({"train": {"keep_checkpoint_dir": False}}).keep_checkpoint_dir is False

