@@ -593,8 +593,8 @@ def announce(chosen: list[Source], todo: list[Source]) -> list[str]:
     if not todo:
         return [f"all {len(chosen)} source(s) are in the cache; verifying them"]
     lines = [f"downloading {len(todo)} source(s), {sum(s.size_mb for s in todo):.1f} MB in all:"]
-    width = max(len(s.name) for s in todo)
-    lines += [f"  {s.id:<4} {s.name:<{width}}  {s.spec:<34} {s.size_mb:>6.1f} MB" for s in todo]
+    width, spec_width = max(len(s.name) for s in todo), max(len(s.spec) for s in todo)
+    lines += [f"  {s.id:<4} {s.name:<{width}}  {s.spec:<{spec_width}} {s.size_mb:>6.1f} MB" for s in todo]
     cached = [s.id for s in chosen if s not in todo]
     if cached:
         lines.append(f"already in the cache (verified, not downloaded): {', '.join(cached)}")
@@ -650,7 +650,7 @@ class DownloadProgress:
             elapsed = max(time.monotonic() - self.started, 1e-3)
             left = max(self.total - self.done, 0)
             eta = f", about {_duration(left / (self.got / elapsed))} to go" if left and self.got else ""
-            self.log(f"  {source.id}: {size / 1e6:.1f} MB in {elapsed:.0f} s; {left / 1e6:.1f} MB left{eta}")
+            self.log(f"  {source.id}: {size / 1e6:.1f} MB ({elapsed:.0f} s so far); {left / 1e6:.1f} MB left{eta}")
 
     def write(self, line: str) -> None:
         if self.log is None:
