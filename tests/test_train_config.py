@@ -21,7 +21,7 @@ from m3e.training.recipe import config_from_recipe
 
 TRAINING_FLAGS = [
     "--task", "--epochs", "--max-steps", "--batch-size", "--mini-batch", "--lr", "--warmup-ratio", "--scheduler",
-    "--weight-decay", "--max-length", "--loss", "--temperature", "--symmetric", "--matryoshka-dims", "--negatives",
+    "--weight-decay", "--max-length", "--encoding", "--loss", "--temperature", "--symmetric", "--matryoshka-dims", "--negatives",
     "--group-size",
     "--teacher", "--teacher-temperature", "--strategy",
     "--lora-r", "--lora-alpha", "--gradient-checkpointing", "--bf16", "--no-shuffle", "--allow-duplicates",

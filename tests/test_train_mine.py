@@ -95,3 +95,131 @@ def test_mine_progress_and_quiet(tiny_st_model_dir, tmp_path, capsys):
     assert main([*args, "-q"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == "" and len(out.read_text(encoding="utf-8").splitlines()) == 24
+
+
+class _CharacterVectors:
+    """An embedder whose vector of a text depends on that text alone (a sum of per-character random vectors),
+    so that results cannot depend on how texts are batched: blocks of any size must give the same rows."""
+
+    def __init__(self, dim: int = 64) -> None:
+        self.dim = dim
+
+    def _encode(self, texts, **_kw):
+        import numpy as np
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for ch in text[:512]:
+                out[i] += np.random.default_rng(ord(ch)).standard_normal(self.dim).astype(np.float32)
+            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
+        return out
+
+    encode_queries = encode_documents = _encode
+
+
+def _reference_mining(model, recs, corpus, window, num_negatives, seed):
+    """Mining as it was done with every text held (the earlier implementation): the streamed one must give the
+    same rows."""
+    import faiss
+    import numpy as np
+
+    passages = list(dict.fromkeys([p for r in recs for p in r.pos] + [t for t in corpus if t.strip()]))
+    qv = model.encode_queries([r.text for r in recs])
+    pv = model.encode_documents(passages)
+    index = faiss.IndexFlatIP(pv.shape[1])
+    index.add(pv)
+    k = min(window[1], len(passages))
+    _, hits = index.search(qv, k)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, rec in enumerate(recs):
+        exclude = set(rec.pos) | {rec.text}
+        candidates = [passages[j] for j in hits[i][window[0]:k] if j >= 0 and passages[j] not in exclude]
+        if len(candidates) > num_negatives:
+            negs = [candidates[j] for j in sorted(rng.choice(len(candidates), size=num_negatives, replace=False))]
+        else:
+            negs = candidates
+        if len(negs) < num_negatives:
+            pool = [p for p in passages if p not in exclude and p not in negs]
+            if pool:
+                negs += [pool[j] for j in rng.choice(len(pool), size=min(num_negatives - len(negs), len(pool)),
+                                                     replace=False)]
+        rows.append({"query": rec.text, "pos": list(rec.pos), "neg": negs})
+    return rows
+
+
+@pytest.mark.parametrize("block", [1, 5, 4096])
+def test_streamed_mining_gives_the_rows_of_mining_everything_at_once(block):
+    """Blocks of any size, repeated passages, a query that is also a passage, too few hits (random top-up)."""
+    from m3e.training.mining import mine_streamed
+    from m3e.training.records import Record
+
+    model = _CharacterVectors()
+    recs = [Record(f"查询{i % 9}号", (f"文档{i % 7}号", f"段落{i}")) for i in range(14)]
+    corpus = [f"额外{i % 11}的文本" for i in range(25)] + ["", "查询3号", "  "]
+    for window, negatives in (((0, 6), 3), ((2, 60), 4), ((30, 40), 5)):
+        rows: list[dict] = []
+        stats = mine_streamed(model, lambda: iter(recs), lambda: iter(corpus), rows.append, window=window,
+                              num_negatives=negatives, block=block)
+        assert rows == _reference_mining(model, recs, corpus, window, negatives, 42)
+        assert stats.queries == 14 and stats.corpus == len({t for r in recs for t in r.pos} | set(corpus[:25]) |
+                                                           {"查询3号"})
+
+
+def test_a_large_corpus_tops_up_without_listing_every_passage():
+    import numpy as np
+
+    from m3e.training.mining import _random_fill
+
+    rng = np.random.default_rng(0)
+    taken = {0, 5, 9}
+    drawn = _random_fill(rng, 1 << 20, taken, 7)
+    assert len(set(drawn)) == 7 and not set(drawn) & taken and all(0 <= d < 1 << 20 for d in drawn)
+    assert sorted(_random_fill(rng, 5, {0, 1}, 7)) == [2, 3, 4]  # fewer allowed than asked: all of them
+    assert _random_fill(rng, 3, {0, 1, 2}, 2) == []
+
+
+def test_mining_holds_neither_the_corpus_nor_a_huge_passage(tiny_st_model_dir, tmp_path):
+    """A 24 MB corpus of long lines: the texts are read on each pass, cut at max_chars, never all held."""
+    import tracemalloc
+
+    import m3e
+    from m3e.textio import RecordReader
+    from m3e.training.mining import mine_streamed
+    from m3e.training.records import Record
+
+    model = m3e.load(str(tiny_st_model_dir))
+    big = tmp_path / "corpus.txt"
+    line = "很长的段落，" * 20_000  # 120,000 characters, 360 KB
+    with big.open("w", encoding="utf-8") as fh:
+        for i in range(64):
+            fh.write(f"{i}{line}\n")
+    recs = [Record(f"查询{i}", (f"文档{i}",)) for i in range(8)]
+    rows: list[dict] = []
+    tracemalloc.start()
+    try:
+        stats = mine_streamed(model, lambda: recs,
+                              lambda: (r.text for r in RecordReader(big, max_chars=2000, blank="skip")),
+                              rows.append, window=(0, 40), num_negatives=3, max_chars=2000, block=16)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stats.corpus == 72 and len(rows) == 8
+    assert all(len(n) <= 2000 for r in rows for n in r["neg"])
+    assert peak < 8_000_000, peak  # the corpus is 7.7 million characters (23 MB of UTF-8)
+
+
+def test_mine_writes_nothing_on_bad_data_and_keeps_the_old_output(tiny_st_model_dir, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"query": "a", "pos": "b"}) + "\n" + '{"query": "c", "pos": \n', encoding="utf-8")
+    out = tmp_path / "mined.jsonl"
+    out.write_text("old\n", encoding="utf-8")
+    assert main(["mine", str(tiny_st_model_dir), str(data), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{data}:2: invalid JSON" in err
+    scored = tmp_path / "scored.jsonl"
+    scored.write_text(json.dumps({"sentence1": "a", "sentence2": "b", "score": 1}) + "\n", encoding="utf-8")
+    assert main(["mine", str(tiny_st_model_dir), str(scored), "-o", str(out)]) == 2
+    assert "mining needs pairs or triplets; scored are scored records" in capsys.readouterr().err
+    assert out.read_text(encoding="utf-8") == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "mined.jsonl", "pairs.jsonl", "scored.jsonl"]

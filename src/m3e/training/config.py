@@ -24,6 +24,7 @@ from typing import Any
 
 from m3e.errors import M3EError
 from m3e.extras import require
+from m3e.textio import check_encoding
 from m3e.training.records import RECORD_TYPES
 
 TASKS = ("embed", "rerank")
@@ -96,6 +97,9 @@ class TrainConfig:
     record_type: str | None = option(
         None, cli=False, flag="--type", choices=RECORD_TYPES,
         help="force the record type (default: detected from the columns)",
+    )
+    encoding: str = option(
+        "utf-8", help="text encoding of .jsonl / .json / .csv training files (default {default}; e.g. gb18030)"
     )
     loss: str = option(
         "softmax", choices=LOSSES,
@@ -178,6 +182,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for opt in train_options():
             setattr(self, opt.name, opt.checked(getattr(self, opt.name)))
+        check_encoding(self.encoding)  # an unknown or unsupported codec is named before any file is read
         self._check_task_options()
 
     def _check_task_options(self) -> None:

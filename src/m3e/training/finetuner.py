@@ -60,7 +60,8 @@ class FineTuner:
         if record_type is not None:
             options["record_type"] = record_type
         forced = options.get("record_type", config.record_type if config is not None else None)
-        datasets = load_datasets(dataset, forced)
+        encoding = options.get("encoding", config.encoding if config is not None else "utf-8")
+        datasets = load_datasets(dataset, forced, encoding=encoding)
         model = load_model(model_name_or_path, device=device)
         return cls(model, datasets, model_name=model_name_or_path, config=config, **options)
 

@@ -41,7 +41,7 @@ from m3e.training.strategies import (
 from m3e.training.task import RunFacts, StepLoss, TrainableModel, TrainingTask
 
 # Options a card leaves out: where the run started and ended are said elsewhere, the rest are not settings.
-_NOT_HYPER = ("model", "output", "progress", "weights", "task", "checkpoint_dir", "keep_checkpoint_dir")
+_NOT_HYPER = ("model", "output", "progress", "weights", "task", "checkpoint_dir", "keep_checkpoint_dir", "encoding")
 
 
 @dataclass

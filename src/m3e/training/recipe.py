@@ -71,7 +71,9 @@ def _pool_datasets(entry: dict[str, Any], i: int) -> list[TrainingDataset]:
     return out
 
 
-def datasets_from_recipe(recipe: dict[str, Any], base: Path) -> list[TrainingDataset]:
+def datasets_from_recipe(recipe: dict[str, Any], base: Path, encoding: str = "utf-8") -> list[TrainingDataset]:
+    """The recipe's datasets; text files are decoded with ``encoding`` (the run's ``encoding`` option) unless
+    an entry names its own."""
     out: list[TrainingDataset] = []
     entries = recipe.get("datasets") or []
     if not isinstance(entries, list):
@@ -81,7 +83,8 @@ def datasets_from_recipe(recipe: dict[str, Any], base: Path) -> list[TrainingDat
             entry = {"path": entry}
         if not isinstance(entry, dict) or "path" not in entry:
             raise M3EError(f"recipe: datasets[{i}] needs a 'path'")
-        found = load_source(_path(base, entry["path"]), entry.get("type"), entry.get("name"))
+        found = load_source(_path(base, entry["path"]), entry.get("type"), entry.get("name"),
+                            encoding=entry.get("encoding", encoding))
         for ds in found:
             ds.weight = float(entry.get("weight", 1.0))
         out.extend(found)
@@ -102,11 +105,12 @@ def datasets_from_recipe(recipe: dict[str, Any], base: Path) -> list[TrainingDat
             src = _path(base, entry["path"])
             if not src.is_file():
                 raise M3EError(f"recipe: distill[{i}]: {src} does not exist")
-            texts = read_texts(str(src), field=entry.get("field", "text"))
+            texts = read_texts(str(src), field=entry.get("field", "text"), encoding=entry.get("encoding", encoding))
             plain = TrainingDataset(entry.get("name") or src.stem, "pair", [Record(t) for t in texts], source=str(src))
             ds = attach_teacher_vectors(plain, np.load(_path(base, entry["teacher_vectors"])), side=entry.get("side"))
         else:
-            (ds,) = load_source(_path(base, entry["path"]), "distill", entry.get("name"))
+            (ds,) = load_source(_path(base, entry["path"]), "distill", entry.get("name"),
+                                encoding=entry.get("encoding", encoding))
         ds.weight = float(entry.get("weight", 1.0))
         out.append(ds)
     if not out:
@@ -231,7 +235,7 @@ def run_recipe(
         raise M3EError("a recipe trains an embedding model; train a reranker with `m3e finetune --task rerank`")
     if not Path(config.output).is_absolute() and "output" not in (overrides or {}):
         config.output = str(p.parent / config.output)
-    datasets = datasets_from_recipe(recipe, p.parent)
+    datasets = datasets_from_recipe(recipe, p.parent, config.encoding)
     config.model = _model_source(recipe, config, p.parent)
     model = load_model(config.model, device=device)
     ev = recipe.get("eval") or {}

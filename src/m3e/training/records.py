@@ -1,8 +1,9 @@
 """Training records: detection of pair / triplet / scored-pair / distill records from their columns.
 
 A source is a .jsonl/.json/.csv/.tsv/.parquet file, a directory of them (one dataset per file, the M3E recipe),
-a Hugging Face ``datasets`` object or a list of dicts. Files are read by m3e.textio's strict readers: text that
-is not UTF-8 (with its byte offset), invalid JSON, a CSV quote left open, a broken parquet file and a record
+a Hugging Face ``datasets`` object or a list of dicts. Files are read by m3e.textio's strict readers, in UTF-8 or
+the ``encoding`` given (``--encoding``, any ASCII-compatible codec such as gb18030): text that does not decode
+(with its byte offset), invalid JSON, a CSV quote left open, a broken parquet file and a record
 with a missing or empty field raise :class:`m3e.errors.InputError` naming the file and line (or row).
 """
 
@@ -20,6 +21,7 @@ from m3e.textio import (
     CSV_FIELD_LIMIT,
     MAX_JSON_LINE_BYTES,
     LineReader,
+    check_encoding,
     open_parquet,
     parquet_rows,
     strict_csv_rows,
@@ -83,6 +85,7 @@ class TrainingDataset:
     weight: float = 1.0
     columns: tuple[str, ...] = field(default_factory=tuple)
     side: str | None = None  # distill: "query" | "document", the prompt the teacher's vectors were made with
+    encoding: str = "utf-8"  # how its file was decoded: a record's line is found again with it
 
     def __len__(self) -> int:
         return len(self.records)
@@ -184,9 +187,21 @@ def make_record(row: Mapping[str, Any], schema: Schema, where: tuple[str, int | 
 
 
 # ---------------------------------------------------------------------------------------------- readers
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _hint(encoding: str) -> str:
+    """What to do about a byte that does not decode."""
+    if check_encoding(encoding) in ("utf-8", "utf-8-sig"):
+        return _UTF8_HINT
+    return f"training files are read as {encoding} here: choose the file's encoding with --encoding"
+
+
+_UTF8_HINT = ("training files are read as UTF-8: choose another with --encoding (e.g. --encoding gb18030) or "
+              "convert it, e.g. iconv -f GB18030 -t UTF-8")
+
+
+def _iter_jsonl(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
     with _open(path) as fh:
-        for line in LineReader(fh, str(path), max_bytes=MAX_JSON_LINE_BYTES, hint=_UTF8_ONLY):
+        for line in LineReader(fh, str(path), encoding=encoding, max_bytes=MAX_JSON_LINE_BYTES,
+                               hint=_hint(encoding)):
             if not line.text.strip():
                 continue
             try:
@@ -198,9 +213,6 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line.number, obj
 
 
-_UTF8_ONLY = "training files are read as UTF-8: convert it, e.g. iconv -f GB18030 -t UTF-8"
-
-
 def _open(path: Path) -> IO[bytes]:
     try:
         return path.open("rb")
@@ -208,18 +220,20 @@ def _open(path: Path) -> IO[bytes]:
         raise M3EError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_json(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
     with _open(path) as fh:
         head = fh.read(4096)
     if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):  # JSON lines with a .json name
-        yield from _iter_jsonl(path)
+        yield from _iter_jsonl(path, encoding)
         return
     raw = path.read_bytes()  # one JSON array is parsed whole
+    codec = check_encoding(encoding)
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig" if codec == "utf-8" else codec)
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise InputError(f"not valid UTF-8 at byte {exc.start} of the file ({_UTF8_ONLY})", path=str(path),
+        label = "UTF-8" if codec in ("utf-8", "utf-8-sig") else encoding
+        raise InputError(f"not valid {label} at byte {exc.start} of the file ({_hint(encoding)})", path=str(path),
                          line=line) from None
     try:
         rows = json.loads(text)
@@ -233,66 +247,104 @@ def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield i, obj
 
 
-def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_csv(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
     delimiter = "\t" if path.suffix == ".tsv" else ","
     with _open(path) as fh:
-        lines = LineReader(fh, str(path), keep_ends=True, max_bytes=4 * CSV_FIELD_LIMIT, hint=_UTF8_ONLY)
+        lines = LineReader(fh, str(path), encoding=encoding, keep_ends=True, max_bytes=4 * CSV_FIELD_LIMIT,
+                           hint=_hint(encoding))
         for number, row in strict_csv_rows(lines, str(path), delimiter=delimiter):
             # number: the line where the row starts (the header is line 1)
             yield number, {k: (v if v != "" else None) for k, v in row.items()}
 
 
-def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_parquet(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
+    # parquet stores its strings as UTF-8: there is no encoding to choose
     yield from parquet_rows(open_parquet(path, extra="train"), str(path))
 
 
-def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_rows(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line or row, record) of one training file; text files are decoded with ``encoding``."""
     suffix = path.suffix.lower()
+    check_encoding(encoding)  # an unknown codec is named before the file is opened
     if suffix == ".jsonl":
-        return _iter_jsonl(path)
+        return _iter_jsonl(path, encoding)
     if suffix == ".json":
-        return _iter_json(path)
+        return _iter_json(path, encoding)
     if suffix in (".csv", ".tsv"):
-        return _iter_csv(path)
+        return _iter_csv(path, encoding)
     if suffix == ".parquet":
-        return _iter_parquet(path)
+        return _iter_parquet(path, encoding)
     raise M3EError(f"{path}: unsupported file type {suffix!r} (use {', '.join(FILE_SUFFIXES)})")
 
 
-def _load_rows(rows: Iterable[tuple[int | None, Mapping[str, Any]]], source: str, name: str, forced: str | None) -> TrainingDataset:
+def _records(rows: Iterable[tuple[int | None, Mapping[str, Any]]], source: str,
+             forced: str | None) -> Iterator[tuple[Schema, int | None, Record]]:
+    """(schema, line, record) of parsed rows, the schema detected from the first row."""
     schema: Schema | None = None
-    records: list[Record] = []
     for lineno, row in rows:
         if schema is None:
             try:
                 schema = detect_schema(row.keys(), forced)
             except M3EError as exc:
                 raise InputError(str(exc), path=source, line=lineno) from None
-        records.append(make_record(row, schema, (source, lineno)))
+        yield schema, lineno, make_record(row, schema, (source, lineno))
     if schema is None:
         raise InputError("no records", path=source)
+
+
+def _load_rows(rows: Iterable[tuple[int | None, Mapping[str, Any]]], source: str, name: str, forced: str | None) -> TrainingDataset:
+    found: Schema | None = None
+    records: list[Record] = []
+    for schema, _line, record in _records(rows, source, forced):
+        found = schema
+        records.append(record)
+    assert found is not None  # _records raises "no records" otherwise
+    schema = found
     return TrainingDataset(name, schema.type, records, source=source, columns=(schema.query, schema.pos, schema.neg or ""))
 
 
-def load_file(path: str | Path, record_type: str | None = None, name: str | None = None) -> TrainingDataset:
+def training_files(source: str | Path) -> list[Path]:
+    """The training files a path names: the file itself, or a directory's supported files sorted by name."""
+    p = Path(source).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in FILE_SUFFIXES)
+        if not files:
+            raise M3EError(f"{p}: no {', '.join(FILE_SUFFIXES)} files in this directory")
+        return files
+    if not p.is_file():
+        raise M3EError(f"{p}: no such file")
+    return [p]
+
+
+def stream_file(path: Path, record_type: str | None = None, *,
+                encoding: str = "utf-8") -> Iterator[tuple[str, int | None, Record]]:
+    """(record type, line, record) of one training file, a record at a time: for passes over data that need
+    not be held (mining); the file's errors are those :func:`load_file` raises."""
+    for schema, line, record in _records(iter_rows(path, encoding), str(path), record_type):
+        yield schema.type, line, record
+
+
+def load_file(path: str | Path, record_type: str | None = None, name: str | None = None, *,
+              encoding: str = "utf-8") -> TrainingDataset:
     p = Path(path).expanduser()
     if not p.is_file():
         raise M3EError(f"{p}: no such file")
-    return _load_rows(iter_rows(p), str(p), name or p.stem, record_type)
+    ds = _load_rows(iter_rows(p, encoding), str(p), name or p.stem, record_type)
+    ds.encoding = encoding
+    return ds
 
 
-def load_source(source: Any, record_type: str | None = None, name: str | None = None) -> list[TrainingDataset]:
-    """One source -> datasets. A directory gives one dataset per supported file (sorted by name)."""
+def load_source(source: Any, record_type: str | None = None, name: str | None = None, *,
+                encoding: str = "utf-8") -> list[TrainingDataset]:
+    """One source -> datasets. A directory gives one dataset per supported file (sorted by name); text files
+    are decoded with ``encoding``."""
     if isinstance(source, TrainingDataset):
         return [source]
     if isinstance(source, str | Path):
         p = Path(source).expanduser()
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in FILE_SUFFIXES)
-            if not files:
-                raise M3EError(f"{p}: no {', '.join(FILE_SUFFIXES)} files in this directory")
-            return [load_file(f, record_type) for f in files]
-        return [load_file(p, record_type, name)]
+            return [load_file(f, record_type, encoding=encoding) for f in training_files(p)]
+        return [load_file(p, record_type, name, encoding=encoding)]
     # Hugging Face datasets: a DatasetDict gives one dataset per split.
     if isinstance(source, Mapping) and source and all(hasattr(v, "column_names") for v in source.values()):
         out: list[TrainingDataset] = []
@@ -310,19 +362,20 @@ def load_source(source: Any, record_type: str | None = None, name: str | None = 
             return list(rows)
         out = []
         for item in rows:
-            out.extend(load_source(item, record_type))
+            out.extend(load_source(item, record_type, encoding=encoding))
         return out
     raise M3EError(f"cannot read training data from a {type(source).__name__}")
 
 
-def load_datasets(sources: Any, record_type: str | None = None) -> list[TrainingDataset]:
-    """Many sources (paths, directories, HF datasets, lists of dicts) -> a flat list of datasets, names unique."""
+def load_datasets(sources: Any, record_type: str | None = None, *, encoding: str = "utf-8") -> list[TrainingDataset]:
+    """Many sources (paths, directories, HF datasets, lists of dicts) -> a flat list of datasets, names unique;
+    text files are decoded with ``encoding``."""
     single = isinstance(sources, str | Path | TrainingDataset) or hasattr(sources, "column_names")
     if single or (isinstance(sources, list) and sources and isinstance(sources[0], Mapping)):
         sources = [sources]
     datasets: list[TrainingDataset] = []
     for src in sources:
-        datasets.extend(load_source(src, record_type))
+        datasets.extend(load_source(src, record_type, encoding=encoding))
     if not datasets:
         raise M3EError("no training data given")
     return unique_names(datasets)
@@ -351,4 +404,5 @@ def attach_teacher_vectors(ds: TrainingDataset, vectors: Any, side: str | None =
     recs = [Record(r.text, vector=tuple(float(x) for x in v)) for r, v in zip(ds.records, vecs, strict=True)]
     if side not in (None, "query", "document"):
         raise M3EError(f"{ds.source}: side must be query or document, not {side!r}")
-    return TrainingDataset(ds.name, "distill", recs, source=ds.source, weight=ds.weight, side=side)
+    return TrainingDataset(ds.name, "distill", recs, source=ds.source, weight=ds.weight, side=side,
+                           encoding=ds.encoding)

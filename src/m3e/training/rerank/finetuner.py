@@ -67,7 +67,8 @@ class RerankFineTuner:
         if record_type is not None:
             options["record_type"] = record_type
         forced = options.get("record_type", config.record_type if config is not None else None)
-        datasets = load_datasets(dataset, forced)
+        encoding = options.get("encoding", config.encoding if config is not None else "utf-8")
+        datasets = load_datasets(dataset, forced, encoding=encoding)
         seed = int(options.get("seed", config.seed if config is not None else TrainConfig.seed))
         start = starting_reranker(model_name_or_path, device=device, seed=seed)
         return cls(start.reranker, datasets, model_name_or_path, origin=start.origin, config=config, **options)
@@ -113,7 +114,7 @@ class RerankFineTuner:
         if teacher is not None:
             attach_teacher_scores(self.datasets, teacher, device=str(self.model.device))
         if eval_data is not None:
-            groups = evaluation_groups(load_datasets(eval_data, "triplet"))
+            groups = evaluation_groups(load_datasets(eval_data, "triplet", encoding=config.encoding))
             return self.datasets, HeldOut(groups, f"{len(groups)} groups of {_describe(eval_data)}"), teacher
         if eval_split is not None:
             kept, held_out = hold_out(self.datasets, eval_split, config.seed)

@@ -91,7 +91,7 @@ def record_line(ds: TrainingDataset, index: int) -> int | None:
     path = Path(ds.source)
     if not path.is_file():
         return None
-    for i, (line, _row) in enumerate(iter_rows(path)):
+    for i, (line, _row) in enumerate(iter_rows(path, ds.encoding)):
         if i == index:
             return line
     return None
