@@ -92,10 +92,13 @@ class EncodeSpec:
 
 
 def load_spec_model(spec: EncodeSpec) -> EmbeddingModel:
+    """The model as an actor runs it: ``spec.threads`` threads for torch and for the backends (ONNX Runtime,
+    OpenVINO), which read M3E_NUM_THREADS when they load; an actor's process is its own, so setting it is safe."""
     import torch
 
     from m3e.loading import load_model
 
+    os.environ["M3E_NUM_THREADS"] = str(max(1, spec.threads))
     torch.set_num_threads(max(1, spec.threads))
     return load_model(spec.model, backend=spec.backend, max_length=spec.max_length, pooling=spec.pooling,
                       query_prompt=spec.query_prompt, document_prompt=spec.document_prompt)
@@ -136,8 +139,9 @@ class ShardEncoder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         reports: dict[str, list[Any]] = {"shard": [], "part": [], "rows": [], "seconds": [], "pid": [],
-                                         "node": [], "error": []}
+                                         "node": [], "error": [], "started": [], "finished": []}
         for shard in batch["shard"]:
+            reports["started"].append(time.time())  # wall clock: comparable across the processes of one machine
             t0 = time.perf_counter()
             try:
                 part, rows = self.encode_shard(Path(str(shard)))
@@ -149,6 +153,7 @@ class ShardEncoder:
             reports["part"].append(part)
             reports["rows"].append(rows)
             reports["seconds"].append(time.perf_counter() - t0)
+            reports["finished"].append(time.time())
             reports["pid"].append(os.getpid())
             reports["node"].append(self.node)
         return {k: np.asarray(v) for k, v in reports.items()}
