@@ -1,11 +1,15 @@
 """A search index: a corpus chunked, embedded by one model and segmented into words, stored in a vector store.
 
 Data flow: corpus reader -> documents -> chunks -> batches -> model.encode_documents (the dense side)
-and m3e.lexical words (the sparse side, BM25) -> store.add (one row holds both) -> commit (index.json). Every operation is streamed in batches of whole
-documents, so memory stays bounded by the batch size and the longest document.
+and m3e.lexical words (the sparse side, BM25) -> store.add (one row holds both) -> commit (index.json). Every
+operation is streamed in batches of whole documents of up to ``batch_chunks`` chunks; a document with more
+chunks than that is chunked lazily and written in batches of ``batch_chunks`` of its own chunks, so memory
+stays bounded by the batch size (and the longest document's text), not by a document's chunk count.
 
-* ``build`` checkpoints after every batch (the index records how many documents of the
-  corpus are stored); an interrupted build resumes from there without re-encoding.
+* ``build`` checkpoints after every batch that ends a document (the index records how many documents of the
+  corpus are stored); an interrupted build resumes from there without re-encoding. The batches of one long
+  document are one unit: they are committed together after its last one, and a build stopped within them
+  keeps none of them and resumes at that document.
 * ``add`` / ``update`` / ``delete`` are all-or-nothing: they commit once, at the end, by
   replacing index.json; until then readers see the previous state, and a crash leaves it.
 
@@ -33,7 +37,7 @@ import numpy as np
 
 from m3e.errors import InputError, M3EError, as_os_error, describe_os_error
 from m3e.fusion import Fusion, fuse
-from m3e.index.chunking import Chunk, check_chunking, chunk_document, chunk_document_by_tokens
+from m3e.index.chunking import Chunk, check_chunking, iter_chunks, iter_chunks_by_tokens
 from m3e.index.corpus import CorpusReader, Document
 from m3e.index.engines import check_engine, open_store
 from m3e.index.meta import FORMAT, META_NAME, check_model, model_signature, read_index_meta, write_meta
@@ -123,6 +127,16 @@ class WriteReport:
     skipped_docs: int = 0  # documents already stored (resume) and not re-encoded
     replaced_docs: int = 0  # documents that replaced an earlier version (upsert)
     deleted_chunks: int = 0
+
+
+@dataclass
+class _Piece:
+    """A document's chunks within one batch: all of them, or a part of a long document's."""
+
+    doc: Document
+    chunks: list[Chunk]
+    first: bool  # the document's first chunks: its id is checked (and, on upsert, its old version removed) here
+    last: bool = False  # the document's last chunks: it is complete once this piece is written
 
 
 class Index:
@@ -272,40 +286,51 @@ class Index:
             self._commit()
 
     # ------------------------------------------------------------------ writes
-    def _batches(
-        self, docs: Iterable[Document], batch_chunks: int
-    ) -> Iterator[list[tuple[Document, list[Chunk]]]]:
-        chunking = self.meta["chunking"]
-        size, overlap = chunking["size"], chunking["overlap"]
-        by_tokens = chunking.get("unit") == "tokens"
-        batch: list[tuple[Document, list[Chunk]]] = []
+    def _batches(self, docs: Iterable[Document], batch_chunks: int) -> Iterator[list[_Piece]]:
+        """Batches of whole documents, flushed once they hold ``batch_chunks`` chunks; a document with more
+        chunks than that is cut into pieces of ``batch_chunks`` chunks, each a batch of its own (after the
+        whole documents before it), its last piece closing the document in a batch as usual."""
+        batch: list[_Piece] = []
         n = 0
         for doc in docs:
-            if by_tokens:
-                chunks = chunk_document_by_tokens(doc.id, doc.text, size, overlap, self.model.tokenizer)
-            else:
-                chunks = chunk_document(doc.id, doc.text, size, overlap)
-            batch.append((doc, chunks))
-            n += len(chunks)
+            piece = _Piece(doc, [], first=True)
+            for chunk in self._chunks(doc):
+                if len(piece.chunks) >= batch_chunks:  # the document alone fills a batch, and has more
+                    if batch:
+                        yield batch
+                        batch, n = [], 0
+                    yield [piece]
+                    piece = _Piece(doc, [], first=False)
+                piece.chunks.append(chunk)
+            piece.last = True
+            batch.append(piece)
+            n += len(piece.chunks)
             if n >= batch_chunks:
                 yield batch
                 batch, n = [], 0
         if batch:
             yield batch
 
-    def _write_batch(self, batch: list[tuple[Document, list[Chunk]]], upsert: bool, source: str,
-                     report: WriteReport, building: bool = False) -> None:
-        ids = [doc.id for doc, _ in batch]
+    def _chunks(self, doc: Document) -> Iterator[Chunk]:
+        chunking = self.meta["chunking"]
+        size, overlap = chunking["size"], chunking["overlap"]
+        if chunking.get("unit") == "tokens":
+            return iter_chunks_by_tokens(doc.id, doc.text, size, overlap, self.model.tokenizer)
+        return iter_chunks(doc.id, doc.text, size, overlap)
+
+    def _write_batch(self, batch: list[_Piece], upsert: bool, source: str, report: WriteReport,
+                     building: bool = False) -> None:
+        starting = [piece.doc for piece in batch if piece.first]  # a document's id is checked at its first piece
         seen: dict[str, Document] = {}
-        for doc, _ in batch:
+        for doc in starting:
             if doc.id in seen:
                 raise InputError(f"duplicate document id {doc.id!r} (also on line {seen[doc.id].line})",
                                  path=source, line=doc.line)
             seen[doc.id] = doc
-        existing = self.store.existing_docs(ids)
+        existing = self.store.existing_docs([doc.id for doc in starting]) if starting else set()
         if existing:
             if not upsert:
-                first = next(doc for doc, _ in batch if doc.id in existing)
+                first = next(doc for doc in starting if doc.id in existing)
                 if building:  # stored by this build: an earlier record of the same corpus has this id
                     raise InputError(f"duplicate document id {first.id!r} (an earlier record has it)", path=source,
                                      line=first.line)
@@ -314,15 +339,15 @@ class Index:
             report.deleted_chunks += self.store.delete_docs(sorted(existing))
             report.replaced_docs += len(existing)
         sparse = self.sparse
-        rows = [Row(c.chunk_id, c.doc_id, c.chunk, c.start, c.end, c.text, doc.metadata,
+        rows = [Row(c.chunk_id, c.doc_id, c.chunk, c.start, c.end, c.text, piece.doc.metadata,
                     terms=_terms(c.text, sparse) if sparse else [])
-                for doc, chunks in batch for c in chunks]
+                for piece in batch for c in piece.chunks]
         vectors = np.asarray(
             self.model.encode_documents([r.text for r in rows], normalize=True, show_progress=False),
             dtype=np.float32,
         ).reshape(len(rows), -1)
         self.store.add(rows, vectors)
-        report.docs += len(batch)
+        report.docs += sum(piece.last for piece in batch)
         report.chunks += len(rows)
 
     def build_from(self, reader: CorpusReader, *, batch_chunks: int = DEFAULT_BATCH_CHUNKS,
@@ -354,11 +379,15 @@ class Index:
                 if i >= done:
                     yield doc
 
+        committed_chunks = 0  # chunks this run has committed; the rest of report.chunks waits for a document's end
         try:
             for batch in self._batches(pending(), batch_chunks):
                 self._write_batch(batch, upsert=False, source=str(reader.path), report=report, building=True)
-                self._commit(docs_done=done + report.docs)
-                bar.update(done + report.docs, self.meta["state"]["chunks"], reader.fraction)
+                if batch[-1].last:  # a document's batches are committed together, with its last one
+                    self._commit(docs_done=done + report.docs)
+                    committed_chunks = report.chunks
+                bar.update(done + report.docs,
+                           self.meta["state"]["chunks"] + report.chunks - committed_chunks, reader.fraction)
         except BaseException as exc:
             # Keep the checkpointed batches for a resume; drop the half-written one.
             self._rollback(self.meta["state"].get("engine") or {})
