@@ -54,7 +54,8 @@ VENVS: dict[str, tuple[list[str], bool]] = {
     "st": ([f"sentence-transformers=={ST6}"], True),
     "st-openvino": ([f"sentence-transformers[openvino]=={ST6}"], True),
     "st5-onnx": ([f"sentence-transformers[onnx]=={ST5}"], True),
-    "st5-openvino": ([f"sentence-transformers[openvino]=={ST5}", "datasets"], True),
+    # pip pairs 5.7's optimum-intel with an OpenVINO that no longer has openvino.runtime, which it imports
+    "st5-openvino": ([f"sentence-transformers[openvino]=={ST5}", "openvino<2026", "datasets"], True),
     "infinity": (["infinity-emb[optimum]==0.0.78"], True),
     "fastembed": (["fastembed==0.9.1"], False),
 }
@@ -225,13 +226,21 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     venvs = args.work / "venvs"
     common = {"work": str(args.work), "calibration": calibration, "threads": args.threads}
-    if "fastembed" in peers:
+    if "fastembed" in peers or "infinity" in peers:
         common["onnx_dir"] = str(onnx_dir(model_dir, args.work / "onnx-model"))
-    if "infinity" in peers:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from serve_load import infinity_model_dir
+    sys.path.insert(0, str(Path(__file__).parent))
+    from serve_load import infinity_model_dir
 
-        common["infinity_dir"] = str(infinity_model_dir(str(model_dir), args.work / "infinity-model"))
+    # transformers 4 (sentence-transformers 5.7, infinity) reads the tokenizer of a copy whose class is renamed
+    transformers4_dir = str(infinity_model_dir(str(model_dir), args.work / "model-transformers4"))
+    for spec in specs:
+        if spec.venv in ("st5-onnx", "st5-openvino"):
+            spec.options["model_dir"] = transformers4_dir
+    if "infinity" in peers:
+        # its optimum engine looks for an ONNX file in the model directory and exports none itself
+        infinity_dir = infinity_model_dir(str(model_dir), args.work / "infinity-model")
+        shutil.copy(Path(common["onnx_dir"]) / "model.onnx", infinity_dir / "model.onnx")
+        common["infinity_dir"] = str(infinity_dir)
 
     workers: list[Worker] = []
     skipped: dict[str, str] = {}

@@ -165,7 +165,9 @@ def main() -> None:
                     torch.set_num_threads(threads)
                 except ImportError:
                     pass
-                engine = KINDS[command["kind"]](command["model"], command["backend"], command["options"])
+                # a copy whose tokenizer files transformers 4 reads, for the peers still on it
+                model = command["options"].get("model_dir") or command["model"]
+                engine = KINDS[command["kind"]](model, command["backend"], command["options"])
                 answer: dict[str, Any] = {"ok": True, "info": getattr(engine, "info", {})}
             elif op == "encode":
                 assert engine is not None
