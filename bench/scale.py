@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import shutil
 import statistics
 import sys
@@ -124,6 +125,10 @@ def bench_encode(args: argparse.Namespace) -> dict[str, Any]:
 
     texts = real_texts(args.texts)
     os.environ["M3E_NUM_THREADS"] = "1"  # one thread for torch and for the backends: a rate per core
+    # The local Ray's token, given before Ray is first imported: Ray would otherwise write one to ~/.ray, which
+    # later `ray start` clusters on this machine would pick up.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     torch.set_num_threads(1)
     rates: dict[str, float] = {}
     for backend in args.backends.split(","):

@@ -6,9 +6,11 @@ the missing shards, Ray Data users' encode_dataset, and an index built from what
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -22,7 +24,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import ray  # the ray extra (in dev): a missing Ray fails the suite instead of skipping
+
+from m3e.errors import M3EError
+
+# The ray extra (in dev): a missing Ray fails the suite instead of skipping. Ray itself is imported by the
+# cluster fixture, after it has set the authentication Ray reads when it is first imported.
+assert importlib.util.find_spec("ray") is not None, "ray (the ray extra, in dev) must be installed"
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL, ray start")]
 
@@ -68,6 +75,11 @@ def ray_cluster() -> Iterator[str]:
     """A head node and a worker node on two loopback addresses; the test process joins as the driver."""
     root = Path(tempfile.mkdtemp(prefix="m3eray", dir="/tmp"))  # short: Ray's socket paths live under it
     port = _free_port()
+    # Token authentication with a token of this test's own (the nodes listen on every interface), given to the
+    # nodes, this process (the driver) and the `m3e encode` processes the tests start.
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    saved = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     procs = []
     try:
@@ -88,6 +100,8 @@ def ray_cluster() -> Iterator[str]:
         procs.append(_ray_start([f"--address={address}", f"--node-ip-address={WORKER_IP}",
                                  f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={root}/w"],
                                 root / "worker.log", env))
+        import ray
+
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
         while len([n for n in ray.nodes() if n["Alive"]]) < 2:
             if time.monotonic() > deadline:
@@ -95,9 +109,15 @@ def ray_cluster() -> Iterator[str]:
             time.sleep(0.5)
         yield address
     finally:
-        ray.shutdown()
+        if "ray" in sys.modules:
+            sys.modules["ray"].shutdown()
         _stop(procs)
         shutil.rmtree(root, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _texts(n: int, seed: int = 0) -> list[str]:
@@ -170,6 +190,28 @@ def test_20k_texts_on_two_nodes_equal_one_process(ray_cluster, tiny_st_model_dir
     single = np.asarray(m3e.load(str(tiny_st_model_dir)).encode(texts, show_progress=False), dtype=np.float32)
     np.testing.assert_allclose(vectors, single[order], rtol=0, atol=1e-5)
     assert [m["n"] for m in metadata] == [i % 7 for i in order]  # passthrough fields
+    # Parts written with other settings are not mixed with new ones.
+    with pytest.raises(M3EError, match=r"other settings \(normalize\)"):
+        encode_shards(str(tmp_path / "in" / "*.jsonl"), tmp_path / "out",
+                      EncodeSpec(model=str(tiny_st_model_dir), backend="torch", metadata_fields=("n",),
+                                 normalize=False), address=ray_cluster)
+
+
+def test_bad_input_on_the_cluster_is_one_line_with_file_and_line(ray_cluster, tiny_st_model_dir, tmp_path, capsys):
+    from m3e.cli import main
+
+    _write_shards(tmp_path / "in", _texts(10), 5)
+    (tmp_path / "in" / "shard999.jsonl").write_text('{"id": "a", "text": "好"}\n{broken\n', encoding="utf-8")
+    args = ["encode", "-i", str(tmp_path / "in" / "*.jsonl"), "-o", str(tmp_path / "out"), "--ray", ray_cluster,
+            "--model", str(tiny_st_model_dir), "--backend", "torch", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("shard999.jsonl:2: invalid JSON (Expecting property name enclosed in double quotes at "
+                        "column 2)"), err
+    assert not list((tmp_path / "out").glob("*shard999*"))  # the broken shard has no part; fixed, it runs again
+    assert main(["encode", "x", "--ray"]) == 2 and "--ray reads files" in capsys.readouterr().err
+    assert main(["encode", "-i", "in/*.jsonl", "--ray", "-o", "v.npy"]) == 2
+    assert "output directory" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("single_thread")
