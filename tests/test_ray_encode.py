@@ -278,29 +278,30 @@ def test_an_interrupted_run_resumes_with_the_missing_shards_and_survives_a_kille
     assert np.isfinite(vectors).all()
 
 
-def test_index_built_on_the_cluster_searches_as_a_local_build(ray_cluster, tiny_st_model_dir, tmp_path):
+def test_index_built_on_the_cluster_searches_as_a_local_build(ray_cluster, tiny_st_model_dir, tmp_path, capsys):
     import m3e
-    from m3e.distributed import build_index_ray
-    from m3e.index import build_index
+    from m3e.cli import main
+    from m3e.index import Index, build_index
     from tests.test_index_store import corpus_records, write_jsonl
 
     records = corpus_records()
-    shards = [write_jsonl(tmp_path / f"c{s}.jsonl", records[s::3]) for s in range(3)]
-    model = m3e.load(str(tiny_st_model_dir))
-    options = {"chunk_size": 60, "overlap": 10}
-    index, encoded, loaded = build_index_ray(str(tmp_path / "c*.jsonl"), tmp_path / "idx", model,
-                                             model_source=str(tiny_st_model_dir), address=ray_cluster,
-                                             shard_progress=None, **options)
-    assert (encoded.encoded, loaded.docs) == (3, len(records)) and index.status == "ready"
+    for s in range(3):
+        write_jsonl(tmp_path / f"c{s}.jsonl", records[s::3])
+    assert main(["index", "build", str(tmp_path / "c*.jsonl"), "--ray", ray_cluster, "--model", str(tiny_st_model_dir),
+                 "--backend", "torch", "--out", str(tmp_path / "idx"), "--chunk-size", "60", "--overlap", "10",
+                 "--no-progress"]) == 0
+    assert "(3 shards encoded on the cluster, 0 already done;" in capsys.readouterr().out
     assert len(list((tmp_path / "idx.parts").glob("part-*.parquet"))) == 3
+    model = m3e.load(str(tiny_st_model_dir))
     local, _ = build_index(write_jsonl(tmp_path / "all.jsonl", [r for s in range(3) for r in records[s::3]]),
-                           tmp_path / "local", model, model_source=str(tiny_st_model_dir), progress=False, **options)
-    assert index.meta["state"]["chunks"] == local.meta["state"]["chunks"]
-    for query in ("保险理赔", "insurance", "天气很好"):
-        for mode in ("dense", "sparse", "hybrid"):
-            got, want = index.search(query, k=5, mode=mode), local.search(query, k=5, mode=mode)
-            assert [h.chunk_id for h in got] == [h.chunk_id for h in want], (query, mode)
-            assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
-    index.close()
+                           tmp_path / "local", model, model_source=str(tiny_st_model_dir), progress=False,
+                           chunk_size=60, overlap=10)
+    with Index.open(tmp_path / "idx") as index:
+        assert index.status == "ready" and index.meta["state"]["docs"] == len(records)
+        assert index.meta["state"]["chunks"] == local.meta["state"]["chunks"]
+        for query in ("保险理赔", "insurance", "天气很好"):
+            for mode in ("dense", "sparse", "hybrid"):
+                got, want = index.search(query, k=5, mode=mode), local.search(query, k=5, mode=mode)
+                assert [h.chunk_id for h in got] == [h.chunk_id for h in want], (query, mode)
+                assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
     local.close()
-    assert shards
