@@ -22,6 +22,8 @@ from m3e.errors import InputError, M3EError
 from tests.test_index_store import corpus_records, first_chunk, write_jsonl
 from tests.test_lexical import BY_HAND, MINI
 
+pytestmark = pytest.mark.slow  # a PostgreSQL server started for the module (about 10 s with the first index)
+
 
 @pytest.fixture(scope="module")
 def pg_url(tmp_path_factory: pytest.TempPathFactory):
@@ -234,7 +236,6 @@ def _relation_size(url: str, table: str) -> int:
         return int(row[0])
 
 
-@pytest.mark.slow  # a subprocess killed mid-write
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_sigkill_during_add_leaves_a_consistent_index(tmp_path, tiny_st_model_dir, pg_url):
     from m3e.cli import main
