@@ -221,6 +221,23 @@ def test_hnsw_search_against_exact_search(tmp_path, pg_url):
     store.close()
 
 
+def test_a_table_belongs_to_one_index(tmp_path, tiny_model, tiny_st_model_dir, pg_url):
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_records()[:3])
+    first, _ = _build(corpus, tmp_path / "a" / "shared", tiny_model, tiny_st_model_dir, pg_url)
+    first.close()
+    # Another index directory of the same name would take the same table: refused, the first index intact.
+    with pytest.raises(M3EError, match=r"table 'shared' already holds the index at .*a/shared; .*--collection"):
+        _build(corpus, tmp_path / "b" / "shared", tiny_model, tiny_st_model_dir, pg_url)
+    assert _table_rows(pg_url, "shared") > 0
+    other, _ = _build(corpus, tmp_path / "b" / "shared", tiny_model, tiny_st_model_dir, pg_url, collection="shared_b")
+    assert other.meta["engine"]["table"] == "shared_b"
+    other.close()
+    # A rebuild of the same index replaces its own table.
+    again, _ = _build(corpus, tmp_path / "a" / "shared", tiny_model, tiny_st_model_dir, pg_url, overwrite=True)
+    assert again.meta["state"]["docs"] == 3
+    again.close()
+
+
 def test_password_in_url_is_refused(tmp_path, tiny_model, tiny_st_model_dir):
     corpus = write_jsonl(tmp_path / "c.jsonl", corpus_records()[:2])
     with pytest.raises(M3EError, match="PGPASSWORD"):

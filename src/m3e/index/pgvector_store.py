@@ -54,6 +54,7 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,50}$")
 MAX_POSITION = 16383  # the largest position a tsvector keeps
 DEFAULT_EF_SEARCH = 100
 _COLUMNS = "chunk_id, doc_id, chunk, start_char, end_char, text, metadata"
+_OWNER = "m3e index at "  # the table's comment: which index directory it belongs to
 
 
 def table_name(name: str) -> str:
@@ -121,7 +122,7 @@ class PgVectorStore:
         self._writing = False
         self._pending: dict[str, Any] = {"chunks": 0, "docs": 0, "terms": 0, "fields": set()}
         if create:
-            self._create()
+            self._create(str(Path(index_dir).resolve()))
             self._committed = 0
         else:
             if not self._exists():
@@ -141,8 +142,22 @@ class PgVectorStore:
         row = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.name,)).fetchone()
         return bool(row and row[0])
 
-    def _create(self) -> None:
+    def _owner(self) -> str | None:
+        """The index directory a table was created for (its comment), or None for a table m3e did not create."""
+        row = self.conn.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", (self.name,)).fetchone()
+        comment = row[0] if row else None
+        return comment.removeprefix(_OWNER) if comment and comment.startswith(_OWNER) else None
+
+    def _create(self, index_dir: str) -> None:
         c = self.conn
+        if self._exists():
+            # A table is replaced only by a new build of the index it belongs to: two index directories with the
+            # same name would otherwise share (and the second would wipe) one table.
+            owner = self._owner()
+            if owner != index_dir:
+                held = f"the index at {owner}" if owner else "data m3e did not create"
+                raise M3EError(f"PostgreSQL table {self.name!r} already holds {held}; name another table with "
+                               "--collection")
         c.execute("CREATE EXTENSION IF NOT EXISTS vector")
         c.execute(self._q("DROP TABLE IF EXISTS {t}, {gens}"))
         c.execute(self._q(
@@ -159,6 +174,9 @@ class PgVectorStore:
         c.execute(self._q("CREATE TABLE {gens} (gen bigint PRIMARY KEY, chunks bigint NOT NULL, docs bigint NOT NULL, "
                           "terms bigint NOT NULL, fields text[] NOT NULL)"))
         c.execute(self._q("INSERT INTO {gens} VALUES (0, 0, 0, 0, '{{}}')"))
+        from psycopg import sql
+
+        c.execute(sql.SQL("COMMENT ON TABLE {t} IS {owner}").format(t=self.table, owner=sql.Literal(_OWNER + index_dir)))
         c.commit()
 
     def _latest_generation(self) -> int:
