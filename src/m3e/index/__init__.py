@@ -2,7 +2,7 @@
 by words or both (hybrid), per chunk or per document.
 
 The store is an existing engine behind one interface (:mod:`m3e.index.store`): LanceDB
-embedded in the index directory by default, or a Qdrant server/cluster by URL.
+embedded in the index directory by default, a PostgreSQL table with pgvector, or a Qdrant server/cluster, by URL.
 """
 
 from m3e.index.chunking import Chunk, chunk_document

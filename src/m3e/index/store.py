@@ -1,8 +1,8 @@
 """The vector-store interface that an index writes to and searches, whatever the engine.
 
 Engines (:mod:`m3e.index.engines` picks one by name): ``lancedb`` (embedded, the default: files in
-the index directory, no server) and ``qdrant`` (a Qdrant server or cluster by URL; its client's
-local mode serves tests). Both store one row per chunk: the vector, the chunk's document id,
+the index directory, no server), ``qdrant`` (a Qdrant server or cluster by URL; its client's
+local mode serves tests) and ``pgvector`` (a PostgreSQL table by URL). Each stores one row per chunk: the vector, the chunk's document id,
 position and offsets, its text, the document's metadata as JSON, each filterable metadata
 field as a string and, in an index with a sparse side, the chunk's words (m3e.lexical) for BM25:
 the dense and the sparse side of a chunk are one row, written and deleted together.
