@@ -80,12 +80,11 @@ class EncodeSpec:
     # Index chunks instead of whole records (m3e index build --ray): the index's chunking and sparse side.
     chunking: dict[str, Any] | None = None
     sparse: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
         """What decides the vectors and rows a part holds (not threads or batch sizes)."""
         out = asdict(self)
-        for key in ("threads", "batch_size", "max_batch_tokens", "extra"):
+        for key in ("threads", "batch_size", "max_batch_tokens"):
             out.pop(key)
         out["metadata_fields"] = list(self.metadata_fields) if self.metadata_fields is not None else None
         return out
