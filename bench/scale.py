@@ -46,6 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 CACHE = Path(os.environ.get("M3E_HOME", "~/.cache/m3e")).expanduser() / "bench" / "scale"
+RAY_TEMP = Path(tempfile.gettempdir()) / f"m3e-scale-ray-{os.getpid()}"  # short: Ray's socket paths live under it
 
 
 def real_texts(n: int, skip: int = 0, long: bool = False) -> list[str]:
@@ -162,6 +163,10 @@ def bench_encode(args: argparse.Namespace) -> dict[str, Any]:
         for n in (1, 2):
             runs[str(n)].append(_ray_run(root, fastest, n))
     shutil.rmtree(root, ignore_errors=True)
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(RAY_TEMP, ignore_errors=True)
     med = {k: statistics.median(r["rate"] for r in v) for k, v in runs.items()}
     return {"texts": len(texts), "mean_chars": sum(map(len, texts)) / len(texts), "per_core": rates,
             "ray_backend": fastest, "shard_texts": args.shard, "runs": runs, "median_rate": med,
@@ -208,7 +213,7 @@ def _ray_run(root: Path, backend: str, actors: int) -> dict[str, Any]:
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
-                 logging_level="WARNING", log_to_driver=False, _temp_dir=str(Path(tempfile.mkdtemp(prefix="r"))))
+                 logging_level="WARNING", log_to_driver=False, _temp_dir=str(RAY_TEMP))
     shutil.rmtree(root / "out", ignore_errors=True)
     shards: list[dict[str, Any]] = []  # the actors' reports: when each shard started and finished, its seconds
     t0 = time.time()
