@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "Fine-tune an embedding model, or (--task rerank) a reranker, on pair / triplet / scored data"),
     "train": ("train", "Run a training recipe (e.g. the default model's) with resumable checkpoints"),
     "mine": ("mine", "Mine hard negatives for pairs with a vector index"),
+    "average": ("average", "Average the weights of models fine-tuned from one start (a model soup)"),
     "serve": ("serve", "Serve an OpenAI-compatible /v1/embeddings API with dynamic batching"),
     "rerank": ("rerank", "Order documents for a query with a cross-encoder reranker"),
     "export": ("export", "Write an optimised inference artefact (int8 / ONNX) next to a model"),
