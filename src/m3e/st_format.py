@@ -166,7 +166,30 @@ def write_hf_files(out: Path, transformer: PreTrainedModel, tokenizer: PreTraine
         config = read_json(out / "config.json")
         config["dtype"] = "float32"
         write_json(out / "config.json", config)
-    tokenizer.save_pretrained(out)
+    _save_tokenizer(tokenizer, out)
+
+
+def _save_tokenizer(tokenizer: Any, out: Path) -> None:
+    """The tokenizer as a property of the model, not of its last call: a fast tokenizer keeps the truncation of
+    the last ``max_length`` it was called with (a training run's 128) and would write it into tokenizer.json and
+    tokenizer_config.json; the loading option ``local_files_only`` is no property either."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    truncation = getattr(backend, "truncation", None)
+    init_kwargs = getattr(tokenizer, "init_kwargs", None)
+    saved = dict(init_kwargs) if isinstance(init_kwargs, dict) else None
+    if backend is not None and truncation:
+        backend.no_truncation()
+    if isinstance(init_kwargs, dict):
+        init_kwargs.pop("max_length", None)
+        init_kwargs.pop("local_files_only", None)
+    try:
+        tokenizer.save_pretrained(out)
+    finally:
+        if backend is not None and truncation:
+            backend.enable_truncation(**{k: v for k, v in truncation.items() if k in ("max_length", "stride", "strategy", "direction")})
+        if saved is not None and isinstance(init_kwargs, dict):
+            init_kwargs.clear()
+            init_kwargs.update(saved)
 
 
 def write_st_modules(out: Path, spec: STModules, *, hidden_size: int, dense: Sequence[Dense] = ()) -> None:

@@ -48,9 +48,31 @@ def average_models(
             state[key] += other[key].float() * (share / total)
     with torch.no_grad():
         first.load_state_dict(state, strict=False)  # integer buffers (position ids) stay the first model's
-    return first.save(output, dtype=dtype)
+    parts = "\n".join(f"- `{p}`: weight {w / total:.3g}" for p, w in zip(models, shares, strict=True))
+    card = f"# {Path(output).name}\n\nThe weighted average of the parameters of models of one start (a model soup):\n\n{parts}\n"
+    return first.save(output, model_card=card, dtype=dtype)
 
 
 def _tokenizer_bytes(path: str | os.PathLike[str]) -> bytes | None:
+    """The tokenizer's vocabulary and pipeline, comparable across saves: its truncation and padding settings (which
+    a training run's max_length leaves behind) are dropped and piece scores rounded (a save writes the last digit
+    of a float32 score in its own way)."""
+    import json
+
     file = Path(path) / "tokenizer.json"
-    return file.read_bytes() if file.is_file() else None
+    if not file.is_file():
+        return None
+    spec = json.loads(file.read_text(encoding="utf-8"))
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    return json.dumps(_rounded(spec), sort_keys=True).encode()
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 5)
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
