@@ -90,6 +90,7 @@ def test_kill9_at_random_points_of_finetune(tmp_path, tiny_st_model_dir):
     cmd = [sys.executable, "-m", "m3e.cli", "finetune", str(tiny_st_model_dir), str(data), "--output", str(out),
            "--batch-size", "16", "--epochs", "2", "--save-steps", "3", "--no-progress"]
     points = []
+    finished = False
     for trial in range(2):
         proc = subprocess.Popen(cmd + (["--resume"] if trial else []), env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
@@ -101,11 +102,16 @@ def test_kill9_at_random_points_of_finetune(tmp_path, tiny_st_model_dir):
         points.append(delay)
         time.sleep(delay)
         _kill(proc)
+        # on a quiet machine a run can finish (final model saved, checkpoints removed) before the random moment
+        finished = (out / "modules.json").is_file() and (out / "loss.csv").is_file()
         for checkpoint in sorted(tmp_path.rglob("checkpoints/step-*")):
             if not checkpoint.name.startswith("."):
                 assert damage(checkpoint) is None, (checkpoint, points, SEED)  # every complete one is intact
-    done = subprocess.run([*cmd, "--resume"], env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, (points, done.stderr[-3000:])
+        if finished:
+            break
+    if not finished:
+        done = subprocess.run([*cmd, "--resume"], env=ENV, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (points, done.stderr[-3000:])
     steps = [int(r.split(",")[0]) for r in (out / "loss.csv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 31)), (points, SEED)
     m3e.load(str(out)).encode(["天气很好"])

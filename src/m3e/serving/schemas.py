@@ -119,7 +119,7 @@ def _parse_input(value: Any) -> tuple[list[str] | None, list[list[int]] | None]:
             raise bad_request("'input' cannot be an empty string.", code="invalid_value")
         check_encodable(value, "input", "'input'")
         return [value], None
-    _check_input_array(value, flat_ids=bool(value) and _is_int(value[0]))
+    _check_input_array(value, flat_ids=isinstance(value, list) and bool(value) and _is_int(value[0]))
     first = value[0]
     if isinstance(first, str):
         return _parse_texts(value), None
