@@ -19,7 +19,7 @@ import re
 from collections import Counter
 
 from m3e.data.corpora import Inputs
-from m3e.data.task_builders import Task, TaskSpec, _meta, _retrieval
+from m3e.data.task_builders import Task, TaskSpec, retrieval_task, task_meta
 from m3e.data.text import hash_order, in_test
 
 SIZES = {"DocEntryRetrieval": 300, "DocSectionRetrieval": 200, "HelpPageRetrieval": 200, "HelpBitextMining": 400}
@@ -79,10 +79,10 @@ def doc_entry_retrieval(inp: Inputs) -> Task:
         if len(query) >= 4 and not query.isupper():  # constants (O_RDONLY) say little in words
             items.append((query, first_sentence(e.description)))
     queries, docs = _title_retrieval(name, items, SIZES[name])
-    meta = _meta(name, "Retrieval", ["eng-Latn"], "ndcg_at_10",
+    meta = task_meta(name, "Retrieval", ["eng-Latn"], "ndcg_at_10",
                  "Python 3.11 documentation: a function, class or exception name in words -> the first sentence "
                  "of its description (short English query, one-sentence definition).", ["python_docs"])
-    return _retrieval(meta, queries, docs)
+    return retrieval_task(meta, queries, docs)
 
 
 def doc_section_retrieval(inp: Inputs) -> Task:
@@ -90,10 +90,10 @@ def doc_section_retrieval(inp: Inputs) -> Task:
     items = [(s.title, long_text(s.paragraphs)) for s in inp.python_docs.sections]
     items = [(t, d) for t, d in items if len(t) >= 4 and len(d) >= LONG_MIN]
     queries, docs = _title_retrieval(name, items, SIZES[name])
-    meta = _meta(name, "Retrieval", ["eng-Latn"], "ndcg_at_10",
+    meta = task_meta(name, "Retrieval", ["eng-Latn"], "ndcg_at_10",
                  f"Python 3.11 documentation: a section title -> the section ({LONG_MIN}-{LONG_MAX} characters of "
                  "technical English, code left out).", ["python_docs"])
-    return _retrieval(meta, queries, docs)
+    return retrieval_task(meta, queries, docs)
 
 
 def help_page_retrieval(inp: Inputs) -> Task:
@@ -105,10 +105,10 @@ def help_page_retrieval(inp: Inputs) -> Task:
         if len(page.title) >= 2 and len(text) >= LONG_MIN // 2:  # Chinese packs about twice the words per char
             items.append((page.title, text))
     queries, docs = _title_retrieval(name, items, SIZES[name])
-    meta = _meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
+    meta = task_meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
                  "LibreOffice help (Chinese): a page title -> the page's paragraphs (long technical Chinese, "
                  "names of menus, commands and options).", ["office_help_zh"])
-    return _retrieval(meta, queries, docs)
+    return retrieval_task(meta, queries, docs)
 
 
 def help_bitext(inp: Inputs) -> Task:
@@ -119,7 +119,7 @@ def help_bitext(inp: Inputs) -> Task:
         if in_test(zh, name) and len(zh) >= 10 and zh not in seen and en not in seen:
             seen.update((zh, en))
             rows.append((zh, en))
-    meta = _meta(name, "BitextMining", ["cmn-Hans", "eng-Latn"], "f1",
+    meta = task_meta(name, "BitextMining", ["cmn-Hans", "eng-Latn"], "f1",
                  "LibreOffice help paragraphs: Chinese -> the English paragraph with the same id (human "
                  "translation).", ["office_help_zh", "office_help_en"])
     meta["pairs"] = [{"sentence1": zh, "sentence2": en} for zh, en in rows[: SIZES[name]]]

