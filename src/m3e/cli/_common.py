@@ -58,3 +58,13 @@ def write_fault(exc: OSError, output: Path, existed: bool) -> FaultError:
     """The one line for a failed atomic write of ``output``: why, and that nothing of it was written."""
     before = "left as it was" if existed else "not created"
     return FaultError(f"{describe_os_error(exc)}; nothing written: {output} {before}")
+
+
+def model_source(name: str | None) -> str:
+    """What the index records to reload its model: an absolute path for local models."""
+    if name is None:
+        from m3e.paths import default_model_path
+
+        return str(default_model_path().resolve())
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name

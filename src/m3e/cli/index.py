@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m3e.cli._common import add_model_options
+from m3e.cli._common import add_model_options, model_source
 from m3e.cli.ray_commands import add_ray_options, run_index_build_ray
 from m3e.errors import FaultError, M3EError, describe_os_error
 from m3e.index.engines import ENGINES
@@ -110,16 +110,6 @@ def _reader(args: argparse.Namespace) -> CorpusReader:
         fields = [f.strip() for f in args.metadata_fields.split(",") if f.strip()]
     return CorpusReader(args.corpus, id_field=args.id_field, text_field=args.text_field,
                         metadata_fields=fields, fmt=args.fmt, encoding=args.encoding)
-
-
-def model_source(name: str | None) -> str:
-    """What the index records to reload its model: an absolute path for local models."""
-    if name is None:
-        from m3e.paths import default_model_path
-
-        return str(default_model_path().resolve())
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
 
 
 def _build(args: argparse.Namespace) -> int:

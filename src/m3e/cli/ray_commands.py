@@ -39,7 +39,7 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 
 def run_encode_ray(args: argparse.Namespace) -> int:
-    from m3e.cli.index import model_source
+    from m3e.cli._common import model_source
     from m3e.distributed import EncodeSpec, encode_shards
     from m3e.distributed.encoding import print_progress
 
@@ -68,7 +68,7 @@ def run_encode_ray(args: argparse.Namespace) -> int:
 
 
 def run_index_build_ray(args: argparse.Namespace) -> int:
-    from m3e.cli.index import model_source
+    from m3e.cli._common import model_source
     from m3e.distributed import build_index_ray
     from m3e.distributed.encoding import print_progress
     from m3e.loading import load_model
