@@ -22,7 +22,7 @@ import contextlib
 import csv
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -244,19 +244,8 @@ class RecordReader:
     def _jsonl(self) -> Iterator[TextRecord]:
         with self._open() as stream:
             lines = LineReader(stream, self.name, encoding=self.encoding, max_bytes=MAX_JSON_LINE_BYTES)
-            for line in lines:
-                self._progress(lines)
-                if not line.text.strip():
-                    continue
-                try:
-                    record = json.loads(line.text)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=self.name,
-                                     line=line.number) from None
-                if not isinstance(record, dict):
-                    raise InputError(f"expected a JSON object, got {type(record).__name__}", path=self.name,
-                                     line=line.number)
-                yield self.record(record, line.number)
+            for number, record in json_objects(lines, self.name, on_line=lambda: self._progress(lines)):
+                yield self.record(record, number)
 
     def _csv(self) -> Iterator[TextRecord]:
         delimiter = "\t" if self.path is not None and self.path.suffix.lower() == ".tsv" else ","
@@ -295,6 +284,25 @@ class RecordReader:
         if missing:
             raise InputError(f"no field {missing[0]!r} to keep", path=self.name, line=line)
         return TextRecord(line, text, doc_id, {k: row[k] for k in self.keep}, truncated)
+
+
+def json_objects(
+    lines: Iterable[Line], name: str, on_line: Callable[[], None] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank JSON line; anything else is an InputError naming file and line.
+    ``on_line`` runs before each line (progress)."""
+    for line in lines:
+        if on_line is not None:
+            on_line()
+        if not line.text.strip():
+            continue
+        try:
+            record = json.loads(line.text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=name, line=line.number) from None
+        if not isinstance(record, dict):
+            raise InputError(f"expected a JSON object, got {type(record).__name__}", path=name, line=line.number)
+        yield line.number, record
 
 
 def record_id(row: dict[str, Any], id_field: str, name: str, line: int) -> str:

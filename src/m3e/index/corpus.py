@@ -9,7 +9,6 @@ records is an error. Each reader also reports how far through the file it is, fo
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from m3e.textio import (
     MAX_JSON_LINE_BYTES,
     LineReader,
     check_encoding,
+    json_objects,
     open_parquet,
     parquet_rows,
     record_id,
@@ -121,17 +121,8 @@ class CorpusReader:
     def _jsonl(self) -> Iterator[Document]:
         with self.path.open("rb") as handle:
             lines = self._lines(handle, max_bytes=MAX_JSON_LINE_BYTES)
-            for line in lines:
-                self._progress(lines)
-                if not line.text.strip():
-                    continue
-                try:
-                    record = json.loads(line.text)
-                except json.JSONDecodeError as exc:
-                    raise self._error(f"invalid JSON ({exc.msg} at column {exc.colno})", line.number) from None
-                if not isinstance(record, dict):
-                    raise self._error("expected a JSON object", line.number)
-                yield self._document(record, line.number)
+            for number, record in json_objects(lines, str(self.path), on_line=lambda: self._progress(lines)):
+                yield self._document(record, number)
 
     def _csv(self) -> Iterator[Document]:
         delimiter = "\t" if self.path.suffix.lower() == ".tsv" else ","

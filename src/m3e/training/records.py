@@ -22,6 +22,7 @@ from m3e.textio import (
     MAX_JSON_LINE_BYTES,
     LineReader,
     check_encoding,
+    json_objects,
     open_parquet,
     parquet_rows,
     strict_csv_rows,
@@ -200,17 +201,8 @@ _UTF8_HINT = ("training files are read as UTF-8: choose another with --encoding 
 
 def _iter_jsonl(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
     with _open(path) as fh:
-        for line in LineReader(fh, str(path), encoding=encoding, max_bytes=MAX_JSON_LINE_BYTES,
-                               hint=_hint(encoding)):
-            if not line.text.strip():
-                continue
-            try:
-                obj = json.loads(line.text)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"invalid JSON: {exc.msg}", path=str(path), line=line.number) from None
-            if not isinstance(obj, dict):
-                raise InputError("each line must be a JSON object", path=str(path), line=line.number)
-            yield line.number, obj
+        lines = LineReader(fh, str(path), encoding=encoding, max_bytes=MAX_JSON_LINE_BYTES, hint=_hint(encoding))
+        yield from json_objects(lines, str(path))
 
 
 def _open(path: Path) -> IO[bytes]:
