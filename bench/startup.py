@@ -8,11 +8,16 @@ runs a second command), timed from the parent: wall clock from spawn to exit, me
 
 - the floor: ``python -c pass``, and ``m3e --help`` (argument parsing, no model);
 - `m3e similarity` and `m3e encode` of one sentence on the default model, with the command line's default
-  backend and with ``--backend torch``;
+  backend (the compiled model recorded by an earlier load on ``auto``: no torch, ``m3e.compiled``) and with
+  ``--backend torch``, and the ratio of each to the torch row;
 - the same with ``--server URL`` against an ``m3e serve`` this script starts (the model stays loaded there);
 - the stages of a local load, each measured inside a fresh process in order: import torch, import
   transformers' BERT model code, import m3e's loader, load the default model (tokenizer + weights +
-  backend), encode one sentence.
+  backend), encode one sentence; and the stages of the compiled start (imports, finding the record,
+  compiling from OpenVINO's blob cache, encoding).
+
+The commands run in rotated rounds (each round runs every command once), so a busy moment of a shared machine
+falls on all of them alike.
 
 Numbers go to docs/benchmarks.md with the machine they were measured on.
 """
@@ -61,14 +66,38 @@ def timed(cmd: Sequence[str]) -> float:
     return elapsed
 
 
-def row(name: str, cmd: Sequence[str], runs: int) -> tuple[str, float, float]:
-    timed(cmd)  # one run first: builds any compiled-model artefact and warms the file cache
-    times = [timed(cmd) for _ in range(runs)]
-    return name, statistics.median(times), min(times)
+COMPILED_STAGES = r"""
+import json, time
+marks = [("start", time.perf_counter())]
+import numpy, tokenizers
+marks.append(("import numpy and tokenizers", time.perf_counter()))
+import openvino
+marks.append(("import openvino", time.perf_counter()))
+from m3e.compiled import LoadRequest, find_compiled
+from m3e.paths import default_model_path
+model = find_compiled(LoadRequest(str(default_model_path().resolve()), "auto"))
+assert model is not None, "no compiled record: run `m3e encode A` once"
+marks.append(("find the compiled record (model files checked), read the tokenizer", time.perf_counter()))
+model.encode(["今天天气很好"])
+marks.append(("compile (blob cache) and encode one sentence", time.perf_counter()))
+print(json.dumps([(name, t - marks[i][1]) for i, (name, t) in enumerate(marks[1:])]))
+"""
 
 
-def stages(runs: int, backend: str) -> list[tuple[str, float, float]]:
-    code = STAGES.replace("BACKEND", repr(backend))
+def rows_rotated(commands: list[tuple[str, Sequence[str]]], runs: int) -> list[tuple[str, float, float]]:
+    """Each command once as a warm-up (in order: the first one leaves the compiled record the others use), then
+    ``runs`` rounds of every command."""
+    for _, cmd in commands:
+        timed(cmd)
+    times: dict[str, list[float]] = {name: [] for name, _ in commands}
+    for round_ in range(runs):
+        for name, cmd in commands[round_ % len(commands):] + commands[: round_ % len(commands)]:
+            times[name].append(timed(cmd))
+    return [(name, statistics.median(times[name]), min(times[name])) for name, _ in commands]
+
+
+def stages(runs: int, backend: str | None) -> list[tuple[str, float, float]]:
+    code = STAGES.replace("BACKEND", repr(backend)) if backend else COMPILED_STAGES
     samples: dict[str, list[float]] = {}
     for _ in range(runs + 1):
         out = subprocess.run([PY, "-c", code], env=ENV, capture_output=True, text=True, check=True).stdout
@@ -105,30 +134,38 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-server", action="store_true", help="skip the --server rows")
     args = parser.parse_args()
-    rows = [
-        row("python -c pass", [PY, "-c", "pass"], args.runs),
-        row("m3e --help", [*M3E, "--help"], args.runs),
-        row("m3e similarity A B (default backend)", [*M3E, "similarity", A, B], args.runs),
-        row("m3e similarity A B --backend torch", [*M3E, "similarity", A, B, "--backend", "torch"], args.runs),
-        row("m3e encode A (default backend)", [*M3E, "encode", A], args.runs),
+    commands: list[tuple[str, Sequence[str]]] = [
+        ("m3e encode A (default backend)", [*M3E, "encode", A]),
+        ("m3e similarity A B (default backend)", [*M3E, "similarity", A, B]),
+        ("m3e similarity A B --backend torch", [*M3E, "similarity", A, B, "--backend", "torch"]),
+        ("m3e encode A --backend torch", [*M3E, "encode", A, "--backend", "torch"]),
+        ("python -c pass", [PY, "-c", "pass"]),
+        ("m3e --help", [*M3E, "--help"]),
     ]
+    proc = None
     if not args.no_server:
         proc, url = serve()
-        try:
-            rows.append(row("m3e similarity A B --server URL", [*M3E, "similarity", A, B, "--server", url], args.runs))
-            rows.append(row("m3e encode A --server URL", [*M3E, "encode", A, "--server", url], args.runs))
-        finally:
+        commands.append(("m3e similarity A B --server URL", [*M3E, "similarity", A, B, "--server", url]))
+        commands.append(("m3e encode A --server URL", [*M3E, "encode", A, "--server", url]))
+    try:
+        rows = rows_rotated(commands, args.runs)
+    finally:
+        if proc is not None:
             proc.terminate()
             proc.wait(30)
-    parts = stages(args.runs, "torch")
-    print(f"cold processes, {args.runs} runs each (after one warm-up run); {os.cpu_count()} CPUs\n")
-    print("| command | median s | min s |\n|---|---:|---:|")
+    torch_row = {name.split(" A")[0]: med for name, med, _ in rows if name.endswith("--backend torch")}
+    print(f"new processes, {args.runs} rotated rounds (after one warm-up run each); {os.cpu_count()} CPUs\n")
+    print("| command | median s | min s | x torch |\n|---|---:|---:|---:|")
     for name, med, low in rows:
-        print(f"| `{name}` | {med:.2f} | {low:.2f} |")
-    print("\n| stage of a local load, in one process | median s | min s |\n|---|---:|---:|")
-    for name, med, low in parts:
-        print(f"| {name} | {med:.2f} | {low:.2f} |")
-    print(f"| total | {sum(m for _, m, _ in parts):.2f} | |")
+        base = torch_row.get(name.split(" A")[0])
+        ratio = f"{base / med:.2f}" if base and name.startswith("m3e ") else ""
+        print(f"| `{name}` | {med:.2f} | {low:.2f} | {ratio} |")
+    for backend, title in (("torch", "a local load on torch"), (None, "the compiled start (default backend)")):
+        parts = stages(args.runs, backend)
+        print(f"\n| stage of {title}, in one process | median s | min s |\n|---|---:|---:|")
+        for name, med, low in parts:
+            print(f"| {name} | {med:.2f} | {low:.2f} |")
+        print(f"| total | {sum(m for _, m, _ in parts):.2f} | |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import m3e
-from m3e.model import CHARS_PER_TOKEN_BUDGET
+from m3e.truncation import CHARS_PER_TOKEN_BUDGET
 
 
 @pytest.fixture(scope="module")

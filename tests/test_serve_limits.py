@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import m3e
-from m3e.model import CHARS_PER_TOKEN_BUDGET
 from m3e.serving import ServeConfig, ServerThread, create_app
+from m3e.truncation import CHARS_PER_TOKEN_BUDGET
 
 LONG = "北京上海广州深圳城市旅游 hello world " * 20_000  # 340,000 characters, the tiny model reads 1,024
 

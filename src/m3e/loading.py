@@ -8,11 +8,23 @@ does; offline, that fails with a message that says how to use a local directory.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from m3e.atomic import write_atomic
+from m3e.compiled import (
+    ENGINES,
+    POOLINGS,
+    CompiledRecord,
+    CompiledTokenizer,
+    LoadRequest,
+    model_files,
+    record_path,
+)
 from m3e.errors import M3EError, ModelNotFoundError
 from m3e.st_format import ST_CONFIG_FILE, STModules, read_dense_layers, read_json, read_st_modules  # no torch
 
@@ -60,6 +72,12 @@ def load_model(
 
         name_or_path = str(default_model_path())
     model_dir, model_id = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
+    # A load that may end on a compiled backend leaves a record for a torch-free start next time
+    # (m3e.compiled); the files are signed before they are read, so a record never vouches for newer files.
+    compiled_request, signed_files = None, None
+    if backend != "torch" and device in (None, "cpu") and query_prompt is None and document_prompt is None:
+        compiled_request = LoadRequest(str(model_dir.resolve()), backend, max_length, pooling)
+        signed_files = model_files(model_dir)
     known = defaults_for(model_id)
     st = read_st_modules(model_dir) or STModules()
 
@@ -104,7 +122,10 @@ def load_model(
         name=model_id or _display_name(model_dir),
         long_text=long_text,
     )
-    return _placed(model, model_dir, device, backend)
+    model = _placed(model, model_dir, device, backend)
+    if compiled_request is not None:
+        remember_compiled(model, compiled_request, signed_files)
+    return model
 
 
 def load_bge_m3(
@@ -305,3 +326,87 @@ def _real_max_length(tokenizer: Any, config: Any) -> int:
 def _display_name(model_dir: Path) -> str:
     # Packaged models live in .../<package>/model or .../m3e/default_model: the directory name says nothing.
     return model_dir.parent.name if model_dir.name in ("model", "default_model") else model_dir.name
+
+
+# Texts whose token ids the record's tokenizer must reproduce before the record is written.
+_PROBE_TEXTS = (
+    "今天天气很好，适合出去散步。",
+    "The quick brown fox jumps over the lazy dog; Ünïcödé, digits 12345 and  extra   spaces.",
+    "如何申请车险理赔? How do I file an auto-insurance claim?",
+    "",
+    "长文本" * 400 + " long text " * 200,
+)
+
+
+# ---------------------------------------------------------------------------------------------- compiled records
+def remember_compiled(model: EmbeddingModel, request: LoadRequest, files: list[list[Any]] | None) -> Path | None:
+    """Write the compiled record of ``model`` (just loaded from ``request.model_dir``, whose files were
+    ``files`` before loading) when it runs on a compiled backend and everything after its transformer can run in
+    numpy; returns the record's path, or None when the model does not qualify. Never raises for I/O: a record
+    that cannot be written only costs the next command its fast start."""
+    try:
+        record = _record_for(model, request, files)
+        if record is None:
+            return None
+        path = record_path(request)
+        write_atomic(path, json.dumps(asdict(record), ensure_ascii=False, indent=1).encode("utf-8"))
+        return path
+    except (OSError, ValueError) as exc:
+        logger.debug("no compiled record for %s: %s", request.model_dir, exc)
+        return None
+
+
+def _record_for(model: EmbeddingModel, request: LoadRequest, files: list[list[Any]] | None) -> CompiledRecord | None:
+    runner_path = getattr(model._runner, "path", None)
+    if (
+        files is None
+        or model.backend not in ENGINES
+        or runner_path is None
+        or len(model.dense)
+        or model.pooling not in POOLINGS
+        or model.long_text != "truncate"
+        or model.device.type != "cpu"
+        or model.source_dir is None
+    ):
+        return None
+    tokenizer_file = _tokenizer_file(model)
+    if tokenizer_file is None:
+        return None
+    record = CompiledRecord(
+        request=asdict(request),
+        backend=model.backend,
+        graph=str(Path(runner_path).resolve()),
+        tokenizer=str(tokenizer_file.resolve()),
+        files=files,
+        name=model.name,
+        dim=model.dim,
+        max_length=model.max_length,
+        pooling=model.pooling,
+        pad_token_id=model.pad_token_id,
+        truncation_side=str(getattr(model.tokenizer, "truncation_side", "right")),
+        prompts=dict(model.prompts),
+        default_prompt_name=model.default_prompt_name,
+        include_prompt=model.include_prompt,
+        do_lower_case=model.do_lower_case,
+        normalize_module=model.normalize_module,
+    )
+    # The Rust tokenizer read from tokenizer.json must give the ids the model's tokenizer gives (a tokenizer
+    # whose Python class changes the file's behaviour does not qualify).
+    tokenizer = CompiledTokenizer(record)
+    for prompt in {"", *record.prompts.values()}:
+        if tokenizer.tokenize(_PROBE_TEXTS, prompt) != model.tokenize(_PROBE_TEXTS, prompt):
+            logger.debug("%s: tokenizer.json gives other ids than the model's tokenizer; no record", model.name)
+            return None
+        if tokenizer.prompt_length(prompt) != model.prompt_length(prompt):
+            return None
+    return record
+
+
+def _tokenizer_file(model: EmbeddingModel) -> Path | None:
+    if not getattr(model.tokenizer, "is_fast", False):
+        return None
+    name_or_path = getattr(model.tokenizer, "name_or_path", "") or ""
+    for directory in (Path(name_or_path), model.source_dir):
+        if directory is not None and (directory / "tokenizer.json").is_file():
+            return directory / "tokenizer.json"
+    return None

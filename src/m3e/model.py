@@ -34,6 +34,7 @@ from m3e.pooling import NEEDS_HIDDEN_STATES, ST_POOLING_MODES, pool
 from m3e.progress import ProgressBar, progress_bar
 from m3e.quantization import quantize_embeddings
 from m3e.st_format import STModules, write_hf_files, write_st_modules
+from m3e.truncation import truncated_token_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -43,10 +44,6 @@ __all__ = ["LONG_TEXT_MODES", "Dense", "EmbeddingModel", "cosine"]
 logger = logging.getLogger(__name__)
 
 LONG_TEXT_MODES = ("truncate", "windows")
-# Characters read per token of max_length when truncating: no tokenizer m3e meets needs more for one token
-# (a CJK character or an English word piece is 1-8), so a cut there leaves the first max_length tokens as they
-# were; whitespace runs and the like, which give fewer tokens, are read further.
-CHARS_PER_TOKEN_BUDGET = 16
 
 @dataclass
 class _Tokenized:
@@ -195,17 +192,10 @@ class EmbeddingModel(nn.Module):
         doubling, in the rare text whose budget gives too few tokens, such as a long run of spaces), so a
         megabyte-long text costs what a short one does.
         """
-        if not texts:
-            return []
         prompt = prompt or ""
-        budget = self.max_length * CHARS_PER_TOKEN_BUDGET
-        out = self._tokenize_truncated(self._prepare([t[:budget] for t in texts], prompt))
-        for i, text in enumerate(texts):
-            reach = budget
-            while len(text) > reach and len(out[i]) < self.max_length:
-                reach *= 2
-                out[i] = self._tokenize_truncated(self._prepare([text[:reach]], prompt))[0]
-        return out
+        return truncated_token_ids(
+            texts, self.max_length, lambda cut: self._prepare(cut, prompt), self._tokenize_truncated
+        )
 
     def _tokenize_truncated(self, texts: list[str]) -> list[list[int]]:
         enc = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from m3e.backends import AUTO, BACKEND_CHOICES
 from m3e.errors import FaultError, describe_os_error
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from m3e.model import EmbeddingModel
 
 
-def add_model_options(parser: argparse.ArgumentParser, positional: bool = False, backend: str = AUTO) -> None:
+def add_model_options(parser: argparse.ArgumentParser, positional: bool = False, backend: str | None = AUTO) -> None:
     if positional:
         parser.add_argument("model", nargs="?", default=None, help="model directory or hub id (default: m3e's default model)")
     else:
@@ -25,7 +25,10 @@ def add_model_options(parser: argparse.ArgumentParser, positional: bool = False,
     parser.add_argument("--pooling", default=None, help="override pooling: mean, cls, max, first_last_mean, last_weighted, ...")
 
 
-def backend_help(default: str) -> str:
+def backend_help(default: str | None) -> str:
+    if default is None:
+        return ("inference backend (default: the compiled engine recorded for this model when an earlier `m3e "
+                "encode` / `serve` ran it on auto, which starts without torch; else torch)")
     if default == AUTO:
         return "inference backend (default: auto, the fastest for this CPU and the installed engines; `m3e info --backends`)"
     return f"inference backend (default: {default}; auto: the fastest for this CPU, `m3e info --backends`)"
@@ -37,10 +40,42 @@ def load_model_from_args(args: argparse.Namespace) -> EmbeddingModel:
     return load_model(
         args.model,
         device=args.device,
-        backend=args.backend,
+        backend=args.backend or "torch",
         max_length=args.max_length,
         pooling=args.pooling,
     )
+
+
+def load_text_model(args: argparse.Namespace) -> EmbeddingModel:
+    """The model of a command that embeds the texts on its command line: the recorded compiled model when there
+    is one for these options (``m3e.compiled``: no torch, no transformers, no fingerprint; about a second), else
+    the model loaded as ``load_model_from_args`` loads it (which leaves such a record when it ends on a compiled
+    backend). ``--backend`` unset means: the compiled model recorded for ``auto`` if any, else torch (a few texts
+    do not pay for building an engine). Typed as the model it stands in for: the callers use only the methods
+    :class:`m3e.compiled.CompiledModel` has."""
+    import logging
+
+    from m3e.compiled import ENGINES, LoadRequest, find_compiled
+
+    requested = args.backend or AUTO
+    if args.device in (None, "cpu") and (requested == AUTO or requested in ENGINES):
+        model_dir = _local_model_dir(args.model)
+        if model_dir is not None:
+            compiled = find_compiled(LoadRequest(model_dir, requested, args.max_length, args.pooling))
+            if compiled is not None:
+                logging.getLogger(__name__).info("running the compiled %s model %s", compiled.backend, compiled.name)
+                return cast("EmbeddingModel", compiled)
+    return load_model_from_args(args)
+
+
+def _local_model_dir(name: str | None) -> str | None:
+    """The resolved directory of a local model (the default model for None); None for a hub id."""
+    if name is None:
+        from m3e.paths import default_model_path
+
+        return str(default_model_path().resolve())
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else None
 
 
 def add_io_options(parser: argparse.ArgumentParser, text_field: str = "text") -> None:

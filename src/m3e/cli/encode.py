@@ -19,7 +19,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from m3e.cli._common import add_io_options, add_model_options, load_model_from_args, write_fault
+from m3e.cli._common import (
+    add_io_options,
+    add_model_options,
+    load_model_from_args,
+    load_text_model,
+    write_fault,
+)
 from m3e.cli.ray_commands import add_ray_options, run_encode_ray
 from m3e.cli.remote import add_server_options, remote_model
 from m3e.errors import InputError, M3EError
@@ -86,7 +92,12 @@ def run(args: argparse.Namespace) -> int:
         reader = RecordReader(args.input, fmt=args.format, field=args.field, id_field=args.id_field, keep=keep,
                               encoding=args.encoding, max_chars=args.max_chars)
         records = reader
-    model = remote_model(args) if args.server else load_model_from_args(args)
+    if args.server:
+        model = remote_model(args)
+    elif args.texts and args.long_text == "truncate":  # a few texts: a recorded compiled model starts fastest
+        model = load_text_model(args)
+    else:
+        model = load_model_from_args(args)
     show = False if args.quiet else args.progress
     progress = EncodeProgress(show, reader)
     if output is None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import unicodedata
 
-from m3e.cli._common import add_model_options, load_model_from_args
+from m3e.cli._common import add_model_options, load_text_model
 from m3e.cli.remote import add_server_options, remote_model
 from m3e.errors import M3EError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="+", help="two or more texts")
-    add_model_options(parser, backend="torch")  # a few texts: not worth compiling an engine for
+    add_model_options(parser, backend=None)  # a few texts: a recorded compiled model, else torch (no engine built)
     add_server_options(parser)
     parser.add_argument("--query", default=None, metavar="TEXT",
                         help="rank the texts against this query (query prompt applied) instead of a matrix")
@@ -39,7 +39,7 @@ def _pad(text: str, width: int) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.query is None and len(args.texts) < 2:
         raise M3EError("give at least two texts")
-    model = remote_model(args) if args.server else load_model_from_args(args)
+    model = remote_model(args) if args.server else load_text_model(args)
     if args.query is not None:
         q = model.encode_queries([args.query])
         d = model.encode_documents(args.texts)

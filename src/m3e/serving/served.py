@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
-from m3e.model import CHARS_PER_TOKEN_BUDGET
 from m3e.serving.errors import ApiError, bad_request
 from m3e.serving.sides import Side, SideChoice, choose_prompt
+from m3e.truncation import CHARS_PER_TOKEN_BUDGET
 
 if TYPE_CHECKING:
     from m3e.model import EmbeddingModel
