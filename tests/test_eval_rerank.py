@@ -51,6 +51,58 @@ def test_candidates_are_reordered_by_the_reranker(tiny_st_model_dir: Path, reran
         assert sorted(got[qid], key=lambda d: -got[qid][d]) == by_cosine  # one candidate: nothing to reorder
 
 
+def test_fused_second_stage_follows_the_weight(tiny_st_model_dir: Path, reranker_dir: Path, tmp_path: Path) -> None:
+    from sentence_transformers import CrossEncoder
+
+    from m3e.fusion import fuse_rerank
+
+    embedder, reranker = m3e.load(str(tiny_st_model_dir)), m3e.load_reranker(str(reranker_dir))
+    assert reranker.rerank_weight is None  # a plain cross-encoder: its order alone
+    corpus, queries = _toy()
+    texts, ids = list(corpus["text"]), list(corpus["id"])
+    cosines = np.asarray(embedder.encode_queries(list(queries["text"]))) @ np.asarray(
+        embedder.encode_documents(texts)).T
+
+    def order(pipeline: RetrieveThenRerank) -> dict[str, list[str]]:
+        pipeline.index(corpus)
+        got = pipeline.search(queries, top_k=len(texts))
+        return {qid: sorted(got[qid], key=lambda d: -got[qid][d]) for qid in got}
+
+    by_embedder = order(RetrieveThenRerank(embedder, reranker, candidates=len(texts), rerank_weight=0.0))
+    for row, qid in enumerate(queries["id"]):
+        assert by_embedder[qid] == [ids[i] for i in np.argsort(-cosines[row], kind="stable")]
+    # a reranker directory that recommends a weight: the pipeline uses it unless told otherwise
+    recommending = reranker.save(tmp_path / "weighted")
+    (recommending / "m3e_rerank.json").write_text('{"rerank_weight": 0.3}', encoding="utf-8")
+    weighted = m3e.load_reranker(str(recommending))
+    assert weighted.rerank_weight == 0.3
+    CrossEncoder(str(recommending), device="cpu")  # still a CrossEncoder directory
+    fused = order(RetrieveThenRerank(embedder, weighted, candidates=len(texts)))
+    for row, (qid, qtext) in enumerate(zip(queries["id"], queries["text"], strict=True)):
+        scores = reranker.predict([(qtext, t) for t in texts], activation="identity")
+        expected = fuse_rerank({ids[i]: float(cosines[row, i]) for i in range(len(ids))},
+                               {ids[i]: float(scores[i]) for i in range(len(ids))}, 0.3)
+        assert fused[qid] == list(expected)
+    assert weighted.save(tmp_path / "again").joinpath("m3e_rerank.json").is_file()  # kept on save
+    (recommending / "m3e_rerank.json").write_text('{"rerank_weight": 3}', encoding="utf-8")
+    with pytest.raises(m3e.M3EError, match="between 0 and 1"):
+        m3e.load_reranker(str(recommending))
+
+
+def test_fuse_rerank_by_hand() -> None:
+    from m3e.fusion import fuse_rerank
+
+    retrieval = {"a": 0.9, "b": 0.7, "c": 0.5}  # min-max: a 1, b 0.5, c 0
+    rerank = {"a": -2.0, "b": 2.0, "c": 0.0}  # min-max: a 0, b 1, c 0.5
+    fused = fuse_rerank(retrieval, rerank, 0.25)  # a 0.75, b 0.625, c 0.125
+    assert list(fused) == ["a", "b", "c"]
+    assert fused["a"] == pytest.approx(0.75) and fused["b"] == pytest.approx(0.625)
+    assert list(fuse_rerank(retrieval, rerank, 0.75)) == ["b", "c", "a"]  # a 0.25, b 0.875, c 0.375
+    assert list(fuse_rerank(retrieval, rerank, 1.0)) == ["b", "c", "a"] and fuse_rerank(retrieval, rerank, 1.0)["b"] == 2.0
+    with pytest.raises(m3e.M3EError):
+        fuse_rerank(retrieval, rerank, 1.5)
+
+
 def test_eval_reports_the_pipeline_beside_the_embedder(tiny_st_model_dir: Path, reranker_dir: Path,
                                                         tmp_path: Path) -> None:
     data = write_toy_tasks(tmp_path / "data")
@@ -64,6 +116,7 @@ def test_eval_reports_the_pipeline_beside_the_embedder(tiny_st_model_dir: Path, 
     assert labels == [name, f"{name}+rerank", "bm25"]
     pipeline = next(m for m in results["models"] if m["label"] == f"{name}+rerank")
     assert pipeline["reranker"]["source"] == str(reranker_dir) and pipeline["candidates"] == 4
+    assert pipeline["rerank_weight"] == 1.0
     rows = {(r["model"], r["task"]): r for r in results["results"]}
     assert rows[(f"{name}+rerank", "ToyInsuranceRetrieval")]["score"] is not None
     assert rows[(f"{name}+rerank", "ToySentimentClassification")]["status"] == "skipped"

@@ -335,6 +335,9 @@ def test_search_reranks_its_candidates(tmp_path, corpus, tiny_st_model_dir, caps
     expected = sorted(nearest, key=lambda h: -float(reranker.predict([(query, h.text)])[0]))[:3]
     assert [h.chunk_id for h in reranked] == [h.chunk_id for h in expected]
     assert all(h.rerank_score is not None for h in reranked)
+    with Index.open(out) as index:  # the reranker's share at 0: the retrieval order stays
+        kept = index.search(query, k=6, rerank=reranker, candidates=6, rerank_weight=0.0)
+    assert [h.chunk_id for h in kept] == [h.chunk_id for h in nearest]
     monkeypatch.setenv("M3E_DEFAULT_RERANKER", str(reranker_dir))  # --rerank with no value: the default
     assert main(["search", out, query, "-k", "3", "--rerank", "--candidates", "6", "--chunks", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]

@@ -4,6 +4,7 @@ windows over long documents, save round-trip, backends."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +131,9 @@ def test_saved_reranker_loads_in_cross_encoder(bert_dir: Path, tmp_path: Path) -
     np.testing.assert_allclose(m3e.load_reranker(str(half)).predict(PAIRS), reranker.predict(PAIRS), atol=2e-3)
 
 
-@pytest.mark.parametrize("backend, tol", [("bf16", 0.02), ("int8", 0.03), ("openvino", 0.02)])  # openvino: bf16 where the CPU has it
+@pytest.mark.parametrize(
+    "backend, tol", [("bf16", 0.02), ("int8", 0.03), ("openvino", 0.02), ("openvino-int8", 0.05)]
+)  # openvino: bf16 where the CPU has it
 def test_backends_keep_the_scores(backend: str, tol: float, xlmr_dir: Path, bert_dir: Path,
                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("M3E_HOME", str(tmp_path))
@@ -139,6 +142,27 @@ def test_backends_keep_the_scores(backend: str, tol: float, xlmr_dir: Path, bert
         fast = m3e.load_reranker(str(path), backend=backend)
         assert fast.backend == backend
         np.testing.assert_allclose(fast.predict(PAIRS), reference, atol=tol)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "openvino-int8"])
+def test_export_writes_the_rerankers_artefact_and_loading_reuses_it(
+    backend: str, bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from m3e.backends import artefacts
+    from m3e.cli import main
+
+    monkeypatch.setenv("M3E_HOME", str(tmp_path / "home"))
+    model_dir = tmp_path / "reranker"
+    shutil.copytree(bert_dir, model_dir)
+    assert main(["export", str(model_dir), "--backend", backend]) == 0
+    meta = artefacts.read_artefact_meta(artefacts.artefact_dir_for(model_dir, backend))
+    assert meta is not None and meta["output"] == "logits"  # the cross-encoder's graph, not an embedder's
+    assert f"scores {backend} vs fp32 on" in capsys.readouterr().err
+    if backend == "openvino-int8":
+        assert meta["quantization"]["measure"] == "Spearman of the scores" and "pairs" in meta["quantization"]["check"]
+    monkeypatch.setattr(artefacts, "build_artefact", lambda *a, **k: pytest.fail("rebuilt"))
+    fast = m3e.load_reranker(str(model_dir), backend=backend)
+    np.testing.assert_allclose(fast.predict(PAIRS), m3e.load_reranker(str(model_dir)).predict(PAIRS), atol=0.05)
 
 
 def test_bad_pairs_and_labels_are_clear_errors(bert_dir: Path) -> None:

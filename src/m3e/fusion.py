@@ -60,6 +60,18 @@ def fuse(dense: Mapping[str, float], sparse: Mapping[str, float], fusion: Fusion
     return {key: fused[key] for key in order}
 
 
+def fuse_rerank(retrieval: Mapping[str, float], rerank: Mapping[str, float], rerank_weight: float) -> dict[str, float]:
+    """Second-stage scores of reranked candidates: ``rerank_weight * minmax(reranker) + (1 - rerank_weight) *
+    minmax(retrieval)`` over the candidates (the weighted fusion above, the reranker in the sparse side's place);
+    best first. A reranker trained briefly carries what the embedder missed without unlearning what it had, so
+    its chosen weight can be below 1; 1 is the reranker's order alone."""
+    if not 0.0 <= rerank_weight <= 1.0:
+        raise M3EError(f"the rerank weight must be between 0 and 1, not {rerank_weight}")
+    if rerank_weight == 1.0:
+        return {key: float(rerank[key]) for key in sorted(rerank, key=lambda key: -rerank[key])}
+    return fuse(retrieval, rerank, Fusion("weighted", dense_weight=1.0 - rerank_weight))
+
+
 def _rrf(scores: Mapping[str, float], k: int) -> dict[str, float]:
     ranked = sorted(scores, key=lambda key: -scores[key])
     return {key: 1.0 / (k + rank) for rank, key in enumerate(ranked, start=1)}

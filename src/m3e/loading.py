@@ -180,7 +180,7 @@ def load_reranker(
     document (its score is the best window's). ``None`` or ``"default"``: the default reranker.
     """
     from m3e.registry import reranker_defaults_for
-    from m3e.reranker import Reranker, activation_from_name
+    from m3e.reranker import Reranker, activation_from_name, read_rerank_weight
 
     if name_or_path is None or name_or_path == "default":
         from m3e.paths import default_reranker_path
@@ -210,6 +210,7 @@ def load_reranker(
         activation=chosen_activation,
         name=model_id or _display_name(model_dir),
         max_windows=max_windows,
+        rerank_weight=read_rerank_weight(model_dir),
     )
     return _placed(reranker, model_dir, device, backend)
 
@@ -225,6 +226,16 @@ def _placed(model: _Loaded, model_dir: Path, device: str | None, backend: str) -
     if backend != "torch":
         model.set_backend(backend)
     return model
+
+
+def is_reranker_dir(model_dir: Path) -> bool:
+    """A sequence classifier's directory: a CrossEncoder's files, or a ``*ForSequenceClassification`` config."""
+    st_config = model_dir / ST_CONFIG_FILE
+    if st_config.is_file() and read_json(st_config).get("model_type") == "CrossEncoder":
+        return True
+    config = model_dir / "config.json"
+    architectures = (read_json(config).get("architectures") or []) if config.is_file() else []
+    return any(str(a).endswith("ForSequenceClassification") for a in architectures)
 
 
 def read_cross_encoder_config(model_dir: Path) -> dict[str, Any]:

@@ -24,13 +24,13 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from m3e.atomic import building_dir
-from m3e.backends import resolve_backend, runner_for
+from m3e.backends import BACKENDS, resolve_backend, runner_for
 from m3e.backends.base import Runner
 from m3e.errors import M3EError
 from m3e.length_sorting import length_sorted_batches
 from m3e.model_card import ModelCard, python_block
 from m3e.progress import progress_bar
-from m3e.st_format import MODULES_FILE, ST_CONFIG_FILE, write_hf_files, write_json
+from m3e.st_format import MODULES_FILE, ST_CONFIG_FILE, read_json, write_hf_files, write_json
 from m3e.version import __version__
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ class Reranker(nn.Module):
         activation: str = "sigmoid",
         name: str = "reranker",
         max_windows: int = 8,
+        rerank_weight: float | None = None,
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -91,6 +92,9 @@ class Reranker(nn.Module):
         self.activation = activation
         self.name = name
         self.max_windows = max_windows
+        # Its share when its score is fused with the retrieval score in retrieve-then-rerank (None: its order
+        # alone); chosen on a dev split when it was trained and kept in the directory's RERANK_FILE.
+        self.rerank_weight = rerank_weight
         self.backend = "torch"
         self.source_dir: Path | None = None
         self._runner: Runner | None = None
@@ -126,10 +130,19 @@ class Reranker(nn.Module):
 
     # ------------------------------------------------------------------ backends
     def set_backend(self, backend: str) -> Reranker:
-        """``torch`` (fp32), ``bf16`` (CPU autocast), ``int8`` (ONNX Runtime), ``openvino`` or ``auto``."""
+        """``torch`` (fp32), ``bf16`` (CPU autocast), ``int8`` (ONNX Runtime), ``openvino``, ``openvino-int8``
+        (NNCF static int8, calibrated on offline (query, passage) pairs) or ``auto``."""
         self._runner, self.backend = None, "torch"  # a failed switch leaves the reranker on torch
         backend = resolve_backend(self, backend)
         self._runner = runner_for(self, backend)
+        self.backend = backend
+        return self
+
+    def use_runner(self, backend: str, runner: Runner) -> Reranker:
+        """Run the transformer with ``runner`` (e.g. one over an artefact just exported) as backend ``backend``."""
+        if backend not in BACKENDS:
+            raise M3EError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self._runner = runner
         self.backend = backend
         return self
 
@@ -329,6 +342,8 @@ class Reranker(nn.Module):
     def _write(self, out: Path, dtype: str | None, model_card: str | None) -> None:
         write_hf_files(out, self.transformer, self.tokenizer, dtype)
         write_cross_encoder_files(out, max_length=self.max_length, activation=self.activation)
+        if self.rerank_weight is not None:
+            write_json(out / RERANK_FILE, {"rerank_weight": self.rerank_weight})
         (out / "README.md").write_text(model_card or self.default_card(), encoding="utf-8")
 
     def default_card(self) -> str:
@@ -345,6 +360,21 @@ class Reranker(nn.Module):
             f"- activation: {self.activation}",
         ])
         return card.section("Use", usage).render()
+
+
+# m3e's own file in a reranker's directory (sentence-transformers ignores it): how retrieve-then-rerank fuses it.
+RERANK_FILE = "m3e_rerank.json"
+
+
+def read_rerank_weight(model_dir: Path) -> float | None:
+    """The fusion weight a reranker directory recommends (None: use the reranker's order alone)."""
+    path = model_dir / RERANK_FILE
+    if not path.is_file():
+        return None
+    value = read_json(path).get("rerank_weight")
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise M3EError(f"{path}: rerank_weight must be a number between 0 and 1")
+    return float(value)
 
 
 def write_cross_encoder_files(out: Path, *, max_length: int, activation: str) -> None:

@@ -40,3 +40,33 @@ def calibration_texts(limit: int = CALIBRATION_TEXTS + HELD_OUT_TEXTS, seed: int
     rng = random.Random(seed)
     rng.shuffle(texts)
     return texts[:limit], source
+
+
+# Training files whose records pair a question or headline with its passage (for a cross-encoder's calibration).
+_PAIR_FILES = ("insuranceqa_qa", "news_headline", "idiom_explanation", "hsk_zh_en")
+
+
+def calibration_pairs(limit: int = CALIBRATION_TEXTS + HELD_OUT_TEXTS, seed: int = 0) -> tuple[list[tuple[str, str]], str]:
+    """(query, passage) pairs to calibrate a cross-encoder on and check it with: each query with its own passage
+    and with another record's (a reranker must order both kinds), and where they came from."""
+    rng = random.Random(seed)
+    train = cache_root() / "data" / "train"
+    rows: list[tuple[str, str]] = []
+    for name in _PAIR_FILES:
+        path = train / f"{name}.jsonl"
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8") as fh:
+            for _, line in zip(range(max(200, limit // len(_PAIR_FILES))), fh, strict=False):
+                row = json.loads(line)
+                if isinstance(row.get("text"), str) and isinstance(row.get("text_pos"), str):
+                    rows.append((row["text"], row["text_pos"]))
+    source = str(train)
+    if len(rows) < limit // 2:
+        texts = [t for t in _BUNDLED.read_text(encoding="utf-8").splitlines() if t.strip()]
+        rows = list(zip(texts[0::2], texts[1::2], strict=False))
+        source = "bundled calibration texts, paired"
+    passages = [p for _, p in rows]
+    pairs = [(q, p if rng.random() < 0.5 else rng.choice(passages)) for q, p in rows]
+    rng.shuffle(pairs)
+    return pairs[:limit], source

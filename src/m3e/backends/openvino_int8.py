@@ -7,7 +7,9 @@ never a benchmark task's texts), or the short mixed Chinese / English file bundl
 data is not built.
 
 Accuracy-aware: after each quantisation the vectors of held-out texts are compared with fp32 (cosine of the
-pooled last hidden state); below :data:`MIN_COSINE` the next, more conservative scope is tried (the
+pooled last hidden state; for a cross-encoder, the rank correlation of held-out (query, document) pairs'
+scores, calibrated on pairs of the same training files); below :data:`MIN_COSINE` (:data:`MIN_SPEARMAN`) the
+next, more conservative scope is tried (the
 attention products kept in float, then every feed-forward output projection too, then the first and last
 layers), so the artefact that is kept is the
 fastest one that holds the target. Its ``meta.json`` records which scope and the cosines measured.
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m3e.backends import artefacts
-from m3e.backends.calibration import HELD_OUT_TEXTS, calibration_texts
+from m3e.backends.calibration import HELD_OUT_TEXTS, calibration_pairs, calibration_texts
 from m3e.backends.openvino import OpenVinoRunner, keep_signal_stack
 from m3e.errors import M3EError
 from m3e.extras import require
@@ -35,7 +37,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 KIND = "openvino-int8"
-MIN_COSINE = 0.995
+MIN_COSINE = 0.995  # an embedder: every held-out text's vector keeps this cosine to fp32
+# A reranker: the held-out pairs' scores keep this rank correlation to fp32 (the agreement bench/rerank.py holds
+# every reranker backend to; its order is what a reranker is for).
+MIN_SPEARMAN = 0.99
 BATCH = 8
 # Scopes kept out of quantisation, tried in order (OpenVINO node-name patterns; {first} / {last} are layer numbers).
 # Measured on the default model (docs/benchmarks.md): quantising the attention products (query x key, weights x
@@ -56,28 +61,38 @@ def write_int8_ir(model: ModelParts, work: Path, out: Path) -> dict[str, Any]:
     import numpy as np
     import openvino as ov
 
-    tokenize = getattr(model, "tokenize_batch", None)
-    if tokenize is None or model.artefact_output != artefacts.OUTPUT:
-        raise M3EError("the openvino-int8 backend is for embedding models; use openvino for a reranker")
+    pairs_model = model.artefact_output != artefacts.OUTPUT  # a cross-encoder: (query, document) -> logits
+    featurize = getattr(model, "pair_features" if pairs_model else "tokenize_batch", None)
+    if featurize is None:
+        raise M3EError(f"the openvino-int8 backend cannot calibrate {model.name!r}: it takes neither texts nor pairs")
     artefacts.export_fp32_onnx(model, work / "fp32.onnx")
     core = ov.Core()
     fp32 = core.read_model(str(work / "fp32.onnx"))
     names = [port.get_any_name() for port in fp32.inputs]
-    texts, source = calibration_texts()
-    # sorted by length within calibration and check sets: batches pad little, like the encode loop's
-    held_out = min(HELD_OUT_TEXTS, len(texts) // 3)  # the bundled file has 58 texts
-    calibrate, check = texts[:-held_out], texts[-held_out:]
+    items: list[Any]
+    if pairs_model:
+        items, source = calibration_pairs()
+        unit, target = "pairs", MIN_SPEARMAN
+    else:
+        items, source = calibration_texts()
+        unit, target = "texts", MIN_COSINE
+    held_out = min(HELD_OUT_TEXTS, len(items) // 3)  # the bundled file has 58 texts
+    calibrate, check = items[:-held_out], items[-held_out:]
 
-    def batches(items: list[str]) -> list[dict[str, np.ndarray]]:
-        items = sorted(items, key=len)
+    def batches(chosen: list[Any]) -> list[dict[str, np.ndarray]]:
+        # sorted by length: batches pad little, as the encode and predict loops' batches do
+        chosen = sorted(chosen, key=lambda x: len(x) if isinstance(x, str) else len(x[0]) + len(x[1]))
         out_batches = []
-        for i in range(0, len(items), BATCH):
-            features = tokenize(items[i : i + BATCH])
+        for i in range(0, len(chosen), BATCH):
+            features = featurize(chosen[i : i + BATCH])
             out_batches.append({n: features[n].numpy().astype(np.int64) for n in names})
         return out_batches
 
     calibration, checks = batches(calibrate), batches(check)
-    reference = _pooled_outputs(core, fp32, checks, model, precision="f32")
+    outputs = _logits if pairs_model else _pooled_outputs
+    fidelity = _spearman if pairs_model else _min_cosine
+    measure = "Spearman of the scores" if pairs_model else "cosine"
+    reference = outputs(core, fp32, checks, model, precision="f32")
     layers = int(getattr(model.transformer.config, "num_hidden_layers", 1) or 1)
     tried: list[dict[str, Any]] = []
     best: tuple[float, Any, str] | None = None
@@ -92,19 +107,16 @@ def write_int8_ir(model: ModelParts, work: Path, out: Path) -> dict[str, Any]:
                 subset_size=len(calibration),
                 ignored_scope=nncf.IgnoredScope(patterns=scope, validate=False) if scope else None,
             )
-        vectors = _pooled_outputs(core, quantized, checks, model)
-        cosines = (vectors * reference).sum(axis=1)
-        result = {"scope": label, "min_cosine": round(float(cosines.min()), 5),
-                  "mean_cosine": round(float(cosines.mean()), 5)}
-        tried.append(result)
-        logger.info("openvino-int8 with %s kept in float: cosine to fp32 min %.4f", label, cosines.min())
-        if best is None or cosines.min() > best[0]:
-            best = (float(cosines.min()), quantized, label)
-        if cosines.min() >= MIN_COSINE:
+        scores = fidelity(outputs(core, quantized, checks, model), reference)
+        tried.append({"scope": label, **scores})
+        logger.info("openvino-int8 with %s kept in float: %s to fp32 %.4f", label, measure, scores["min"])
+        if best is None or scores["min"] > best[0]:
+            best = (float(scores["min"]), quantized, label)
+        if scores["min"] >= target:
             break
     assert best is not None
-    if best[0] < MIN_COSINE:
-        logger.warning("openvino-int8: no scope reached cosine %.3f (best %.4f, %s)", MIN_COSINE, best[0], best[2])
+    if best[0] < target:
+        logger.warning("openvino-int8: no scope reached %s %.3f (best %.4f, %s)", measure, target, best[0], best[2])
     ov.save_model(best[1], str(out), compress_to_fp16=False)
     for extra in work.glob("fp32.onnx*"):
         extra.unlink()
@@ -113,8 +125,8 @@ def write_int8_ir(model: ModelParts, work: Path, out: Path) -> dict[str, Any]:
         "graph": "nncf static int8",
         "file": out.name,
         "quantization": {"method": "static", "preset": "mixed", "model_type": "transformer",
-                         "float_scope": best[2], "calibration": f"{len(calibrate)} texts from {source}",
-                         "check": f"{len(check)} held-out texts", "min_cosine_target": MIN_COSINE},
+                         "float_scope": best[2], "calibration": f"{len(calibrate)} {unit} from {source}",
+                         "check": f"{len(check)} held-out {unit}", "measure": measure, "target": target},
         "tried": tried,
     }
 
@@ -154,6 +166,35 @@ def _pooled_outputs(
     vectors = np.concatenate(rows)
     unit: np.ndarray = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return unit
+
+
+def _logits(
+    core: Any, graph: Any, batches: list[dict[str, np.ndarray]], model: ModelParts, precision: str | None = None
+) -> np.ndarray:
+    """A cross-encoder's first logit for every check pair."""
+    import numpy as np
+
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    with keep_signal_stack():
+        request = core.compile_model(graph, "CPU", config).create_infer_request()
+    rows = [np.asarray(next(iter(request.infer(feeds).values())), dtype=np.float64)[:, 0] for feeds in batches]
+    return np.concatenate(rows)
+
+
+def _min_cosine(vectors: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    cosines = (vectors * reference).sum(axis=1)
+    return {"min": round(float(cosines.min()), 5), "mean_cosine": round(float(cosines.mean()), 5)}
+
+
+def _spearman(scores: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Rank correlation of the scores with fp32's (the order a reranker gives is what it is for)."""
+    import numpy as np
+
+    ranks = [np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64) for x in (scores, reference)]
+    rho = float(np.corrcoef(ranks[0], ranks[1])[0, 1])
+    return {"min": round(rho, 5), "max_abs_diff": round(float(np.abs(scores - reference).max()), 5)}
 
 
 def load_openvino_int8_runner(model: ModelParts) -> OpenVinoRunner:

@@ -55,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "cross-encoder (a column MODEL+rerank, retrieval tasks only)")
     parser.add_argument("--candidates", type=int, default=50, metavar="N",
                         help="candidates per query the reranker sees (default 50)")
+    parser.add_argument("--rerank-weight", type=float, default=None, metavar="W",
+                        help="the reranker's share when its score is fused with the embedder's over the candidates "
+                        "(min-max normalised; 1: the reranker's order alone; default: what the reranker's directory "
+                        "recommends, else 1)")
     parser.add_argument("--modes", metavar="MODES", default=None,
                         help="comma-separated retrieval modes to score each m3e model in, side by side: dense (the "
                         "model alone), sparse (BM25 over the index's words; one column), hybrid (MODEL#hybrid: both "
@@ -110,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
     fusion = Fusion(args.fusion, dense_weight=args.dense_weight)
-    models = resolve_models(args.models, rerank=args.rerank, candidates=args.candidates, modes=modes, fusion=fusion)
+    models = resolve_models(args.models, rerank=args.rerank, candidates=args.candidates, modes=modes, fusion=fusion,
+                            rerank_weight=args.rerank_weight)
     suite = get_suite(args.suite, _task_names(args.tasks), args.data_dir)
     if not suite.tasks:
         raise M3EError(f"the {args.suite} suite has no tasks to run")

@@ -278,6 +278,8 @@ def search_remote(args: argparse.Namespace, query: str, filters: dict[str, str])
         body["rerank"] = True if args.rerank == "default" else args.rerank
     if args.nprobes is not None:
         raise M3EError("--nprobes is not available with --server (the server's index decides)")
+    if getattr(args, "rerank_weight", None) is not None:
+        raise M3EError("--rerank-weight is not available with --server (the served reranker's own weight applies)")
     answer = ServerClient(args.server, args.api_key).post("/v1/search", body)
     results = answer.get("results") or []
     return [{k: v for k, v in r.items() if k != "rank"} for r in results]

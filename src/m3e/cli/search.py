@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "reranker)")
     parser.add_argument("--candidates", type=int, default=50, metavar="N",
                         help="chunks the reranker or --colbert sees (default 50)")
+    parser.add_argument("--rerank-weight", type=float, default=None, metavar="W",
+                        help="with --rerank: the reranker's share when its score is fused with the retrieval score "
+                        "(1: its order alone; default: what the reranker's directory recommends, else 1)")
     add_server_options(parser)
 
 
@@ -92,7 +95,8 @@ def search_local(args: argparse.Namespace, query: str, filters: dict[str, str]) 
                 raise M3EError(f"--nprobes must be at least 1, not {args.nprobes}")
             index.store.config["nprobes"] = args.nprobes
         options: dict[str, Any] = {"filters": filters or None, "mode": args.mode, "fusion": fusion,
-                                   "rerank": reranker, "candidates": args.candidates, "colbert": args.colbert}
+                                   "rerank": reranker, "candidates": args.candidates, "colbert": args.colbert,
+                                   "rerank_weight": args.rerank_weight}
         if args.chunks:
             hits = index.search(query, k=args.k, **options)
             records = [h.to_dict() for h in hits]

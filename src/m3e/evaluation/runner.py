@@ -65,6 +65,7 @@ class ModelSpec:
     backend: str | None = None  # m3e models: this backend instead of the run's
     reranker: str | None = None  # pipelines: the reranker that reorders the model's candidates
     candidates: int = 50  # pipelines: how many of the model's candidates the reranker sees
+    rerank_weight: float | None = None  # pipelines: the reranker's share of the fused score (None: its own choice)
     fusion: Fusion = field(default_factory=Fusion)  # hybrid: how the two sides' lists are fused
 
     def supports(self, task_type: str) -> bool:
@@ -85,6 +86,7 @@ def resolve_models(
     candidates: int = 50,
     modes: list[str] | None = None,
     fusion: Fusion | None = None,
+    rerank_weight: float | None = None,
 ) -> list[ModelSpec]:
     """Model arguments -> specs; none given means the default model. With ``rerank``, each m3e model also gets
     a column "MODEL+rerank": its top ``candidates`` reordered by that reranker (retrieval tasks only). With
@@ -95,7 +97,7 @@ def resolve_models(
     if modes:
         specs = _with_modes(specs, modes)
     if rerank is not None:
-        specs = _with_pipelines(specs, rerank, candidates)
+        specs = _with_pipelines(specs, rerank, candidates, rerank_weight)
     seen: dict[str, int] = {}
     for spec in specs:  # two models with the same label would share a column
         if spec.label in seen:
@@ -152,7 +154,9 @@ def _with_modes(specs: list[ModelSpec], modes: list[str]) -> list[ModelSpec]:
     return out
 
 
-def _with_pipelines(specs: list[ModelSpec], rerank: str, candidates: int) -> list[ModelSpec]:
+def _with_pipelines(
+    specs: list[ModelSpec], rerank: str, candidates: int, rerank_weight: float | None = None
+) -> list[ModelSpec]:
     if candidates < 1:
         raise M3EError(f"--candidates must be at least 1, not {candidates}")
     out: list[ModelSpec] = []
@@ -160,7 +164,7 @@ def _with_pipelines(specs: list[ModelSpec], rerank: str, candidates: int) -> lis
         out.append(spec)
         if spec.kind == "m3e":
             out.append(replace(spec, label=f"{spec.label}+rerank", kind="pipeline", info={}, reranker=rerank,
-                               candidates=candidates))
+                               candidates=candidates, rerank_weight=rerank_weight))
     return out
 
 
@@ -205,9 +209,11 @@ def _load_pipeline(spec: ModelSpec, backend: str, device: str | None) -> Retriev
     assert spec.reranker is not None
     embedder = _load_m3e_model(spec, backend=backend, device=device)
     reranker = load_reranker(spec.reranker, backend=backend, device=device)
+    pipeline = RetrieveThenRerank(embedder, reranker, candidates=spec.candidates, rerank_weight=spec.rerank_weight)
     spec.info.update(reranker={"name": reranker.name, "source": spec.reranker, "max_length": reranker.max_length,
-                               "activation": reranker.activation}, candidates=spec.candidates)
-    return RetrieveThenRerank(embedder, reranker, candidates=spec.candidates)
+                               "activation": reranker.activation}, candidates=spec.candidates,
+                     rerank_weight=pipeline.rerank_weight)
+    return pipeline
 
 
 def mteb_model(obj: Any) -> MtebModel:

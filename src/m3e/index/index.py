@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 
 from m3e.errors import InputError, M3EError, as_os_error, describe_os_error
-from m3e.fusion import Fusion, fuse
+from m3e.fusion import Fusion, fuse, fuse_rerank
 from m3e.index.chunking import Chunk, check_chunking, iter_chunks, iter_chunks_by_tokens
 from m3e.index.corpus import CorpusReader, Document
 from m3e.index.engines import check_engine, open_store
@@ -510,12 +510,14 @@ class Index:
     @overload
     def search(self, query: str | np.ndarray, k: int = ..., filters: dict[str, str] | None = ..., *,
                mode: str | None = ..., fusion: Fusion | None = ..., group: Literal[False] = ...,
-               rerank: Reranker | None = ..., candidates: int = ..., colbert: bool = ...) -> list[Hit]: ...
+               rerank: Reranker | None = ..., candidates: int = ..., colbert: bool = ...,
+               rerank_weight: float | None = ...) -> list[Hit]: ...
 
     @overload
     def search(self, query: str | np.ndarray, k: int = ..., filters: dict[str, str] | None = ..., *,
                mode: str | None = ..., fusion: Fusion | None = ..., group: Literal[True],
-               rerank: Reranker | None = ..., candidates: int = ..., colbert: bool = ...) -> list[DocumentHit]: ...
+               rerank: Reranker | None = ..., candidates: int = ..., colbert: bool = ...,
+               rerank_weight: float | None = ...) -> list[DocumentHit]: ...
 
     def search(
         self,
@@ -529,6 +531,7 @@ class Index:
         rerank: Reranker | None = None,
         candidates: int = 50,
         colbert: bool = False,
+        rerank_weight: float | None = None,
     ) -> list[Hit] | list[DocumentHit]:
         """The ``k`` best chunks for ``query`` (``group``: the ``k`` best documents, each with its best chunk and
         its other matching chunks).
@@ -537,8 +540,9 @@ class Index:
         ``fusion``, default m3e.fusion's); None: hybrid when the index has a sparse side, else dense.
         ``filters``: metadata field -> value, all must match (on both sides). ``colbert``: re-score the best
         ``candidates`` with BGE-M3's dense + lexical + ColBERT score (an index built by BGE-M3); ``rerank``:
-        reorder them with a cross-encoder. Re-scored hits keep their retrieval score and get ``rerank_score``,
-        which orders them.
+        reorder them with a cross-encoder (``rerank_weight``: its share when its score is fused with the retrieval
+        score; default: what the reranker's directory recommends, else 1, its order alone). Re-scored hits keep
+        their retrieval score and get ``rerank_score``, which orders them.
         """
         self._require_ready()
         if k < 1:
@@ -553,7 +557,7 @@ class Index:
         if colbert:
             hits = self._colbert_rescored(_text_query(query, "ColBERT re-scoring"), hits)
         if rerank is not None:
-            hits = self._reranked(_text_query(query, "reranking"), hits, rerank)
+            hits = self._reranked(_text_query(query, "reranking"), hits, rerank, rerank_weight)
         return group_hits(hits, k) if group else hits[:k]
 
     def _resolve_mode(self, mode: str | None, query: str | np.ndarray) -> str:
@@ -609,13 +613,13 @@ class Index:
             hit.rerank_score = combined / (w_dense + w_sparse + w_colbert)
         return _by_rerank_score(hits)
 
-    def _reranked(self, query: str, hits: list[Hit], rerank: Reranker) -> list[Hit]:
+    def _reranked(self, query: str, hits: list[Hit], rerank: Reranker, rerank_weight: float | None) -> list[Hit]:
         if not hits:
             return []
-        scores = [float(s) for s in rerank.predict([(query, h.text) for h in hits])]
-        for hit, score in zip(hits, scores, strict=True):
-            hit.rerank_score = score
-        return _by_rerank_score(hits)
+        weight = rerank_weight if rerank_weight is not None else rerank.rerank_weight
+        activation = "identity" if weight is not None and weight < 1 else None  # fused: the logits' scale
+        scores = [float(s) for s in rerank.predict([(query, h.text) for h in hits], activation=activation)]
+        return reranked_hits(hits, scores, weight)
 
     def info(self) -> dict[str, Any]:
         return dict(self.meta, path=str(self.path))
@@ -655,6 +659,20 @@ def fused_hits(dense: list[Hit], sparse: list[Hit], fusion: Fusion | None = None
         hit.score = score
         out.append(hit)
     return out
+
+
+def reranked_hits(hits: list[Hit], scores: Sequence[float], rerank_weight: float | None = None) -> list[Hit]:
+    """The hits ordered by their second-stage score: the reranker's ``scores``, or with a ``rerank_weight``
+    below 1 those (its raw logits: an activation would squash what min-max reads) fused with the retrieval
+    scores (``m3e.fusion.fuse_rerank``); it becomes ``rerank_score``.
+    The index's search and the server's reranked search both order hits here."""
+    weight = 1.0 if rerank_weight is None else rerank_weight
+    fused = fuse_rerank(
+        {str(i): float(h.score) for i, h in enumerate(hits)}, {str(i): float(s) for i, s in enumerate(scores)}, weight
+    )
+    for key, value in fused.items():
+        hits[int(key)].rerank_score = value
+    return _by_rerank_score(hits)
 
 
 def _by_rerank_score(hits: list[Hit]) -> list[Hit]:

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
 from m3e.errors import M3EError
-from m3e.index.index import CHUNKS_PER_DOCUMENT
+from m3e.index.index import CHUNKS_PER_DOCUMENT, reranked_hits
 from m3e.index.results import group_hits
 from m3e.serving.access_log import access_record
 from m3e.serving.errors import ApiError, bad_request
@@ -237,10 +237,10 @@ class SearchService:
         the retrieval order)."""
         if not hits:
             return hits
-        scores, _ = await self.reranking.scores(request, reranker, query, [h.text for h in hits])
-        for hit, score in zip(hits, scores, strict=True):
-            hit.rerank_score = float(score)
-        return sorted(hits, key=lambda h: -(h.rerank_score if h.rerank_score is not None else float("-inf")))
+        weight = reranker.reranker.rerank_weight
+        fused = weight is not None and weight < 1
+        scores, _ = await self.reranking.scores(request, reranker, query, [h.text for h in hits], raw=fused)
+        return reranked_hits(hits, [float(s) for s in scores], weight)
 
     # ------------------------------------------------------------------ GET /v1/indexes
     async def list_indexes(self, request: Request) -> Response:

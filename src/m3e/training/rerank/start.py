@@ -11,29 +11,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from m3e.errors import M3EError
+from m3e.loading import is_reranker_dir
 from m3e.reranker import Reranker
-from m3e.st_format import ST_CONFIG_FILE, read_json
 
 
 @dataclass(frozen=True)
 class StartingReranker:
     reranker: Reranker
     origin: str  # what the model card says the run started from
-
-
-def is_reranker_dir(model_dir: Path) -> bool:
-    """A sequence classifier's directory: a CrossEncoder's files, or a ``*ForSequenceClassification`` config."""
-    st_config = model_dir / ST_CONFIG_FILE
-    if st_config.is_file() and read_json(st_config).get("model_type") == "CrossEncoder":
-        return True
-    config = model_dir / "config.json"
-    architectures = (read_json(config).get("architectures") or []) if config.is_file() else []
-    return any(str(a).endswith("ForSequenceClassification") for a in architectures)
 
 
 def starting_reranker(name_or_path: str | None, *, device: str | None = None, seed: int = 42) -> StartingReranker:

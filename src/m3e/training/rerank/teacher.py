@@ -20,8 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from m3e.atomic import sha256_file, write_atomic
+from m3e.loading import is_reranker_dir
 from m3e.training.rerank.groups import RerankDataset
-from m3e.training.rerank.start import is_reranker_dir
 
 Scorer = Callable[[Sequence[str], Sequence[str]], NDArray[np.float32]]  # queries, candidates -> one score each
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
