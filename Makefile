@@ -95,6 +95,7 @@ default-reranker: setup
 	HF_HUB_OFFLINE=1 $(BIN)/m3e finetune --task rerank default runs/reranker --output runs/default-reranker \
 		--group-size 8 --batch-size 4 --max-length 256 --bf16 --max-steps 600 --save-steps 100 --lr 5e-5 \
 		--eval-split 0.05 --keep-checkpoint-dir --resume
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/rerank_curve.py runs/default-reranker --profile dev --write-weight
 	HF_HUB_OFFLINE=1 $(BIN)/m3e eval default bm25 --rerank runs/default-reranker --candidates 20 --backend openvino \
 		--suite offline --tasks $(RERANK_TASKS) --out runs/default-reranker-eval
 	$(BIN)/python -m m3e.default_reranker runs/default-reranker --eval runs/default-reranker-eval/results.json

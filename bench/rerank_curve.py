@@ -14,6 +14,10 @@ as ``m3e eval`` does); each reranker scores those pairs once; then nDCG@10 x 100
   0.1 ... 0.9 (the weighted min-max fusion of ``m3e.fusion``, as hybrid search fuses its two sides).
 
 nDCG@10 is the standard one (graded gains, log2 discount, ideal from the qrels), as pytrec_eval computes it.
+
+``--write-weight`` (with ``--profile dev`` and one reranker) records the weight with the best dev average in the
+reranker's directory (``m3e_rerank.json``), which ``m3e eval --rerank``, ``m3e search --rerank`` and the
+server then use: how ``make default-reranker`` chooses it, on the dev split only.
 """
 
 from __future__ import annotations
@@ -60,7 +64,11 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--backend", default="openvino")
     parser.add_argument("--json", default=None, help="also write every score to this file")
+    parser.add_argument("--write-weight", action="store_true",
+                        help="record the best dev weight in the (one) reranker's directory")
     args = parser.parse_args()
+    if args.write_weight and (args.profile != "dev" or len(args.rerankers) != 1):
+        raise SystemExit("--write-weight chooses on the dev split, for one reranker")
 
     import m3e
 
@@ -117,6 +125,18 @@ def main() -> None:
             print(f"| {name} | **average** | " + " | ".join(f"{x:.2f}" for x in mean) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
+    if args.write_weight:
+        from m3e.atomic import write_atomic
+        from m3e.reranker import RERANK_FILE
+
+        (reranker_dir, tasks), = results.items()
+        mean = np.mean(list(tasks.values()), axis=0)
+        best = WEIGHTS[int(np.argmax(mean))]
+        record = {"rerank_weight": best, "chosen_on": f"{', '.join(tasks)} ({args.profile} split), top "
+                  f"{args.candidates} of the default model, nDCG@10 {mean.max():.2f} (embedder alone {mean[0]:.2f}, "
+                  f"reranker alone {mean[-1]:.2f})"}
+        write_atomic(Path(reranker_dir) / RERANK_FILE, json.dumps(record, indent=1).encode("utf-8"))
+        print(f"\nwrote {Path(reranker_dir) / RERANK_FILE}: rerank_weight {best:g}")
 
 
 if __name__ == "__main__":

@@ -263,3 +263,12 @@ def test_bundle_writes_fp16_weights_and_a_card(bert_dir: Path, tmp_path: Path) -
     assert json.loads((out / "config.json").read_text(encoding="utf-8"))["dtype"] == "float32"
     np.testing.assert_allclose(CrossEncoder(str(out), device="cpu").predict(PAIRS),
                                m3e.load_reranker(str(bert_dir)).predict(PAIRS), atol=2e-3)
+    import m3e.default_reranker as default_reranker
+
+    default_reranker.MAX_BUNDLED_BYTES = 1000  # a reranker over the cap is not bundled, and nothing is written
+    try:
+        with pytest.raises(M3EError, match="over the 0 MB a bundled reranker may add"):
+            bundle(bert_dir, tmp_path / "too-large")
+    finally:
+        default_reranker.MAX_BUNDLED_BYTES = 60_000_000
+    assert not (tmp_path / "too-large").exists()

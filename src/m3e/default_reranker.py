@@ -18,7 +18,10 @@ from m3e.paths import BUNDLED_RERANKER_DIR
 if TYPE_CHECKING:
     from m3e.reranker import Reranker
 
-__all__ = ["bundle", "default_reranker_card"]
+__all__ = ["MAX_BUNDLED_BYTES", "bundle", "default_reranker_card"]
+
+# What a bundled reranker may add to the package (its fp16 weights): it must earn its size.
+MAX_BUNDLED_BYTES = 60_000_000
 
 # The sources of the training groups (recipes/reranker_data.py) and their licenses.
 _SOURCES = [
@@ -44,6 +47,12 @@ def bundle(
     reranker = load_reranker(str(run_dir))
     training_card = (run_dir / "README.md").read_text(encoding="utf-8") if (run_dir / "README.md").is_file() else ""
     results = json.loads(Path(eval_results).read_text(encoding="utf-8")) if eval_results else None
+    fp16_bytes = 2 * sum(p.numel() for p in reranker.parameters())
+    if fp16_bytes > MAX_BUNDLED_BYTES:
+        raise M3EError(
+            f"{run_dir} is {fp16_bytes / 1e6:.0f} MB in fp16, over the {MAX_BUNDLED_BYTES / 1e6:.0f} MB a bundled "
+            f"reranker may add to the package; use it by its path (--rerank {run_dir} or $M3E_DEFAULT_RERANKER)"
+        )
     card = default_reranker_card(reranker, training_card, results)
     return reranker.save(target, model_card=card, dtype="fp16")
 
@@ -98,4 +107,7 @@ if __name__ == "__main__":  # python -m m3e.default_reranker RUN [--eval RESULTS
     parser.add_argument("run", help="the run directory of `m3e finetune --task rerank`")
     parser.add_argument("--eval", default=None, help="an `m3e eval --rerank` results.json for the card's scores")
     args = parser.parse_args()
-    print(f"bundled {args.run} -> {bundle(args.run, eval_results=args.eval)}")
+    try:
+        print(f"bundled {args.run} -> {bundle(args.run, eval_results=args.eval)}")
+    except M3EError as exc:  # too large to bundle: the run stays usable where it is
+        print(f"not bundled: {exc}")
