@@ -143,6 +143,15 @@ def _quiet(name: str) -> Iterator[None]:
         log.setLevel(level)
 
 
+def _check_request(core: Any, graph: Any, precision: str | None) -> Any:
+    """An infer request over ``graph`` to compare it with fp32 (``precision="f32"`` pins the reference)."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    with keep_signal_stack():
+        return core.compile_model(graph, "CPU", config).create_infer_request()
+
+
 def _pooled_outputs(
     core: Any, graph: Any, batches: list[dict[str, np.ndarray]], model: ModelParts, precision: str | None = None
 ) -> np.ndarray:
@@ -152,11 +161,7 @@ def _pooled_outputs(
 
     from m3e.pooling import pool
 
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-    if precision:
-        config["INFERENCE_PRECISION_HINT"] = precision
-    with keep_signal_stack():
-        request = core.compile_model(graph, "CPU", config).create_infer_request()
+    request = _check_request(core, graph, precision)
     rows = []
     mode = str(getattr(model, "pooling", "mean"))
     for feeds in batches:
@@ -174,11 +179,7 @@ def _logits(
     """A cross-encoder's first logit for every check pair."""
     import numpy as np
 
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-    if precision:
-        config["INFERENCE_PRECISION_HINT"] = precision
-    with keep_signal_stack():
-        request = core.compile_model(graph, "CPU", config).create_infer_request()
+    request = _check_request(core, graph, precision)
     rows = [np.asarray(next(iter(request.infer(feeds).values())), dtype=np.float64)[:, 0] for feeds in batches]
     return np.concatenate(rows)
 
