@@ -488,3 +488,31 @@ def test_card_names_the_start_model_from_the_working_directory(tmp_path, monkeyp
     (storage / "stage2").mkdir(parents=True)
     (tmp_path / "runs" / "linked").symlink_to(storage)
     assert _display_name(f"{tmp_path}/recipes/../runs/linked/stage2") == "runs/linked/stage2"
+
+
+def test_hold_out_source_leaves_out_what_the_manifest_says_it_built(tiny_st_model_dir, tmp_path, monkeypatch, capsys):
+    """`m3e train --hold-out-source C`: every pair file and pool the built data's manifest traces to C is left
+    out; the rest trains; a source the recipe never reads is an error, not a silent no-op."""
+    from m3e.training.recipe import datasets_from_recipe, hold_out_sources
+
+    monkeypatch.setenv("M3E_HOME", str(tmp_path / "home"))
+    data = tmp_path / "home" / "data"
+    (data / "train").mkdir(parents=True)
+    _pairs(data / "train" / "insurance.jsonl", 16)
+    _pairs(data / "train" / "news.jsonl", 16)
+    manifest = {"train": {"insurance": {"file": "train/insurance.jsonl", "source": "C"},
+                          "news": {"file": "train/news.jsonl", "source": "A"}}}
+    (data / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    datasets = datasets_from_recipe({"datasets": [{"path": "data:train"}]}, tmp_path)
+    assert sorted(ds.name for ds in datasets) == ["insurance", "news"]
+    assert [ds.name for ds in hold_out_sources(datasets, ["C"])] == ["news"]
+    assert "held out source(s) C: insurance left out of training" in capsys.readouterr().err
+    assert hold_out_sources(datasets, []) == datasets
+    with pytest.raises(m3e.M3EError, match="no dataset of the recipe comes from it"):
+        hold_out_sources(datasets, ["G"])
+    recipe = {"model": str(tiny_st_model_dir), "output": "run", "datasets": [{"path": "data:train"}],
+              "train": {"batch_size": 4, "max_steps": 2, "progress": False}}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe), encoding="utf-8")
+    assert main(["train", "--recipe", str(tmp_path / "recipe.json"), "--hold-out-source", "C"]) == 0
+    rows = (tmp_path / "run" / "loss.csv").read_text().splitlines()[1:]
+    assert rows and {r.split(",")[2] for r in rows} == {"news"}

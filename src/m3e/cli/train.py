@@ -12,6 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recipe file: model, datasets with weights, loss, hyper-parameters")
     parser.add_argument("-o", "--output", default=None, help="the final model's directory (default: the recipe's 'output'); checkpoints go to "
                         "OUTPUT.checkpoints or --checkpoint-dir")
+    parser.add_argument("--hold-out-source", action="append", default=[], metavar="ID",
+                        help="leave out every dataset built from this source (an `m3e data` id such as C; "
+                        "repeatable): a leave-source-out run, scored then on that source's tasks")
     add_training_options(parser, recipe=True)
 
 
@@ -22,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         overrides["output"] = args.output
     result = run_recipe(
-        args.recipe, overrides, resume=args.resume, device=training_device(args.device), **eval_options(args)
+        args.recipe, overrides, resume=args.resume, device=training_device(args.device),
+        held_out=args.hold_out_source, **eval_options(args)
     )
     return report(result)

@@ -220,11 +220,37 @@ def config_from_recipe(recipe: dict[str, Any], overrides: dict[str, Any] | None 
     return TrainConfig.from_dict(fields)
 
 
+def hold_out_sources(datasets: list[TrainingDataset], sources: list[str]) -> list[TrainingDataset]:
+    """The datasets without those built from any of ``sources`` (short ids of ``m3e data``: ``C`` is InsuranceQA):
+    a leave-source-out run, whose scores on that source's tasks then say what the recipe does for a source it
+    never trained on. Pair files and distillation pools are matched by the built data's manifest; a source
+    that removes nothing is an error, not a silent no-op."""
+    from m3e.data.paths import data_dir
+
+    if not sources:
+        return datasets
+    manifest = json.loads((data_dir() / "manifest.json").read_text(encoding="utf-8"))
+    held: set[Path] = set()
+    for section in ("train", "distill"):
+        for entry in (manifest.get(section) or {}).values():
+            if str(entry.get("source")) in sources:
+                held.add((data_dir() / entry["file"]).resolve())
+    kept = [ds for ds in datasets if Path(ds.source).resolve() not in held]
+    dropped = [ds.name for ds in datasets if ds not in kept]
+    if len(kept) == len(datasets):
+        raise M3EError(f"--hold-out-source {', '.join(sources)}: no dataset of the recipe comes from it")
+    print(f"held out source(s) {', '.join(sources)}: {', '.join(dropped)} left out of training", file=sys.stderr,
+          flush=True)
+    return kept
+
+
 def run_recipe(
     path: str | Path, overrides: dict[str, Any] | None = None, *, resume: bool = False, device: str | None = None,
     eval_suite: str | None = None, eval_tasks: list[str] | None = None, eval_data_dir: str | None = None,
+    held_out: list[str] | None = None,
 ) -> FineTuneResult:
-    """Load the recipe, its data and model, and train with the resumable trainer. Returns the FineTuneResult."""
+    """Load the recipe, its data and model, and train with the resumable trainer. Returns the FineTuneResult.
+    ``held_out``: sources whose datasets are left out (:func:`hold_out_sources`)."""
     from m3e.loading import load_model
     from m3e.training.finetuner import FineTuner
 
@@ -235,7 +261,7 @@ def run_recipe(
         raise M3EError("a recipe trains an embedding model; train a reranker with `m3e finetune --task rerank`")
     if not Path(config.output).is_absolute() and "output" not in (overrides or {}):
         config.output = str(p.parent / config.output)
-    datasets = datasets_from_recipe(recipe, p.parent, config.encoding)
+    datasets = hold_out_sources(datasets_from_recipe(recipe, p.parent, config.encoding), held_out or [])
     config.model = _model_source(recipe, config, p.parent)
     model = load_model(config.model, device=device)
     ev = recipe.get("eval") or {}
