@@ -243,14 +243,20 @@ def test_a_second_signal_stops_at_once(tiny_st_model_dir, tmp_path, monkeypatch)
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    before = signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(trainer_mod, "forward_backward", two_signals_during_second)
-    with pytest.raises(KeyboardInterrupt):
-        m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(
-            epochs=1, output_dir=tmp_path / "r", batch_size=8, save_steps=100, progress=False
-        )
-    assert calls["n"] == 2 and not (tmp_path / "r.checkpoints").exists()
-    assert signal.getsignal(signal.SIGINT) is before
+    # Python's own Ctrl-C handler, whatever this process inherited (a background job starts with SIGINT ignored,
+    # which the trainer rightly leaves alone)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGINT)
+        monkeypatch.setattr(trainer_mod, "forward_backward", two_signals_during_second)
+        with pytest.raises(KeyboardInterrupt):
+            m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(
+                epochs=1, output_dir=tmp_path / "r", batch_size=8, save_steps=100, progress=False
+            )
+        assert calls["n"] == 2 and not (tmp_path / "r.checkpoints").exists()
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_resumed_run_keeps_the_starting_scores(tiny_st_model_dir, tmp_path, monkeypatch):
