@@ -517,7 +517,8 @@ def test_hold_out_source_leaves_out_what_the_manifest_says_it_built(tiny_st_mode
     with pytest.raises(m3e.M3EError, match="no dataset of the recipe comes from it"):
         hold_out_sources(datasets, ["G"])
     recipe = {"model": str(tiny_st_model_dir), "output": "run", "datasets": [{"path": "data:train"}],
-              "train": {"batch_size": 4, "max_steps": 2, "progress": False}}
+              "train": {"batch_size": 4, "max_steps": 2, "progress": False,
+                        "weights": {"insurance": 1.0, "news": 1.0}}}  # the held-out one's weight goes with it
     (tmp_path / "recipe.json").write_text(json.dumps(recipe), encoding="utf-8")
     assert main(["train", "--recipe", str(tmp_path / "recipe.json"), "--hold-out-source", "C"]) == 0
     rows = (tmp_path / "run" / "loss.csv").read_text().splitlines()[1:]

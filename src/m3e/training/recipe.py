@@ -261,7 +261,11 @@ def run_recipe(
         raise M3EError("a recipe trains an embedding model; train a reranker with `m3e finetune --task rerank`")
     if not Path(config.output).is_absolute() and "output" not in (overrides or {}):
         config.output = str(p.parent / config.output)
-    datasets = hold_out_sources(datasets_from_recipe(recipe, p.parent, config.encoding), held_out or [])
+    recipe_datasets = datasets_from_recipe(recipe, p.parent, config.encoding)
+    datasets = hold_out_sources(recipe_datasets, held_out or [])
+    kept_names = {ds.name for ds in datasets}
+    for name in {ds.name for ds in recipe_datasets} - kept_names:  # the recipe's weights for held-out data go too
+        config.weights.pop(name, None)
     config.model = _model_source(recipe, config, p.parent)
     model = load_model(config.model, device=device)
     ev = recipe.get("eval") or {}
