@@ -1,0 +1,88 @@
+"""Leave-one-source-out runs of the default model's recipe: train without a source, score that source's tasks.
+
+    python recipes/loso.py C A D B J [--recipe recipes/default-model-v2.yaml] [--runs runs]
+
+For each source id (``m3e data`` ids; ``C`` is InsuranceQA): ``m3e train --recipe RECIPE --hold-out-source ID``
+into ``runs/loso-ID`` (the import of the student is shared: a fold copies the first fold's ``init``), averaged
+with its start as the recipe's model is (``m3e average``), then ``m3e eval`` on the offline tasks built from that
+source (a task file's ``sources``; the dev split where the source has one). The fold's score on a task says what
+the recipe does for a source it never trained on; beside the bundled model's (trained with it) it measures how
+much of a gain is that source's own data. Resumable: a finished step is skipped when rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from m3e.data.paths import data_dir
+
+M3E = [sys.executable, "-m", "m3e.cli"]
+
+
+def tasks_of(source: str) -> dict[str, list[str]]:
+    """profile -> the task names whose files were built from ``source`` (offline suite: full; dev where built)."""
+    out: dict[str, list[str]] = {}
+    for task_dir in sorted((data_dir() / "tasks").iterdir()):
+        for profile in ("full", "dev"):
+            path = task_dir / f"{profile}.json"
+            if path.is_file() and source in (json.loads(path.read_text(encoding="utf-8")).get("sources") or []):
+                out.setdefault(profile, []).append(task_dir.name)
+    return out
+
+
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def fold(source: str, recipe: str, runs: Path, shared_init: Path | None) -> Path:
+    out = runs / f"loso-{source}"
+    soup = runs / f"loso-{source}-soup"
+    if shared_init is not None and not (out / "init").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(shared_init, out / "init")
+        shutil.copy(shared_init.parent / "init-settings.json", out / "init-settings.json")
+    if not (out / "model.safetensors").is_file():
+        run([*M3E, "train", "--recipe", recipe, "-o", str(out), "--hold-out-source", source, "--resume",
+             "--no-progress"])
+    if not (soup / "model.safetensors").is_file():
+        run([*M3E, "average", str(out), str(out / "init"), "-o", str(soup)])
+    for profile, names in tasks_of(source).items():
+        suite = "offline" if profile == "full" else "dev"
+        target = runs / f"loso-{source}-eval-{suite}"
+        if not (target / "results.json").is_file():
+            run([*M3E, "eval", str(soup), "--suite", suite, "--tasks", *names, "--backend", "bf16",
+                 "--out", str(target), "-q", "--no-chart"])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sources", nargs="+")
+    parser.add_argument("--recipe", default="recipes/default-model-v2.yaml")
+    parser.add_argument("--runs", default="runs")
+    args = parser.parse_args()
+    runs = Path(args.runs)
+    shared: Path | None = None
+    for source in args.sources:
+        out = fold(source, args.recipe, runs, shared)
+        shared = shared or out / "init"
+    print("\n| held-out source | split | task | score (leave-source-out, averaged with its start) |")
+    print("|---|---|---|---:|")
+    for source in args.sources:
+        for suite in ("offline", "dev"):
+            path = runs / f"loso-{source}-eval-{suite}" / "results.json"
+            if path.is_file():
+                for row in json.loads(path.read_text(encoding="utf-8"))["results"]:
+                    if row.get("score") is not None:
+                        print(f"| {source} | {suite} | {row['task']} | {100 * row['score']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
