@@ -21,22 +21,28 @@ CALIBRATION_TEXTS = 160
 HELD_OUT_TEXTS = 64
 
 
+def _train_rows(names: tuple[str, ...], per_file: int) -> tuple[list[dict[str, object]], str]:
+    """The first ``per_file`` records of each built training file named, and the directory they came from."""
+    train = cache_root() / "data" / "train"
+    rows: list[dict[str, object]] = []
+    for name in names:
+        path = train / f"{name}.jsonl"
+        if path.is_file():
+            with open(path, encoding="utf-8") as fh:
+                rows += [json.loads(line) for _, line in zip(range(per_file), fh, strict=False)]
+    return rows, str(train)
+
+
+def _bundled_texts() -> list[str]:
+    return [t for t in _BUNDLED.read_text(encoding="utf-8").splitlines() if t.strip()]
+
+
 def calibration_texts(limit: int = CALIBRATION_TEXTS + HELD_OUT_TEXTS, seed: int = 0) -> tuple[list[str], str]:
     """Texts to calibrate on and check with, and where they came from."""
-    train = cache_root() / "data" / "train"
-    texts: list[str] = []
-    for name in _TRAIN_FILES:
-        path = train / f"{name}.jsonl"
-        if not path.is_file():
-            continue
-        with open(path, encoding="utf-8") as fh:
-            for _, line in zip(range(max(400, limit // len(_TRAIN_FILES))), fh, strict=False):
-                row = json.loads(line)
-                texts += [row[k] for k in ("text", "text_pos", "text_neg") if isinstance(row.get(k), str)]
-    source = str(train)
+    rows, source = _train_rows(_TRAIN_FILES, max(400, limit // len(_TRAIN_FILES)))
+    texts = [v for row in rows for k in ("text", "text_pos", "text_neg") if isinstance(v := row.get(k), str)]
     if len(texts) < min(limit, CALIBRATION_TEXTS + HELD_OUT_TEXTS):
-        texts = [t for t in _BUNDLED.read_text(encoding="utf-8").splitlines() if t.strip()]
-        source = "bundled calibration texts"
+        texts, source = _bundled_texts(), "bundled calibration texts"
     rng = random.Random(seed)
     rng.shuffle(texts)
     return texts[:limit], source
@@ -50,22 +56,11 @@ def calibration_pairs(limit: int = CALIBRATION_TEXTS + HELD_OUT_TEXTS, seed: int
     """(query, passage) pairs to calibrate a cross-encoder on and check it with: each query with its own passage
     and with another record's (a reranker must order both kinds), and where they came from."""
     rng = random.Random(seed)
-    train = cache_root() / "data" / "train"
-    rows: list[tuple[str, str]] = []
-    for name in _PAIR_FILES:
-        path = train / f"{name}.jsonl"
-        if not path.is_file():
-            continue
-        with open(path, encoding="utf-8") as fh:
-            for _, line in zip(range(max(200, limit // len(_PAIR_FILES))), fh, strict=False):
-                row = json.loads(line)
-                if isinstance(row.get("text"), str) and isinstance(row.get("text_pos"), str):
-                    rows.append((row["text"], row["text_pos"]))
-    source = str(train)
+    records, source = _train_rows(_PAIR_FILES, max(200, limit // len(_PAIR_FILES)))
+    rows = [(q, p) for r in records if isinstance(q := r.get("text"), str) and isinstance(p := r.get("text_pos"), str)]
     if len(rows) < limit // 2:
-        texts = [t for t in _BUNDLED.read_text(encoding="utf-8").splitlines() if t.strip()]
-        rows = list(zip(texts[0::2], texts[1::2], strict=False))
-        source = "bundled calibration texts, paired"
+        texts = _bundled_texts()
+        rows, source = list(zip(texts[0::2], texts[1::2], strict=False)), "bundled calibration texts, paired"
     passages = [p for _, p in rows]
     pairs = [(q, p if rng.random() < 0.5 else rng.choice(passages)) for q, p in rows]
     rng.shuffle(pairs)

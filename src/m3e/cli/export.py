@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from m3e.backends import ARTEFACT_BACKENDS
+
+if TYPE_CHECKING:
+    from m3e.backends.base import ModelParts
 
 # A few mixed Chinese/English texts for the check printed after an export.
 _CHECK_TEXTS = [
@@ -36,16 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from m3e.backends import export_artefact, runner_for_artefact
+    from m3e.backends import runner_for_artefact
     from m3e.loading import is_reranker_dir, load_model, resolve_model_dir
 
     if args.model is not None and is_reranker_dir(resolve_model_dir(args.model)[0]):
         return _export_reranker(args)
     model = load_model(args.model)
-    started = time.perf_counter()
-    target = export_artefact(model, args.out, force=args.force, kind=args.backend)
-    size = sum(f.stat().st_size for f in target.iterdir() if f.is_file()) / 2**20
-    print(f"wrote {target} ({size:.1f} MiB, {time.perf_counter() - started:.1f}s)", file=sys.stderr)
+    target = _export(model, args)
     if args.check:
         import numpy as np
 
@@ -57,18 +59,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(model: ModelParts, args: argparse.Namespace) -> Path:
+    """Build the ``--backend`` artefact of ``model`` and say where, how large and how long it took."""
+    from m3e.backends import export_artefact
+
+    started = time.perf_counter()
+    target = export_artefact(model, args.out, force=args.force, kind=args.backend)
+    size = sum(f.stat().st_size for f in target.iterdir() if f.is_file()) / 2**20
+    print(f"wrote {target} ({size:.1f} MiB, {time.perf_counter() - started:.1f}s)", file=sys.stderr)
+    return target
+
+
 def _export_reranker(args: argparse.Namespace) -> int:
     """A cross-encoder's artefact (its logits graph), checked by the scores of (query, document) pairs."""
     import numpy as np
 
-    from m3e.backends import export_artefact, runner_for_artefact
+    from m3e.backends import runner_for_artefact
     from m3e.loading import load_reranker
 
     reranker = load_reranker(args.model)
-    started = time.perf_counter()
-    target = export_artefact(reranker, args.out, force=args.force, kind=args.backend)
-    size = sum(f.stat().st_size for f in target.iterdir() if f.is_file()) / 2**20
-    print(f"wrote {target} ({size:.1f} MiB, {time.perf_counter() - started:.1f}s)", file=sys.stderr)
+    target = _export(reranker, args)
     if args.check:
         pairs = [(q, d) for q in _CHECK_TEXTS[:2] for d in _CHECK_TEXTS]
         reference = np.asarray(reranker.predict(pairs))
