@@ -33,7 +33,9 @@ from m3e.backends.threads import inference_threads
 from m3e.errors import M3EError
 from m3e.length_sorting import length_sorted_batches
 from m3e.paths import cache_root
+from m3e.prompts import document_prompt, query_prompt, resolve_prompt
 from m3e.truncation import truncated_token_ids
+from m3e.vectors import cosine_matrix
 from m3e.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -185,22 +187,14 @@ class CompiledModel:
 
     @property
     def query_prompt(self) -> str:
-        return self.record.prompts.get("query", "")
+        return query_prompt(self.record.prompts)
 
     @property
     def document_prompt(self) -> str:
-        return self.record.prompts.get("document", self.record.prompts.get("passage", ""))
+        return document_prompt(self.record.prompts)
 
     def resolve_prompt(self, prompt: str | None = None, prompt_name: str | None = None) -> str:
-        if prompt is not None:
-            return prompt
-        name = prompt_name if prompt_name is not None else self.record.default_prompt_name
-        if name is None:
-            return ""
-        if name not in self.record.prompts:
-            known = ", ".join(sorted(self.record.prompts)) or "none"
-            raise M3EError(f"model {self.name!r} has no prompt named {name!r} (prompts: {known})")
-        return self.record.prompts[name]
+        return resolve_prompt(self.record.prompts, self.record.default_prompt_name, prompt, prompt_name, self.name)
 
     def encode(
         self,
@@ -247,10 +241,7 @@ class CompiledModel:
 
     def similarity(self, a: Any, b: Any) -> NDArray[np.float32]:
         """Cosine similarity matrix of two sets of vectors (or texts)."""
-        va, vb = self._as_vectors(a), self._as_vectors(b)
-        va = va / np.maximum(np.linalg.norm(va, axis=1, keepdims=True), 1e-12)
-        vb = vb / np.maximum(np.linalg.norm(vb, axis=1, keepdims=True), 1e-12)
-        return np.asarray(va @ vb.T, dtype=np.float32)
+        return cosine_matrix(self._as_vectors(a), self._as_vectors(b))
 
     def _as_vectors(self, x: Any) -> NDArray[np.float32]:
         if isinstance(x, str) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], str)):

@@ -32,9 +32,11 @@ from m3e.length_sorting import length_sorted_batches
 from m3e.model_card import ModelCard, m3e_usage, model_summary
 from m3e.pooling import NEEDS_HIDDEN_STATES, ST_POOLING_MODES, pool
 from m3e.progress import ProgressBar, progress_bar
+from m3e.prompts import document_prompt, query_prompt, resolve_prompt
 from m3e.quantization import quantize_embeddings
 from m3e.st_format import STModules, write_hf_files, write_st_modules
 from m3e.truncation import truncated_token_ids
+from m3e.vectors import cosine_matrix
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -154,23 +156,15 @@ class EmbeddingModel(nn.Module):
 
     # ------------------------------------------------------------------ prompts
     def resolve_prompt(self, prompt: str | None = None, prompt_name: str | None = None) -> str:
-        if prompt is not None:
-            return prompt
-        name = prompt_name if prompt_name is not None else self.default_prompt_name
-        if name is None:
-            return ""
-        if name not in self.prompts:
-            known = ", ".join(sorted(self.prompts)) or "none"
-            raise M3EError(f"model {self.name!r} has no prompt named {name!r} (prompts: {known})")
-        return self.prompts[name]
+        return resolve_prompt(self.prompts, self.default_prompt_name, prompt, prompt_name, self.name)
 
     @property
     def query_prompt(self) -> str:
-        return self.prompts.get("query", "")
+        return query_prompt(self.prompts)
 
     @property
     def document_prompt(self) -> str:
-        return self.prompts.get("document", self.prompts.get("passage", ""))
+        return document_prompt(self.prompts)
 
     # ------------------------------------------------------------------ tokenization
     def _prepare(self, texts: Sequence[str], prompt: str) -> list[str]:
@@ -542,11 +536,7 @@ class EmbeddingModel(nn.Module):
 
     def similarity(self, a: Any, b: Any) -> NDArray[np.float32]:
         """Cosine similarity matrix; ``a`` and ``b`` are vectors or lists of texts."""
-        va = self._as_vectors(a)
-        vb = self._as_vectors(b)
-        va = va / np.maximum(np.linalg.norm(va, axis=1, keepdims=True), 1e-12)
-        vb = vb / np.maximum(np.linalg.norm(vb, axis=1, keepdims=True), 1e-12)
-        return np.asarray(va @ vb.T, dtype=np.float32)
+        return cosine_matrix(self._as_vectors(a), self._as_vectors(b))
 
     def similarity_pairwise(self, a: Any, b: Any) -> NDArray[np.float32]:
         """Cosine similarity of a[i] with b[i]."""
