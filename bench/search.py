@@ -104,8 +104,8 @@ def measure_modes(store, queries: np.ndarray, texts: list[str], k: int, model=No
                   seed: int = 2) -> dict[str, list[float]]:
     """Per-query latency of dense, sparse and hybrid search as Index.search runs them; with ``model``, the dense side also embeds the query text (the
     vector found is then not the row's: the latency is what is measured)."""
-    from m3e.fusion import Fusion
-    from m3e.index.index import HYBRID_DEPTH, fused_hits, hybrid_hits
+    from m3e.fusion import FUSION_DEPTH, Fusion
+    from m3e.index.index import fused_hits, hybrid_hits
     from m3e.lexical import lexical_terms
 
     def dense(q: np.ndarray, w: str, n: int) -> list:
@@ -132,11 +132,11 @@ def measure_modes(store, queries: np.ndarray, texts: list[str], k: int, model=No
         store.search_sparse(lexical_terms(w), k)
         lat["sparse"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        hybrid_hits(lambda q=q, w=w: dense(q, w, HYBRID_DEPTH),
-                    lambda w=w: store.search_sparse(lexical_terms(w), HYBRID_DEPTH), Fusion())[:k]
+        hybrid_hits(lambda q=q, w=w: dense(q, w, FUSION_DEPTH),
+                    lambda w=w: store.search_sparse(lexical_terms(w), FUSION_DEPTH), Fusion())[:k]
         lat["hybrid"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        fused_hits(dense(q, w, HYBRID_DEPTH), store.search_sparse(lexical_terms(w), HYBRID_DEPTH), Fusion())[:k]
+        fused_hits(dense(q, w, FUSION_DEPTH), store.search_sparse(lexical_terms(w), FUSION_DEPTH), Fusion())[:k]
         lat["hybrid, one side after the other"].append(time.perf_counter() - t)
     return lat
 
@@ -150,13 +150,16 @@ def main() -> None:
     ap.add_argument("--data", default="clustered", choices=["clustered", "random"])
     ap.add_argument("--nprobes", default="8,16,32,64")
     ap.add_argument("--out", default=None, help="write a markdown report here")
+    ap.add_argument("--query-backend", default="auto",
+                    help="backend of the default model that embeds the query in the embedded rows (default auto, as "
+                    "`m3e index` records it)")
     ap.add_argument("--no-hybrid", dest="hybrid", action="store_false",
                     help="vectors only: no texts, no full-text index, no sparse / hybrid rows")
     args = ap.parse_args()
 
     import lancedb
 
-    from m3e.fusion import Fusion
+    from m3e.fusion import FUSION_DEPTH, Fusion
     from m3e.index.lance_store import LanceStore
     from m3e.index.store import Row
     from m3e.lexical import lexical_terms
@@ -206,13 +209,14 @@ def main() -> None:
             store.search(q, args.k, {"g": "3"})
             lat.append(time.perf_counter() - t)
         filtered = (ms(lat, 50), ms(lat, 99))
-        modes, embedded = {}, {}
+        modes, embedded, model = {}, {}, None
         if args.hybrid:
             modes = measure_modes(store, queries, texts, args.k)
             if args.dim == 384:  # the default model's dimension: time the query's embedding too
                 from m3e.loading import load_model
 
-                embedded = measure_modes(store, queries, texts, args.k, model=load_model())
+                model = load_model(backend=args.query_backend)
+                embedded = measure_modes(store, queries, texts, args.k, model=model)
 
     lines = [
         f"## Semantic-search store: recall@{args.k} and latency "
@@ -241,14 +245,14 @@ def main() -> None:
         lines += [
             f"Dense, sparse and hybrid on the same {args.n:,} rows (IVF nprobes 32; each row also holds a Chinese "
             f"text of up to 200 characters and its words under LanceDB's full-text index; query: a vector near a "
-            f"row and 4-12 characters of its text; hybrid: both sides' top 50 fused by {Fusion().describe()}; "
+            f"row and 4-12 characters of its text; hybrid: both sides' top {FUSION_DEPTH} fused by {Fusion().describe()}; "
             "the rows without the model: query embedding not included):",
             "",
             "| search | p50 ms | p99 ms |",
             "|---|---|---|",
         ]
         lines += [f"| {name} | {ms(lat, 50):.1f} | {ms(lat, 99):.1f} |" for name, lat in modes.items()]
-        lines += [f"| {name}, the query embedded by the default model first | {ms(lat, 50):.1f} | "
+        lines += [f"| {name}, the query embedded by the default model ({model.backend}) first | {ms(lat, 50):.1f} | "
                   f"{ms(lat, 99):.1f} |" for name, lat in embedded.items() if name != "sparse"]
         lines.append("")
     report = "\n".join(lines)

@@ -26,10 +26,13 @@ def test_rrf_and_weighted_fusion_by_hand() -> None:
     assert rrf == pytest.approx({"c": 1 / 13 + 1 / 11, "a": 1 / 11, "b": 1 / 12, "d": 1 / 12})
     assert list(rrf) == ["c", "a", "b", "d"]  # b before d: the dense list's order breaks the tie
     weighted = fuse(dense, sparse, Fusion("weighted", dense_weight=0.6))
-    # dense min-max: a 1, b 0.5, c 0; sparse min-max: c 1, d 0
-    assert weighted == pytest.approx({"a": 0.6, "b": 0.3, "c": 0.4, "d": 0.0})
+    # dense min-max: a 1, b 0.5, c 0; sparse divided by its best: c 1, d 1/3 (BM25's zero is "no match")
+    assert weighted == pytest.approx({"a": 0.6, "b": 0.3, "c": 0.4, "d": 0.4 / 3})
     assert list(weighted) == ["a", "c", "b", "d"]
-    assert fuse({}, {"x": 3.0}) == {"x": pytest.approx(0.4)}
+    default = fuse(dense, sparse)  # weighted, dense 0.8
+    assert default == pytest.approx({"a": 0.8, "b": 0.4, "c": 0.2, "d": 0.2 / 3})
+    assert fuse({}, {"x": 3.0}) == {"x": pytest.approx(0.2)}
+    assert fuse({"a": 0.9}, {"x": 0.0}) == {"a": pytest.approx(0.8), "x": 0.0}  # no shared word: no sparse share
     with pytest.raises(M3EError, match="unknown fusion"):
         Fusion("max")
     with pytest.raises(M3EError, match="between 0 and 1"):

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from m3e.errors import M3EError
 from m3e.evaluation.mteb_adapter import corpus_texts
-from m3e.fusion import Fusion, fuse
+from m3e.fusion import FUSION_DEPTH, Fusion, fuse
 from m3e.lexical import BM25, BM25Params, lexical_terms
 
 if TYPE_CHECKING:
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
     from m3e.model import EmbeddingModel
 
-# Candidates each side contributes to the fusion; the index searches the same depth (m3e.index).
-DEFAULT_DEPTH = 50
 
 
 def _top(scores: NDArray[np.float64], ids: list[str], depth: int, candidates: list[int] | None) -> dict[str, float]:
@@ -84,7 +82,7 @@ class SparseSearch:
 class HybridSearch(SparseSearch):
     """Dense (an m3e model) and sparse (BM25) fused, as an mteb search model (retrieval tasks only)."""
 
-    def __init__(self, embedder: EmbeddingModel, fusion: Fusion | None = None, *, depth: int = DEFAULT_DEPTH,
+    def __init__(self, embedder: EmbeddingModel, fusion: Fusion | None = None, *, depth: int = FUSION_DEPTH,
                  params: BM25Params | None = None, batch_size: int = 32) -> None:
         super().__init__(params)
         if depth < 1:

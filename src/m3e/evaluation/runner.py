@@ -193,12 +193,13 @@ def _load_sparse(spec: ModelSpec) -> SparseSearch:
 
 
 def _load_hybrid(spec: ModelSpec, backend: str, device: str | None) -> HybridSearch:
-    from m3e.evaluation.hybrid import DEFAULT_DEPTH, HybridSearch
+    from m3e.evaluation.hybrid import HybridSearch
+    from m3e.fusion import FUSION_DEPTH
 
     embedder = _load_m3e_model(spec, backend=backend, device=device)
     hybrid = HybridSearch(embedder, spec.fusion)
     spec.info.update(hybrid={"fusion": spec.fusion.describe(), "sparse": hybrid.params.describe(),
-                             "depth": DEFAULT_DEPTH})
+                             "depth": FUSION_DEPTH})
     return hybrid
 
 

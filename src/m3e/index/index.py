@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 
 from m3e.errors import InputError, M3EError, as_os_error, describe_os_error
-from m3e.fusion import Fusion, fuse, fuse_rerank
+from m3e.fusion import FUSION_DEPTH, Fusion, fuse, fuse_rerank
 from m3e.index.chunking import Chunk, check_chunking, iter_chunks, iter_chunks_by_tokens
 from m3e.index.corpus import CorpusReader, Document
 from m3e.index.engines import check_engine, open_store
@@ -60,8 +60,6 @@ DEFAULT_TOKEN_OVERLAP = 32
 DEFAULT_BATCH_CHUNKS = 256
 MODES = ("dense", "sparse", "hybrid")
 SPARSE_KINDS = ("bm25",)
-# Candidates each side gives the fusion (as the evaluation's hybrid model: m3e.evaluation.hybrid).
-HYBRID_DEPTH = 50
 # Chunks read per requested document when results are grouped (a document may match in several chunks).
 CHUNKS_PER_DOCUMENT = 3
 
@@ -576,7 +574,7 @@ class Index:
         text = _text_query(query, f"{mode} search")
         if mode == "sparse":
             return self._sparse_hits(text, n, filters)
-        depth = max(n, HYBRID_DEPTH)
+        depth = max(n, FUSION_DEPTH)
         return hybrid_hits(lambda: self._dense_hits(text, depth, filters),
                            lambda: self._sparse_hits(text, depth, filters), fusion)[:n]
 
