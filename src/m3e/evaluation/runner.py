@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, Union
 
-from m3e.backends import BACKEND_CHOICES
+from m3e.backends import split_backend
 from m3e.deprecation import renamed_attributes
 from m3e.errors import M3EError
 from m3e.evaluation.mteb_adapter import MtebEncoder, for_mteb
@@ -115,10 +115,7 @@ def _spec_for(raw: str, fusion: Fusion) -> ModelSpec:
     head, sep, tail = name.rpartition("#")
     if sep and tail in MODES and not Path(name).exists():
         name, mode = head, tail
-    backend = None
-    head, sep, tail = name.rpartition("@")
-    if sep and tail in BACKEND_CHOICES and not Path(name).exists():
-        name, backend = head, tail
+    name, backend = split_backend(name)
     low = name.lower()
     suffix = f"@{backend}" if backend else ""
     if low in (*BASELINES, SPARSE) and not Path(name).exists():

