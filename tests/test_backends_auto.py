@@ -159,7 +159,7 @@ def test_openvino_int8_holds_cosine_and_is_cached(minilm_dir: Path, m3e_home: Pa
 
 
 @pytest.mark.slow  # an OpenVINO export and three compilations
-def test_a_single_short_text_runs_on_the_one_thread_request(tiny_copy: Path, m3e_home: Path) -> None:
+def test_a_single_short_text_runs_on_the_faster_request(tiny_copy: Path, m3e_home: Path) -> None:
     from m3e.backends.openvino import SINGLE_TEXT_TOKENS, OpenVinoRunner
 
     model = m3e.load(str(tiny_copy), backend="openvino")
@@ -167,13 +167,33 @@ def test_a_single_short_text_runs_on_the_one_thread_request(tiny_copy: Path, m3e
     model.use_runner("openvino", runner)
     reference = m3e.load(str(tiny_copy)).encode(FIDELITY_TEXTS[:6])
     batch = model.encode(FIDELITY_TEXTS[:6])
-    assert runner._single is None  # a batch: the request with every thread
+    assert runner._single is None  # a batch: the request with every thread, nothing measured
     alone = np.stack([model.encode(t) for t in FIDELITY_TEXTS[:6]])
-    assert runner._single is not None
+    assert runner._single is not None  # chosen on the first single text, then kept
     np.testing.assert_allclose(alone, batch, atol=1e-5)
     np.testing.assert_allclose(alone, reference, atol=1e-4)
     long_text = "保险" * SINGLE_TEXT_TOKENS * 2
     before = runner._single
     np.testing.assert_allclose(model.encode(long_text), m3e.load(str(tiny_copy)).encode(long_text), atol=1e-4)
     assert runner._single is before
-    assert OpenVinoRunner(runner.path, threads=1)._single_request() is not None  # one thread: its own request
+    one_thread = OpenVinoRunner(runner.path, threads=1)
+    assert one_thread._single_request({}) is one_thread._request  # one thread: nothing to choose
+
+
+def test_the_faster_request_is_chosen_by_its_median() -> None:
+    import time
+
+    from m3e.backends.openvino import faster_request
+
+    class Request:
+        def __init__(self, seconds: float) -> None:
+            self.seconds, self.runs = seconds, 0
+
+        def infer(self, feeds: dict) -> None:
+            self.runs += 1
+            time.sleep(self.seconds)
+
+    slow, fast = Request(0.004), Request(0.0005)
+    assert faster_request({1: slow, 2: fast}, {}, trials=4) is fast
+    assert faster_request({1: fast, 2: slow}, {}, trials=4) is fast
+    assert slow.runs == fast.runs == 2 * (1 + 4)  # one warm-up run and four timed runs each, twice

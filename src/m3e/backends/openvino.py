@@ -7,8 +7,10 @@ weight-only int8 in OpenVINO itself, with vectors at cosine >= 0.999 to fp32. Th
 the plain export (``MODEL/m3e-openvino/`` from ``m3e export MODEL --backend openvino``, else
 ``<cache>/openvino/<fingerprint>/``); compiling it takes about a second.
 
-Three compilations serve three shapes of work. A single short text runs on a one-thread latency
-request (threading one query's small matrix products costs more than it saves). One batch (a
+Three compilations serve three shapes of work. A single short text runs on whichever of a one-thread latency
+request and the batches' request on every thread was faster for the first such text (measured once, then kept:
+threading one query's small matrix products cost more than it saved on a loaded Sapphire Rapids and saved a
+sixth on a quiet AMD EPYC, so neither is assumed). One batch (a
 server's small batch) runs on the latency compilation: one request using every thread. Several batches run on the
 throughput compilation: OpenVINO splits the threads into streams (two streams of one thread on
 two cores) and the batches are in flight together. For a model this small, per-layer threading
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,11 +39,15 @@ if TYPE_CHECKING:
 
     from m3e.backends.base import ModelParts
 
+logger = logging.getLogger(__name__)
+
 KIND = "openvino"
-# A single text of at most this many tokens runs on a one-thread request: for a 384-wide model, splitting each
-# small matrix product over two threads cost more than it saved (p50 3.5-7.7 ms on one thread against 4.9-13.9 ms
-# on two, interleaved, on a shared 2-core machine; docs/benchmarks.md).
+# A single text of at most this many tokens may run on a one-thread request, if that measured faster: for a
+# 384-wide model, splitting each small matrix product over two threads cost more than it saved on a shared
+# Sapphire Rapids (p50 3.5-7.7 ms on one thread against 4.9-13.9 ms on two) and saved 0.7-2.1 ms on a quiet AMD
+# EPYC (docs/benchmarks.md).
 SINGLE_TEXT_TOKENS = 64
+SINGLE_TEXT_TRIALS = 8  # timed runs of each request when choosing
 
 
 class OpenVinoRunner:
@@ -88,20 +96,22 @@ class OpenVinoRunner:
 
         rows, width = features["input_ids"].shape[:2]
         with self._lock:
-            request = self._single_request() if rows == 1 and width <= SINGLE_TEXT_TOKENS else self._request
-            result = request.infer(_feeds(features, self.input_names))
+            feeds = _feeds(features, self.input_names)
+            request = self._single_request(feeds) if rows == 1 and width <= SINGLE_TEXT_TOKENS else self._request
+            result = request.infer(feeds)
             hidden = next(iter(result.values())).copy()  # the request reuses its output buffer
         return torch.from_numpy(hidden)
 
-    def _single_request(self) -> Any:
-        """The request a single short text runs on: a latency compilation on one thread (the same request as a
-        batch's when the runner has one thread anyway)."""
+    def _single_request(self, feeds: dict[str, Any]) -> Any:
+        """The request a single short text runs on: a one-thread latency compilation or the batches' request,
+        whichever ran ``feeds`` (the first single text) faster, interleaved, once per runner."""
         if self.threads == 1:
             return self._request
         if self._single is None:
             config = {**self._config, "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"}
             with keep_signal_stack():
-                self._single = self._core.compile_model(self._model, "CPU", config).create_infer_request()
+                one_thread = self._core.compile_model(self._model, "CPU", config).create_infer_request()
+            self._single = faster_request({1: one_thread, self.threads: self._request}, feeds)
         return self._single
 
     def run_many(self, batches: list[dict[str, Tensor]]) -> list[Tensor]:
@@ -177,6 +187,26 @@ def _libc() -> Any:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
+
+
+def faster_request(requests: dict[int, Any], feeds: dict[str, Any], trials: int = SINGLE_TEXT_TRIALS) -> Any:
+    """The request (keyed by its thread count) with the lowest median time on ``feeds``, the requests' turns
+    alternated so that a burst of load falls on both."""
+    times: dict[int, list[float]] = {threads: [] for threads in requests}
+    for request in requests.values():
+        request.infer(feeds)  # the first run of a compilation allocates
+    for trial in range(trials):
+        order = list(requests.items()) if trial % 2 == 0 else list(reversed(requests.items()))
+        for threads, request in order:
+            started = time.perf_counter()
+            request.infer(feeds)
+            times[threads].append(time.perf_counter() - started)
+    medians = {threads: sorted(t)[len(t) // 2] for threads, t in times.items()}
+    best = min(medians, key=lambda threads: medians[threads])
+    logger.info(
+        "single texts run on %d thread(s): median %s", best,
+        ", ".join(f"{1e3 * m:.2f} ms on {t}" for t, m in sorted(medians.items())))
+    return requests[best]
 
 
 def _feeds(features: dict[str, Tensor], names: list[str]) -> dict[str, Any]:
