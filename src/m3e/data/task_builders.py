@@ -155,28 +155,35 @@ def _insuranceqa_retrieval(inp: Inputs, *, dev: bool) -> Task:
     n = SIZES[name]
     data = inp.insuranceqa
     ordered = [q for q in hash_order(data.questions, key=lambda q: q.zh, salt=name) if in_test(q.zh, name)]
-    picked = ordered[:n]
-    if dev:
-        taken = {data.answers[a][0] for q in picked for a in q.answers + q.negatives[:1]}
-        picked = [q for q in ordered[n:] if not taken & {data.answers[a][0] for a in q.answers}][:n]
-        taken |= {data.answers[a][0] for q in picked for a in q.answers}
-    else:
-        taken = {data.answers[a][0] for q in picked for a in q.answers}
-    docs = [data.answers[a][0] for q in picked for a in q.answers]
-    present = set(docs)
-    for q in picked:  # one of its sampled wrong answers per question as a hard distractor
-        for neg in q.negatives:
-            text = data.answers[neg][0]
-            if text not in present and (not dev or text not in taken):
-                docs.append(text)
-                present.add(text)
-                break
-    queries = [(q.zh, [data.answers[a][0] for a in q.answers]) for q in picked]
+    picked, taken = ordered[:n], set()
+    if dev:  # no text of the test (question, answer or distractor, normalised) is the dev split's
+        test_queries, test_docs = _insurance_queries_and_docs(data, picked, set())
+        taken = {normalise(t) for t in [q for q, _ in test_queries] + test_docs}
+        picked = [q for q in ordered[n:]
+                  if not {normalise(t) for t in [q.zh, *(data.answers[a][0] for a in q.answers)]} & taken][:n]
+    queries, docs = _insurance_queries_and_docs(data, picked, taken)
     split = ", the dev split: the next questions of the test's bucket, sharing no text with the test" if dev else ""
     meta = task_meta(name, "Retrieval", ["cmn-Hans"], "ndcg_at_10",
                  f"InsuranceQA-zh (machine translated): question -> its answers among gold and sampled wrong "
                  f"answers{split}.", ["insuranceqa"])
     return retrieval_task(meta, queries, docs)
+
+
+def _insurance_queries_and_docs(
+    data: corpora.InsuranceQA, picked: list[corpora.Question], taken: set[str]
+) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """(question, its gold answers) of each picked question, and the corpus: every gold answer, then per question
+    its first sampled wrong answer not already there (nor in ``taken``, normalised) as a hard distractor."""
+    docs = [data.answers[a][0] for q in picked for a in q.answers]
+    present = set(docs)
+    for q in picked:
+        for neg in q.negatives:
+            text = data.answers[neg][0]
+            if text not in present and normalise(text) not in taken:
+                docs.append(text)
+                present.add(text)
+                break
+    return [(q.zh, [data.answers[a][0] for a in q.answers]) for q in picked], docs
 
 
 def _idiom_ok(idiom: corpora.Idiom, explanation_count: Counter[str]) -> bool:
