@@ -197,3 +197,15 @@ def test_the_faster_request_is_chosen_by_its_median() -> None:
     assert faster_request({1: slow, 2: fast}, {}, trials=4) is fast
     assert faster_request({1: fast, 2: slow}, {}, trials=4) is fast
     assert slow.runs == fast.runs == 2 * (1 + 4)  # one warm-up run and four timed runs each, twice
+
+
+def test_int8_calibration_and_check_texts_carry_the_models_prompts() -> None:
+    from m3e.backends.openvino_int8 import with_prompts
+
+    prompts = {"query": "query: ", "document": "passage: ", "empty": ""}
+    calibrate, check = with_prompts(["a", "b", "c", "d"], ["x", "y"], prompts)
+    # each calibration text behind one prompt (or none) in turn; each check text behind every one
+    assert calibrate == ["a", "passage: b", "query: c", "d"]
+    assert check == ["x", "passage: x", "query: x", "y", "passage: y", "query: y"]
+    assert with_prompts(["a"], ["x"], {}) == (["a"], ["x"])
+    assert with_prompts(["a"], ["x"], None) == (["a"], ["x"])

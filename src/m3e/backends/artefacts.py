@@ -67,7 +67,10 @@ QUANT_SETTINGS: dict[str, Any] = {
 # The openvino artefact: the plain export; OpenVINO picks the precision when it compiles it.
 OPENVINO_SETTINGS: dict[str, Any] = {"graph": "plain", "precision": "fp32 weights"}
 # The openvino-int8 artefact: NNCF static int8 in OpenVINO's own format (m3e.backends.openvino_int8).
-OPENVINO_INT8_SETTINGS: dict[str, Any] = {"graph": "nncf", "precision": "static int8", "min_cosine": 0.995}
+OPENVINO_INT8_SETTINGS: dict[str, Any] = {
+    "graph": "nncf", "precision": "static int8", "min_cosine": 0.995, "texts": "with the model's prompts",
+    "float_scopes": 4,
+}
 # kind -> (directory next to the model, cache sub-directory, settings in the fingerprint)
 KINDS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "int8": ("m3e-int8", "int8", QUANT_SETTINGS),
