@@ -110,6 +110,35 @@ def test_batches_in_flight_on_streams_match_one_request_at_a_time(tiny_copy: Pat
     assert one.streams == 1 and one._queue is None  # one thread: no throughput compilation
 
 
+def test_encode_on_openvino_splits_batches_at_the_runners_token_budget(
+    tiny_copy: Path, m3e_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import m3e.backends.openvino as openvino_backend
+
+    model = m3e.load(str(tiny_copy))
+    texts = [f"{t} {i}" for i, t in enumerate(MIXED_TEXTS * 4)]
+    reference = model.encode(texts, batch_size=32)
+    model.set_backend("openvino")
+    model._runner = OpenVinoRunner(model._runner.path, threads=2, streams=1, precision="f32")
+    monkeypatch.setattr(openvino_backend, "BATCH_TOKENS", 48)
+    assert model.batch_tokens == 48
+    shapes: list[tuple[int, int]] = []
+    original = OpenVinoRunner.__call__
+    monkeypatch.setattr(
+        OpenVinoRunner, "__call__", lambda self, f: shapes.append(tuple(f["input_ids"].shape)) or original(self, f)
+    )
+    np.testing.assert_allclose(model.encode(texts, batch_size=32), reference, atol=1e-4)
+    lengths = [len(x) for x in model.tokenize(texts, model.resolve_prompt())]
+    # the caller's batches of 32 were split: none over the budget unless one text alone is longer
+    assert len(shapes) > -(-len(texts) // 32)
+    assert all(rows * width <= 48 or rows == 1 for rows, width in shapes), shapes
+    assert sum(rows for rows, _ in shapes) == len(texts) and max(w for _, w in shapes) == max(lengths)
+    # an explicit max_batch_tokens is the caller's to choose
+    shapes.clear()
+    model.encode(texts, batch_size=32, max_batch_tokens=100_000)
+    assert len(shapes) == -(-len(texts) // 32)
+
+
 def test_server_on_openvino_answers_concurrent_openai_clients(tiny_copy: Path, m3e_home: Path) -> None:
     import openai
 

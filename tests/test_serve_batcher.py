@@ -72,6 +72,21 @@ def test_results_come_back_in_input_order() -> None:
         batcher.stop()
 
 
+def test_a_backends_batch_tokens_cap_its_forward_passes() -> None:
+    model = FakeModel()
+    model.batch_tokens = 40  # type: ignore[attr-defined]  # what an OpenVINO-backed model reports
+    batcher = Batcher({"m": model}, max_batch_tokens=4096, max_batch_size=64, max_wait=0.0)
+    batcher.start()
+    try:
+        ids = [_ids(100 + k, 10) for k in range(12)]
+        out = batcher.submit("m", ids).result(timeout=10)
+        np.testing.assert_array_equal(out[:, 0], [100 + k for k in range(12)])
+        # one round of 120 tokens, run as forward passes of at most 40 padded tokens
+        assert [len(b) for b in model.batches] == [4, 4, 4]
+    finally:
+        batcher.stop()
+
+
 def test_huge_request_does_not_starve_small_ones() -> None:
     model = FakeModel(delay=0.002)
     batcher = Batcher({"m": model}, max_batch_tokens=10000, max_batch_size=16, max_wait=0.0)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from m3e.backends.openvino import BATCH_TOKENS as OPENVINO_BATCH_TOKENS
 from m3e.backends.threads import inference_threads
 from m3e.errors import M3EError
 from m3e.length_sorting import length_sorted_batches
@@ -219,6 +220,8 @@ class CompiledModel:
         ids = self.tokenizer.tokenize(items, resolved)
         skip = self.tokenizer.prompt_length(resolved)
         out = np.zeros((len(items), self.dim), dtype=np.float32)
+        if max_batch_tokens is None and self._engine.engine == "openvino":
+            max_batch_tokens = OPENVINO_BATCH_TOKENS  # the openvino backend's cache-sized batches
         batches = length_sorted_batches([len(x) for x in ids], batch_size or DEFAULT_BATCH_SIZE, max_batch_tokens)
         for batch in batches:
             input_ids, mask = self._pad([ids[i] for i in batch])

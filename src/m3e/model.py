@@ -459,6 +459,8 @@ class EmbeddingModel(nn.Module):
         else:
             units = _Tokenized(self.tokenize(texts, prompt), list(range(len(texts))), [1.0] * len(texts))
         prompt_length = self.prompt_length(prompt)
+        if max_batch_tokens is None:
+            max_batch_tokens = self.batch_tokens
         streams = self._runner_streams()
         if streams > 1:  # enough batches to keep every stream busy, even for one batch's worth of texts
             batch_size = max(1, min(batch_size, math.ceil(len(units.ids) / streams)))
@@ -489,6 +491,13 @@ class EmbeddingModel(nn.Module):
         if normalize or self.normalize_module:
             pooled = _unit_rows(pooled)
         return pooled.astype(np.float32, copy=False)
+
+    @property
+    def batch_tokens(self) -> int | None:
+        """Padded tokens per forward pass that the backend runs fastest (OpenVINO: batches whose activations
+        stay in the caches); None when any batch size does. ``encode`` splits larger batches unless given
+        ``max_batch_tokens``; the server's batches too."""
+        return self._runner.batch_tokens if isinstance(self._runner, StreamingRunner) else None
 
     def _runner_streams(self) -> int:
         """Batches the runner computes at once (OpenVINO streams), 1 for a plain forward."""

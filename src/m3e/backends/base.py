@@ -52,4 +52,9 @@ class StreamingRunner(Runner, Protocol):
     @property
     def streams(self) -> int: ...
 
+    @property
+    def batch_tokens(self) -> int:
+        """Padded tokens per batch that the runner computes fastest (larger batches are split)."""
+        ...
+
     def run_many(self, batches: list[dict[str, Tensor]]) -> list[Tensor]: ...

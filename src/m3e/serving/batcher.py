@@ -403,7 +403,10 @@ class Batcher:
         """The round's texts in length-sorted batches, one forward each; jobs failed meanwhile are skipped."""
         lengths = [len(job.ids[i]) for job, i in picked]
         left = sum(lengths)
-        for batch in split_batches(lengths, self.max_batch_size, self.max_batch_tokens):
+        # a round's batches no larger than the backend runs fastest (OpenVINO: 1,024 padded tokens)
+        fastest = getattr(self.models[lane[0]], "batch_tokens", None)
+        budget = min(self.max_batch_tokens, fastest) if isinstance(fastest, int) else self.max_batch_tokens
+        for batch in split_batches(lengths, self.max_batch_size, budget):
             self._running = (lane[0], left)
             items = [picked[k] for k in batch if not picked[k][0].failed]
             if items:
