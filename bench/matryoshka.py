@@ -1,9 +1,10 @@
 """How much retrieval quality the leading dimensions of a model's vectors keep (the Matryoshka curve).
 
-    python bench/matryoshka.py MODEL [MODEL ...] [--dims 384,256,128,64] [--backend bf16] [--pca 6000]
+    python bench/matryoshka.py MODEL [MODEL ...] [--dims 384,256,128,64] [--backend bf16] [--pca 6000] [--split dev]
 
 Each model encodes the queries and documents of the retrieval tasks once (offline suite's test split and the
-skills suite: held-out texts), then every size d is scored from the same vectors cut to their first d
+skills suite: held-out texts; ``--split dev``: the offline tasks' dev splits instead of their test splits, for
+choosing training settings), then every size d is scored from the same vectors cut to their first d
 dimensions and renormalised, as ``encode(dimensions=d)`` and the server's ``dimensions`` do: nDCG@10 per task,
 the average, and the average as a percentage of the model's full-size average.
 
@@ -32,6 +33,7 @@ TASKS = (  # (task, profile)
     ("DocEntryRetrieval", "skills"),
     ("DocSectionRetrieval", "skills"),
 )
+SPLITS = {"test": TASKS, "dev": tuple((task, "dev" if profile == "full" else profile) for task, profile in TASKS)}
 
 
 def ndcg_at_10(scores: np.ndarray, doc_ids: list[str], relevant: dict[str, int]) -> float:
@@ -56,6 +58,8 @@ def main() -> None:
     parser.add_argument("--backend", default="bf16")
     parser.add_argument("--pca", type=int, default=0, metavar="N",
                         help="also score the vectors rotated onto principal axes fitted on N pool texts")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="test",
+                        help="the offline tasks' split (dev: for choosing settings; the skills tasks either way)")
     args = parser.parse_args()
     dims = [int(d) for d in args.dims.split(",")]
     data = data_dir()
@@ -67,8 +71,10 @@ def main() -> None:
         if args.pca:
             rotations[" + PCA rotation"] = principal_axes(model, data, args.pca)
         vectors = {}
-        for task, profile in TASKS:
+        for task, profile in SPLITS[args.split]:
             doc = json.loads((data / "tasks" / task / f"{profile}.json").read_text(encoding="utf-8"))
+            if profile == "dev":
+                task = f"{task} (dev)"
             vectors[task] = (doc, model.encode_queries([x["text"] for x in doc["queries"]]),
                              model.encode_documents([x["text"] for x in doc["corpus"]]))
         for suffix, rotation in rotations.items():
