@@ -66,6 +66,11 @@ default-model: setup
 	$(BIN)/python -m m3e.default_model runs/default-model-v2 runs/default-model-v2-soup \
 		--recipe recipes/default-model-v2.yaml --section "Sizes (Matryoshka)=runs/default-model-v2-matryoshka.md" \
 		--eval runs/default-model-v2-offline/results.json --eval runs/default-model-v2-skills/results.json
+	@# openvino-int8's float scope searched once (~10 minutes) and recorded beside the model, so that `auto`
+	@# quantises it once on a user's machine instead of searching; the artefact itself is not bundled
+	rm -rf src/m3e/default_model/m3e-openvino-int8 src/m3e/default_model/m3e-openvino-int8-scope.json
+	HF_HUB_OFFLINE=1 $(BIN)/m3e export src/m3e/default_model --backend openvino-int8
+	rm -rf src/m3e/default_model/m3e-openvino-int8
 
 # The first default model (v1: 7 layers, 16k pieces, two stages), from scratch (data, teacher vectors, stage 1,
 # hard negatives, stage 2, evaluation) into src/m3e/default_model/. Resumable. From about 2 hours to about 4.5

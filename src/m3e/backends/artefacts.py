@@ -69,8 +69,12 @@ OPENVINO_SETTINGS: dict[str, Any] = {"graph": "plain", "precision": "fp32 weight
 # The openvino-int8 artefact: NNCF static int8 in OpenVINO's own format (m3e.backends.openvino_int8).
 OPENVINO_INT8_SETTINGS: dict[str, Any] = {
     "graph": "nncf", "precision": "static int8", "min_cosine": 0.995, "texts": "with the model's prompts",
-    "float_scopes": 4,
+    "float_scopes": 4, "per_layer": "released while min_cosine >= 0.996",
 }
+# The float-kept scope an openvino-int8 search chose, recorded beside the model by `m3e export --backend
+# openvino-int8` (the bundled default model ships one): later builds quantise with it once instead of searching.
+# A hint, not part of the fingerprint: whatever scope a build starts from, its artefact holds the same target.
+INT8_SCOPE_FILE = "m3e-openvino-int8-scope.json"
 # kind -> (directory next to the model, cache sub-directory, settings in the fingerprint)
 KINDS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "int8": ("m3e-int8", "int8", QUANT_SETTINGS),
