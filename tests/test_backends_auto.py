@@ -163,13 +163,15 @@ def test_openvino_int8_holds_cosine_and_is_cached(minilm_dir: Path, m3e_home: Pa
 
 @pytest.mark.slow  # NNCF quantises a copy of MiniLM: searching, then once from the recorded scope
 def test_export_records_the_scope_and_a_new_build_starts_from_it(
-    minilm_dir: Path, m3e_home: Path, tmp_path: Path
+    minilm_dir: Path, m3e_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import shutil
 
     model_dir = tmp_path / "minilm"
     shutil.copytree(minilm_dir, model_dir, ignore=shutil.ignore_patterns("m3e-*"))
+    capsys.readouterr()
     assert main(["export", str(model_dir), "--backend", "openvino-int8", "--no-check"]) == 0
+    assert capsys.readouterr().out == ""  # NNCF's progress bars stay off standard output (vectors go there)
     searched = artefacts.read_artefact_meta(model_dir / "m3e-openvino-int8")
     record = json.loads((model_dir / artefacts.INT8_SCOPE_FILE).read_text(encoding="utf-8"))
     assert searched is not None and record["float_patterns"] == searched["quantization"]["float_patterns"]

@@ -26,6 +26,7 @@ does not hold the target on that machine.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -198,12 +199,15 @@ def with_prompts(
 
 @contextlib.contextmanager
 def _quiet(name: str) -> Iterator[None]:
-    """NNCF reports every quantiser it places and draws progress bars on its own logger."""
+    """NNCF reports every quantiser it places on its own logger, and draws its progress bars with rich, whose
+    console writes to standard output: a first ``m3e encode ... > vectors.jsonl`` builds this artefact, and the
+    bars must not land among the vectors."""
     log = logging.getLogger(name)
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         log.setLevel(level)
 
@@ -292,6 +296,8 @@ def _release_layers(
     candidates = list(names)
     if len(candidates) < 2:
         return None
+    logger.warning("openvino-int8: choosing which of %d projections to quantise, layer by layer (about %d "
+                   "quantisations, once per model)", len(candidates), len(candidates) + len(candidates).bit_length())
     alone: dict[str, float] = {}
     for pattern in candidates:
         _, scores = quantise(kept + [c for c in candidates if c != pattern])
