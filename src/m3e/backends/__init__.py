@@ -126,7 +126,7 @@ def export_artefact(
         require_onnxruntime()
         return artefacts.export_artefact(model, out, force=force, kind=kind, write_graph=write_int8_graph)
     if kind == "openvino-int8":
-        from m3e.backends.openvino_int8 import require_nncf, write_int8_ir
+        from m3e.backends.openvino_int8 import record_scope, require_nncf, write_int8_ir
 
         require_nncf()
         directory = artefacts.export_artefact(model, out, force=force, kind=kind, write_graph=write_int8_ir)
@@ -137,24 +137,6 @@ def export_artefact(
 
     require_openvino()
     return artefacts.export_artefact(model, out, force=force, kind=kind, write_graph=artefacts.write_plain_graph)
-
-
-def record_scope(model_dir: Path, artefact: Path) -> None:
-    """Write the float-kept scope of the openvino-int8 artefact at ``artefact`` beside the model in
-    ``model_dir`` (``artefacts.INT8_SCOPE_FILE``), for builds elsewhere to start from."""
-    import json
-
-    from m3e.atomic import write_atomic
-    from m3e.backends import artefacts
-    from m3e.backends.openvino_int8 import RECORDED
-
-    meta = artefacts.read_artefact_meta(artefact) or {}
-    quantization = meta.get("quantization") or {}
-    if "float_patterns" not in quantization:
-        return
-    label = str(quantization.get("float_scope", "")).removesuffix(RECORDED)
-    record = {"float_patterns": quantization["float_patterns"], "float_scope": label, "versions": meta.get("versions")}
-    write_atomic(model_dir / artefacts.INT8_SCOPE_FILE, json.dumps(record, ensure_ascii=False, indent=1) + "\n")
 
 
 def runner_for_artefact(kind: str, directory: Path) -> Runner:

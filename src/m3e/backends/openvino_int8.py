@@ -347,3 +347,19 @@ def recorded_scope(model: ModelParts) -> list[str] | None:
     if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
         raise M3EError(f"{path}: 'float_patterns' must be a list of node-name patterns")
     return patterns
+
+
+def record_scope(model_dir: Path, artefact: Path) -> None:
+    """Write the float-kept scope of the openvino-int8 artefact at ``artefact`` beside the model in ``model_dir``
+    (:data:`artefacts.INT8_SCOPE_FILE`, read back by :func:`recorded_scope`), for builds elsewhere to start from."""
+    import json
+
+    from m3e.atomic import write_atomic
+
+    meta = artefacts.read_artefact_meta(artefact) or {}
+    quantization = meta.get("quantization") or {}
+    if "float_patterns" not in quantization:
+        return
+    label = str(quantization.get("float_scope", "")).removesuffix(RECORDED)
+    record = {"float_patterns": quantization["float_patterns"], "float_scope": label, "versions": meta.get("versions")}
+    write_atomic(model_dir / artefacts.INT8_SCOPE_FILE, json.dumps(record, ensure_ascii=False, indent=1) + "\n")
