@@ -17,7 +17,6 @@ from m3e.backends.selection import (
     TINY_MODEL_PARAMETERS,
     CpuFeatures,
     Workload,
-    auto_choice,
     choose_backend,
     workload_of,
 )
@@ -28,7 +27,10 @@ ALL = frozenset({"openvino", "nncf", "onnxruntime", "onnx"})
 BASE = Workload(parameters=20_000_000)
 # The first processor's block of /proc/cpuinfo, cut to what matters, on four x86 generations and an ARM server.
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8\n"
-EPYC_ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16\n"
+EPYC_ZEN4 = (
+    "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16\n\n"
+    "processor\t: 1\nmodel name\t: another\nflags\t\t: fpu\n"
+)
 CASCADE_LAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
 EPYC_ZEN3 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
 GRAVITON = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes sha2 asimddp sve bf16 i8mm\n"
@@ -48,8 +50,9 @@ def cpu(text: str, arch: str = "x86_64") -> CpuFeatures:
         (EPYC_ZEN4, "x86_64", "avx512_bf16", ALL, "openvino-int8"),
         (EPYC_ZEN4, "x86_64", "avx512_bf16", frozenset({"openvino", "onnx", "onnxruntime"}), "openvino"),
         (CASCADE_LAKE, "x86_64", "vnni", ALL, "openvino-int8"),
-        (CASCADE_LAKE, "x86_64", "vnni", frozenset({"openvino", "onnx", "onnxruntime"}), "int8"),
-        (EPYC_ZEN3, "x86_64", "avx2", ALL, "int8"),
+        (CASCADE_LAKE, "x86_64", "vnni", frozenset({"openvino", "onnx", "onnxruntime"}), "openvino"),
+        (CASCADE_LAKE, "x86_64", "vnni", frozenset({"onnxruntime", "onnx"}), "int8"),
+        (EPYC_ZEN3, "x86_64", "avx2", ALL, "openvino-int8"),
         (EPYC_ZEN3, "x86_64", "avx2", frozenset({"openvino", "nncf", "onnx"}), "openvino-int8"),
         (GRAVITON, "aarch64", "arm", ALL, "openvino"),
         (GRAVITON, "aarch64", "arm", frozenset({"onnxruntime", "onnx"}), "int8"),
@@ -65,6 +68,11 @@ def test_auto_picks_by_cpu_and_installed_engines(
     assert choice.backend == expected, choice
     assert choice.backend in BACKEND_CHOICES and choice.reason
     assert not choice.fallback
+    # what a timing compares: the installed backends held to cosine 0.995 (ONNX Runtime int8 only when alone)
+    assert choice.backend == "torch" or choice.backend == choice.candidates[0]
+    assert "int8" not in choice.candidates or choice.candidates == ("int8",)
+    # timed on the CPU itself wherever the order was not measured on its family
+    assert choice.to_time == (family in {"vnni", "avx2", "arm"} and len(choice.candidates) > 1)
 
 
 def test_nothing_fast_installed_falls_back_to_torch_saying_what_to_install() -> None:
@@ -87,6 +95,11 @@ def test_workload_decides_before_the_cpu() -> None:
     assert choose_backend(zen4, ALL, Workload(parameters=10**7, pairs=True)).backend == "openvino"
     # the same inputs, the same answer: nothing else is read
     assert choose_backend(zen4, ALL, BASE) == choose_backend(cpu(EPYC_ZEN4), frozenset(ALL), BASE)
+
+
+def test_the_cpus_name_and_flags_come_from_the_first_processor() -> None:
+    zen4 = cpu(EPYC_ZEN4)
+    assert zen4.name == "AMD EPYC 9R14" and "avx512_bf16" in zen4.flags and zen4.family == "avx512_bf16"
 
 
 def test_cpuinfo_without_flags_is_other() -> None:
@@ -120,18 +133,6 @@ def test_info_backends_and_the_log_line(
 
 
 TOLERANCE = {"openvino": 0.999, "openvino-int8": 0.995, "int8": 0.97, "bf16": 0.999}
-
-
-@pytest.mark.slow  # exports (and on some CPUs quantises) MiniLM
-def test_auto_encodes_like_torch_within_its_backends_tolerance(minilm_dir: Path, m3e_home: Path) -> None:
-    reference = m3e.load(str(minilm_dir)).encode(FIDELITY_TEXTS)
-    model = m3e.load(str(minilm_dir), backend="auto")
-    assert model.backend == auto_choice(model).backend != "auto"
-    vectors = model.encode(FIDELITY_TEXTS)
-    if model.backend == "torch":
-        np.testing.assert_allclose(vectors, reference, atol=1e-5)
-    else:
-        assert _cos(reference, vectors).min() >= TOLERANCE[model.backend], model.backend
 
 
 @pytest.mark.slow  # NNCF calibrates and quantises MiniLM up to three times

@@ -8,11 +8,15 @@ follow the measurements in docs/benchmarks.md:
 - AMX (Sapphire Rapids and later): OpenVINO in bf16 (the AMX-BF16 tiles run the matrix products as fast as
   AMX-INT8 does, and static int8 must keep its sensitive products in float, so it measured no faster), then
   static int8 in OpenVINO, then ONNX Runtime int8.
-- AVX512_BF16 without AMX, AVX-512 VNNI / AVX-VNNI: static int8 in OpenVINO (``openvino-int8``: VNNI int8 dot
+- AVX512_BF16 without AMX: static int8 in OpenVINO (``openvino-int8``: VNNI int8 dot
   products, sensitive products kept in float, cosine to fp32 >= 0.995; 1.24x OpenVINO bf16 measured on an AMD
   EPYC with AVX512_BF16), then OpenVINO, then ONNX Runtime int8.
-- AVX2 without VNNI: ONNX Runtime int8 (1.3-1.8x fp32 measured), then the OpenVINO ones.
-- ARM: OpenVINO, then ONNX Runtime int8 (not measured on ARM here).
+- VNNI without AVX512_BF16, AVX2 without VNNI, ARM: not measured here, so the table's order is only a starting
+  guess: ``auto`` times the accurate candidates on the CPU itself, once per model, and keeps the
+  fastest (:mod:`m3e.backends.measurement`; a record of that timing beats the table on any CPU).
+- ONNX Runtime's dynamic int8 comes last everywhere: its vectors are at cosine 0.977-0.981 to fp32 on the
+  default model (-0.56 on the offline suite), under the 0.995 the other backends are held to; ``auto`` runs it
+  only where OpenVINO is not installed.
 - Anything else, a GPU, a pooling that reads every layer, or a model so small that the engine's fixed cost
   (export, compilation) is never paid back: torch fp32.
 
@@ -53,6 +57,7 @@ class CpuFeatures:
 
     arch: str
     flags: frozenset[str] = field(default_factory=frozenset)
+    name: str = ""  # "model name" (x86): part of what a timing on this CPU holds for
 
     @property
     def family(self) -> str:
@@ -71,12 +76,18 @@ class CpuFeatures:
 
     @classmethod
     def from_cpuinfo(cls, text: str, arch: str) -> CpuFeatures:
-        """Parse the first processor's ``flags`` (x86) or ``Features`` (ARM) line of /proc/cpuinfo."""
+        """Parse the first processor's ``flags`` (x86) or ``Features`` (ARM) and ``model name`` lines."""
+        flags: frozenset[str] = frozenset()
+        name = ""
         for line in text.splitlines():
             key, _, value = line.partition(":")
-            if key.strip() in ("flags", "Features"):
-                return cls(arch=arch, flags=frozenset(value.split()))
-        return cls(arch=arch)
+            if key.strip() in ("flags", "Features") and not flags:
+                flags = frozenset(value.split())
+            elif key.strip() == "model name" and not name:
+                name = value.strip()
+            elif not key.strip() and (flags or name):
+                break  # the end of the first processor's block
+        return cls(arch=arch, flags=flags, name=name)
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,11 @@ class Choice:
     reason: str
     # True when a fast backend would run here but its packages are missing (worth a warning)
     fallback: bool = False
+    # The installed backends held to cosine >= 0.995 that could run it, in the table's order: what a timing
+    # on this CPU compares (m3e.backends.measurement).
+    candidates: tuple[str, ...] = ()
+    # True where the table's order was not measured on this CPU family: auto times the candidates first.
+    to_time: bool = False
 
     def __str__(self) -> str:
         return f"backend auto -> {self.backend}: {self.reason}"
@@ -107,11 +123,15 @@ class Choice:
 _ORDER = {
     "amx": ("openvino", "openvino-int8", "int8"),
     "avx512_bf16": ("openvino-int8", "openvino", "int8"),
-    "vnni": ("openvino-int8", "int8", "openvino"),
-    "avx2": ("int8", "openvino-int8", "openvino"),
+    "vnni": ("openvino-int8", "openvino", "int8"),
+    "avx2": ("openvino-int8", "openvino", "int8"),
     "arm": ("openvino", "int8"),
     "other": (),
 }
+# The families whose order above was measured (docs/benchmarks.md); elsewhere auto times the candidates.
+MEASURED_FAMILIES = frozenset({"amx", "avx512_bf16"})
+# Backends whose vectors are not held to cosine >= 0.995 to fp32: chosen only when nothing else is installed.
+LOOSE = frozenset({"int8"})
 _WHY = {
     "amx": "AMX: bf16 matrix units as fast as its int8 ones",
     "avx512_bf16": "AVX512_BF16 and VNNI",
@@ -140,10 +160,13 @@ def choose_backend(cpu: CpuFeatures, installed: frozenset[str], workload: Worklo
     order = _ORDER[cpu.family]
     if workload.pairs:
         order = tuple(b for b in order if b != "openvino-int8")
-    for backend in order:
-        missing = [m for m in REQUIRES[backend] if m not in installed]
-        if not missing:
-            return Choice(backend, f"{cpu.arch} CPU with {_WHY[cpu.family]}: {_WHAT[backend]}")
+    runnable = [b for b in order if all(m in installed for m in REQUIRES[b])]
+    if runnable:
+        candidates = tuple(b for b in runnable if b not in LOOSE) or tuple(runnable[:1])
+        return Choice(
+            runnable[0], f"{cpu.arch} CPU with {_WHY[cpu.family]}: {_WHAT[runnable[0]]}",
+            candidates=candidates, to_time=len(candidates) > 1 and cpu.family not in MEASURED_FAMILIES,
+        )
     if not order:
         return Choice("torch", f"{cpu.arch} CPU with {_WHY[cpu.family]}: torch fp32")
     best = order[0]
@@ -183,9 +206,16 @@ def workload_of(model: ModelParts) -> Workload:
     )
 
 
-def auto_choice(model: ModelParts) -> Choice:
-    """What ``auto`` picks for ``model`` on this machine with what is installed here."""
-    return choose_backend(detect_cpu(), installed_engines(), workload_of(model))
+def auto_choice(model: ModelParts, *, time_now: bool = True, force_timing: bool = False) -> Choice:
+    """What ``auto`` picks for ``model`` on this machine with what is installed here: the table's choice, or
+    the fastest candidate as timed on this CPU (a record of an earlier timing; a timing now where the table's
+    order is a guess and ``time_now``, or wherever ``force_timing``)."""
+    choice = choose_backend(detect_cpu(), installed_engines(), workload_of(model))
+    if len(choice.candidates) < 2:
+        return choice
+    from m3e.backends.measurement import measured_choice
+
+    return measured_choice(model, choice, time_now=time_now and choice.to_time, force=force_timing)
 
 
 def resolve(model: ModelParts, backend: str) -> str:

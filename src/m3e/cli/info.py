@@ -6,6 +6,7 @@ import argparse
 import json
 
 from m3e.cli._common import add_model_options, load_model_from_args
+from m3e.errors import M3EError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--backends", action="store_true",
                         help="also show what backend auto chooses for this model here, and why (CPU, installed engines)")
+    parser.add_argument("--measure", action="store_true",
+                        help="with --backends: time the candidate backends on this CPU now and record the fastest, "
+                             "which auto then runs (builds their artefacts first where missing)")
 
 
 def describe(model) -> dict:  # type: ignore[no-untyped-def]
@@ -35,25 +39,32 @@ def describe(model) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
-def backends(model) -> dict:  # type: ignore[no-untyped-def]
-    """What ``auto`` picks for ``model`` on this machine, and the inputs of that choice."""
+def backends(model, measure: bool = False) -> dict:  # type: ignore[no-untyped-def]
+    """What ``auto`` picks for ``model`` on this machine, and the inputs of that choice (nothing is built or
+    timed unless ``measure``)."""
     from m3e.backends.selection import auto_choice, detect_cpu, installed_engines
 
     cpu = detect_cpu()
-    choice = auto_choice(model)
+    choice = auto_choice(model, time_now=False, force_timing=measure)
+    why = choice.reason
+    if choice.to_time:
+        why += f"; {', '.join(choice.candidates)} will be timed on this CPU at first use (or now: --measure)"
     return {
         "auto": choice.backend,
-        "why": choice.reason,
-        "cpu": f"{cpu.arch}, {cpu.family}",
+        "why": why,
+        "cpu": f"{cpu.arch}, {cpu.family}" + (f" ({cpu.name})" if cpu.name else ""),
         "engines": sorted(installed_engines()) or ["none"],
+        "candidates": list(choice.candidates) or ["none"],
     }
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.measure and not args.backends:
+        raise M3EError("--measure goes with --backends")
     model = load_model_from_args(args)
     info = describe(model)
     if args.backends:
-        info["backends"] = backends(model)
+        info["backends"] = backends(model, measure=args.measure)
     if args.json:
         print(json.dumps(info, ensure_ascii=False, indent=2))
         return 0
@@ -64,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
             value = json.dumps(value, ensure_ascii=False) if value else "none"
         elif key == "backends":
             for name, part in value.items():
-                print(f"{'auto ' + name if name != 'auto' else 'auto':>13}: {', '.join(part) if isinstance(part, list) else part}")
+                label = f"auto {name}" if name != "auto" else "auto"
+                print(f"{label:>15}: {', '.join(part) if isinstance(part, list) else part}")
             continue
-        print(f"{key:>13}: {value}")
+        print(f"{key:>15}: {value}")
     return 0
