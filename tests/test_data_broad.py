@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from m3e.data import broad
+from m3e.data import broad, sources
 from m3e.data.skill_tasks import SKILL_TASKS, SKILLS, first_sentence, long_text
 from m3e.data.task_builders import TASKS
 from m3e.errors import M3EError
@@ -70,6 +70,44 @@ def test_mo_pairs_strip_context_and_markup_and_skip_untranslated() -> None:
     assert broad.mo_pairs(data, "x.mo") == [("Open file", "打开 文件"), ("Plain text here", "纯文本")]
     with pytest.raises(M3EError, match=r"x\.mo: not a readable gettext catalog"):
         broad.mo_pairs(struct.pack("<I", 0x12345678) + b"\0" * 24, "x.mo")
+
+
+def _extract(tmp_path: Path, name: str) -> Path:
+    """A synthetic source's archive, extracted as a fetch extracts it (the source's member patterns apply)."""
+    filename, data = synthetic.archives()[name]
+    archive = tmp_path / filename
+    archive.write_bytes(data)
+    sources.extract(sources.SOURCES[name], archive, tmp_path / name)
+    return tmp_path / name
+
+
+def test_bible_chapters_are_plain_paragraphs_without_notes_or_headings(tmp_path: Path) -> None:
+    files = _extract(tmp_path, "bible_en")
+    chapters = broad.read_bible(files)
+    assert [c.ref for c in chapters] == [f"B.{c}" for c in (*range(1, 7), *range(50, 54))]  # both testaments
+    first = chapters[0].paragraphs
+    assert len(first) == 3  # a paragraph milestone every four verses
+    assert first[0].startswith(synthetic.words(100, 9, 45).capitalize() + ". ")  # <w> tags gone, punctuation back
+    text = " ".join(p for c in chapters for p in c.paragraphs)
+    assert "<" not in text and "note" not in text and "Book 1" not in text
+    (files / "usr/share/sword/modules/texts/ztext/engWEB2015eb/nt.bzz").write_bytes(b"not zlib")
+    with pytest.raises(M3EError, match=r"engWEB2015eb/nt: cannot read this source file"):
+        broad.read_bible(files)
+
+
+def test_tutorials_split_into_sections_in_both_languages(tmp_path: Path) -> None:
+    files = _extract(tmp_path, "inkscape_tutorials")
+    en, zh = broad.read_tutorials(files), broad.read_tutorials(files, "zh_CN")
+    assert [s.tutorial for s in en] == ["alpha"] * 5 + ["beta"] * 5 + ["gamma"] * 5  # German: not extracted
+    assert [s.tutorial for s in zh] == ["alpha"] * 4 + ["beta"] * 5 + ["gamma"] * 5
+    section = en[1]
+    assert section.heading == synthetic.words(1, 3, 47).capitalize()
+    # a flowed paragraph keeps its bold run; wrapped lines join with one space in English, none in Chinese
+    assert section.paragraphs[0] == synthetic.words(10, 30, 48).capitalize() + "."
+    wrapped = synthetic.words(11, 30, 48).capitalize() + "."
+    assert section.paragraphs[1] == f"{wrapped[:len(wrapped) // 2].strip()} {wrapped[len(wrapped) // 2:].strip()}"
+    assert zh[1].paragraphs[1] == synthetic.phrase(11, 60, 48) + "。"
+    assert not any("label" in p for s in en for p in s.paragraphs)
 
 
 def test_long_text_joins_whole_paragraphs_up_to_the_limit() -> None:

@@ -14,6 +14,7 @@ import pytest
 from m3e.data import build as builder
 from m3e.data import sources
 from m3e.data import teacher as teachers
+from m3e.data.broad import has_chinese
 from m3e.data.distill import POOLS
 from m3e.data.skill_tasks import SKILL_TASKS
 from m3e.data.task_builders import SIZES, TASKS, bundled_smoke, eval_texts
@@ -101,6 +102,36 @@ def test_no_evaluation_text_in_training_records(two_builds: tuple[Path, Path]) -
     # dictionary, test premises in the SNLI train file): the exclusion must have dropped them.
     for name in ("insuranceqa_zh_en", "cedict_gloss", "hsk_zh_en", "snli_triplets", "idiom_explanation"):
         assert manifest["train"][name]["dropped_excluded"] > 0, name
+
+
+def _records(out: Path, name: str) -> list[dict[str, str]]:
+    return [json.loads(line) for line in (out / "train" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_long_pairs_hold_long_passages_and_translations_that_correspond(two_builds: tuple[Path, Path]) -> None:
+    out = two_builds[0]
+    laws = _records(out, "laws_chapters")  # 6 laws of 3 chapters, each chapter's articles joined
+    assert len(laws) == 18 and len({r["text"] for r in laws}) == 18
+    for r in laws:  # "<law> 第N章 <title>" -> articles, one per line
+        assert r["text"].startswith("中华人民共和国") and " 第" in r["text"] and "\n" in r["text_pos"]
+        assert len(r["text_pos"]) >= 200
+    # Tutorials: heading -> section in both languages; across the languages only the tutorials whose
+    # translation has every section (the first lacks one), section for section.
+    sections = _records(out, "tutorial_sections")
+    assert len(sections) == 15 + 14
+    pairs = _records(out, "tutorial_zh_en")
+    assert len(pairs) == 10
+    for r in pairs:
+        assert has_chinese(r["text"]) and not has_chinese(r["text_pos"])
+    english = {synthetic.words(t * 100 + k * 10, 30, 48).capitalize(): (t, k) for t in range(3) for k in range(5)}
+    chinese = {synthetic.phrase(t * 100 + k * 10, 60, 48): (t, k) for t in range(3) for k in range(5)}
+    for r in pairs:
+        assert chinese[r["text"].split("。")[0]] == english[r["text_pos"].split(".")[0]]
+    # The Bible: one sentence of a paragraph -> the paragraph without it, and what follows
+    bible = _records(out, "bible_context")
+    assert len(bible) >= 20
+    for r in bible:
+        assert r["text"] not in r["text_pos"] and len(r["text_pos"]) >= 200 and "<" not in r["text_pos"]
 
 
 def test_normalisation_catches_script_width_case_and_spaces() -> None:

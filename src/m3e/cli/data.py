@@ -64,7 +64,7 @@ def _fetch(args: argparse.Namespace) -> int:
         return 0
     for r in results:
         source = sources.get_source(r.id)
-        print(f"{r.id}  {source.name:<17} {source.spec:<28} {r.status:<12} version {r.version}  sha256 {r.sha256}")
+        print(f"{r.id}  {source.name:<18} {source.spec:<28} {r.status:<12} version {r.version}  sha256 {r.sha256}")
     print(f"{len(results)} sources ready in {sources_dir(args.root)} in {time.perf_counter() - start:.1f}s")
     return 0
 
@@ -79,7 +79,7 @@ def _status(args: argparse.Namespace) -> int:
             state = "ready"
         except M3EError as exc:
             state = f"not ready: {exc}"
-        print(f"{src.id}  {src.name:<17} {src.spec:<28} {src.license:<36} {state}")
+        print(f"{src.id}  {src.name:<18} {src.spec:<28} {src.license:<36} {state}")
     return 0
 
 

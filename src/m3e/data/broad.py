@@ -3,7 +3,8 @@
 These sources widen what the default model sees beyond the first eight (reviews, news, insurance, idioms,
 dictionary, poetry, sayings, SNLI): long formal Chinese (laws), technical Chinese and English with their
 human translations (LibreOffice's help, the interfaces of Blender, calibre and JupyterLab), technical English
-prose (the Python documentation) and general English (fortune's quotes). Like ``corpora``, each reader takes
+prose (the Python documentation and Inkscape's tutorials, the latter also in Chinese) and general English
+(fortune's quotes, the World English Bible's paragraphs). Like ``corpora``, each reader takes
 the directory ``sources.require(name)`` returned and returns clean records; nothing here selects or splits.
 """
 
@@ -13,10 +14,13 @@ import re
 import sqlite3
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
+from xml.etree import ElementTree
 
 from m3e.data.text import squash
 from m3e.errors import M3EError
@@ -364,3 +368,122 @@ def read_fortunes_en(files: Path) -> list[str]:
             if 20 <= len(block) <= 600 and _LATIN.search(block):
                 seen.setdefault(block, None)
     return list(seen)
+
+
+# --------------------------------------------------------------------------- the World English Bible (Q)
+
+
+@dataclass(frozen=True)
+class BibleChapter:
+    ref: str  # OSIS reference: "Matt.5"
+    paragraphs: tuple[str, ...]  # the translation's own paragraphs, verses joined, notes and headings left out
+
+
+_BIBLE = Path("usr/share/sword/modules/texts/ztext/engWEB2015eb")
+_OSIS_CHAPTER = re.compile(r'<chapter\b[^>]*\bsID="([^"]+)"[^>]*/>')
+_OSIS_PARAGRAPH = re.compile(r'<div\b[^>]*\btype="x-p"[^>]*\bsID="[^"]*"[^>]*/>|<div\b[^>]*\bsID="[^"]*"[^>]*\btype="x-p"[^>]*/>')
+_OSIS_DROPPED = re.compile(r"<note\b.*?</note>|<title\b.*?</title>", re.S)  # footnotes, headings
+_TAG = re.compile(r"<[^>]+>")
+
+
+def read_zverses(files: Path, testament: str) -> list[str]:
+    """Every entry of a SWORD zText testament ("ot" or "nt") in versification order, OSIS markup kept.
+
+    The format: ``.bzs`` lists the zlib blocks (offset, compressed size, size: three little-endian uint32),
+    ``.bzv`` each verse's place (block, offset: uint32; size: uint16), ``.bzz`` the blocks themselves.
+    """
+    base = files / _BIBLE / testament
+    try:
+        blocks_index = (base.with_suffix(".bzs")).read_bytes()
+        verses_index = (base.with_suffix(".bzv")).read_bytes()
+        data = (base.with_suffix(".bzz")).read_bytes()
+        blocks: list[bytes] = []
+        for offset, size, _ in struct.iter_unpack("<III", blocks_index[: len(blocks_index) // 12 * 12]):
+            blocks.append(zlib.decompress(data[offset:offset + size]))
+        out = []
+        for block, offset, size in struct.iter_unpack("<IIH", verses_index[: len(verses_index) // 10 * 10]):
+            if size:
+                out.append(blocks[block][offset:offset + size].decode("utf-8"))
+        return out
+    except (OSError, zlib.error, IndexError, UnicodeDecodeError) as exc:
+        raise _corrupt(base, exc) from exc
+
+
+def read_bible(files: Path) -> list[BibleChapter]:
+    """The chapters of both testaments (the deuterocanon included), each as its paragraphs of plain text."""
+    stream = " ".join(read_zverses(files, "ot") + read_zverses(files, "nt"))
+    chapters = []
+    marks = list(_OSIS_CHAPTER.finditer(stream))
+    for k, mark in enumerate(marks):
+        body = stream[mark.end(): marks[k + 1].start() if k + 1 < len(marks) else len(stream)]
+        body = _OSIS_DROPPED.sub(" ", body)
+        paragraphs = [squash(unescape(_TAG.sub(" ", part))) for part in _OSIS_PARAGRAPH.split(body)]
+        # the tags' spaces leave " ," and " ." behind: put punctuation back against its word
+        paragraphs = [re.sub(r" (?=[,.;:!?’”)])|(?<=[‘“(]) ", "", p) for p in paragraphs]
+        kept = tuple(p for p in paragraphs if len(p) >= 20)
+        if kept:
+            chapters.append(BibleChapter(mark.group(1), kept))
+    return chapters
+
+
+# --------------------------------------------------------------------------- Inkscape's tutorials (T)
+
+
+@dataclass(frozen=True)
+class TutorialSection:
+    tutorial: str  # "basic": the file's name between "tutorial-" and the language
+    heading: str  # the section's bold heading; the tutorial's own title for its introduction
+    paragraphs: tuple[str, ...]
+
+
+_TUTORIALS = Path("usr/share/inkscape/tutorials")
+_SODIPODI_ROLE = "{http://sodipodi.sourceforge.net/DTD/sodipodi-0.dtd}role"
+
+
+def _svg_text(element: ElementTree.Element) -> str:
+    """An SVG text's words: a ``text`` wraps its lines in ``tspan role="line"``, a ``flowRoot`` its paragraphs in
+    ``flowPara``; any other ``tspan`` is a run inside a line (bold, a key name)."""
+    lines = [
+        "".join(child.itertext())
+        for child in element
+        if child.get(_SODIPODI_ROLE) == "line" or child.tag.endswith("}flowPara")
+    ] or ["".join(element.itertext())]
+    out = ""
+    for line in (squash(t) for t in lines):
+        if line:  # Chinese lines join without a space; English ones with one
+            out += line if not out or (has_chinese(out[-1]) and has_chinese(line[0])) else " " + line
+    return out
+
+
+def read_tutorials(files: Path, lang: str | None = None) -> list[TutorialSection]:
+    """Each tutorial's sections in ``lang`` ("zh_CN"; None: the English originals): the title over the
+    introduction, then every bold heading over the serif paragraphs below it; drawings' labels left out."""
+    pattern = f"tutorial-*.{lang}.svg" if lang else "tutorial-*.svg"
+    sections: list[TutorialSection] = []
+    for path in sorted((files / _TUTORIALS).glob(pattern)):
+        name = path.name.removeprefix("tutorial-").removesuffix(".svg")
+        if lang:
+            name = name.removesuffix(f".{lang}")
+        elif "." in name:
+            continue  # a translation
+        try:
+            root = ElementTree.parse(path).getroot()
+        except (OSError, ElementTree.ParseError) as exc:
+            raise _corrupt(path, exc) from exc
+        heading, paragraphs = "", list[str]()
+        for element in root.iter():
+            if element.tag.rsplit("}", 1)[-1] not in ("text", "flowRoot"):
+                continue
+            style = element.get("style") or ""
+            text = _svg_text(element)
+            if not text:
+                continue
+            if "font-size:16" in style or ("bold" in style and "font-size:8" in style):  # the title, a heading
+                if heading and paragraphs:
+                    sections.append(TutorialSection(name, heading, tuple(paragraphs)))
+                heading, paragraphs = text, []
+            elif ("font-size:8" in style and "Serif" in style) or ("font-size:7.2" in style and "italic" in style):
+                paragraphs.append(text)
+        if heading and paragraphs:
+            sections.append(TutorialSection(name, heading, tuple(paragraphs)))
+    return sections

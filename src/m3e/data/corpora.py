@@ -520,3 +520,16 @@ class Inputs:
     @cached_property
     def fortunes_en(self) -> list[str]:
         return broad.read_fortunes_en(self.files("fortunes_en"))
+
+    @cached_property
+    def bible(self) -> list[broad.BibleChapter]:
+        return broad.read_bible(self.files("bible_en"))
+
+    @cached_property
+    def tutorials_en(self) -> list[broad.TutorialSection]:
+        return broad.read_tutorials(self.files("inkscape_tutorials"))
+
+    @cached_property
+    def tutorials_zh(self) -> list[broad.TutorialSection]:
+        """The Chinese translations, section for section with ``tutorials_en``."""
+        return broad.read_tutorials(self.files("inkscape_tutorials"), "zh_CN")

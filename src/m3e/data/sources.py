@@ -172,10 +172,23 @@ SOURCES: dict[str, Source] = {
             description="the Python 3.11 documentation's reStructuredText sources (technical English)", size_mb=12.6,
         ),
         Source(
+            "Q", "bible_en", "debian", "sword-text-web", "426.0-1", "sword-text-web_426.0-1_all.deb",
+            "930b23670b352f0829a306501de4bebb5e654a2df02cde2cbe86b802177868e1",
+            "Public Domain", (r"usr/share/sword/modules/texts/ztext/engWEB2015eb/[on]t\.bz[svz]",),
+            description="the World English Bible (modern general English, long paragraphs)", size_mb=4.0,
+        ),
+        Source(
             "R", "fortunes_en", "debian", "fortunes", "1:1.99.1-7.3", "fortunes_1%3a1.99.1-7.3_all.deb",
             "41d0551dc0ff52f875a2ecef7c39da2f672ab468c37e170119f7e0245a9d63c5",
             "BSD-style", (r"usr/share/games/fortunes/(?!definitions$|linux$|linuxcookie$)[a-z-]+",),
             description="English quotes and jokes (fortune's files)", size_mb=0.8,
+        ),
+        Source(
+            "T", "inkscape_tutorials", "debian", "inkscape-tutorials", "1.2.2-2+deb12u1",
+            "inkscape-tutorials_1.2.2-2+deb12u1_all.deb",
+            "e3be7dc12415971d3f427f98072a86f14a76c0107edb8e297f648f7614dc6985",
+            "GPL", (r"usr/share/inkscape/tutorials/tutorial-[a-z-]+(\.zh_CN)?\.svg",),
+            description="Inkscape's tutorials, English and their Chinese translations (technical prose)", size_mb=1.9,
         ),
         Source(
             "U", "jupyter_ui", "pypi-wheel", "jupyterlab-language-pack-zh-cn", "4.5.post3",

@@ -9,13 +9,14 @@ and stops at the file's cap, so dictionary-style sources cannot dominate the mix
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from m3e.data import corpora
+from m3e.data import broad, corpora
 from m3e.data.corpora import Inputs
-from m3e.data.skill_tasks import first_sentence, long_text
+from m3e.data.skill_tasks import LONG_MAX, LONG_MIN, first_sentence, long_text
 from m3e.data.task_builders import news_test_start
 from m3e.data.text import Exclusion, digest, normalise, to_simplified
 
@@ -211,6 +212,62 @@ def help_pages(inp: Inputs) -> list[Record]:
     return _ordered([r for r in recs if len(r["text_pos"]) >= 50], "help_pages")
 
 
+# Long passages the training may use (the skills suite's sources P and L stay out): a short query over several
+# paragraphs, in both languages, so that the length the fine-tune sees is not only short text.
+
+
+def laws_chapters(inp: Inputs) -> list[Record]:
+    """A law's name and chapter -> the chapter's first articles, joined up to a long document's size."""
+    chapters: dict[tuple[str, str], list[str]] = {}
+    for article in inp.laws:
+        chapters.setdefault((article.law, article.chapter), []).append(article.text)
+    recs = [{"text": f"{law} {chapter}".strip(), "text_pos": long_text(articles)}
+            for (law, chapter), articles in chapters.items()]
+    return _ordered([r for r in recs if len(r["text_pos"]) >= LONG_MIN], "laws_chapters")
+
+
+def tutorial_sections(inp: Inputs) -> list[Record]:
+    """Inkscape's tutorials, English and Chinese: a section's heading -> the section."""
+    recs = [{"text": s.heading, "text_pos": long_text(s.paragraphs)} for s in inp.tutorials_en + inp.tutorials_zh]
+    return _ordered([r for r in recs if len(r["text_pos"]) >= 50], "tutorial_sections")
+
+
+def tutorial_zh_en(inp: Inputs) -> list[Record]:
+    """A tutorial section in Chinese -> the same section in English (a tutorial pairs section for section only
+    where both languages have as many)."""
+    def by_tutorial(sections: list[broad.TutorialSection]) -> dict[str, list[broad.TutorialSection]]:
+        out: dict[str, list[broad.TutorialSection]] = {}
+        for section in sections:
+            out.setdefault(section.tutorial, []).append(section)
+        return out
+
+    en, zh = by_tutorial(inp.tutorials_en), by_tutorial(inp.tutorials_zh)
+    recs = [{"text": long_text(z.paragraphs), "text_pos": long_text(e.paragraphs)}
+            for name, zh_sections in zh.items() if len(zh_sections) == len(en.get(name, ()))
+            for z, e in zip(zh_sections, en[name], strict=True)]
+    return _ordered([r for r in recs if len(r["text_pos"]) >= 50], "tutorial_zh_en")
+
+
+_SENTENCE = re.compile(r"(?<=[.!?’”])\s+(?=[“‘A-Z])")
+
+
+def bible_context(inp: Inputs) -> list[Record]:
+    """One sentence of a paragraph -> the rest of the paragraph and the ones after it (the inverse cloze task):
+    a short English query over a long passage that holds its context but not its words."""
+    recs = []
+    for chapter in inp.bible:
+        for k, paragraph in enumerate(chapter.paragraphs):
+            sentences = _SENTENCE.split(paragraph)
+            if len(sentences) < 3:
+                continue
+            pick = int(digest(f"{chapter.ref}/{k}", "bible_context"), 16) % len(sentences)
+            rest = " ".join(sentences[:pick] + sentences[pick + 1:])
+            passage = long_text([rest, *chapter.paragraphs[k + 1:]], LONG_MAX // 2)
+            if 20 <= len(sentences[pick]) <= 300 and len(passage) >= LONG_MIN:
+                recs.append({"text": sentences[pick], "text_pos": passage})
+    return _ordered(recs, "bible_context")
+
+
 TRAIN: dict[str, TrainSpec] = {
     t.name: t
     for t in [
@@ -245,5 +302,14 @@ TRAIN: dict[str, TrainSpec] = {
                   docs_sections, 3_000),
         TrainSpec("help_pages", "office_help_zh", "LibreOffice help (Chinese): page title -> the page (long)",
                   help_pages, 2_000),
+        TrainSpec("laws_chapters", "laws", "PRC law: the law's name and chapter -> the chapter's articles (long)",
+                  laws_chapters, 3_000),
+        TrainSpec("tutorial_sections", "inkscape_tutorials",
+                  "Inkscape tutorials, English and Chinese: section heading -> the section (long)", tutorial_sections, 1_000),
+        TrainSpec("tutorial_zh_en", "inkscape_tutorials", "Inkscape tutorial section, Chinese -> English (long)",
+                  tutorial_zh_en, 1_000),
+        TrainSpec("bible_context", "bible_en",
+                  "World English Bible: a sentence -> the rest of its paragraph and what follows (long)", bible_context,
+                  8_000),
     ]
 }
