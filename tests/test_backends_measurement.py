@@ -13,8 +13,7 @@ import torch
 
 import m3e
 from m3e.backends import measurement, selection
-from m3e.backends.measurement import fastest, read_record, time_runners
-from m3e.backends.selection import auto_choice
+from m3e.backends.measurement import auto_choice, fastest, read_record, time_runners
 from m3e.cli import main
 from tests.test_backends_auto import EPYC_ZEN3, TOLERANCE, cpu
 from tests.test_backends_int8 import FIDELITY_TEXTS, _cos

@@ -64,7 +64,7 @@ def split_backend(name: str) -> tuple[str, str | None]:
 def resolve_backend(model: ModelParts, backend: str) -> str:
     """``backend``, or for ``auto`` the backend chosen for ``model`` here (logged in one line with the reason)."""
     if backend == AUTO:
-        from m3e.backends.selection import resolve
+        from m3e.backends.measurement import resolve
 
         return resolve(model, backend)
     return backend

@@ -1,4 +1,4 @@
-"""``auto`` by measurement: time the accurate backends on this CPU once per model and keep the fastest.
+"""``auto`` for a model: the table's choice, or where its order is a guess, the fastest accurate backend timed on this CPU.
 
 The preference orders in :mod:`m3e.backends.selection` come from measurements on the CPU families named there
 (AMX, AVX512_BF16). On the others (AVX2 without VNNI, VNNI without AVX512_BF16, ARM) an order written down is a
@@ -234,3 +234,26 @@ def measured_choice(model: ModelParts, choice: Choice, *, time_now: bool, force:
         best, f"fastest of {', '.join(choice.candidates)} timed on this CPU ({summary(record)}; {record['path']})",
         candidates=choice.candidates,
     )
+
+
+def auto_choice(model: ModelParts, *, time_now: bool = True, force_timing: bool = False) -> Choice:
+    """What ``auto`` picks for ``model`` on this machine with what is installed here: the table's choice, or
+    the fastest candidate as timed on this CPU (a record of an earlier timing; a timing now where the table's
+    order is a guess and ``time_now``, or wherever ``force_timing``)."""
+    choice = selection.choose_backend(selection.detect_cpu(), selection.installed_engines(), selection.workload_of(model))
+    if len(choice.candidates) < 2:
+        return choice
+    return measured_choice(model, choice, time_now=time_now and choice.to_time, force=force_timing)
+
+
+def resolve(model: ModelParts, backend: str) -> str:
+    """``backend`` itself, or for ``auto`` the choice for this model, logged in one line."""
+    if backend != selection.AUTO:
+        return backend
+    choice = auto_choice(model)
+    log = selection.logger  # the choice's line comes from where its reasons are written
+    if choice.fallback:
+        log.warning("%s", choice)
+    else:
+        log.info("%s", choice)
+    return choice.backend

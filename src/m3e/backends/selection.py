@@ -204,27 +204,3 @@ def workload_of(model: ModelParts) -> Workload:
         all_hidden_states=pooling in NEEDS_HIDDEN_STATES,
         pairs=model.artefact_output != "last_hidden_state",
     )
-
-
-def auto_choice(model: ModelParts, *, time_now: bool = True, force_timing: bool = False) -> Choice:
-    """What ``auto`` picks for ``model`` on this machine with what is installed here: the table's choice, or
-    the fastest candidate as timed on this CPU (a record of an earlier timing; a timing now where the table's
-    order is a guess and ``time_now``, or wherever ``force_timing``)."""
-    choice = choose_backend(detect_cpu(), installed_engines(), workload_of(model))
-    if len(choice.candidates) < 2:
-        return choice
-    from m3e.backends.measurement import measured_choice
-
-    return measured_choice(model, choice, time_now=time_now and choice.to_time, force=force_timing)
-
-
-def resolve(model: ModelParts, backend: str) -> str:
-    """``backend`` itself, or for ``auto`` the choice for this model, logged in one line."""
-    if backend != AUTO:
-        return backend
-    choice = auto_choice(model)
-    if choice.fallback:
-        logger.warning("%s", choice)
-    else:
-        logger.info("%s", choice)
-    return choice.backend

@@ -42,7 +42,8 @@ def describe(model) -> dict:  # type: ignore[no-untyped-def]
 def backends(model, measure: bool = False) -> dict:  # type: ignore[no-untyped-def]
     """What ``auto`` picks for ``model`` on this machine, and the inputs of that choice (nothing is built or
     timed unless ``measure``)."""
-    from m3e.backends.selection import auto_choice, detect_cpu, installed_engines
+    from m3e.backends.measurement import auto_choice
+    from m3e.backends.selection import detect_cpu, installed_engines
 
     cpu = detect_cpu()
     choice = auto_choice(model, time_now=False, force_timing=measure)
