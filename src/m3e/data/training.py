@@ -249,23 +249,43 @@ def tutorial_zh_en(inp: Inputs) -> list[Record]:
 
 
 _SENTENCE = re.compile(r"(?<=[.!?’”])\s+(?=[“‘A-Z])")
+_SENTENCE_ZH = re.compile(r"(?<=[。！？])(?![”’」』])|(?<=[。！？][”’」』])")  # after the end mark, or its quote
+
+
+def _inverse_cloze(chapters: Iterable[tuple[str, tuple[str, ...]]], name: str, split: re.Pattern[str],
+                   joiner: str, query_chars: tuple[int, int]) -> list[Record]:
+    """One sentence of a paragraph -> the rest of the paragraph and the ones after it (the inverse cloze task):
+    a short query over a long passage that holds its context but not its words. ``chapters``: (reference,
+    paragraphs); the sentence a paragraph gives is fixed by its reference's digest."""
+    recs = []
+    for ref, paragraphs in chapters:
+        for k, paragraph in enumerate(paragraphs):
+            sentences = [s for s in split.split(paragraph) if s.strip()]
+            if len(sentences) < 3:
+                continue
+            pick = int(digest(f"{ref}/{k}", name), 16) % len(sentences)
+            rest = joiner.join(sentences[:pick] + sentences[pick + 1:])
+            passage = long_text([rest, *paragraphs[k + 1:]], LONG_MAX // 2)
+            if query_chars[0] <= len(sentences[pick]) <= query_chars[1] and len(passage) >= LONG_MIN:
+                recs.append({"text": sentences[pick], "text_pos": passage})
+    return _ordered(recs, name)
 
 
 def bible_context(inp: Inputs) -> list[Record]:
-    """One sentence of a paragraph -> the rest of the paragraph and the ones after it (the inverse cloze task):
-    a short English query over a long passage that holds its context but not its words."""
-    recs = []
-    for chapter in inp.bible:
-        for k, paragraph in enumerate(chapter.paragraphs):
-            sentences = _SENTENCE.split(paragraph)
-            if len(sentences) < 3:
-                continue
-            pick = int(digest(f"{chapter.ref}/{k}", "bible_context"), 16) % len(sentences)
-            rest = " ".join(sentences[:pick] + sentences[pick + 1:])
-            passage = long_text([rest, *chapter.paragraphs[k + 1:]], LONG_MAX // 2)
-            if 20 <= len(sentences[pick]) <= 300 and len(passage) >= LONG_MIN:
-                recs.append({"text": sentences[pick], "text_pos": passage})
-    return _ordered(recs, "bible_context")
+    """World English Bible: a sentence -> the rest of its paragraph and what follows (English)."""
+    return _inverse_cloze(((c.ref, c.paragraphs) for c in inp.bible), "bible_context", _SENTENCE, " ", (20, 300))
+
+
+def sanguo_context(inp: Inputs) -> list[Record]:
+    """Romance of the Three Kingdoms: a sentence -> the rest of its paragraph and what follows (long Chinese)."""
+    return _inverse_cloze(((c.title, c.paragraphs) for c in inp.sanguo), "sanguo_context", _SENTENCE_ZH, "",
+                          (12, 150))
+
+
+def game_help_zh_en(inp: Inputs) -> list[Record]:
+    """Wesnoth's help, unit descriptions and lore, Chinese -> English (a translation of one message; the longer
+    ones several sentences of literary prose)."""
+    return _ordered([{"text": zh, "text_pos": en} for en, zh in inp.game_help if len(en) >= 8], "game_help_zh_en")
 
 
 TRAIN: dict[str, TrainSpec] = {
@@ -311,5 +331,10 @@ TRAIN: dict[str, TrainSpec] = {
         TrainSpec("bible_context", "bible_en",
                   "World English Bible: a sentence -> the rest of its paragraph and what follows (long)", bible_context,
                   8_000),
+        TrainSpec("sanguo_context", "sanguo",
+                  "Romance of the Three Kingdoms: a sentence -> the rest of its paragraph and what follows (long)",
+                  sanguo_context, 5_000),
+        TrainSpec("game_help_zh_en", "game_help", "Wesnoth help, unit descriptions and lore, Chinese -> English",
+                  game_help_zh_en, 6_000),
     ]
 }
