@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from m3e.errors import M3EError
-from m3e.evaluation.skills import main, skill_averages, skill_report, skill_rows
+from m3e.evaluation.skills import gap_rows, main, skill_averages, skill_report, skill_rows
 
 SCORES = {
     "teacher": {"InsuranceQARetrieval": 0.6, "IdiomReverseDictionary": 0.8, "DocSectionRetrieval": 0.5},
@@ -35,11 +35,11 @@ def test_rows_show_percentages_of_the_reference_and_an_unweighted_mean() -> None
 
 
 def test_report_merges_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    def run(name: str, tasks: list[str]) -> Path:
+    def run(name: str, tasks: list[str], scores: dict[str, dict[str, float]] = SCORES) -> Path:
         results = [{"model": m, "task": t, "score": s, "status": "ok"}
-                   for m, ts in SCORES.items() for t, s in ts.items() if t in tasks]
+                   for m, ts in scores.items() for t, s in ts.items() if t in tasks]
         path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps({"results": results}), encoding="utf-8")
+        path.write_text(json.dumps({"suite": name, "results": results}), encoding="utf-8")
         return path
 
     offline = run("offline", ["InsuranceQARetrieval", "IdiomReverseDictionary"])
@@ -50,3 +50,29 @@ def test_report_merges_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().out.strip() == table
     with pytest.raises(M3EError, match=r"not a readable m3e eval results\.json"):
         skill_report([tmp_path / "missing.json"])
+
+
+DEV = {  # the dev split: harder for everyone; it orders teacher and student as the test split does, not bm25
+    "teacher": {"InsuranceQARetrieval": 0.55},
+    "student": {"InsuranceQARetrieval": 0.6},
+    "bm25": {"InsuranceQARetrieval": 0.58},
+}
+
+
+def test_gap_rows_show_dev_and_test_per_model_and_the_order_they_agree_on() -> None:
+    header, rows = gap_rows(SCORES, DEV)
+    assert header == ["task (dev -> test)", "teacher", "student", "bm25", "pairs ordered as on test"]
+    # pairs: teacher < student on both; teacher > bm25 on test but < on dev; student > bm25 on both
+    assert rows == [["InsuranceQARetrieval", "55.00 -> 60.00 (+5.00)", "60.00 -> 70.00 (+10.00)",
+                     "58.00 -> 50.00 (-8.00)", "2 of 3"]]
+
+
+def test_a_dev_run_is_kept_out_of_the_skill_table_and_shown_against_the_test_split(tmp_path: Path) -> None:
+    offline = tmp_path / "offline.json"
+    dev = tmp_path / "dev.json"
+    for path, suite, scores in ((offline, "offline", SCORES), (dev, "dev", DEV)):
+        results = [{"model": m, "task": t, "score": s, "status": "ok"} for m, ts in scores.items() for t, s in ts.items()]
+        path.write_text(json.dumps({"suite": suite, "results": results}), encoding="utf-8")
+    table = skill_report([offline, dev], "teacher")
+    assert "| zh short | 70.00 | 80.00 (114%) | 50.00 (71%) |" in table  # test scores, not the dev run's
+    assert "| InsuranceQARetrieval | 55.00 -> 60.00 (+5.00) | 60.00 -> 70.00 (+10.00) | 58.00 -> 50.00 (-8.00) | 2 of 3 |" in table

@@ -6,6 +6,10 @@ documents without the average moving. ``m3e.data.skill_tasks.SKILLS`` maps each 
 scores per skill and, given a reference model (the teacher), shows each as a percentage of the reference's.
 ``m3e eval`` adds the table to its report when the run covers two skills or more; ``skill_report`` merges the
 results.json files of several runs (an offline and a skills run) into one table.
+
+Settings are chosen on dev splits, so the dev splits must predict the test split: given a ``--suite dev`` run
+beside the test-split runs, ``gap_rows`` shows each task's dev and test scores per model, the gap between them,
+and whether the dev split orders the models as the test split does (the dev runs never enter the skill table).
 """
 
 from __future__ import annotations
@@ -67,6 +71,23 @@ def skill_rows(scores: Mapping[str, Mapping[str, float]], reference: str | None 
     return ["skill", *models], rows
 
 
+def gap_rows(test: Mapping[str, Mapping[str, float]], dev: Mapping[str, Mapping[str, float]]
+             ) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the dev -> test table: per task with both splits, one cell per model (``dev -> test
+    (gap)``), then how many pairs of models the dev split orders as the test split does."""
+    models = [m for m in test if m in dev]
+    tasks = sorted({t for m in models for t in dev[m] if t in test[m]})
+    rows = []
+    for task in tasks:
+        have = [m for m in models if task in dev[m] and task in test[m]]
+        pairs = [(a, b) for i, a in enumerate(have) for b in have[i + 1:]]
+        agree = sum((dev[a][task] - dev[b][task]) * (test[a][task] - test[b][task]) > 0 for a, b in pairs)
+        cells = [f"{100 * dev[m][task]:.2f} -> {100 * test[m][task]:.2f} ({100 * (test[m][task] - dev[m][task]):+.2f})"
+                 if m in have else "-" for m in models]
+        rows.append([task, *cells, f"{agree} of {len(pairs)}" if pairs else "-"])
+    return ["task (dev -> test)", *models, "pairs ordered as on test"], rows
+
+
 def scores_from_results(results: Iterable[Mapping[str, Any]]) -> Scores:
     """model -> task -> main score from results.json documents (later runs win on the same model and task)."""
     scores: Scores = {}
@@ -77,17 +98,24 @@ def scores_from_results(results: Iterable[Mapping[str, Any]]) -> Scores:
     return scores
 
 
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def skill_report(paths: Iterable[Path | str], reference: str | None = None) -> str:
-    """One markdown table by skill from the results.json of several ``m3e eval`` runs."""
+    """One markdown table by skill from the results.json of several ``m3e eval`` runs (the test splits); with a
+    ``--suite dev`` run among them, the dev -> test table after it."""
     docs = []
     for path in paths:
         try:
             docs.append(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
             raise M3EError(f"{path}: not a readable m3e eval results.json ({exc})") from exc
-    header, rows = skill_rows(scores_from_results(docs), reference)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    test = scores_from_results(d for d in docs if d.get("suite") != "dev")
+    lines = _markdown(*skill_rows(test, reference))
+    dev = scores_from_results(d for d in docs if d.get("suite") == "dev")
+    if dev:
+        lines += ["", *_markdown(*gap_rows(test, dev))]
     return "\n".join(lines)
 
 
