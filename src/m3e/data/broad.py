@@ -197,15 +197,17 @@ def mo_pairs(data: bytes, where: str) -> list[tuple[str, str]]:
     return sorted(set(pairs))
 
 
-def read_mo_files(files: Path, pattern: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
+def _mo_files(files: Path, pattern: str) -> Iterator[tuple[bytes, str]]:
+    """(bytes, path) of each .mo file matching ``pattern``, in name order."""
     for path in sorted(files.glob(pattern)):
         try:
-            data = path.read_bytes()
+            yield path.read_bytes(), str(path)
         except OSError as exc:
             raise _corrupt(path, exc) from exc
-        out.extend(mo_pairs(data, str(path)))
-    return out
+
+
+def read_mo_files(files: Path, pattern: str) -> list[tuple[str, str]]:
+    return [pair for data, where in _mo_files(files, pattern) for pair in mo_pairs(data, where)]
 
 
 def read_blender_ui(files: Path) -> list[tuple[str, str]]:
@@ -235,21 +237,21 @@ _WESNOTH_CONTEXT = re.compile(r"^[\w ]{1,40}\^")  # "stats dialog^Difference of 
 _WESNOTH_VARIABLE = re.compile(r"\$[\w.]+\|?")
 
 
+def _wesnoth_words(text: str) -> str:
+    text = _WESNOTH_ATTRIBUTE.sub(" ", _WESNOTH_TEXT.sub(r"\1", text))
+    return squash(_MARKUP.sub(" ", _WESNOTH_VARIABLE.sub(" ", text)))
+
+
 def read_game_help(files: Path) -> list[tuple[str, str]]:
     """(English, Chinese) pairs of Wesnoth's catalogs (help, unit descriptions and lore, tutorials, interface):
     the help markup reduced to its words, random-name lists left out."""
     pairs = []
-    for path in sorted((files / "usr/share/games/wesnoth/1.16/locale/zh_CN/LC_MESSAGES").glob("*.mo")):
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise _corrupt(path, exc) from exc
-        for en, zh in read_mo(data, str(path)).items():
-            en = _WESNOTH_CONTEXT.sub("", en.split("\x04")[-1])
-            if _NAME_LIST.search(en) or en.count(",") + en.count("|") > len(en.split()):
+    for data, where in _mo_files(files, "usr/share/games/wesnoth/1.16/locale/zh_CN/LC_MESSAGES/*.mo"):
+        for key, value in read_mo(data, where).items():
+            key = _WESNOTH_CONTEXT.sub("", key.split("\x04")[-1])
+            if _NAME_LIST.search(key) or key.count(",") + key.count("|") > len(key.split()):
                 continue
-            en, zh = (squash(_MARKUP.sub(" ", _WESNOTH_VARIABLE.sub(" ", _WESNOTH_ATTRIBUTE.sub(
-                " ", _WESNOTH_TEXT.sub(r"\1", t))))) for t in (en, zh))
+            en, zh = _wesnoth_words(key), _wesnoth_words(value)
             if len(en) >= 3 and _LATIN.search(en) and has_chinese(zh):
                 pairs.append((en, zh))
     return sorted(set(pairs))
