@@ -554,3 +554,20 @@ def test_hold_out_source_leaves_out_what_the_manifest_says_it_built(tiny_st_mode
     assert main(["train", "--recipe", str(tmp_path / "recipe.json"), "--hold-out-source", "C"]) == 0
     rows = (tmp_path / "run" / "loss.csv").read_text().splitlines()[1:]
     assert rows and {r.split(",")[2] for r in rows} == {"news"}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_trains_in_fp32_on_a_cpu_without_bf16_kernels(tiny_st_model_dir, tmp_path, monkeypatch, caplog, native):
+    monkeypatch.setattr("m3e.training.loop.bf16_native", lambda: native)
+    autocasts = []
+    real_autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: autocasts.append(k.get("dtype")) or real_autocast(*a, **k))
+    data = _pairs(tmp_path / "pairs.jsonl", 16)
+    with caplog.at_level("WARNING", logger="m3e.training.loop"):
+        m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(
+            epochs=1, output_dir=tmp_path / "o", batch_size=8, progress=False, bf16=True)
+    warned = [r.message for r in caplog.records if "no bf16 kernels" in r.message]
+    assert bool(warned) is not native
+    assert (torch.bfloat16 in autocasts) is native  # fp32 where the CPU has no bf16
+    card = (tmp_path / "o" / "README.md").read_text(encoding="utf-8")
+    assert f'"bf16": {str(native).lower()}' in card  # the card says what the run did

@@ -8,7 +8,9 @@ seed: the run continues as if it had never stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import logging
 import os
 import shutil
 import sys
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from m3e.backends import bf16_native
 from m3e.errors import M3EError
 from m3e.training import checkpoints as ckpt
 from m3e.training import distributed as dist_
@@ -41,7 +44,20 @@ from m3e.training.strategies import (
 from m3e.training.task import RunFacts, StepLoss, TrainableModel, TrainingTask
 
 # Options a card leaves out: where the run started and ended are said elsewhere, the rest are not settings.
+logger = logging.getLogger(__name__)
+
 _NOT_HYPER = ("model", "output", "progress", "weights", "task", "checkpoint_dir", "keep_checkpoint_dir", "encoding")
+
+
+def _bf16_where_native(config: TrainConfig, device: torch.device) -> TrainConfig:
+    """bf16 autocast only where the device computes bf16: on a CPU without it (AVX2, no AVX-512 or AMX) torch runs
+    bf16 matrix products through a one-thread reference kernel, several times slower than fp32, so the run
+    trains in fp32 and says so. The checkpoints' fingerprint leaves precision out: a run may resume on either."""
+    if config.bf16 and device.type == "cpu" and not bf16_native():
+        logger.warning("bf16 asked for, but this CPU has no bf16 kernels (no AVX-512 or AMX): training in fp32, "
+                       "which is faster here")
+        return dataclasses.replace(config, bf16=False)
+    return config
 
 
 @dataclass
@@ -97,7 +113,7 @@ class TrainingLoop:
         if config.task != task.name:
             raise M3EError(f"a {task.name} run was given a config for task {config.task}")
         self.task = task
-        self.config = resolve_defaults(config, task.num_parameters())
+        self.config = _bf16_where_native(resolve_defaults(config, task.num_parameters()), task.model.device)
         self.output = Path(self.config.output).expanduser()  # the final model, its card and loss curve
         self.checkpoints = self.config.checkpoint_path()  # checkpoints/ and the resume state
         self.history: list[dict[str, Any]] = []  # the loss curve, once trained
