@@ -282,12 +282,6 @@ def sanguo_context(inp: Inputs) -> list[Record]:
                           (12, 150))
 
 
-def game_help_zh_en(inp: Inputs) -> list[Record]:
-    """Wesnoth's help, unit descriptions and lore, Chinese -> English (a translation of one message; the longer
-    ones several sentences of literary prose)."""
-    return _ordered([{"text": zh, "text_pos": en} for en, zh in inp.game_help if len(en) >= 8], "game_help_zh_en")
-
-
 TRAIN: dict[str, TrainSpec] = {
     t.name: t
     for t in [
@@ -335,6 +329,6 @@ TRAIN: dict[str, TrainSpec] = {
                   "Romance of the Three Kingdoms: a sentence -> the rest of its paragraph and what follows (long)",
                   sanguo_context, 5_000),
         TrainSpec("game_help_zh_en", "game_help", "Wesnoth help, unit descriptions and lore, Chinese -> English",
-                  game_help_zh_en, 6_000),
+                  ui_en_zh("game_help_zh_en", lambda inp: inp.game_help), 6_000),
     ]
 }
