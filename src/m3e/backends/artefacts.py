@@ -75,6 +75,11 @@ OPENVINO_INT8_SETTINGS: dict[str, Any] = {
 # openvino-int8` (the bundled default model ships one): later builds quantise with it once instead of searching.
 # A hint, not part of the fingerprint: whatever scope a build starts from, its artefact holds the same target.
 INT8_SCOPE_FILE = "m3e-openvino-int8-scope.json"
+# On a CPU whose int8 products saturate (x86 without VNNI, ``CpuFeatures.int8_products_saturate``) the int8 kinds
+# quantise weights to 7 bits: ONNX Runtime's reduce_range, NNCF's overflow fix on every layer. Part of the
+# fingerprint there, so an artefact made on a VNNI machine is not used where its 8-bit weights would overflow.
+SEVEN_BIT_WEIGHTS = {"weights": "7-bit: int8 products saturate on this CPU (no VNNI)"}
+INT8_KINDS = frozenset({"int8", "openvino-int8"})
 # kind -> (directory next to the model, cache sub-directory, settings in the fingerprint)
 KINDS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "int8": ("m3e-int8", "int8", QUANT_SETTINGS),
@@ -83,6 +88,21 @@ KINDS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 # The graph file of a kind whose graph is not ONNX.
 GRAPH_FILES = {"openvino-int8": "model.xml"}
+
+
+def seven_bit_weights() -> bool:
+    """Whether this CPU's int8 arithmetic needs weights quantised to 7 bits (:data:`SEVEN_BIT_WEIGHTS`)."""
+    from m3e.backends.selection import host_cpu
+
+    return host_cpu().int8_products_saturate
+
+
+def kind_settings(kind: str) -> dict[str, Any]:
+    """The settings a ``kind`` artefact is built with on this CPU (they enter its fingerprint)."""
+    settings = dict(KINDS[kind][2])
+    if kind in INT8_KINDS and seven_bit_weights():
+        settings.update(SEVEN_BIT_WEIGHTS)
+    return settings
 
 
 def graph_file(kind: str) -> str:
@@ -101,7 +121,7 @@ def fingerprint(model: ModelParts, kind: str = "int8") -> str:
     import torch
 
     h = hashlib.sha256()
-    h.update(f"m3e-{kind}/{FORMAT}/{json.dumps(KINDS[kind][2], sort_keys=True)}\n".encode())
+    h.update(f"m3e-{kind}/{FORMAT}/{json.dumps(kind_settings(kind), sort_keys=True)}\n".encode())
     if model.artefact_output != OUTPUT:  # a reranker's graph (embedders keep the fingerprints they always had)
         h.update(f"{model.artefact_output}<-{','.join(model.artefact_inputs)}\n".encode())
     config = model.transformer.config.to_dict()
@@ -158,7 +178,10 @@ def find_artefact(model: ModelParts, fp: str | None = None, kind: str = "int8") 
             continue
         if meta.get("fingerprint") == fp:
             return directory
-        logger.warning("%s was made from other weights or by an older m3e; not using it (re-run `m3e export`)", directory)
+        logger.warning(
+            "%s was made from other weights, by an older m3e or for a CPU with other int8 arithmetic (VNNI or not);"
+            " not using it (re-run `m3e export`)", directory,
+        )
     return None
 
 

@@ -20,6 +20,7 @@ from m3e.backends.artefacts import (
     QUANT_SETTINGS,
     artefact_for,
     export_fp32_onnx,
+    seven_bit_weights,
 )
 from m3e.backends.threads import inference_threads
 from m3e.extras import require
@@ -52,7 +53,7 @@ def write_int8_graph(model: ModelParts, work: Path, out: Path) -> dict[str, Any]
     quantize(work / ("fused.onnx" if graph == "fused" else "fp32.onnx"), out)
     for extra in [*work.glob("fp32.onnx*"), *work.glob("fused.onnx*")]:  # with external-data side files
         extra.unlink()
-    quantization = {"method": "dynamic", **QUANT_SETTINGS, "graph": graph}
+    quantization = {"method": "dynamic", **QUANT_SETTINGS, "reduce_range": reduce_range(), "graph": graph}
     return {"engine": "onnxruntime", "quantization": quantization, "fused_ops": fused_ops}
 
 
@@ -115,6 +116,11 @@ def weight_matmuls_by_layer(path: Path) -> dict[int, list[str]]:
     return layers
 
 
+def reduce_range() -> bool:
+    """7-bit weights where this CPU's int8 products would saturate (``artefacts.SEVEN_BIT_WEIGHTS``)."""
+    return bool(QUANT_SETTINGS["reduce_range"]) or seven_bit_weights()
+
+
 def quantize(src: Path, dst: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -130,7 +136,7 @@ def quantize(src: Path, dst: Path) -> None:
             str(dst),
             weight_type=getattr(QuantType, QUANT_SETTINGS["weight_type"]),
             per_channel=QUANT_SETTINGS["per_channel"],
-            reduce_range=QUANT_SETTINGS["reduce_range"],
+            reduce_range=reduce_range(),
             nodes_to_exclude=exclude,
             # fused ops are outside ONNX's shape inference; their outputs are fp32
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
