@@ -1,8 +1,8 @@
 """``auto`` for a model: the table's choice, or where its order is a guess, the fastest accurate backend timed on this CPU.
 
 The preference orders in :mod:`m3e.backends.selection` come from measurements on the CPU families named there
-(AMX, AVX512_BF16). On the others (AVX2 without VNNI, VNNI without AVX512_BF16, ARM) an order written down is a
-guess, so ``auto`` times its candidates here instead, the first time a model is run with it: each candidate's
+(AMX, AVX512_BF16); AVX2 without VNNI has one accurate candidate (OpenVINO). On the others (VNNI without
+AVX512_BF16, ARM) an order written down is a guess, so ``auto`` times its candidates here instead, the first time a model is run with it: each candidate's
 runner (its artefact built or found as for any load) computes the same fixed-shape batches of short queries and
 of passages, turns rotated over a few rounds, and the highest geometric mean of the two throughputs wins.
 
