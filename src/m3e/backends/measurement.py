@@ -2,9 +2,10 @@
 
 The preference orders in :mod:`m3e.backends.selection` come from measurements on the CPU families named there
 (AMX, AVX512_BF16); AVX2 without VNNI has one accurate candidate (OpenVINO). On the others (VNNI without
-AVX512_BF16, ARM) an order written down is a guess, so ``auto`` times its candidates here instead, the first time a model is run with it: each candidate's
-runner (its artefact built or found as for any load) computes the same fixed-shape batches of short queries and
-of passages, turns rotated over a few rounds, and the highest geometric mean of the two throughputs wins.
+AVX512_BF16, ARM) an order written down is a guess, so ``auto`` times its candidates here instead, the first
+time a model is run with it: each candidate's runner (its artefact built or found as for any load) computes the
+same fixed-shape batches of short queries and of passages, turns rotated over a few rounds, and the highest
+geometric mean of the two throughputs wins.
 
 The result is a record, ``<cache>/auto/<model fingerprint>-<cpu id>.json`` (written atomically), which every
 later ``auto`` on this CPU with the same thread count and engine versions reuses; on any CPU a record beats the
