@@ -4,10 +4,10 @@
 
 For each source id (``m3e data`` ids; ``C`` is InsuranceQA): ``m3e train --recipe RECIPE --hold-out-source ID``
 into ``runs/loso-ID`` (the import of the student is shared: a fold copies the first fold's ``init``), averaged
-with its start as the recipe's model is (``m3e average``), then ``m3e eval`` on the offline tasks built from that
-source (a task file's ``sources``; the dev split where the source has one). The fold's score on a task says what
-the recipe does for a source it never trained on; beside the bundled model's (trained with it) it measures how
-much of a gain is that source's own data. Resumable: a finished step is skipped when rerun.
+with its start as the bundled model is (``m3e average --weights 0.7,0.3``), then ``m3e eval`` on the offline
+tasks built from that source (a task file's ``sources``; the dev split where the source has one). The fold's
+score on a task says what the recipe does for a source it never trained on; beside the bundled model's (trained
+with it) it measures how much of a gain is that source's own data. Resumable: a finished step is skipped when rerun.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from m3e.data.paths import data_dir
 
 M3E = [sys.executable, "-m", "m3e.cli"]
+SOUP_WEIGHTS = "0.7,0.3"  # as `make default-model` averages the bundled model (the Makefile's SOUP_WEIGHTS)
 
 
 def tasks_of(source: str) -> dict[str, list[str]]:
@@ -41,7 +42,7 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def fold(source: str, recipe: str, runs: Path, shared_init: Path | None) -> Path:
+def fold(source: str, recipe: str, runs: Path, shared_init: Path | None, weights: str) -> Path:
     out = runs / f"loso-{source}"
     soup = runs / f"loso-{source}-soup"
     if shared_init is not None and not (out / "init").exists():
@@ -52,7 +53,7 @@ def fold(source: str, recipe: str, runs: Path, shared_init: Path | None) -> Path
         run([*M3E, "train", "--recipe", recipe, "-o", str(out), "--hold-out-source", source, "--resume",
              "--no-progress"])
     if not (soup / "model.safetensors").is_file():
-        run([*M3E, "average", str(out), str(out / "init"), "-o", str(soup)])
+        run([*M3E, "average", str(out), str(out / "init"), "--weights", weights, "-o", str(soup)])
     for profile, names in tasks_of(source).items():
         suite = "offline" if profile == "full" else "dev"
         target = runs / f"loso-{source}-eval-{suite}"
@@ -67,11 +68,13 @@ def main() -> None:
     parser.add_argument("sources", nargs="+")
     parser.add_argument("--recipe", default="recipes/default-model-v2.yaml")
     parser.add_argument("--runs", default="runs")
+    parser.add_argument("--weights", default=SOUP_WEIGHTS,
+                        help="the fine-tune's and its start's shares in the average (the Makefile passes its own)")
     args = parser.parse_args()
     runs = Path(args.runs)
     shared: Path | None = None
     for source in args.sources:
-        out = fold(source, args.recipe, runs, shared)
+        out = fold(source, args.recipe, runs, shared, args.weights)
         shared = shared or out / "init"
     print("\n| held-out source | split | task | score (leave-source-out, averaged with its start) |")
     print("|---|---|---|---:|")
