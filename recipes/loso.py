@@ -42,9 +42,14 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+def _tag(weights: str) -> str:
+    return weights.replace(",", "-")
+
+
 def fold(source: str, recipe: str, runs: Path, shared_init: Path | None, weights: str) -> Path:
     out = runs / f"loso-{source}"
-    soup = runs / f"loso-{source}-soup"
+    # The average and its scores are named by the weights, so a rerun at other weights never reuses them
+    soup = runs / f"loso-{source}-soup-{_tag(weights)}"
     if shared_init is not None and not (out / "init").exists():
         out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(shared_init, out / "init")
@@ -56,7 +61,7 @@ def fold(source: str, recipe: str, runs: Path, shared_init: Path | None, weights
         run([*M3E, "average", str(out), str(out / "init"), "--weights", weights, "-o", str(soup)])
     for profile, names in tasks_of(source).items():
         suite = "offline" if profile == "full" else "dev"
-        target = runs / f"loso-{source}-eval-{suite}"
+        target = soup.with_name(f"{soup.name}-eval-{suite}")
         if not (target / "results.json").is_file():
             run([*M3E, "eval", str(soup), "--suite", suite, "--tasks", *names, "--backend", "bf16",
                  "--out", str(target), "-q", "--no-chart"])
@@ -80,7 +85,7 @@ def main() -> None:
     print("|---|---|---|---:|")
     for source in args.sources:
         for suite in ("offline", "dev"):
-            path = runs / f"loso-{source}-eval-{suite}" / "results.json"
+            path = runs / f"loso-{source}-soup-{_tag(args.weights)}-eval-{suite}" / "results.json"
             if path.is_file():
                 for row in json.loads(path.read_text(encoding="utf-8"))["results"]:
                     if row.get("score") is not None:
