@@ -58,7 +58,7 @@ default-model: setup
 	$(BIN)/m3e data fetch
 	$(BIN)/m3e data build
 	HF_HUB_OFFLINE=1 $(BIN)/m3e train --recipe recipes/default-model-v2.yaml --resume
-	@# The fine-tuned weights averaged with the start's (a model soup, 0.7 / 0.3): chosen on the dev splits and the
+	@# The fine-tuned weights averaged with the start's (a model soup, SOUP_WEIGHTS): chosen on the dev splits and the
 	@# skills suite's held-out sources
 	HF_HUB_OFFLINE=1 $(BIN)/m3e average runs/default-model-v2 runs/default-model-v2/init --weights $(SOUP_WEIGHTS) \
 		-o runs/default-model-v2-soup

@@ -42,14 +42,15 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def _tag(weights: str) -> str:
-    return weights.replace(",", "-")
+def soup_of(runs: Path, source: str, weights: str) -> Path:
+    """A fold's average with its start; named by the weights, so a rerun at other weights never reuses it (nor
+    its scores, stored beside it as ``<soup>-eval-<suite>``)."""
+    return runs / f"loso-{source}-soup-{weights.replace(',', '-')}"
 
 
 def fold(source: str, recipe: str, runs: Path, shared_init: Path | None, weights: str) -> Path:
     out = runs / f"loso-{source}"
-    # The average and its scores are named by the weights, so a rerun at other weights never reuses them
-    soup = runs / f"loso-{source}-soup-{_tag(weights)}"
+    soup = soup_of(runs, source, weights)
     if shared_init is not None and not (out / "init").exists():
         out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(shared_init, out / "init")
@@ -85,7 +86,8 @@ def main() -> None:
     print("|---|---|---|---:|")
     for source in args.sources:
         for suite in ("offline", "dev"):
-            path = runs / f"loso-{source}-soup-{_tag(args.weights)}-eval-{suite}" / "results.json"
+            soup = soup_of(runs, source, args.weights)
+            path = soup.with_name(f"{soup.name}-eval-{suite}") / "results.json"
             if path.is_file():
                 for row in json.loads(path.read_text(encoding="utf-8"))["results"]:
                     if row.get("score") is not None:
