@@ -41,7 +41,8 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -x -m "not slow"
 
 # Leave-one-source-out folds of the default model's recipe: each source's datasets held out of training, then
-# that source's tasks scored (recipes/loso.py; 20-25 minutes a fold on a 2-core CPU; resumable).
+# that source's tasks scored, with the teacher's share (recipes/loso.py; 20-60 minutes a fold on a 2-core CPU;
+# resumable).
 LOSO_SOURCES ?= C A D B J
 # The fine-tune's and its start's shares in the bundled model (a model soup), the same for the folds
 SOUP_WEIGHTS ?= 0.7,0.3
