@@ -166,6 +166,35 @@ def test_a_run_of_the_earlier_layout_resumes(tiny_st_model_dir, tmp_path, monkey
     assert {p.name for p in out.iterdir()} == _MODEL_FILES
 
 
+def test_resume_under_another_loss_is_refused(tiny_st_model_dir, tmp_path, monkeypatch):
+    """The loss (its temperature, its Matryoshka sizes) is part of what a checkpoint was written for: resuming a
+    stopped run with another one is refused with a clear error instead of training a mix of two runs."""
+    import m3e.training.trainer as trainer_mod
+    from m3e.errors import M3EError
+
+    data = _pairs(tmp_path / "pairs.jsonl", 40)
+    real = trainer_mod.forward_backward
+
+    def crash_on_fourth(*args, _n=[0], **kwargs):  # noqa: B006 (a call counter)
+        _n[0] += 1
+        if _n[0] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "forward_backward", crash_on_fourth)
+    opts = {"batch_size": 8, "save_steps": 2, "progress": False, "output_dir": tmp_path / "run"}
+    with pytest.raises(KeyboardInterrupt):
+        m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(temperature=0.05, **opts)
+    monkeypatch.setattr(trainer_mod, "forward_backward", real)
+    for other in ({"temperature": 0.02}, {"temperature": 0.05, "matryoshka_dims": "16"}):
+        with pytest.raises(M3EError, match="other data or settings"):
+            m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(resume=True, **other, **opts)
+    result = m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(
+        resume=True, temperature=0.05, **opts
+    )
+    assert result.resumed_from == 2 and result.steps == 5
+
+
 def test_resume_continues_exactly(tiny_st_model_dir, tmp_path, monkeypatch):
     """A run interrupted after a checkpoint and resumed ends with the same weights and losses as one that never stopped."""
     import m3e.training.trainer as trainer_mod

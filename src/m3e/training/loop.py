@@ -45,6 +45,7 @@ from m3e.training.task import RunFacts, StepLoss, TrainableModel, TrainingTask
 
 # Options a card leaves out: where the run started and ended are said elsewhere, the rest are not settings.
 logger = logging.getLogger(__name__)
+FINGERPRINTED_LATER = frozenset({"losses"})  # a task's fingerprint keys that older checkpoints were written without
 
 _NOT_HYPER = ("model", "output", "progress", "weights", "task", "checkpoint_dir", "keep_checkpoint_dir", "encoding")
 
@@ -209,8 +210,11 @@ class TrainingLoop:
     def _restore(self, checkpoint: Path, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
         state = ckpt.load_state(checkpoint)
         fp = self._fingerprint()
-        if "world_size" in (state.get("fingerprint") or {}):  # written before the plan was fingerprinted
+        saved = state.get("fingerprint") or {}
+        if "world_size" in saved:  # written before the plan was fingerprinted
             fp = {k: v for k, v in fp.items() if k != "plan"} | {"world_size": self.dist.world_size}
+        # keys that checkpoints written before them lack: such a checkpoint is checked on the rest
+        fp = {k: v for k, v in fp.items() if k in saved or k not in FINGERPRINTED_LATER}
         if state.get("fingerprint") != fp:
             raise M3EError(
                 f"{checkpoint} was written for other data or settings ({state.get('fingerprint')} vs {fp}); "

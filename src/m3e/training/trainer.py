@@ -94,7 +94,9 @@ class EmbeddingTask:
         return [self.model.query_prompt] + [self.model.document_prompt] * (n_columns - 1)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {}  # the loop's settings say everything an embedding run depends on
+        # The loss of each record type (its temperature, Matryoshka sizes...): the loop's settings leave it out,
+        # and a run resumed under another loss would silently become a mix of two runs.
+        return {"losses": {ds.type: self._loss_for(ds).describe() for ds in self.datasets}}
 
     def load_weights(self, model_dir: Path) -> None:
         from m3e.loading import load_model
