@@ -136,6 +136,19 @@ def test_the_card_records_data_settings_and_the_loss(tiny_st_model_dir, tmp_path
     assert f"training loss {first:.4f} at the first step, {last:.4f} at the last" in card
 
 
+def _interrupted_at_call(n: int, real):
+    """``real`` (the trainer's forward_backward) that raises KeyboardInterrupt on its n-th call: a stop mid-run."""
+    calls = [0]
+
+    def step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return step
+
+
 def test_a_run_of_the_earlier_layout_resumes(tiny_st_model_dir, tmp_path, monkeypatch):
     """Checkpoints written inside the output (OUTPUT/checkpoints, the layout before OUTPUT.checkpoints) are
     found by --resume, and removed once the run has finished."""
@@ -144,14 +157,7 @@ def test_a_run_of_the_earlier_layout_resumes(tiny_st_model_dir, tmp_path, monkey
     data = _pairs(tmp_path / "pairs.jsonl", 40)
     out = tmp_path / "old"
     real = trainer_mod.forward_backward
-
-    def crash_on_fourth(*args, _n=[0], **kwargs):  # noqa: B006 (a call counter)
-        _n[0] += 1
-        if _n[0] == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_mod, "forward_backward", crash_on_fourth)
+    monkeypatch.setattr(trainer_mod, "forward_backward", _interrupted_at_call(4, real))
     opts = {"batch_size": 8, "save_steps": 2, "progress": False}
     with pytest.raises(KeyboardInterrupt):
         m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(
@@ -174,14 +180,7 @@ def test_resume_under_another_loss_is_refused(tiny_st_model_dir, tmp_path, monke
 
     data = _pairs(tmp_path / "pairs.jsonl", 40)
     real = trainer_mod.forward_backward
-
-    def crash_on_fourth(*args, _n=[0], **kwargs):  # noqa: B006 (a call counter)
-        _n[0] += 1
-        if _n[0] == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_mod, "forward_backward", crash_on_fourth)
+    monkeypatch.setattr(trainer_mod, "forward_backward", _interrupted_at_call(4, real))
     opts = {"batch_size": 8, "save_steps": 2, "progress": False, "output_dir": tmp_path / "run"}
     with pytest.raises(KeyboardInterrupt):
         m3e.FineTuner.from_pretrained(str(tiny_st_model_dir), str(data)).run(temperature=0.05, **opts)
