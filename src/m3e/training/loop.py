@@ -43,10 +43,10 @@ from m3e.training.strategies import (
 )
 from m3e.training.task import RunFacts, StepLoss, TrainableModel, TrainingTask
 
-# Options a card leaves out: where the run started and ended are said elsewhere, the rest are not settings.
 logger = logging.getLogger(__name__)
 FINGERPRINTED_LATER = frozenset({"losses"})  # a task's fingerprint keys that older checkpoints were written without
 
+# Options a card leaves out: where the run started and ended are said elsewhere, the rest are not settings.
 _NOT_HYPER = ("model", "output", "progress", "weights", "task", "checkpoint_dir", "keep_checkpoint_dir", "encoding")
 
 
@@ -215,9 +215,9 @@ class TrainingLoop:
             fp = {k: v for k, v in fp.items() if k != "plan"} | {"world_size": self.dist.world_size}
         # keys that checkpoints written before them lack: such a checkpoint is checked on the rest
         fp = {k: v for k, v in fp.items() if k in saved or k not in FINGERPRINTED_LATER}
-        if state.get("fingerprint") != fp:
+        if saved != fp:
             raise M3EError(
-                f"{checkpoint} was written for other data or settings ({state.get('fingerprint')} vs {fp}); "
+                f"{checkpoint} was written for other data or settings ({saved} vs {fp}); "
                 "resume with the same data and options, or use a new --output"
             )
         if is_lora(self.model):
